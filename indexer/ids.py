@@ -1,0 +1,28 @@
+"""Reference identity, shared by the server and by clients checking what is stored."""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def image_sha256(image: bytes) -> str:
+    return hashlib.sha256(image).hexdigest()
+
+
+def reference_id(category: str, image_sha: str) -> str:
+    """The id of an image in a category: the same image in the same category, the same id.
+
+    Deterministic ids make adds idempotent (a retried or re-run import writes nothing twice)
+    and let a client check what is stored without sending the image. The id is the hex form of
+    a 63-bit integer, which the FAISS index uses directly as its int64 id.
+    """
+    digest = hashlib.sha256(f"{category}\0{image_sha}".encode()).digest()
+    return f"{int.from_bytes(digest[:8], 'big') & (2**63 - 1):016x}"
+
+
+def faiss_id(reference_id: str) -> int:
+    return int(reference_id, 16)
+
+
+def reference_id_of_faiss(faiss_id: int) -> str:
+    return f"{faiss_id:016x}"

@@ -1,0 +1,423 @@
+"""The store: Redis/Valkey holds every category, reference, image and vector.
+
+It is the single source of truth. The FAISS index is derived from it and can always be
+rebuilt from it without re-embedding. Every mutation is one MULTI/EXEC transaction (all or
+nothing), guarded by WATCH against concurrent writers, and appends one entry to the change
+stream. With the embedded Valkey (`appendfsync always`) a transaction is on disk before the
+call returns.
+
+Keys, under a prefix (default ``nearcat``):
+
+- ``categories``            SET of category names
+- ``cat:<name>``            HASH name, parent, metadata (JSON), created_at_ms
+- ``refs:<name>``           SET of the category's reference ids
+- ``children:<name>``       SET of the category's child category names
+- ``ref:<id>``              HASH id, category, sha256, metadata (JSON), created_at_ms
+- ``img:<id>``              STRING the reference's image bytes (kept to re-embed for new models)
+- ``vec:<model_version>``   HASH reference id -> float32 vector bytes
+- ``vector_versions``       SET of model versions that have vectors
+- ``changes``               STREAM of adds and removes
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import redis
+
+from indexer.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+
+T = TypeVar("T")
+
+CHANGE_STREAM_MAXLEN = 1_000_000
+
+
+@dataclass(frozen=True)
+class Category:
+    name: str
+    parent: str | None
+    metadata: dict[str, str]
+    created_at_ms: int
+    reference_count: int
+
+
+@dataclass(frozen=True)
+class Reference:
+    id: str
+    category: str
+    sha256: str
+    metadata: dict[str, str]
+    created_at_ms: int
+
+
+@dataclass(frozen=True)
+class NewReference:
+    """A reference ready to be written: identity, image and its vector for one model."""
+
+    id: str
+    sha256: str
+    image: bytes
+    vector: np.ndarray
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VectorBatch:
+    """Vectors of one model version, with the reference and category each belongs to."""
+
+    reference_ids: list[str]
+    categories: list[str]
+    vectors: np.ndarray
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Store:
+    """Typed access to the nearcat keys of one Redis/Valkey database."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "nearcat") -> None:
+        self._redis = client
+        self._prefix = prefix
+
+    # -- key names -----------------------------------------------------------------------
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self._prefix, *parts))
+
+    def _category_key(self, name: str) -> str:
+        return self._key("cat", name)
+
+    def _refs_key(self, name: str) -> str:
+        return self._key("refs", name)
+
+    def _children_key(self, name: str) -> str:
+        return self._key("children", name)
+
+    def _ref_key(self, reference_id: str) -> str:
+        return self._key("ref", reference_id)
+
+    def _image_key(self, reference_id: str) -> str:
+        return self._key("img", reference_id)
+
+    def _vectors_key(self, model_version: str) -> str:
+        return self._key("vec", model_version)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _transaction(self, body: Callable[[Any], T], *watch: str) -> T:
+        """Run body(pipe) under WATCH until it commits; body calls pipe.multi() before writing."""
+        try:
+            result: T = self._redis.transaction(body, *watch, value_from_callable=True)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise Unavailable(f"the store is unreachable ({exc}); retry shortly") from exc
+        return result
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise Unavailable(f"the store is unreachable ({exc}); retry shortly") from exc
+
+    def _log_change(self, pipe: Any, op: str, **fields: str) -> None:
+        pipe.xadd(
+            self._key("changes"),
+            {"op": op, **fields},
+            maxlen=CHANGE_STREAM_MAXLEN,
+            approximate=True,
+        )
+
+    def _write_references(
+        self, pipe: Any, category: str, references: Sequence[NewReference], model_version: str
+    ) -> None:
+        now = _now_ms()
+        vectors_key = self._vectors_key(model_version)
+        for ref in references:
+            pipe.hset(
+                self._ref_key(ref.id),
+                mapping={
+                    "id": ref.id,
+                    "category": category,
+                    "sha256": ref.sha256,
+                    "metadata": json.dumps(ref.metadata, sort_keys=True),
+                    "created_at_ms": now,
+                },
+            )
+            pipe.set(self._image_key(ref.id), ref.image)
+            pipe.hset(vectors_key, ref.id, np.asarray(ref.vector, dtype="<f4").tobytes())
+            pipe.sadd(self._refs_key(category), ref.id)
+        if references:
+            pipe.sadd(self._key("vector_versions"), model_version)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        self._call(self._redis.ping)
+
+    def category_names(self) -> list[str]:
+        names = self._call(lambda: self._redis.smembers(self._key("categories")))
+        return sorted(n.decode() for n in names)
+
+    def get_category(self, name: str) -> Category | None:
+        def read() -> tuple[dict[bytes, bytes], int]:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hgetall(self._category_key(name))
+            pipe.scard(self._refs_key(name))
+            fields, count = pipe.execute()
+            return fields, count
+
+        fields, count = self._call(read)
+        if not fields:
+            return None
+        return Category(
+            name=fields[b"name"].decode(),
+            parent=fields[b"parent"].decode() or None,
+            metadata=json.loads(fields[b"metadata"]),
+            created_at_ms=int(fields[b"created_at_ms"]),
+            reference_count=int(count),
+        )
+
+    def list_categories(self) -> list[Category]:
+        categories = (self.get_category(name) for name in self.category_names())
+        return [c for c in categories if c is not None]
+
+    def child_names(self, name: str) -> list[str]:
+        children = self._call(lambda: self._redis.smembers(self._children_key(name)))
+        return sorted(c.decode() for c in children)
+
+    def reference_ids(self, category: str) -> list[str]:
+        ids = self._call(lambda: self._redis.smembers(self._refs_key(category)))
+        return sorted(i.decode() for i in ids)
+
+    def get_references(self, reference_ids: Sequence[str]) -> list[Reference | None]:
+        def read() -> list[dict[bytes, bytes]]:
+            pipe = self._redis.pipeline(transaction=False)
+            for reference_id in reference_ids:
+                pipe.hgetall(self._ref_key(reference_id))
+            return list(pipe.execute())
+
+        return [_reference_from_hash(fields) if fields else None for fields in self._call(read)]
+
+    def get_image(self, reference_id: str) -> bytes | None:
+        data = self._call(lambda: self._redis.get(self._image_key(reference_id)))
+        return bytes(data) if data is not None else None
+
+    def iter_vectors(self, model_version: str, batch_size: int = 10_000) -> Iterator[VectorBatch]:
+        """Every stored vector of model_version, category by category, in batches."""
+        for category in self.category_names():
+            ids = self.reference_ids(category)
+            for start in range(0, len(ids), batch_size):
+                chunk = ids[start : start + batch_size]
+                blobs = self._call(
+                    lambda chunk=chunk: self._redis.hmget(self._vectors_key(model_version), chunk)
+                )
+                present = [(i, b) for i, b in zip(chunk, blobs, strict=True) if b is not None]
+                if not present:
+                    continue
+                vectors = np.stack([np.frombuffer(b, dtype="<f4") for _, b in present])
+                yield VectorBatch(
+                    reference_ids=[i for i, _ in present],
+                    categories=[category] * len(present),
+                    vectors=vectors.astype(np.float32),
+                )
+
+    def references_missing_vectors(self, model_version: str) -> list[Reference]:
+        """References that have no vector for model_version yet (e.g. after a model change)."""
+        missing: list[str] = []
+        for category in self.category_names():
+            ids = self.reference_ids(category)
+            if not ids:
+                continue
+            present = self._call(
+                lambda ids=ids: self._redis.hmget(self._vectors_key(model_version), ids)
+            )
+            missing.extend(i for i, blob in zip(ids, present, strict=True) if blob is None)
+        return [r for r in self.get_references(missing) if r is not None]
+
+    def put_vectors(self, model_version: str, vectors: dict[str, np.ndarray]) -> None:
+        """Store vectors for existing references (re-embedding for a new model version)."""
+        if not vectors:
+            return
+        mapping = {i: np.asarray(v, dtype="<f4").tobytes() for i, v in vectors.items()}
+
+        def write() -> None:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hset(self._vectors_key(model_version), mapping=mapping)
+            pipe.sadd(self._key("vector_versions"), model_version)
+            pipe.execute()
+
+        self._call(write)
+
+    def change_count(self) -> int:
+        return int(self._call(lambda: self._redis.xlen(self._key("changes"))))
+
+    # -- writes --------------------------------------------------------------------------
+
+    def create_category(
+        self,
+        name: str,
+        parent: str | None,
+        metadata: dict[str, str],
+        references: Sequence[NewReference],
+        model_version: str,
+    ) -> tuple[Category, list[bool]]:
+        """Create a category with its first references, atomically; also returns, per
+        reference, whether it repeats an earlier one of the request (not written twice)."""
+        watch = [self._category_key(name)]
+        if parent:
+            watch.append(self._category_key(parent))
+
+        def body(pipe: Any) -> tuple[Category, list[bool]]:
+            if pipe.exists(self._category_key(name)):
+                raise AlreadyExists(
+                    f"category {name!r} already exists; use AddReferences to add images to it"
+                )
+            if parent and not pipe.exists(self._category_key(parent)):
+                raise NotFound(f"parent category {parent!r} does not exist; create it first")
+            created = _now_ms()
+            new, duplicate = split_duplicates(references, set())
+            pipe.multi()
+            pipe.hset(
+                self._category_key(name),
+                mapping={
+                    "name": name,
+                    "parent": parent or "",
+                    "metadata": json.dumps(metadata, sort_keys=True),
+                    "created_at_ms": created,
+                },
+            )
+            pipe.sadd(self._key("categories"), name)
+            if parent:
+                pipe.sadd(self._children_key(parent), name)
+            self._write_references(pipe, name, new, model_version)
+            self._log_change(
+                pipe,
+                "add_category",
+                category=name,
+                parent=parent or "",
+                references=",".join(r.id for r in new),
+            )
+            return Category(name, parent, dict(metadata), created, len(new)), duplicate
+
+        return self._transaction(body, *watch)
+
+    def add_references(
+        self, category: str, references: Sequence[NewReference], model_version: str
+    ) -> list[bool]:
+        """Add references atomically; returns, per reference, whether it was already there."""
+        watch = [self._category_key(category), *(self._ref_key(r.id) for r in references)]
+
+        def body(pipe: Any) -> list[bool]:
+            if not pipe.exists(self._category_key(category)):
+                raise NotFound(
+                    f"category {category!r} does not exist; create it with AddCategory first"
+                )
+            ids = [r.id for r in references]
+            stored = pipe.smismember(self._refs_key(category), ids) if ids else []
+            new, duplicate = split_duplicates(
+                references, {i for i, s in zip(ids, stored, strict=True) if s}
+            )
+            pipe.multi()
+            self._write_references(pipe, category, new, model_version)
+            if new:
+                self._log_change(
+                    pipe,
+                    "add_references",
+                    category=category,
+                    references=",".join(r.id for r in new),
+                )
+            return duplicate
+
+        return self._transaction(body, *watch)
+
+    def remove_references(self, reference_ids: Sequence[str]) -> list[Reference]:
+        """Remove references atomically; any unknown id fails the whole call."""
+        unique_ids = list(dict.fromkeys(reference_ids))
+        watch = [self._ref_key(i) for i in unique_ids]
+
+        def body(pipe: Any) -> list[Reference]:
+            found = [pipe.hgetall(self._ref_key(i)) for i in unique_ids]
+            unknown = [i for i, fields in zip(unique_ids, found, strict=True) if not fields]
+            if unknown:
+                shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+                raise NotFound(
+                    f"{len(unknown)} reference id(s) not found: {shown}; nothing was removed"
+                )
+            removed = [_reference_from_hash(fields) for fields in found]
+            versions = [v.decode() for v in pipe.smembers(self._key("vector_versions"))]
+            pipe.multi()
+            self._delete_references(pipe, removed, versions)
+            self._log_change(pipe, "remove_references", references=",".join(unique_ids))
+            return removed
+
+        return self._transaction(body, *watch)
+
+    def delete_category(self, name: str) -> list[Reference]:
+        """Delete a leaf category and all its references; returns the references removed."""
+        watch = [self._category_key(name), self._refs_key(name), self._children_key(name)]
+
+        def body(pipe: Any) -> list[Reference]:
+            fields = pipe.hgetall(self._category_key(name))
+            if not fields:
+                raise NotFound(f"category {name!r} does not exist")
+            children = sorted(c.decode() for c in pipe.smembers(self._children_key(name)))
+            if children:
+                raise FailedPrecondition(
+                    f"category {name!r} has child categories ({', '.join(children[:5])}); "
+                    "delete them first"
+                )
+            ids = [i.decode() for i in pipe.smembers(self._refs_key(name))]
+            removed = [_reference_from_hash(pipe.hgetall(self._ref_key(i))) for i in ids]
+            versions = [v.decode() for v in pipe.smembers(self._key("vector_versions"))]
+            parent = fields[b"parent"].decode()
+            pipe.multi()
+            self._delete_references(pipe, removed, versions)
+            pipe.delete(self._category_key(name), self._refs_key(name), self._children_key(name))
+            pipe.srem(self._key("categories"), name)
+            if parent:
+                pipe.srem(self._children_key(parent), name)
+            self._log_change(pipe, "delete_category", category=name, references=",".join(ids))
+            return removed
+
+        return self._transaction(body, *watch)
+
+    def _delete_references(
+        self, pipe: Any, references: Sequence[Reference], versions: Sequence[str]
+    ) -> None:
+        for ref in references:
+            pipe.delete(self._ref_key(ref.id), self._image_key(ref.id))
+            pipe.srem(self._refs_key(ref.category), ref.id)
+            for version in versions:
+                pipe.hdel(self._vectors_key(version), ref.id)
+
+
+def split_duplicates(
+    references: Sequence[NewReference], stored: set[str]
+) -> tuple[list[NewReference], list[bool]]:
+    """The references to write, and per reference whether it is a duplicate (stored already,
+    or repeated earlier in the same request)."""
+    seen = set(stored)
+    new: list[NewReference] = []
+    duplicate: list[bool] = []
+    for ref in references:
+        duplicate.append(ref.id in seen)
+        if ref.id not in seen:
+            new.append(ref)
+            seen.add(ref.id)
+    return new, duplicate
+
+
+def _reference_from_hash(fields: dict[bytes, bytes]) -> Reference:
+    return Reference(
+        id=fields[b"id"].decode(),
+        category=fields[b"category"].decode(),
+        sha256=fields[b"sha256"].decode(),
+        metadata=json.loads(fields[b"metadata"]),
+        created_at_ms=int(fields[b"created_at_ms"]),
+    )

@@ -1,0 +1,1 @@
+"""The nearcat gRPC server, its catalogue (domain layer) and the command line."""

@@ -1,0 +1,283 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ClassifyOptions(_message.Message):
+    __slots__ = ("top_n", "k")
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    top_n: int
+    k: int
+    def __init__(self, top_n: _Optional[int] = ..., k: _Optional[int] = ...) -> None: ...
+
+class ClassifyRequest(_message.Message):
+    __slots__ = ("image", "options")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    options: ClassifyOptions
+    def __init__(self, image: _Optional[bytes] = ..., options: _Optional[_Union[ClassifyOptions, _Mapping]] = ...) -> None: ...
+
+class CategoryScore(_message.Message):
+    __slots__ = ("category", "score", "path")
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    category: str
+    score: float
+    path: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, category: _Optional[str] = ..., score: _Optional[float] = ..., path: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Neighbor(_message.Message):
+    __slots__ = ("reference_id", "category", "similarity")
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    reference_id: str
+    category: str
+    similarity: float
+    def __init__(self, reference_id: _Optional[str] = ..., category: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class Classification(_message.Message):
+    __slots__ = ("categories", "neighbors")
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBORS_FIELD_NUMBER: _ClassVar[int]
+    categories: _containers.RepeatedCompositeFieldContainer[CategoryScore]
+    neighbors: _containers.RepeatedCompositeFieldContainer[Neighbor]
+    def __init__(self, categories: _Optional[_Iterable[_Union[CategoryScore, _Mapping]]] = ..., neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ...) -> None: ...
+
+class ClassifyResponse(_message.Message):
+    __slots__ = ("classification", "model_version", "processing_ms")
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROCESSING_MS_FIELD_NUMBER: _ClassVar[int]
+    classification: Classification
+    model_version: str
+    processing_ms: float
+    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., model_version: _Optional[str] = ..., processing_ms: _Optional[float] = ...) -> None: ...
+
+class ClassifyBatchRequest(_message.Message):
+    __slots__ = ("images", "options")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    options: ClassifyOptions
+    def __init__(self, images: _Optional[_Iterable[bytes]] = ..., options: _Optional[_Union[ClassifyOptions, _Mapping]] = ...) -> None: ...
+
+class ItemError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ClassifyBatchItem(_message.Message):
+    __slots__ = ("classification", "error")
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    classification: Classification
+    error: ItemError
+    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class ClassifyBatchResponse(_message.Message):
+    __slots__ = ("results", "model_version", "processing_ms")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROCESSING_MS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ClassifyBatchItem]
+    model_version: str
+    processing_ms: float
+    def __init__(self, results: _Optional[_Iterable[_Union[ClassifyBatchItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., processing_ms: _Optional[float] = ...) -> None: ...
+
+class ReferenceImage(_message.Message):
+    __slots__ = ("image", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, image: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Category(_message.Message):
+    __slots__ = ("name", "parent", "metadata", "created_at_ms", "reference_count", "path")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    parent: str
+    metadata: _containers.ScalarMap[str, str]
+    created_at_ms: int
+    reference_count: int
+    path: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., parent: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ..., reference_count: _Optional[int] = ..., path: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Reference(_message.Message):
+    __slots__ = ("id", "category", "sha256", "metadata", "created_at_ms")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    category: str
+    sha256: str
+    metadata: _containers.ScalarMap[str, str]
+    created_at_ms: int
+    def __init__(self, id: _Optional[str] = ..., category: _Optional[str] = ..., sha256: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+
+class AddedReference(_message.Message):
+    __slots__ = ("reference_id", "sha256", "duplicate")
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    reference_id: str
+    sha256: str
+    duplicate: bool
+    def __init__(self, reference_id: _Optional[str] = ..., sha256: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class AddCategoryRequest(_message.Message):
+    __slots__ = ("name", "parent", "metadata", "references")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    parent: str
+    metadata: _containers.ScalarMap[str, str]
+    references: _containers.RepeatedCompositeFieldContainer[ReferenceImage]
+    def __init__(self, name: _Optional[str] = ..., parent: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., references: _Optional[_Iterable[_Union[ReferenceImage, _Mapping]]] = ...) -> None: ...
+
+class AddCategoryResponse(_message.Message):
+    __slots__ = ("category", "references")
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    category: Category
+    references: _containers.RepeatedCompositeFieldContainer[AddedReference]
+    def __init__(self, category: _Optional[_Union[Category, _Mapping]] = ..., references: _Optional[_Iterable[_Union[AddedReference, _Mapping]]] = ...) -> None: ...
+
+class AddReferencesRequest(_message.Message):
+    __slots__ = ("category", "references")
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    category: str
+    references: _containers.RepeatedCompositeFieldContainer[ReferenceImage]
+    def __init__(self, category: _Optional[str] = ..., references: _Optional[_Iterable[_Union[ReferenceImage, _Mapping]]] = ...) -> None: ...
+
+class AddReferencesResponse(_message.Message):
+    __slots__ = ("category", "references", "added", "duplicates")
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    category: Category
+    references: _containers.RepeatedCompositeFieldContainer[AddedReference]
+    added: int
+    duplicates: int
+    def __init__(self, category: _Optional[_Union[Category, _Mapping]] = ..., references: _Optional[_Iterable[_Union[AddedReference, _Mapping]]] = ..., added: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+
+class RemoveReferencesRequest(_message.Message):
+    __slots__ = ("reference_ids",)
+    REFERENCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    reference_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, reference_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RemoveReferencesResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: int
+    def __init__(self, removed: _Optional[int] = ...) -> None: ...
+
+class DeleteCategoryRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteCategoryResponse(_message.Message):
+    __slots__ = ("references_removed",)
+    REFERENCES_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    references_removed: int
+    def __init__(self, references_removed: _Optional[int] = ...) -> None: ...
+
+class ListCategoriesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListCategoriesResponse(_message.Message):
+    __slots__ = ("categories",)
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    categories: _containers.RepeatedCompositeFieldContainer[Category]
+    def __init__(self, categories: _Optional[_Iterable[_Union[Category, _Mapping]]] = ...) -> None: ...
+
+class GetCategoryRequest(_message.Message):
+    __slots__ = ("name", "include_references")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    include_references: bool
+    def __init__(self, name: _Optional[str] = ..., include_references: _Optional[bool] = ...) -> None: ...
+
+class GetCategoryResponse(_message.Message):
+    __slots__ = ("category", "references")
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    category: Category
+    references: _containers.RepeatedCompositeFieldContainer[Reference]
+    def __init__(self, category: _Optional[_Union[Category, _Mapping]] = ..., references: _Optional[_Iterable[_Union[Reference, _Mapping]]] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStatusResponse(_message.Message):
+    __slots__ = ("model_version", "embedding_dim", "index_size", "category_count", "images_embedded", "vectors_loaded_at_start", "started_at_ms")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    INDEX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_LOADED_AT_START_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    embedding_dim: int
+    index_size: int
+    category_count: int
+    images_embedded: int
+    vectors_loaded_at_start: int
+    started_at_ms: int
+    def __init__(self, model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_size: _Optional[int] = ..., category_count: _Optional[int] = ..., images_embedded: _Optional[int] = ..., vectors_loaded_at_start: _Optional[int] = ..., started_at_ms: _Optional[int] = ...) -> None: ...

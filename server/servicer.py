@@ -1,0 +1,238 @@
+"""gRPC servicer: proto -> catalogue call -> proto. No domain logic lives here."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from indexer.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NearcatError,
+    NotFound,
+    Unavailable,
+)
+from indexer.store import Category, Reference
+from server.catalog import AddResult, Catalog, Prediction, ReferenceInput
+from server.proto.nearcat.v1 import nearcat_pb2 as pb
+from server.proto.nearcat.v1 import nearcat_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[NearcatError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+Response = TypeVar("Response")
+
+
+def status_code(error: NearcatError) -> grpc.StatusCode:
+    for kind in type(error).__mro__:
+        if kind in STATUS_OF:
+            return STATUS_OF[kind]
+    return grpc.StatusCode.INTERNAL
+
+
+def rpc(method: Callable[..., Response]) -> Callable[..., Response]:
+    """Turn domain errors into gRPC statuses; log anything unexpected as INTERNAL."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Response:
+        try:
+            return method(self, request, context)
+        except NearcatError as exc:
+            context.abort(status_code(exc), str(exc))
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+def deadline_of(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _category(category: Category, path: list[str]) -> pb.Category:
+    return pb.Category(
+        name=category.name,
+        parent=category.parent or "",
+        metadata=category.metadata,
+        created_at_ms=category.created_at_ms,
+        reference_count=category.reference_count,
+        path=path,
+    )
+
+
+def _reference(reference: Reference) -> pb.Reference:
+    return pb.Reference(
+        id=reference.id,
+        category=reference.category,
+        sha256=reference.sha256,
+        metadata=reference.metadata,
+        created_at_ms=reference.created_at_ms,
+    )
+
+
+def _classification(prediction: Prediction) -> pb.Classification:
+    return pb.Classification(
+        categories=[
+            pb.CategoryScore(category=c.category, score=c.score, path=c.path)
+            for c in prediction.categories
+        ],
+        neighbors=[
+            pb.Neighbor(reference_id=h.reference_id, category=h.category, similarity=h.similarity)
+            for h in prediction.neighbors
+        ],
+    )
+
+
+def _references(request_references: Any) -> list[ReferenceInput]:
+    return [ReferenceInput(image=r.image, metadata=dict(r.metadata)) for r in request_references]
+
+
+def _added(result: AddResult) -> list[pb.AddedReference]:
+    return [
+        pb.AddedReference(reference_id=r.reference_id, sha256=r.sha256, duplicate=r.duplicate)
+        for r in result.references
+    ]
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+class NearcatServicer(pb_grpc.NearcatServicer):
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    @rpc
+    def Classify(
+        self, request: pb.ClassifyRequest, context: grpc.ServicerContext
+    ) -> pb.ClassifyResponse:
+        started = time.perf_counter()
+        [result] = self.catalog.classify(
+            [request.image], request.options.top_n, request.options.k, deadline_of(context)
+        )
+        if isinstance(result, NearcatError):
+            raise result
+        return pb.ClassifyResponse(
+            classification=_classification(result),
+            model_version=self.catalog.embedder.version,
+            processing_ms=_elapsed_ms(started),
+        )
+
+    @rpc
+    def ClassifyBatch(
+        self, request: pb.ClassifyBatchRequest, context: grpc.ServicerContext
+    ) -> pb.ClassifyBatchResponse:
+        started = time.perf_counter()
+        results = self.catalog.classify(
+            list(request.images), request.options.top_n, request.options.k, deadline_of(context)
+        )
+        items = [
+            pb.ClassifyBatchItem(error=pb.ItemError(code=status_code(r).name, message=str(r)))
+            if isinstance(r, NearcatError)
+            else pb.ClassifyBatchItem(classification=_classification(r))
+            for r in results
+        ]
+        return pb.ClassifyBatchResponse(
+            results=items,
+            model_version=self.catalog.embedder.version,
+            processing_ms=_elapsed_ms(started),
+        )
+
+    @rpc
+    def AddCategory(
+        self, request: pb.AddCategoryRequest, context: grpc.ServicerContext
+    ) -> pb.AddCategoryResponse:
+        result = self.catalog.add_category(
+            request.name,
+            request.parent or None,
+            dict(request.metadata),
+            _references(request.references),
+            deadline_of(context),
+        )
+        return pb.AddCategoryResponse(
+            category=_category(result.category, self.catalog.path(request.name)),
+            references=_added(result),
+        )
+
+    @rpc
+    def AddReferences(
+        self, request: pb.AddReferencesRequest, context: grpc.ServicerContext
+    ) -> pb.AddReferencesResponse:
+        result = self.catalog.add_references(
+            request.category, _references(request.references), deadline_of(context)
+        )
+        duplicates = sum(r.duplicate for r in result.references)
+        return pb.AddReferencesResponse(
+            category=_category(result.category, self.catalog.path(request.category)),
+            references=_added(result),
+            added=len(result.references) - duplicates,
+            duplicates=duplicates,
+        )
+
+    @rpc
+    def RemoveReferences(
+        self, request: pb.RemoveReferencesRequest, context: grpc.ServicerContext
+    ) -> pb.RemoveReferencesResponse:
+        removed = self.catalog.remove_references(list(request.reference_ids))
+        return pb.RemoveReferencesResponse(removed=removed)
+
+    @rpc
+    def DeleteCategory(
+        self, request: pb.DeleteCategoryRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteCategoryResponse:
+        removed = self.catalog.delete_category(request.name)
+        return pb.DeleteCategoryResponse(references_removed=removed)
+
+    @rpc
+    def ListCategories(
+        self, request: pb.ListCategoriesRequest, context: grpc.ServicerContext
+    ) -> pb.ListCategoriesResponse:
+        return pb.ListCategoriesResponse(
+            categories=[
+                _category(c, self.catalog.path(c.name)) for c in self.catalog.list_categories()
+            ]
+        )
+
+    @rpc
+    def GetCategory(
+        self, request: pb.GetCategoryRequest, context: grpc.ServicerContext
+    ) -> pb.GetCategoryResponse:
+        category = self.catalog.get_category(request.name)
+        references = self.catalog.references(request.name) if request.include_references else []
+        return pb.GetCategoryResponse(
+            category=_category(category, self.catalog.path(category.name)),
+            references=[_reference(r) for r in references],
+        )
+
+    @rpc
+    def GetStatus(
+        self, request: pb.GetStatusRequest, context: grpc.ServicerContext
+    ) -> pb.GetStatusResponse:
+        status = self.catalog.status()
+        return pb.GetStatusResponse(
+            model_version=status.model_version,
+            embedding_dim=status.embedding_dim,
+            index_size=status.index_size,
+            category_count=status.category_count,
+            images_embedded=status.images_embedded,
+            vectors_loaded_at_start=status.vectors_loaded_at_start,
+            started_at_ms=status.started_at_ms,
+        )

@@ -1,0 +1,36 @@
+"""Server settings: defaults, overridden by NEARCAT_* environment variables, then by flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything `nearcat serve` can be told. Each field is also NEARCAT_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="NEARCAT_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 for all)")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    data_dir: Path = Field(Path("var"), description="embedded Valkey data and model artifacts")
+    redis_url: str | None = Field(
+        None, description="external Redis/Valkey, e.g. redis://host:6379/0 (default: embedded)"
+    )
+    key_prefix: str = Field("nearcat", description="prefix of every key nearcat writes")
+    model: str = Field(
+        "efficientnet_lite0", description="registered model name or model artifact directory"
+    )
+    k: int = Field(10, ge=1, le=1000, description="nearest references that vote")
+    votes_per_category: int = Field(3, ge=1, description="votes counted per category at most")
+    vote_temperature: float = Field(0.05, gt=0, description="softness of similarity weights")
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest encoded image")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="largest width x height")
+    max_images_per_request: int = Field(256, ge=1, description="images in one call at most")
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="largest gRPC message received"
+    )
+    workers: int = Field(8, ge=1, description="threads serving calls")
+    grace_seconds: float = Field(15.0, ge=0, description="time in-flight calls get on SIGTERM")
