@@ -1,0 +1,143 @@
+"""Labelled images on disk, in the two layouts every data-taking command accepts.
+
+- A folder tree: a folder that holds images is a category; the folders above it are its
+  parent categories (``Fruit/Apple/Granny-Smith/*.jpg`` -> ``Granny-Smith`` under ``Apple``
+  under ``Fruit``).
+- A CSV with an image-path column and a label column (e.g. the clothing dataset).
+
+Problems (missing files, clashing names) are collected and reported, never raised mid-way,
+so one bad row does not stop a long import.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    path: Path
+    category: str
+    group: str | None = None
+
+
+@dataclass
+class Dataset:
+    """Images with their categories, each category's parent, and what could not be used."""
+
+    images: list[LabeledImage] = field(default_factory=list)
+    parents: dict[str, str | None] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def categories(self) -> list[str]:
+        """Every category, parents before their children."""
+        ordered: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in ordered:
+                return
+            parent = self.parents.get(name)
+            if parent:
+                visit(parent)
+            ordered.append(name)
+
+        for name in sorted(self.parents):
+            visit(name)
+        return ordered
+
+    def by_category(self) -> dict[str, list[LabeledImage]]:
+        grouped: dict[str, list[LabeledImage]] = {}
+        for image in self.images:
+            grouped.setdefault(image.category, []).append(image)
+        return grouped
+
+
+def load_folder_tree(root: Path) -> Dataset:
+    root = Path(root)
+    dataset = Dataset()
+    seen_at: dict[str, Path] = {}
+    for folder in sorted(p for p in [root, *root.rglob("*")] if p.is_dir()):
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files or folder == root:
+            if files:
+                dataset.problems.append(
+                    f"{len(files)} images directly in {root} have no category folder; skipped"
+                )
+            continue
+        parts = folder.relative_to(root).parts
+        clash = _register_path(dataset, root, parts, seen_at)
+        if clash:
+            dataset.problems.append(clash)
+            continue
+        dataset.images.extend(LabeledImage(p, parts[-1]) for p in files)
+    return dataset
+
+
+def _register_path(
+    dataset: Dataset, root: Path, parts: tuple[str, ...], seen_at: dict[str, Path]
+) -> str | None:
+    """Record each folder on the path as a category under its parent; report name clashes."""
+    for depth, name in enumerate(parts):
+        where = root.joinpath(*parts[: depth + 1])
+        if seen_at.setdefault(name, where) != where:
+            return (
+                f"category name {name!r} is used by both {seen_at[name]} and {where}; category "
+                f"names must be unique: rename one folder. Skipped {root.joinpath(*parts)}"
+            )
+        dataset.parents[name] = parts[depth - 1] if depth else None
+    return None
+
+
+def load_csv(
+    csv_path: Path,
+    path_column: str = "image",
+    label_column: str = "label",
+    path_template: str = "{}",
+    group_column: str | None = None,
+    exclude_labels: Iterable[str] = (),
+) -> Dataset:
+    """Rows of (image path, label). Paths are relative to the CSV's folder; `path_template`
+    turns a column value into a path, e.g. ``images/{}.jpg``."""
+    csv_path = Path(csv_path)
+    excluded = set(exclude_labels)
+    dataset = Dataset()
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        for column in (path_column, label_column, group_column):
+            if column and column not in columns:
+                raise ValueError(
+                    f"{csv_path} has no column {column!r}; its columns are {', '.join(columns)}"
+                )
+        missing = 0
+        for row in reader:
+            label = (row[label_column] or "").strip()
+            if not label or label in excluded:
+                continue
+            path = csv_path.parent / path_template.format(row[path_column])
+            if not path.is_file():
+                missing += 1
+                if missing <= 5:
+                    dataset.problems.append(f"{path} (row for {label!r}) does not exist; skipped")
+                continue
+            group = row[group_column] if group_column else None
+            dataset.images.append(LabeledImage(path, label, group))
+            dataset.parents.setdefault(label, None)
+    if missing > 5:
+        dataset.problems.append(f"... {missing} missing image files in all")
+    return dataset
+
+
+def load_dataset(source: Path, **csv_options: object) -> Dataset:
+    """A folder tree or a CSV file, by what `source` is."""
+    source = Path(source)
+    if source.is_dir():
+        return load_folder_tree(source)
+    if source.suffix.lower() == ".csv" and source.is_file():
+        return load_csv(source, **csv_options)  # type: ignore[arg-type]
+    raise ValueError(f"{source} is neither a folder of category folders nor a .csv file")

@@ -1,0 +1,386 @@
+"""The `nearcat` command: serve, import reference images, classify, list categories.
+
+A thin argparse layer: `serve` wires settings into `server.app`, the other commands are gRPC
+clients of a running server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SERVER = os.environ.get("NEARCAT_SERVER", "127.0.0.1:50051")
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+IMPORT_BATCH = 16
+CLASSIFY_BATCH = 32
+
+EPILOG = """\
+examples:
+  nearcat serve                                  # embedded store under ./var, port 50051
+  nearcat import photos/                         # photos/<category>/*.jpg, nested = parents
+  nearcat import data/images.csv --path-template 'images/{}.jpg'
+  nearcat classify shoe.jpg shirt.png --json
+  nearcat categories
+"""
+
+
+class CommandError(Exception):
+    """A failure the user can act on; printed without a traceback."""
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field, so flags, env vars and docs never drift apart."""
+    from server.settings import Settings
+
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = field.default
+        parser.add_argument(
+            flag,
+            dest=name,
+            default=None,
+            help=f"{field.description} (default: {default}; env NEARCAT_{name.upper()})",
+        )
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
+    from server.app import serve
+    from server.settings import Settings
+
+    overrides = {
+        name: value
+        for name in Settings.model_fields
+        if (value := getattr(args, name, None)) is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise CommandError(f"invalid setting: {exc}") from exc
+    serve(settings, announce=lambda line: print(line, flush=True))
+
+
+# -- client helpers ------------------------------------------------------------------------
+
+
+def connect(target: str) -> Any:
+    """A stub for the server at target, after checking it answers."""
+    import grpc
+
+    from server.proto.nearcat.v1 import nearcat_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    try:
+        grpc.channel_ready_future(channel).result(timeout=10)
+    except grpc.FutureTimeoutError:
+        raise CommandError(
+            f"cannot reach a nearcat server at {target}: start one with `nearcat serve`, "
+            "or point --server (or NEARCAT_SERVER) at a running one"
+        ) from None
+    return pb_grpc.NearcatStub(channel)
+
+
+# -- import --------------------------------------------------------------------------------
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from embedder.datasets import load_dataset
+    from indexer.ids import image_sha256, reference_id
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    try:
+        dataset = load_dataset(
+            args.source,
+            path_column=args.path_column,
+            label_column=args.label_column,
+            path_template=args.path_template,
+            exclude_labels=args.exclude_label,
+        )
+    except (ValueError, OSError) as exc:
+        raise CommandError(str(exc)) from exc
+    for problem in dataset.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if not dataset.images:
+        raise CommandError(f"no images found in {args.source}")
+
+    stub = connect(args.server)
+    existing = {c.name for c in stub.ListCategories(pb.ListCategoriesRequest()).categories}
+    for name in dataset.categories():
+        if name not in existing:
+            stub.AddCategory(pb.AddCategoryRequest(name=name, parent=dataset.parents[name] or ""))
+
+    added = skipped = failed = 0
+    groups = dataset.by_category()
+    with tqdm(total=len(dataset.images), unit="img", desc="importing") as bar:
+        for category, images in groups.items():
+            request = pb.GetCategoryRequest(name=category, include_references=True)
+            stored_ids = {r.id for r in stub.GetCategory(request).references}
+            for start in range(0, len(images), args.batch_size):
+                batch = []
+                for image in images[start : start + args.batch_size]:
+                    data = image.path.read_bytes()
+                    if reference_id(category, image_sha256(data)) in stored_ids:
+                        skipped += 1
+                    else:
+                        batch.append((image.path, data))
+                if batch:
+                    ok, bad = send_references(stub, category, batch)
+                    added += ok
+                    failed += len(bad)
+                    for path, reason in bad:
+                        tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)
+                bar.update(min(args.batch_size, len(images) - start))
+    print(
+        f"imported {added} new references into {len(groups)} categories; "
+        f"{skipped} already there, {failed} failed"
+    )
+
+
+def send_references(
+    stub: Any, category: str, batch: Sequence[tuple[Path, bytes]]
+) -> tuple[int, list[tuple[Path, str]]]:
+    """Send a batch; if the server refuses it (one bad image fails a batch whole), send the
+    images one by one so only the bad ones are left out. Returns (added, [(path, reason)])."""
+    import grpc
+
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    def request(items: Sequence[tuple[Path, bytes]]) -> Any:
+        return pb.AddReferencesRequest(
+            category=category,
+            references=[
+                pb.ReferenceImage(image=data, metadata={"source": str(path)})
+                for path, data in items
+            ],
+        )
+
+    try:
+        return stub.AddReferences(request(batch)).added, []
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            raise
+        if len(batch) == 1:
+            return 0, [(batch[0][0], exc.details())]
+    results = [send_references(stub, category, [item]) for item in batch]
+    return sum(added for added, _ in results), [bad for _, bads in results for bad in bads]
+
+
+# -- classify ------------------------------------------------------------------------------
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    stub = connect(args.server)
+    options = pb.ClassifyOptions(top_n=args.top_n)
+    exit_code = 0
+    for start in range(0, len(args.files), CLASSIFY_BATCH):
+        paths = args.files[start : start + CLASSIFY_BATCH]
+        images = []
+        for path in paths:
+            try:
+                images.append(Path(path).read_bytes())
+            except OSError as exc:
+                raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
+        response = stub.ClassifyBatch(pb.ClassifyBatchRequest(images=images, options=options))
+        for path, item in zip(paths, response.results, strict=True):
+            if item.HasField("error"):
+                exit_code = 1
+            print_result(path, item, response.model_version, args.json)
+    if exit_code:
+        raise SystemExit(exit_code)
+
+
+def print_result(path: str, item: Any, model_version: str, as_json: bool) -> None:
+    if item.HasField("error"):
+        if as_json:
+            error = {"code": item.error.code, "message": item.error.message}
+            print(json.dumps({"file": path, "error": error}))
+        else:
+            print(f"{path}: error {item.error.code}: {item.error.message}")
+        return
+    result = item.classification
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "file": path,
+                    "model_version": model_version,
+                    "categories": [
+                        {"category": c.category, "score": round(c.score, 4), "path": list(c.path)}
+                        for c in result.categories
+                    ],
+                    "neighbors": [
+                        {
+                            "reference_id": n.reference_id,
+                            "category": n.category,
+                            "similarity": round(n.similarity, 4),
+                        }
+                        for n in result.neighbors
+                    ],
+                }
+            )
+        )
+        return
+    best = result.categories[0]
+    print(f"{path}: {' > '.join(best.path)}  ({best.score:.2f})")
+    for other in result.categories[1:]:
+        print(f"    {' > '.join(other.path)}  ({other.score:.2f})")
+
+
+# -- categories and status -----------------------------------------------------------------
+
+
+def cmd_categories(args: argparse.Namespace) -> None:
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    categories = connect(args.server).ListCategories(pb.ListCategoriesRequest()).categories
+    if args.json:
+        for c in categories:
+            print(
+                json.dumps(
+                    {
+                        "name": c.name,
+                        "parent": c.parent or None,
+                        "path": list(c.path),
+                        "reference_count": c.reference_count,
+                        "metadata": dict(c.metadata),
+                    }
+                )
+            )
+        return
+    if not categories:
+        print("no categories yet: add some with `nearcat import FOLDER`")
+        return
+    width = max(len(" > ".join(c.path)) for c in categories)
+    for c in sorted(categories, key=lambda c: list(c.path)):
+        print(f"{' > '.join(c.path):<{width}}  {c.reference_count:>6} references")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from google.protobuf.json_format import MessageToDict
+
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    status = connect(args.server).GetStatus(pb.GetStatusRequest())
+    print(json.dumps(MessageToDict(status, preserving_proto_field_name=True), indent=2))
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nearcat",
+        description="Classify product photos by their nearest reference images. "
+        "Add a category by adding example images: no retraining.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Run the gRPC server. Every flag can also be set as NEARCAT_<NAME>.",
+    )
+    add_settings_flags(serve)
+    serve.set_defaults(run=cmd_serve)
+
+    def client_command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=description)
+        sub.add_argument(
+            "--server",
+            default=DEFAULT_SERVER,
+            help=f"HOST:PORT of a running nearcat (default: {DEFAULT_SERVER}; env NEARCAT_SERVER)",
+        )
+        return sub
+
+    imp = client_command(
+        "import",
+        "add reference images from a folder tree or a CSV",
+        "Add reference images to a running server. SOURCE is a folder whose image-holding "
+        "folders are categories (their ancestor folders become parent categories), or a CSV "
+        "with an image-path column and a label column. Categories are created as needed; "
+        "images already stored are skipped, so re-running is safe.",
+    )
+    imp.add_argument("source", type=Path, metavar="SOURCE", help="folder tree or .csv file")
+    imp.add_argument("--path-column", default="image", help="CSV column with the image path")
+    imp.add_argument("--label-column", default="label", help="CSV column with the category")
+    imp.add_argument(
+        "--path-template",
+        default="{}",
+        help="turns the path column into a path relative to the CSV, e.g. 'images/{}.jpg'",
+    )
+    imp.add_argument(
+        "--exclude-label", action="append", default=[], help="CSV label to skip (repeatable)"
+    )
+    imp.add_argument(
+        "--batch-size", type=int, default=IMPORT_BATCH, help="images per AddReferences call"
+    )
+    imp.set_defaults(run=cmd_import)
+
+    classify = client_command(
+        "classify",
+        "classify image files",
+        "Classify image files against the server's categories. Prints the best category with "
+        "its score and the runners-up; --json prints one JSON object per file, with the "
+        "nearest references as evidence. Exits 1 if any file could not be classified.",
+    )
+    classify.add_argument("files", nargs="+", metavar="FILE", help="JPEG, PNG or WebP files")
+    classify.add_argument("--top-n", type=int, default=3, help="categories to show per image")
+    classify.add_argument("--json", action="store_true", help="one JSON object per line")
+    classify.set_defaults(run=cmd_classify)
+
+    categories = client_command(
+        "categories", "list categories", "List categories with their paths and reference counts."
+    )
+    categories.add_argument("--json", action="store_true", help="one JSON object per line")
+    categories.set_defaults(run=cmd_categories)
+
+    status = client_command(
+        "status", "show what the server runs", "Model version, index size and counters as JSON."
+    )
+    status.set_defaults(run=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import grpc
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        args.run(args)
+    except CommandError as exc:
+        print(f"nearcat: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except grpc.RpcError as exc:
+        print(f"nearcat: the server answered {exc.code().name}: {exc.details()}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
