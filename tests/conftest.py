@@ -1,0 +1,35 @@
+"""Fixtures shared by the whole suite: a real Valkey and the packaged model artifact."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from indexer.embedded import EmbeddedValkey
+from indexer.store import Store
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
+    """One embedded Valkey for the session; tests isolate themselves by key prefix."""
+    embedded = EmbeddedValkey(tmp_path_factory.mktemp("valkey"))
+    client = embedded.start()
+    yield client
+    embedded.stop()
+
+
+@pytest.fixture
+def store(valkey: redis.Redis) -> Store:
+    return Store(valkey, prefix=f"test-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="session")
+def model_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The packaged default model, materialised once per session."""
+    from embedder import resolve_model
+
+    return resolve_model("efficientnet_lite0", tmp_path_factory.mktemp("models"))

@@ -1,0 +1,53 @@
+"""The FAISS index: exact cosine search, live adds and removes, ids that round-trip."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from indexer.ids import faiss_id, reference_id, reference_id_of_faiss
+from indexer.index import VectorIndex
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_reference_ids_are_deterministic_and_fit_faiss() -> None:
+    first = reference_id("Shoes", "ab" * 32)
+    assert first == reference_id("Shoes", "ab" * 32)
+    assert first != reference_id("Boots", "ab" * 32)
+    assert 0 <= faiss_id(first) < 2**63
+    assert reference_id_of_faiss(faiss_id(first)) == first
+
+
+def test_search_matches_brute_force_cosine() -> None:
+    rng = np.random.default_rng(0)
+    vectors = unit(rng.standard_normal((200, 16)))
+    ids = [reference_id("c", str(i)) for i in range(200)]
+    index = VectorIndex(16, use_gpu=False)
+    index.add(ids, [f"cat{i % 5}" for i in range(200)], vectors)
+    query = unit(rng.standard_normal((3, 16)))
+    hits = index.search(query, k=7)
+    expected = np.argsort(-(query @ vectors.T), axis=1)[:, :7]
+    for q, row, want in zip(query, hits, expected, strict=True):
+        assert [h.reference_id for h in row] == [ids[i] for i in want]
+        assert [h.category for h in row] == [f"cat{i % 5}" for i in want]
+        np.testing.assert_allclose([h.similarity for h in row], vectors[want] @ q, rtol=1e-5)
+
+
+def test_adds_and_removes_are_live_and_adding_twice_is_harmless() -> None:
+    index = VectorIndex(4, use_gpu=False)
+    a, b = reference_id("x", "a"), reference_id("x", "b")
+    index.add([a], ["x"], unit(np.array([[1, 0, 0, 0]], float)))
+    index.add([a, b], ["x", "y"], unit(np.array([[1, 0, 0, 0], [0, 1, 0, 0]], float)))
+    assert len(index) == 2
+    [[hit]] = index.search(unit(np.array([[0, 1, 0, 0]], float)), k=1)
+    assert (hit.reference_id, hit.category) == (b, "y")
+    index.remove([b])
+    assert len(index) == 1
+    [[hit]] = index.search(unit(np.array([[0, 1, 0, 0]], float)), k=5)
+    assert hit.reference_id == a
+
+
+def test_search_on_an_empty_index_returns_no_hits() -> None:
+    assert VectorIndex(4, use_gpu=False).search(np.ones((2, 4), np.float32), k=3) == [[], []]

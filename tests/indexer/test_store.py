@@ -1,0 +1,145 @@
+"""The store against a real Valkey: atomic writes, duplicates, errors that change nothing."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from indexer.errors import AlreadyExists, FailedPrecondition, NotFound
+from indexer.ids import image_sha256, reference_id
+from indexer.store import NewReference, Store
+
+VERSION = "model-a"
+
+
+def new_ref(category: str, content: bytes, dim: int = 4) -> NewReference:
+    sha = image_sha256(content)
+    vector = np.random.default_rng(len(content)).standard_normal(dim).astype(np.float32)
+    return NewReference(reference_id(category, sha), sha, content, vector, {"src": "test"})
+
+
+def snapshot(store: Store) -> dict[bytes, bytes]:
+    """Every key of this store with its type and length, to prove nothing changed."""
+    client = store._redis
+    keys = sorted(client.scan_iter(match=store._key("*")))
+    return {k: client.type(k) + b":" + str(client.memory_usage(k)).encode() for k in keys}
+
+
+def test_create_category_with_references_round_trips(store: Store) -> None:
+    refs = [new_ref("Shoes", b"a"), new_ref("Shoes", b"b")]
+    category, duplicate = store.create_category("Shoes", None, {"team": "x"}, refs, VERSION)
+    assert (category.name, category.reference_count, duplicate) == ("Shoes", 2, [False, False])
+    stored = store.get_category("Shoes")
+    assert stored is not None
+    assert stored.metadata == {"team": "x"} and stored.reference_count == 2
+    assert store.get_image(refs[0].id) == b"a"
+    [batch] = list(store.iter_vectors(VERSION))
+    by_id = dict(zip(batch.reference_ids, batch.vectors, strict=True))
+    np.testing.assert_array_equal(by_id[refs[1].id], refs[1].vector)
+    assert batch.categories == ["Shoes", "Shoes"]
+
+
+def test_existing_category_is_refused_and_nothing_changes(store: Store) -> None:
+    store.create_category("Shoes", None, {}, [new_ref("Shoes", b"a")], VERSION)
+    before = snapshot(store)
+    with pytest.raises(AlreadyExists, match="already exists"):
+        store.create_category("Shoes", None, {}, [new_ref("Shoes", b"z")], VERSION)
+    assert snapshot(store) == before
+
+
+def test_unknown_parent_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFound, match="parent category 'Fruit'"):
+        store.create_category("Apple", "Fruit", {}, [], VERSION)
+    assert store.category_names() == []
+
+
+def test_duplicates_are_not_stored_twice(store: Store) -> None:
+    store.create_category("Shoes", None, {}, [new_ref("Shoes", b"a")], VERSION)
+    duplicate = store.add_references(
+        "Shoes", [new_ref("Shoes", b"a"), new_ref("Shoes", b"b"), new_ref("Shoes", b"b")], VERSION
+    )
+    assert duplicate == [True, False, True]
+    assert store.get_category("Shoes").reference_count == 2  # type: ignore[union-attr]
+
+
+def test_same_image_in_two_categories_is_two_references(store: Store) -> None:
+    store.create_category("A", None, {}, [new_ref("A", b"same")], VERSION)
+    store.create_category("B", None, {}, [new_ref("B", b"same")], VERSION)
+    assert store.reference_ids("A") != store.reference_ids("B")
+
+
+def test_add_to_unknown_category_changes_nothing(store: Store) -> None:
+    before = snapshot(store)
+    with pytest.raises(NotFound, match="create it with AddCategory"):
+        store.add_references("Nope", [new_ref("Nope", b"a")], VERSION)
+    assert snapshot(store) == before
+
+
+def test_remove_with_one_unknown_id_removes_nothing(store: Store) -> None:
+    refs = [new_ref("Shoes", b"a"), new_ref("Shoes", b"b")]
+    store.create_category("Shoes", None, {}, refs, VERSION)
+    before = snapshot(store)
+    with pytest.raises(NotFound, match="nothing was removed"):
+        store.remove_references([refs[0].id, "00000000deadbeef"])
+    assert snapshot(store) == before
+    removed = store.remove_references([refs[0].id])
+    assert [r.id for r in removed] == [refs[0].id]
+    assert store.reference_ids("Shoes") == [refs[1].id]
+    assert store.get_image(refs[0].id) is None
+    [batch] = list(store.iter_vectors(VERSION))
+    assert batch.reference_ids == [refs[1].id]
+
+
+def test_delete_category_with_children_is_refused(store: Store) -> None:
+    store.create_category("Fruit", None, {}, [], VERSION)
+    store.create_category("Apple", "Fruit", {}, [new_ref("Apple", b"a")], VERSION)
+    with pytest.raises(FailedPrecondition, match="delete them first"):
+        store.delete_category("Fruit")
+    removed = store.delete_category("Apple")
+    assert len(removed) == 1
+    assert store.child_names("Fruit") == []
+    store.delete_category("Fruit")
+    assert store.category_names() == []
+    assert list(store.iter_vectors(VERSION)) == []
+
+
+def test_every_write_is_on_the_change_stream(store: Store) -> None:
+    ref = new_ref("Shoes", b"a")
+    store.create_category("Shoes", None, {}, [ref], VERSION)
+    store.add_references("Shoes", [new_ref("Shoes", b"b")], VERSION)
+    store.add_references("Shoes", [ref], VERSION)  # duplicate only: nothing written
+    store.remove_references([ref.id])
+    store.delete_category("Shoes")
+    entries = store._redis.xrange(store._key("changes"))
+    ops = [fields[b"op"].decode() for _, fields in entries]
+    assert ops == ["add_category", "add_references", "remove_references", "delete_category"]
+
+
+def test_references_missing_vectors_for_a_new_model(store: Store) -> None:
+    refs = [new_ref("Shoes", b"a"), new_ref("Shoes", b"b")]
+    store.create_category("Shoes", None, {}, refs, VERSION)
+    assert store.references_missing_vectors(VERSION) == []
+    missing = store.references_missing_vectors("model-b")
+    assert {r.id for r in missing} == {r.id for r in refs}
+    store.put_vectors("model-b", {refs[0].id: np.ones(4, np.float32)})
+    assert [r.id for r in store.references_missing_vectors("model-b")] == [refs[1].id]
+
+
+def test_concurrent_adds_keep_exact_counts(store: Store) -> None:
+    store.create_category("Shoes", None, {}, [], VERSION)
+    contents = [f"image-{i}".encode() for i in range(40)]
+
+    def add(chunk: list[bytes]) -> None:
+        for content in chunk:  # overlapping chunks: every image is added by two threads
+            store.add_references("Shoes", [new_ref("Shoes", content)], VERSION)
+
+    threads = [
+        threading.Thread(target=add, args=(contents[i : i + 20],)) for i in range(0, 40, 10)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get_category("Shoes").reference_count == 40  # type: ignore[union-attr]
