@@ -135,9 +135,7 @@ def test_concurrent_adds_keep_exact_counts(store: Store) -> None:
         for content in chunk:  # overlapping chunks: every image is added by two threads
             store.add_references("Shoes", [new_ref("Shoes", content)], VERSION)
 
-    threads = [
-        threading.Thread(target=add, args=(contents[i : i + 20],)) for i in range(0, 40, 10)
-    ]
+    threads = [threading.Thread(target=add, args=(contents[i : i + 20],)) for i in range(0, 40, 10)]
     for t in threads:
         t.start()
     for t in threads:

@@ -1,0 +1,77 @@
+"""Folder trees and CSVs become labelled images; problems are reported, not raised."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from embedder.datasets import load_csv, load_dataset, load_folder_tree
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_leaf_folders_are_categories_and_ancestors_are_parents(tmp_path: Path) -> None:
+    touch(tmp_path / "Fruit/Apple/Granny-Smith/1.jpg")
+    touch(tmp_path / "Fruit/Apple/Gala/2.png")
+    touch(tmp_path / "Fruit/Pear/3.webp")
+    touch(tmp_path / "Fruit/Pear/notes.txt")
+    dataset = load_folder_tree(tmp_path)
+    assert dataset.parents == {
+        "Fruit": None,
+        "Apple": "Fruit",
+        "Granny-Smith": "Apple",
+        "Gala": "Apple",
+        "Pear": "Fruit",
+    }
+    order = dataset.categories()
+    assert order.index("Fruit") < order.index("Apple") < order.index("Gala")
+    assert {(i.path.name, i.category) for i in dataset.images} == {
+        ("1.jpg", "Granny-Smith"),
+        ("2.png", "Gala"),
+        ("3.webp", "Pear"),
+    }
+    assert dataset.problems == []
+
+
+def test_clashing_folder_names_are_reported_and_skipped(tmp_path: Path) -> None:
+    touch(tmp_path / "Men/Shirts/1.jpg")
+    touch(tmp_path / "Women/Shirts/2.jpg")
+    touch(tmp_path / "loose.jpg")
+    dataset = load_folder_tree(tmp_path)
+    assert [i.path.name for i in dataset.images] == ["1.jpg"]
+    assert any("'Shirts' is used by both" in p for p in dataset.problems)
+    assert any("no category folder" in p for p in dataset.problems)
+
+
+def test_csv_with_template_group_exclusions_and_missing_files(tmp_path: Path) -> None:
+    touch(tmp_path / "images/a.jpg")
+    touch(tmp_path / "images/b.jpg")
+    (tmp_path / "data.csv").write_text(
+        "image,sender_id,label\na,s1,Shoes\nb,s2,Skip\nc,s3,Hat\n,s4,\n"
+    )
+    dataset = load_csv(
+        tmp_path / "data.csv",
+        path_template="images/{}.jpg",
+        group_column="sender_id",
+        exclude_labels=["Skip"],
+    )
+    assert [(i.path.name, i.category, i.group) for i in dataset.images] == [
+        ("a.jpg", "Shoes", "s1")
+    ]
+    assert any("c.jpg" in p and "does not exist" in p for p in dataset.problems)
+
+
+def test_csv_column_errors_name_the_columns(tmp_path: Path) -> None:
+    (tmp_path / "data.csv").write_text("file,class\n")
+    with pytest.raises(ValueError, match="no column 'image'; its columns are file, class"):
+        load_dataset(tmp_path / "data.csv")
+
+
+def test_source_must_be_a_folder_or_a_csv(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="neither a folder"):
+        load_dataset(tmp_path / "missing.txt")

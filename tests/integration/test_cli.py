@@ -1,0 +1,145 @@
+"""The `nearcat` command against a real server: import, classify, categories, help."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import CLOTHING, KINDS, ROOT, ServerProcess, make_image
+
+pytestmark = pytest.mark.integration
+
+
+def nearcat(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"nearcat {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, model_artifact: Path
+) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("cli") / "data", model_artifact).start()
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("command", ["", "serve", "import", "classify", "categories", "status"])
+def test_help_teaches(command: str) -> None:
+    result = nearcat(*filter(None, [command]), "--help")
+    assert "usage: nearcat" in result.stdout
+    if command == "serve":
+        assert "--redis-url" in result.stdout and "NEARCAT_REDIS_URL" in result.stdout
+    if command == "import":
+        assert "--path-template" in result.stdout
+
+
+def test_unreachable_server_says_what_to_do() -> None:
+    result = nearcat("categories", "--server", "127.0.0.1:9", check=False)
+    assert result.returncode == 2
+    assert "nearcat serve" in result.stderr
+
+
+def test_import_a_folder_tree_then_classify(server: ServerProcess, tmp_path: Path) -> None:
+    tree = tmp_path / "photos"
+    for kind in KINDS:
+        folder = tree / "Patterns" / kind
+        folder.mkdir(parents=True)
+        for seed in range(5):
+            (folder / f"{seed}.jpg").write_bytes(make_image(kind, seed))
+    (tree / "Patterns" / "dots" / "broken.jpg").write_bytes(b"not a jpeg")
+
+    first = nearcat("import", str(tree), "--server", server.address, "--batch-size", "4")
+    assert "imported 15 new references" in first.stdout
+    assert "1 failed" in first.stdout and "broken.jpg" in first.stderr
+    again = nearcat("import", str(tree), "--server", server.address)
+    assert "imported 0 new references" in again.stdout and "15 already there" in again.stdout
+
+    listed = [
+        json.loads(line)
+        for line in nearcat("categories", "--json", "--server", server.address).stdout.splitlines()
+    ]
+    counts = {c["name"]: c["reference_count"] for c in listed}
+    assert counts == {"Patterns": 0, "stripes": 5, "checkers": 5, "dots": 5}
+    assert {tuple(c["path"]) for c in listed} >= {("Patterns", "dots")}
+
+    queries = []
+    for kind in KINDS:
+        path = tmp_path / f"query-{kind}.png"
+        path.write_bytes(make_image(kind, 321, fmt="PNG"))
+        queries.append(path)
+    out = nearcat("classify", *map(str, queries), "--json", "--server", server.address).stdout
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert [a["categories"][0]["category"] for a in answers] == list(KINDS)
+    assert answers[0]["categories"][0]["path"] == ["Patterns", "stripes"]
+    assert answers[0]["neighbors"][0]["category"] == "stripes"
+
+    text = nearcat("classify", str(queries[0]), "--server", server.address).stdout
+    assert "Patterns > stripes" in text
+
+
+def test_classify_reports_a_bad_file_and_exits_1(server: ServerProcess, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"junk")
+    result = nearcat("classify", str(bad), "--server", server.address, check=False)
+    assert result.returncode == 1
+    assert "INVALID_ARGUMENT" in result.stdout
+
+
+@pytest.mark.dataset
+@pytest.mark.skipif(not CLOTHING.exists(), reason="../shared/datasets/clothing is absent")
+def test_clothing_accuracy_is_clearly_above_chance(tmp_path: Path, model_artifact: Path) -> None:
+    """A few references for a handful of real categories; queries from other contributors."""
+    from embedder.datasets import load_csv
+
+    categories = ["T-Shirt", "Pants", "Shoes", "Dress", "Hat", "Shorts"]
+    refs_per_category, queries_per_category = 8, 10
+    dataset = load_csv(
+        CLOTHING / "images.csv", path_template="images/{}.jpg", group_column="sender_id"
+    )
+    by_category = dataset.by_category()
+    tree = tmp_path / "refs"
+    queries: list[tuple[Path, str]] = []
+    for category in categories:
+        images = sorted(by_category[category], key=lambda i: i.path.name)
+        refs = images[:refs_per_category]
+        ref_senders = {i.group for i in refs}
+        (tree / category).mkdir(parents=True)
+        for image in refs:
+            os.symlink(image.path, tree / category / image.path.name)
+        others = [i for i in images[refs_per_category:] if i.group not in ref_senders]
+        queries += [(i.path, category) for i in others[:queries_per_category]]
+
+    process = ServerProcess(tmp_path / "data", model_artifact).start()
+    try:
+        nearcat("import", str(tree), "--server", process.address)
+        out = nearcat(
+            "classify", *(str(p) for p, _ in queries), "--json", "--server", process.address
+        ).stdout
+    finally:
+        process.stop()
+    predicted = [json.loads(line)["categories"][0]["category"] for line in out.splitlines()]
+    accuracy = sum(p == truth for p, (_, truth) in zip(predicted, queries, strict=True)) / len(
+        queries
+    )
+    chance = 1 / len(categories)
+    print(
+        f"\nclothing: {len(categories)} categories, {refs_per_category} references each, "
+        f"{len(queries)} queries from other contributors: "
+        f"top-1 {accuracy:.1%} (chance {chance:.1%})"
+    )
+    assert accuracy >= 2.5 * chance
