@@ -13,7 +13,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from server.settings import Settings
 
 DEFAULT_SERVER = os.environ.get("NEARCAT_SERVER", "127.0.0.1:50051")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -52,10 +55,10 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Flags given on the command line win over NEARCAT_* variables, which win over defaults."""
     from pydantic import ValidationError
 
-    from server.app import serve
     from server.settings import Settings
 
     overrides = {
@@ -64,10 +67,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if (value := getattr(args, name, None)) is not None
     }
     try:
-        settings = Settings(**overrides)
+        return Settings(**overrides)
     except ValidationError as exc:
-        raise CommandError(f"invalid setting: {exc}") from exc
-    serve(settings, announce=lambda line: print(line, flush=True))
+        problems = "; ".join(
+            f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+        )
+        raise CommandError(f"invalid setting: {problems}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from server.app import serve
+
+    serve(load_settings(args), announce=lambda line: print(line, flush=True))
 
 
 # -- client helpers ------------------------------------------------------------------------
