@@ -78,9 +78,9 @@ def test_import_a_folder_tree_then_classify(server: ServerProcess, tmp_path: Pat
     assert {tuple(c["path"]) for c in listed} >= {("Patterns", "dots")}
 
     queries = []
-    for kind in KINDS:
-        path = tmp_path / f"query-{kind}.png"
-        path.write_bytes(make_image(kind, 321, fmt="PNG"))
+    for kind, fmt in zip(KINDS, ["JPEG", "JPEG", "PNG"], strict=True):
+        path = tmp_path / f"query-{kind}.{fmt.lower()}"
+        path.write_bytes(make_image(kind, 321, fmt=fmt))
         queries.append(path)
     out = nearcat("classify", *map(str, queries), "--json", "--server", server.address).stdout
     answers = [json.loads(line) for line in out.splitlines()]
