@@ -224,13 +224,15 @@ class Embedder:
         config: ModelConfig,
         version: str,
         limits: DecodeLimits | None = None,
-        max_batch: int = 64,
+        max_batch: int = 4,
     ):
         self._backend = backend
         self._config = config
         self._version = version
         self.limits = limits or DecodeLimits()
-        self.max_batch = max_batch  # bounds activation memory for large requests
+        # Forward passes run in chunks of max_batch: on 2 cores EfficientNet-Lite0 does about
+        # 48-66 images/s in chunks of 4 but 31-33 in one forward of 32.
+        self.max_batch = max_batch
         # (x / 255 - mean) / std as one multiply-add per pixel
         std = np.asarray(config.preprocess.std, dtype=np.float32)
         self._scale = np.float32(1 / 255) / std
