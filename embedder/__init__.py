@@ -1,16 +1,50 @@
-"""nearcat's embedder: image bytes -> L2-normalised vectors, from a versioned model artifact."""
+"""nearcat's embedder: image bytes -> L2-normalised vectors, from a versioned model artifact.
 
-from embedder.config import ModelConfig, PreprocessConfig, get_config, list_models, register_config
-from embedder.images import DecodeLimits, ImageDecodeError, decode_image
-from embedder.model import (
-    ArtifactChecksumError,
-    ArtifactError,
-    Embedder,
-    WeightsError,
-    create_artifact,
-    load_artifact,
-    resolve_model,
-)
+The names below load on first use, so that `embedder.datasets` and the client commands do
+not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from embedder.config import (
+        ModelConfig,
+        PreprocessConfig,
+        get_config,
+        list_models,
+        register_config,
+    )
+    from embedder.images import DecodeLimits, ImageDecodeError, decode_image
+    from embedder.model import (
+        ArtifactChecksumError,
+        ArtifactError,
+        Embedder,
+        WeightsError,
+        create_artifact,
+        load_artifact,
+        resolve_model,
+    )
+
+_MODULE_OF = {
+    "ModelConfig": "embedder.config",
+    "PreprocessConfig": "embedder.config",
+    "get_config": "embedder.config",
+    "list_models": "embedder.config",
+    "register_config": "embedder.config",
+    "DecodeLimits": "embedder.images",
+    "ImageDecodeError": "embedder.images",
+    "decode_image": "embedder.images",
+    "ArtifactChecksumError": "embedder.model",
+    "ArtifactError": "embedder.model",
+    "Embedder": "embedder.model",
+    "WeightsError": "embedder.model",
+    "create_artifact": "embedder.model",
+    "load_artifact": "embedder.model",
+    "resolve_model": "embedder.model",
+}
 
 __all__ = [
     "ArtifactChecksumError",
@@ -29,3 +63,9 @@ __all__ = [
     "register_config",
     "resolve_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'embedder' has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import numpy as np
-import open_clip
 import timm
 import torch
 import torch.nn.functional as F
@@ -92,6 +91,8 @@ def build_network(config: ModelConfig) -> EmbeddingNetwork:
         if config.family == "timm":
             backbone = timm.create_model(config.architecture, pretrained=False, num_classes=0)
         else:
+            import open_clip  # imported on demand: it costs seconds of start-up
+
             clip = open_clip.create_model(
                 config.architecture, pretrained=None, pretrained_image=False, pretrained_text=False
             )
@@ -151,6 +152,8 @@ def _load_file(backbone: nn.Module, config: ModelConfig, path: Path) -> None:
         raise WeightsError(f"weights file {path} does not exist (model {config.name})")
     try:
         if isinstance(backbone, OpenClipImageEncoder):
+            import open_clip
+
             open_clip.load_checkpoint(backbone.clip, str(path))
         else:
             state = timm.models.load_state_dict(str(path))
@@ -172,6 +175,8 @@ def _without_classifier(backbone: nn.Module, state: dict[str, Any]) -> dict[str,
 def _load_hub(backbone: nn.Module, config: ModelConfig, tag: str) -> None:
     try:
         if isinstance(backbone, OpenClipImageEncoder):
+            import open_clip
+
             source = open_clip.create_model(config.architecture, pretrained=tag)
         else:
             name = f"{config.architecture}.{tag}" if tag else config.architecture

@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -44,8 +45,8 @@ class VectorIndex:
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._category_of: dict[int, str] = {}
         self._lock = threading.Lock()
-        self._gpu_resources = None
-        self._gpu_index = None
+        self._gpu_resources: Any = None
+        self._gpu_index: Any = None
         if use_gpu is None:
             use_gpu = _gpu_count() > 0
         if use_gpu:
@@ -76,7 +77,7 @@ class VectorIndex:
     def remove(self, reference_ids: Sequence[str]) -> None:
         ids = np.array([faiss_id(r) for r in reference_ids], dtype=np.int64)
         with self._lock:
-            self._index.remove_ids(ids)
+            self._index.remove_ids(ids)  # type: ignore[arg-type]  # faiss accepts arrays
             for i in ids.tolist():
                 self._category_of.pop(i, None)
             self._gpu_index = None

@@ -83,7 +83,9 @@ class Store:
     """Typed access to the nearcat keys of one Redis/Valkey database."""
 
     def __init__(self, client: redis.Redis, prefix: str = "nearcat") -> None:
-        self._redis = client
+        # Any: redis-py types replies as unions of bytes, str and awaitables; this client is
+        # synchronous without decode_responses, so every reply is bytes.
+        self._redis: Any = client
         self._prefix = prefix
 
     # -- key names -----------------------------------------------------------------------
@@ -214,9 +216,7 @@ class Store:
             ids = self.reference_ids(category)
             for start in range(0, len(ids), batch_size):
                 chunk = ids[start : start + batch_size]
-                blobs = self._call(
-                    lambda chunk=chunk: self._redis.hmget(self._vectors_key(model_version), chunk)
-                )
+                blobs = self._vector_blobs(model_version, chunk)
                 present = [(i, b) for i, b in zip(chunk, blobs, strict=True) if b is not None]
                 if not present:
                     continue
@@ -227,6 +227,10 @@ class Store:
                     vectors=vectors.astype(np.float32),
                 )
 
+    def _vector_blobs(self, model_version: str, ids: Sequence[str]) -> list[bytes | None]:
+        key = self._vectors_key(model_version)
+        return list(self._call(lambda: self._redis.hmget(key, ids)))
+
     def references_missing_vectors(self, model_version: str) -> list[Reference]:
         """References that have no vector for model_version yet (e.g. after a model change)."""
         missing: list[str] = []
@@ -234,10 +238,8 @@ class Store:
             ids = self.reference_ids(category)
             if not ids:
                 continue
-            present = self._call(
-                lambda ids=ids: self._redis.hmget(self._vectors_key(model_version), ids)
-            )
-            missing.extend(i for i, blob in zip(ids, present, strict=True) if blob is None)
+            blobs = self._vector_blobs(model_version, ids)
+            missing.extend(i for i, blob in zip(ids, blobs, strict=True) if blob is None)
         return [r for r in self.get_references(missing) if r is not None]
 
     def put_vectors(self, model_version: str, vectors: dict[str, np.ndarray]) -> None:
