@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import redis
@@ -108,6 +111,13 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
+def cli_command() -> str:
+    """How the user can call `nearcat`: by name when on PATH, else by the venv's path."""
+    if shutil.which("nearcat"):
+        return "nearcat"
+    return str(Path(sys.executable).parent / "nearcat")
+
+
 def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
     stop_requested = threading.Event()
@@ -125,9 +135,10 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
             f"  model {status.model_version}, {status.index_size} references in "
             f"{status.category_count} categories, store: {store.description}"
         )
+        nearcat = cli_command()
         announce(
-            f"  try: nearcat import PHOTO_FOLDER --server {address}\n"
-            f"       nearcat classify photo.jpg --server {address}\n"
+            f"  try: {nearcat} import PHOTO_FOLDER --server {address}\n"
+            f"       {nearcat} classify photo.jpg --server {address}\n"
             "  stop with Ctrl-C (in-flight calls finish first)"
         )
         stop_requested.wait()

@@ -292,7 +292,10 @@ def cmd_status(args: argparse.Namespace) -> None:
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
     status = connect(args.server).GetStatus(pb.GetStatusRequest())
-    print(json.dumps(MessageToDict(status, preserving_proto_field_name=True), indent=2))
+    fields = MessageToDict(
+        status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    print(json.dumps(fields, indent=2))
 
 
 # -- parser --------------------------------------------------------------------------------
@@ -383,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which CPU build it picked
     try:
         args.run(args)
     except CommandError as exc:
