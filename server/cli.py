@@ -7,6 +7,7 @@ clients of a running server.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -17,6 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from server.settings import Settings
+
+# Modules under server/commands/ that add their own subcommands (train, eval, export, ...).
+COMMAND_MODULES: list[str] = []
 
 DEFAULT_SERVER = os.environ.get("NEARCAT_SERVER", "127.0.0.1:50051")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -375,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
         "status", "show what the server runs", "Model version, index size and counters as JSON."
     )
     status.set_defaults(run=cmd_status)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(commands)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Subcommands of `nearcat` beyond serving: each module registers its own subparser."""
