@@ -21,6 +21,7 @@ from embedder import DecodeLimits, load_artifact, resolve_model
 from indexer.embedded import EmbeddedValkey
 from indexer.store import Store
 from indexer.vote import VoteConfig
+from server.batcher import MicroBatcher
 from server.catalog import Catalog, Limits
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 from server.proto.nearcat.v1 import nearcat_pb2_grpc as pb_grpc
@@ -76,6 +77,7 @@ def build_catalog(settings: Settings, client: redis.Redis) -> Catalog:
         embedder,
         VoteConfig(settings.k, settings.votes_per_category, settings.vote_temperature),
         Limits(max_images_per_request=settings.max_images_per_request),
+        MicroBatcher(embedder.embed_pixels, settings.max_batch, settings.max_wait_ms),
     )
     catalog.load(progress=True)
     return catalog
@@ -144,6 +146,7 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
         stop_requested.wait()
         log.info("stopping: letting in-flight calls finish (up to %.0fs)", settings.grace_seconds)
         running.stop(settings.grace_seconds)
+        catalog.close()
     finally:
         store.close()
     log.info("stopped")

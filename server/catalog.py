@@ -7,7 +7,6 @@ the index and the parent map are derived and updated only after the store has co
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import unicodedata
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from indexer.ids import image_sha256, reference_id
 from indexer.index import Hit, VectorIndex
 from indexer.store import Category, NewReference, Reference, Store
 from indexer.vote import VoteConfig, knn_vote
+from server.batcher import MicroBatcher
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +128,15 @@ class Catalog:
         embedder: Embedder,
         vote: VoteConfig | None = None,
         limits: Limits | None = None,
+        batcher: MicroBatcher | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.vote = vote or VoteConfig()
         self.limits = limits or Limits()
         self.index = VectorIndex(embedder.dim)
+        self.batcher = batcher or MicroBatcher(embedder.embed_pixels)
         self._parents: dict[str, str | None] = {}
-        self._model_lock = threading.Lock()
-        self._images_embedded = 0
         self._vectors_loaded = 0
         self._started_at_ms = int(time.time() * 1000)
 
@@ -193,14 +193,16 @@ class Catalog:
                 "no reference images yet: add a category with AddCategory (or `nearcat import`)"
             )
         decoded: list[np.ndarray | NearcatError] = []
-        for i, image in enumerate(images):
-            try:
-                decoded.append(self.embedder.decode(image))
-            except ImageDecodeError as exc:
-                decoded.append(InvalidArgument(f"image {i}: {exc}"))
-        _check_deadline(deadline, "embedding")
-        pixels = [d for d in decoded if isinstance(d, np.ndarray)]
-        neighbours = iter(self.index.search(self._embed_pixels(pixels), k))
+        with self.batcher.expecting():
+            for i, image in enumerate(images):
+                try:
+                    decoded.append(self.embedder.decode(image))
+                except ImageDecodeError as exc:
+                    decoded.append(InvalidArgument(f"image {i}: {exc}"))
+            _check_deadline(deadline, "embedding")
+            pixels = [d for d in decoded if isinstance(d, np.ndarray)]
+            vectors = self._embed_pixels(pixels)
+        neighbours = iter(self.index.search(vectors, k))
         return [
             self._predict(next(neighbours), top_n) if isinstance(d, np.ndarray) else d
             for d in decoded
@@ -309,7 +311,7 @@ class Catalog:
             embedding_dim=self.embedder.dim,
             index_size=len(self.index),
             category_count=len(self.store.category_names()),
-            images_embedded=self._images_embedded,
+            images_embedded=self.batcher.stats().images,
             vectors_loaded_at_start=self._vectors_loaded,
             started_at_ms=self._started_at_ms,
         )
@@ -363,24 +365,22 @@ class Catalog:
 
     def _embed(self, images: Sequence[bytes], labels: Sequence[str]) -> np.ndarray:
         pixels = []
-        for image, label in zip(images, labels, strict=True):
-            try:
-                pixels.append(self.embedder.decode(image))
-            except ImageDecodeError as exc:
-                raise InvalidArgument(f"{label}: {exc}; nothing was written") from exc
-        return self._embed_pixels(pixels)
+        with self.batcher.expecting():
+            for image, label in zip(images, labels, strict=True):
+                try:
+                    pixels.append(self.embedder.decode(image))
+                except ImageDecodeError as exc:
+                    raise InvalidArgument(f"{label}: {exc}; nothing was written") from exc
+            return self._embed_pixels(pixels)
 
     def _embed_pixels(self, pixels: list[np.ndarray]) -> np.ndarray:
         if not pixels:
             return np.zeros((0, self.embedder.dim), dtype=np.float32)
-        vectors = []
-        with self._model_lock:
-            for start in range(0, len(pixels), EMBED_BATCH):
-                vectors.append(
-                    self.embedder.embed_pixels(np.stack(pixels[start : start + EMBED_BATCH]))
-                )
-            self._images_embedded += len(pixels)
-        return np.concatenate(vectors)
+        return self.batcher.run(np.stack(pixels))
+
+    def close(self) -> None:
+        """Stop the model worker once in-flight calls are done."""
+        self.batcher.close()
 
 
 def _added(references: Sequence[NewReference], duplicate: Sequence[bool]) -> list[AddedReference]:

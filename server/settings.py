@@ -32,5 +32,9 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="largest gRPC message received"
     )
-    workers: int = Field(8, ge=1, description="threads serving calls")
+    workers: int = Field(16, ge=1, description="threads serving calls")
+    max_batch: int = Field(32, ge=1, description="images the model runs at once at most")
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="how long a batch may wait for callers still decoding"
+    )
     grace_seconds: float = Field(15.0, ge=0, description="time in-flight calls get on SIGTERM")

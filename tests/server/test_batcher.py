@@ -1,0 +1,95 @@
+"""Micro-batching: concurrent callers share model runs and each gets its own answer."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from server.batcher import MicroBatcher
+
+
+def tagged(n: int, tag: float) -> np.ndarray:
+    """n fake images whose pixels all equal tag, so the answer shows whose image it was."""
+    return np.full((n, 3, 2, 2), tag, dtype=np.float32)
+
+
+def slow_model(seen: list[int], delay: float = 0.05):  # type: ignore[no-untyped-def]
+    def model(pixels: np.ndarray) -> np.ndarray:
+        seen.append(len(pixels))
+        time.sleep(delay)
+        return pixels.reshape(len(pixels), -1)[:, :1].copy()
+
+    return model
+
+
+def test_concurrent_callers_are_batched_and_get_their_own_answers() -> None:
+    sizes: list[int] = []
+    batcher = MicroBatcher(slow_model(sizes), max_batch=8, max_wait_ms=0)
+    answers: dict[int, np.ndarray] = {}
+
+    def call(tag: int) -> None:
+        answers[tag] = batcher.run(tagged(3, tag))
+
+    threads = [threading.Thread(target=call, args=(t,)) for t in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    assert all(np.all(answers[t] == t) and answers[t].shape == (3, 1) for t in range(10))
+    assert sum(sizes) == 30 and max(sizes) <= 8
+    assert batcher.stats().largest_batch > 3  # some run served more than one caller
+    assert batcher.stats().images == 30
+
+
+def test_a_big_request_is_split_into_max_batch_runs() -> None:
+    sizes: list[int] = []
+    batcher = MicroBatcher(slow_model(sizes, delay=0), max_batch=4)
+    out = batcher.run(np.arange(10, dtype=np.float32)[:, None, None, None] * np.ones((10, 3, 2, 2)))
+    batcher.close()
+    assert out[:, 0].tolist() == list(range(10))
+    assert sizes == [4, 4, 2]
+
+
+def test_a_lone_call_is_not_held_back_by_max_wait() -> None:
+    batcher = MicroBatcher(slow_model([], delay=0), max_batch=32, max_wait_ms=60_000)
+    caller = threading.Thread(target=batcher.run, args=(tagged(1, 1),))
+    caller.start()
+    caller.join(timeout=10)  # it would take 60 s if the worker waited for company
+    assert not caller.is_alive()
+    batcher.close()
+
+
+def test_the_worker_waits_for_a_caller_that_announced_itself() -> None:
+    sizes: list[int] = []
+    batcher = MicroBatcher(slow_model(sizes, delay=0), max_batch=32, max_wait_ms=5_000)
+    announced = threading.Event()
+
+    def decoding_caller() -> None:
+        with batcher.expecting():
+            announced.set()
+            time.sleep(0.2)  # still decoding when the other call arrives
+            batcher.run(tagged(1, 1))
+
+    slow = threading.Thread(target=decoding_caller)
+    slow.start()
+    announced.wait()
+    batcher.run(tagged(1, 2))
+    slow.join()
+    batcher.close()
+    assert sizes == [2]
+
+
+def test_a_model_failure_reaches_every_caller_of_that_batch() -> None:
+    def broken(pixels: np.ndarray) -> np.ndarray:
+        raise RuntimeError("model exploded")
+
+    batcher = MicroBatcher(broken)
+    with pytest.raises(RuntimeError, match="model exploded"):
+        batcher.run(tagged(2, 0))
+    batcher.close()
+    with pytest.raises(RuntimeError, match="stopped"):
+        batcher.run(tagged(1, 0))
