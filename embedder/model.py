@@ -346,6 +346,20 @@ def create_artifact(config: ModelConfig | str, out_dir: Path) -> Path:
     network = build_network(config)
     load_pretrained(network, config)
     _check_output(network, config)
+    return write_artifact(network, config, out_dir)
+
+
+def write_artifact(
+    network: EmbeddingNetwork,
+    config: ModelConfig,
+    out_dir: Path,
+    extra_files: Mapping[str, str] | None = None,
+) -> Path:
+    """Write `network` as an artifact at `out_dir`, with `extra_files` (name -> text) beside it.
+
+    The directory appears complete or not at all (written beside it, then renamed).
+    """
+    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -360,15 +374,21 @@ def create_artifact(config: ModelConfig | str, out_dir: Path) -> Path:
             "weights_sha256": sha256,
             "weights_file": WEIGHTS_FILE,
         }
-        with open(tmp / CONFIG_FILE, "w") as f:
-            f.write(json.dumps(meta, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        for name, text in {
+            **(extra_files or {}),
+            CONFIG_FILE: json.dumps(meta, indent=2) + "\n",
+        }.items():
+            with open(tmp / name, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
         try:
             tmp.rename(out_dir)
         except OSError as exc:
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise FileExistsError(f"{out_dir} was created meanwhile by someone else") from exc
+                raise FileExistsError(
+                    f"{out_dir} exists: it was created meanwhile by someone else"
+                ) from exc
             raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
