@@ -28,21 +28,76 @@ class Hit:
     similarity: float
 
 
+@dataclass(frozen=True)
+class IndexConfig:
+    """Which FAISS index serves searches.
+
+    Flat scans every vector: exact, and fast enough up to about a hundred thousand. IVF
+    clusters the vectors into `nlist` lists and scans only the `nprobe` nearest lists, for
+    larger sets. The kind is chosen when the index is built from the store (at start-up): a
+    set that grows past the threshold while serving switches at the next start.
+    """
+
+    kind: str = "auto"  # auto | flat | ivf
+    ivf_threshold: int = 100_000
+    nlist: int = 0  # 0: 4 * sqrt(number of vectors)
+    nprobe: int = 32
+
+    def __post_init__(self) -> None:
+        if self.kind not in {"auto", "flat", "ivf"}:
+            raise ValueError(f"index kind must be auto, flat or ivf, not {self.kind!r}")
+
+    def kind_for(self, size: int) -> str:
+        if self.kind != "auto":
+            return self.kind
+        return "ivf" if size >= self.ivf_threshold else "flat"
+
+
+# FAISS warns below 39 training points per IVF list.
+MIN_TRAIN_PER_LIST = 39
+
+
+def make_faiss_index(dim: int, config: IndexConfig, training: np.ndarray) -> faiss.Index:
+    """An empty id-mapped inner-product index; IVF is trained on `training`."""
+    if config.kind_for(len(training)) == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    nlist = config.nlist or int(4 * np.sqrt(len(training)))
+    nlist = max(1, min(nlist, len(training) // MIN_TRAIN_PER_LIST))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = training
+    if len(training) > 256 * nlist:
+        rows = np.random.default_rng(0).choice(len(training), 256 * nlist, replace=False)
+        sample = training[np.sort(rows)]
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    index.nprobe = min(config.nprobe, nlist)
+    return index
+
+
 def _gpu_count() -> int:
     get_num_gpus = getattr(faiss, "get_num_gpus", None)
     return int(get_num_gpus()) if get_num_gpus is not None else 0
 
 
 class VectorIndex:
-    """Exact (flat) inner-product search with live adds and removes; thread-safe.
+    """Inner-product search with live adds and removes; thread-safe.
 
     With a FAISS GPU build and a GPU present, searches run on a GPU copy of the index that
-    follows adds directly and is re-copied after removals (GPU flat indexes cannot remove).
+    follows adds directly and is re-copied after removals (GPU indexes cannot remove).
     """
 
-    def __init__(self, dim: int, use_gpu: bool | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        config: IndexConfig | None = None,
+        use_gpu: bool | None = None,
+        training: np.ndarray | None = None,
+    ) -> None:
         self.dim = dim
-        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.config = config or IndexConfig()
+        if training is None:
+            training = np.zeros((0, dim), dtype=np.float32)
+        self._index = make_faiss_index(dim, self.config, training)
+        self.kind = "flat" if isinstance(self._index, faiss.IndexIDMap2) else "ivf"
         self._category_of: dict[int, str] = {}
         self._lock = threading.Lock()
         self._gpu_resources: Any = None
@@ -52,6 +107,22 @@ class VectorIndex:
         if use_gpu:
             self._gpu_resources = faiss.StandardGpuResources()
             log.info("FAISS index on GPU")
+
+    @classmethod
+    def build(
+        cls,
+        dim: int,
+        reference_ids: Sequence[str],
+        categories: Sequence[str],
+        vectors: np.ndarray,
+        config: IndexConfig | None = None,
+        use_gpu: bool | None = None,
+    ) -> VectorIndex:
+        """An index holding these vectors, of the kind their number calls for."""
+        index = cls(dim, config, use_gpu, training=vectors)
+        index.add(reference_ids, categories, vectors)
+        log.info("%s index built over %d vectors", index.kind, len(index))
+        return index
 
     def __len__(self) -> int:
         return int(self._index.ntotal)

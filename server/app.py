@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from embedder import DecodeLimits, load_artifact, resolve_model
 from indexer.embedded import EmbeddedValkey
+from indexer.index import IndexConfig
 from indexer.store import Store
 from indexer.vote import VoteConfig
 from server.batcher import MicroBatcher
@@ -78,6 +79,9 @@ def build_catalog(settings: Settings, client: redis.Redis) -> Catalog:
         VoteConfig(settings.k, settings.votes_per_category, settings.vote_temperature),
         Limits(max_images_per_request=settings.max_images_per_request),
         MicroBatcher(embedder.embed_pixels, settings.max_batch, settings.max_wait_ms),
+        IndexConfig(
+            settings.index_kind, settings.ivf_threshold, settings.ivf_nlist, settings.ivf_nprobe
+        ),
     )
     catalog.load(progress=True)
     return catalog

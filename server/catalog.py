@@ -25,7 +25,7 @@ from indexer.errors import (
     NotFound,
 )
 from indexer.ids import image_sha256, reference_id
-from indexer.index import Hit, VectorIndex
+from indexer.index import Hit, IndexConfig, VectorIndex
 from indexer.store import Category, NewReference, Reference, Store
 from indexer.vote import VoteConfig, knn_vote
 from server.batcher import MicroBatcher
@@ -129,12 +129,13 @@ class Catalog:
         vote: VoteConfig | None = None,
         limits: Limits | None = None,
         batcher: MicroBatcher | None = None,
+        index_config: IndexConfig | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.vote = vote or VoteConfig()
         self.limits = limits or Limits()
-        self.index = VectorIndex(embedder.dim)
+        self.index = VectorIndex(embedder.dim, index_config)
         self.batcher = batcher or MicroBatcher(embedder.embed_pixels)
         self._parents: dict[str, str | None] = {}
         self._vectors_loaded = 0
@@ -147,9 +148,17 @@ class Catalog:
         version = self.embedder.version
         for category in self.store.list_categories():
             self._parents[category.name] = category.parent
+        ids: list[str] = []
+        categories: list[str] = []
+        vectors = [np.zeros((0, self.embedder.dim), dtype=np.float32)]
         for batch in self.store.iter_vectors(version):
-            self.index.add(batch.reference_ids, batch.categories, batch.vectors)
-            self._vectors_loaded += len(batch.reference_ids)
+            ids += batch.reference_ids
+            categories += batch.categories
+            vectors.append(batch.vectors)
+        self.index = VectorIndex.build(
+            self.embedder.dim, ids, categories, np.concatenate(vectors), self.index.config
+        )
+        self._vectors_loaded = len(ids)
         missing = self.store.references_missing_vectors(version)
         if missing:
             log.info("embedding %d references that have no %s vector yet", len(missing), version)

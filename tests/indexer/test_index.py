@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from indexer.ids import faiss_id, reference_id, reference_id_of_faiss
-from indexer.index import VectorIndex
+from indexer.index import IndexConfig, VectorIndex
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -51,3 +52,46 @@ def test_adds_and_removes_are_live_and_adding_twice_is_harmless() -> None:
 
 def test_search_on_an_empty_index_returns_no_hits() -> None:
     assert VectorIndex(4, use_gpu=False).search(np.ones((2, 4), np.float32), k=3) == [[], []]
+
+
+def clustered(n: int, dim: int, clusters: int, seed: int = 0) -> np.ndarray:
+    """Vectors around a few centres, as embeddings of categories are."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.standard_normal((clusters, dim)))
+    return unit(centres[rng.integers(0, clusters, n)] + 0.15 * rng.standard_normal((n, dim)))
+
+
+def test_auto_picks_ivf_past_the_threshold_and_it_finds_what_flat_finds() -> None:
+    vectors = clustered(4000, 32, clusters=20)
+    ids = [reference_id("c", str(i)) for i in range(4000)]
+    categories = ["c"] * 4000
+    config = IndexConfig(kind="auto", ivf_threshold=1000, nprobe=16)
+    ivf = VectorIndex.build(32, ids, categories, vectors, config, use_gpu=False)
+    flat = VectorIndex.build(32, ids, categories, vectors, IndexConfig("flat"), use_gpu=False)
+    assert (ivf.kind, flat.kind) == ("ivf", "flat")
+    queries = clustered(50, 32, clusters=20, seed=1)
+    recall = np.mean(
+        [
+            len({h.reference_id for h in a} & {h.reference_id for h in b}) / 10
+            for a, b in zip(ivf.search(queries, 10), flat.search(queries, 10), strict=True)
+        ]
+    )
+    assert recall >= 0.9
+
+
+def test_ivf_adds_and_removes_stay_live() -> None:
+    vectors = clustered(2000, 16, clusters=10)
+    ids = [reference_id("c", str(i)) for i in range(2000)]
+    index = VectorIndex.build(16, ids, ["c"] * 2000, vectors, IndexConfig("ivf"), use_gpu=False)
+    new = clustered(1, 16, clusters=10, seed=7)
+    index.add([reference_id("n", "1")], ["n"], new)
+    [[hit, *_]] = index.search(new, 5)
+    assert (hit.reference_id, hit.category) == (reference_id("n", "1"), "n")
+    index.remove([reference_id("n", "1")])
+    assert reference_id("n", "1") not in {h.reference_id for h in index.search(new, 5)[0]}
+    assert len(index) == 2000
+
+
+def test_unknown_index_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="auto, flat or ivf"):
+        IndexConfig(kind="hnsw")
