@@ -150,13 +150,13 @@ class Catalog:
             self._parents[category.name] = category.parent
         ids: list[str] = []
         categories: list[str] = []
-        vectors = [np.zeros((0, self.embedder.dim), dtype=np.float32)]
+        stored = [np.zeros((0, self.embedder.dim), dtype=np.float32)]
         for batch in self.store.iter_vectors(version):
             ids += batch.reference_ids
             categories += batch.categories
-            vectors.append(batch.vectors)
+            stored.append(batch.vectors)
         self.index = VectorIndex.build(
-            self.embedder.dim, ids, categories, np.concatenate(vectors), self.index.config
+            self.embedder.dim, ids, categories, np.concatenate(stored), self.index.config
         )
         self._vectors_loaded = len(ids)
         missing = self.store.references_missing_vectors(version)
