@@ -417,6 +417,13 @@ def load_artifact(
     path: Path, limits: DecodeLimits | None = None, num_threads: int | None = None
 ) -> Embedder:
     """Load an artifact directory after verifying its weights against the recorded sha256."""
+    network, config, version = load_network(path)
+    return Embedder(TorchBackend(network, num_threads), config, version, limits)
+
+
+def load_network(path: Path) -> tuple[EmbeddingNetwork, ModelConfig, str]:
+    """An artifact's network (checksum verified), its config and its version, for training
+    and export; serving goes through `load_artifact`."""
     path = Path(path)
     config, meta = _read_artifact_config(path)
     weights_path = path / meta["weights_file"]
@@ -435,7 +442,7 @@ def load_artifact(
         network.load_state_dict(state)
     except RuntimeError as exc:
         raise ArtifactError(f"{weights_path} does not fit model {config.name}: {exc}") from exc
-    return Embedder(TorchBackend(network, num_threads), config, meta["version"], limits)
+    return network, config, meta["version"]
 
 
 def _read_artifact_config(path: Path) -> tuple[ModelConfig, dict[str, str]]:
