@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from server.settings import Settings
 
 # Modules under server/commands/ that add their own subcommands (train, eval, export, ...).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["server.commands.evaluate"]
 
 DEFAULT_SERVER = os.environ.get("NEARCAT_SERVER", "127.0.0.1:50051")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -405,4 +405,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Under `python -m server.cli` this file is __main__; run the importable server.cli so the
+    # CommandError that server/commands/ modules raise is the class main() catches.
+    importlib.import_module("server.cli").main()

@@ -1,0 +1,669 @@
+"""Honest, in-process evaluation of an embedding model for kNN classification.
+
+References are embedded and indexed, and queries voted on, by the same code the server runs
+(`VectorIndex`, `knn_vote`), so the numbers describe what the service will answer. On the
+same images it also measures two baselines — the frozen backbone with kNN and a linear
+softmax probe on the frozen features — and looks for leakage: queries whose identical or
+near-identical twin is among the references, which would make any number look too good.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from embedder.datasets import LabeledImage
+from embedder.images import ImageDecodeError
+from embedder.model import CONFIG_FILE, Embedder, load_artifact, resolve_model
+from indexer.ids import image_sha256, reference_id
+from indexer.index import VectorIndex
+from indexer.vote import VoteConfig, knn_vote
+
+FROZEN_BASELINE = "efficientnet_lite0"  # the packaged backbone every model is compared with
+TOP_N = 5  # categories kept per answer (top-3 accuracy needs 3)
+ECE_BINS = 15
+WORST_COUNT = 5
+LEAKAGE_THRESHOLD = 0.98  # cosine similarity of frozen features that counts as a near-twin
+LEAKAGE_EXAMPLES = 10
+PROBE_C = 1.0  # inverse L2 strength of the linear probe, fixed: never tuned on queries
+EMBED_BATCH = 32
+
+
+# -- answers and metrics -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One query: its true category and the predicted categories, best first, with scores."""
+
+    truth: str
+    categories: tuple[str, ...]
+    scores: tuple[float, ...]
+
+    @property
+    def predicted(self) -> str | None:
+        return self.categories[0] if self.categories else None
+
+    @property
+    def confidence(self) -> float:
+        """The top category's score: what calibration is measured on."""
+        return self.scores[0] if self.scores else 0.0
+
+    def hit(self, k: int) -> bool:
+        return self.truth in self.categories[:k]
+
+
+@dataclass(frozen=True)
+class CategoryMetrics:
+    n: int
+    top1: float
+    top3: float
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    """Queries whose confidence falls in (lower, upper]: how many, how often right, how sure."""
+
+    lower: float
+    upper: float
+    count: int
+    accuracy: float | None
+    confidence: float | None
+
+
+def top_k_accuracy(answers: Sequence[Answer], k: int) -> float:
+    if not answers:
+        raise ValueError("no answers to score")
+    return sum(a.hit(k) for a in answers) / len(answers)
+
+
+def per_category(answers: Sequence[Answer]) -> dict[str, CategoryMetrics]:
+    """Top-1 and top-3 accuracy of each true category, sorted by name."""
+    grouped: dict[str, list[Answer]] = defaultdict(list)
+    for answer in answers:
+        grouped[answer.truth].append(answer)
+    return {
+        name: CategoryMetrics(len(group), top_k_accuracy(group, 1), top_k_accuracy(group, 3))
+        for name, group in sorted(grouped.items())
+    }
+
+
+def macro_top1(categories: Mapping[str, CategoryMetrics]) -> float:
+    """The mean of per-category top-1: every category counts the same, however many queries."""
+    return sum(m.top1 for m in categories.values()) / len(categories)
+
+
+def worst_categories(
+    categories: Mapping[str, CategoryMetrics], count: int = WORST_COUNT
+) -> list[str]:
+    """The `count` categories with the lowest top-1 (more queries first among equals)."""
+    ranked = sorted(categories.items(), key=lambda item: (item[1].top1, -item[1].n, item[0]))
+    return [name for name, _ in ranked[:count]]
+
+
+def reliability_bins(
+    confidences: Sequence[float], correct: Sequence[bool], bins: int = ECE_BINS
+) -> list[ReliabilityBin]:
+    """Equal-width confidence bins over [0, 1]; a bin holds confidences in (lower, upper]."""
+    conf = np.asarray(confidences, dtype=np.float64)
+    right = np.asarray(correct, dtype=np.float64)
+    which = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
+    out = []
+    for b in range(bins):
+        members = which == b
+        count = int(members.sum())
+        out.append(
+            ReliabilityBin(
+                lower=b / bins,
+                upper=(b + 1) / bins,
+                count=count,
+                accuracy=float(right[members].mean()) if count else None,
+                confidence=float(conf[members].mean()) if count else None,
+            )
+        )
+    return out
+
+
+def expected_calibration_error(bins: Sequence[ReliabilityBin]) -> float:
+    """Sum over bins of (share of queries) x |accuracy - mean confidence|."""
+    total = sum(b.count for b in bins)
+    if not total:
+        raise ValueError("no answers to score")
+    return sum(
+        b.count / total * abs(b.accuracy - b.confidence)
+        for b in bins
+        if b.accuracy is not None and b.confidence is not None
+    )
+
+
+def ancestry(category: str, parents: Mapping[str, str | None]) -> tuple[str, ...]:
+    """The taxonomy path from the top-level category down to `category`."""
+    path = [category]
+    while (parent := parents.get(path[-1])) and parent not in path:
+        path.append(parent)
+    return tuple(reversed(path))
+
+
+def hierarchy_accuracy(
+    answers: Sequence[Answer], parents: Mapping[str, str | None]
+) -> dict[str, float]:
+    """Top-1 accuracy at each taxonomy level, judged by the predicted category's path.
+
+    `level_1` is the top-level category, `level_2` the one below it, ...; a level counts the
+    queries whose true category is at that depth or deeper. `leaf` is plain top-1. A flat
+    dataset has only `leaf`.
+    """
+    truths = [ancestry(a.truth, parents) for a in answers]
+    predictions = [ancestry(a.predicted, parents) if a.predicted else () for a in answers]
+    depth = max(len(path) for path in truths)
+    levels: dict[str, float] = {}
+    for level in range(1, depth):
+        pairs = [(t, p) for t, p in zip(truths, predictions, strict=True) if len(t) >= level]
+        right = sum(len(p) >= level and p[level - 1] == t[level - 1] for t, p in pairs)
+        levels[f"level_{level}"] = right / len(pairs)
+    levels["leaf"] = top_k_accuracy(answers, 1)
+    return levels
+
+
+@dataclass(frozen=True)
+class SubsetMetrics:
+    n: int
+    top1: float
+    top3: float
+    macro_top1: float
+
+
+def subset_metrics(answers: Sequence[Answer]) -> SubsetMetrics:
+    return SubsetMetrics(
+        len(answers),
+        top_k_accuracy(answers, 1),
+        top_k_accuracy(answers, 3),
+        macro_top1(per_category(answers)),
+    )
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Everything measured on one method's answers."""
+
+    queries: int
+    top1: float
+    top3: float
+    macro_top1: float
+    ece: float
+    worst_categories: list[str]
+    per_category: dict[str, CategoryMetrics]
+    hierarchy: dict[str, float]
+    reliability: list[ReliabilityBin]
+    # Queries of categories held out of training vs the rest; None when nothing is held out.
+    held_out: SubsetMetrics | None = None
+    seen: SubsetMetrics | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "queries": self.queries,
+            "top1": self.top1,
+            "top3": self.top3,
+            "macro_top1": self.macro_top1,
+            "ece": self.ece,
+            "worst_categories": [
+                {"category": name, **vars(self.per_category[name])}
+                for name in self.worst_categories
+            ],
+            "per_category": {name: vars(m) for name, m in self.per_category.items()},
+            "hierarchy": self.hierarchy,
+            "reliability": [vars(b) for b in self.reliability],
+        }
+        if self.held_out is not None or self.seen is not None:
+            data["held_out"] = {
+                "held_out": vars(self.held_out) if self.held_out else None,
+                "seen": vars(self.seen) if self.seen else None,
+            }
+        return _rounded(data)
+
+
+def score(
+    answers: Sequence[Answer],
+    parents: Mapping[str, str | None] | None = None,
+    held_out: Sequence[str] = (),
+) -> Metrics:
+    """All metrics of one method's answers; `held_out` categories are also scored apart."""
+    categories = per_category(answers)
+    bins = reliability_bins([a.confidence for a in answers], [a.hit(1) for a in answers])
+    held = set(held_out)
+    held_answers = [a for a in answers if a.truth in held]
+    seen_answers = [a for a in answers if a.truth not in held]
+    return Metrics(
+        queries=len(answers),
+        top1=top_k_accuracy(answers, 1),
+        top3=top_k_accuracy(answers, 3),
+        macro_top1=macro_top1(categories),
+        ece=expected_calibration_error(bins),
+        worst_categories=worst_categories(categories),
+        per_category=categories,
+        hierarchy=hierarchy_accuracy(answers, parents or {}),
+        reliability=bins,
+        held_out=subset_metrics(held_answers) if held and held_answers else None,
+        seen=subset_metrics(seen_answers) if held and seen_answers else None,
+    )
+
+
+def _rounded(value: Any, digits: int = 4) -> Any:
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
+# -- embedding -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: Path
+    reason: str
+
+
+@dataclass
+class EmbeddedImages:
+    """The images that could be embedded, their file hashes and vectors, row for row."""
+
+    images: list[LabeledImage]
+    shas: list[str]
+    vectors: np.ndarray
+
+    @property
+    def labels(self) -> list[str]:
+        return [i.category for i in self.images]
+
+
+class EmbeddingCache:
+    """Vectors by (model version, sha256 of the file), so within a run an image is embedded
+    once per model however often it appears (the same file as reference and query, say)."""
+
+    def __init__(self) -> None:
+        self._vectors: dict[tuple[str, str], np.ndarray] = {}
+
+    def get(self, version: str, sha: str) -> np.ndarray | None:
+        return self._vectors.get((version, sha))
+
+    def put(self, version: str, sha: str, vector: np.ndarray) -> None:
+        self._vectors[(version, sha)] = vector
+
+
+@dataclass
+class _DecodedBatch:
+    images: list[LabeledImage] = field(default_factory=list)
+    shas: list[str] = field(default_factory=list)
+    vectors: list[np.ndarray | None] = field(default_factory=list)  # None: still to embed
+    pixels: list[np.ndarray] = field(default_factory=list)  # of the None rows, in order
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def _decode_batch(
+    embedder: Embedder, cache: EmbeddingCache, images: Sequence[LabeledImage]
+) -> _DecodedBatch:
+    batch = _DecodedBatch()
+    for image in images:
+        try:
+            data = image.path.read_bytes()
+        except OSError as exc:
+            batch.skipped.append(Skipped(image.path, f"cannot read: {exc.strerror or exc}"))
+            continue
+        sha = image_sha256(data)
+        vector = cache.get(embedder.version, sha)
+        if vector is None:
+            try:
+                batch.pixels.append(embedder.decode(data))
+            except ImageDecodeError as exc:
+                batch.skipped.append(Skipped(image.path, exc.reason))
+                continue
+        batch.images.append(image)
+        batch.shas.append(sha)
+        batch.vectors.append(vector)
+    return batch
+
+
+def embed_images(
+    embedder: Embedder,
+    images: Sequence[LabeledImage],
+    cache: EmbeddingCache | None = None,
+    batch_size: int = EMBED_BATCH,
+    desc: str = "embedding",
+) -> tuple[EmbeddedImages, list[Skipped]]:
+    """Embed labelled image files; unreadable ones are returned as skipped, never raised.
+
+    The next batch is read and decoded in a worker thread while the network runs on this one.
+    """
+    cache = cache or EmbeddingCache()
+    chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    kept: list[LabeledImage] = []
+    shas: list[str] = []
+    rows: list[np.ndarray] = []
+    skipped: list[Skipped] = []
+    with (
+        ThreadPoolExecutor(max_workers=1) as pool,
+        tqdm(total=len(images), desc=desc, unit="img") as bar,
+    ):
+        pending: Future[_DecodedBatch] | None = None
+        for n, chunk in enumerate(chunks):
+            if pending is None:
+                pending = pool.submit(_decode_batch, embedder, cache, chunk)
+            batch = pending.result()
+            pending = (
+                pool.submit(_decode_batch, embedder, cache, chunks[n + 1])
+                if n + 1 < len(chunks)
+                else None
+            )
+            fresh: Iterator[np.ndarray] = iter(
+                embedder.embed_pixels(np.stack(batch.pixels)) if batch.pixels else []
+            )
+            for sha, vector in zip(batch.shas, batch.vectors, strict=True):
+                if vector is None:
+                    vector = next(fresh)
+                    cache.put(embedder.version, sha, vector)
+                rows.append(vector)
+            kept.extend(batch.images)
+            shas.extend(batch.shas)
+            skipped.extend(batch.skipped)
+            bar.update(len(chunk))
+    vectors = np.stack(rows) if rows else np.empty((0, embedder.dim), dtype=np.float32)
+    return EmbeddedImages(kept, shas, vectors.astype(np.float32, copy=False)), skipped
+
+
+# -- classifiers ---------------------------------------------------------------------------
+
+
+def knn_answers(
+    references: EmbeddedImages, queries: EmbeddedImages, vote: VoteConfig
+) -> list[Answer]:
+    """Classify each query as the server does: nearest references in a VectorIndex, voted."""
+    index = VectorIndex(references.vectors.shape[1])
+    ids = [reference_id(c, sha) for c, sha in zip(references.labels, references.shas, strict=True)]
+    index.add(ids, references.labels, references.vectors)
+    answers = []
+    for image, hits in zip(queries.images, index.search(queries.vectors, vote.k), strict=True):
+        ranked = knn_vote(hits, vote, TOP_N)
+        answers.append(
+            Answer(
+                image.category,
+                tuple(s.category for s in ranked),
+                tuple(s.score for s in ranked),
+            )
+        )
+    return answers
+
+
+def linear_probe_answers(references: EmbeddedImages, queries: EmbeddedImages) -> list[Answer]:
+    """A multinomial logistic regression fitted on the reference vectors.
+
+    The standard linear-probe baseline: if it beats kNN by far, the embedding holds the
+    information but its geometry does not put same-category images together.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    classes = sorted(set(references.labels))
+    if len(classes) < 2:
+        raise ValueError("a linear probe needs references of at least two categories")
+    probe = LogisticRegression(C=PROBE_C, max_iter=2000)
+    probe.fit(references.vectors, references.labels)
+    probabilities = probe.predict_proba(queries.vectors)
+    names = [str(c) for c in probe.classes_]
+    answers = []
+    for image, row in zip(queries.images, probabilities, strict=True):
+        best = np.argsort(-row, kind="stable")[:TOP_N]
+        answers.append(
+            Answer(
+                image.category,
+                tuple(names[i] for i in best),
+                tuple(float(row[i]) for i in best),
+            )
+        )
+    return answers
+
+
+# -- leakage -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeakagePair:
+    query: Path
+    reference: Path
+    similarity: float
+    identical: bool
+    same_category: bool
+
+
+@dataclass(frozen=True)
+class Leakage:
+    """Queries with an identical (same sha256) or near-identical twin among the references."""
+
+    threshold: float
+    identical: int
+    near_identical: int
+    examples: list[LeakagePair]
+
+    @property
+    def found(self) -> bool:
+        return bool(self.identical or self.near_identical)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _rounded(
+            {
+                "found": self.found,
+                "threshold": self.threshold,
+                "identical": self.identical,
+                "near_identical": self.near_identical,
+                "examples": [
+                    {**vars(e), "query": str(e.query), "reference": str(e.reference)}
+                    for e in self.examples
+                ],
+            }
+        )
+
+
+def find_leakage(
+    references: EmbeddedImages,
+    queries: EmbeddedImages,
+    threshold: float = LEAKAGE_THRESHOLD,
+    chunk: int = 1024,
+) -> Leakage:
+    """Count queries whose file is also a reference (identical) or whose nearest reference
+    has cosine similarity >= `threshold` (near-identical: a re-encode, a resize, a burst)."""
+    reference_of_sha = dict(zip(references.shas, references.images, strict=True))
+    identical: list[LeakagePair] = []
+    near: list[LeakagePair] = []
+    for start in range(0, len(queries.images), chunk):
+        block = queries.vectors[start : start + chunk]
+        similarities = block @ references.vectors.T if len(references.images) else None
+        for row in range(len(block)):
+            query = queries.images[start + row]
+            twin = reference_of_sha.get(queries.shas[start + row])
+            if twin is not None:
+                identical.append(
+                    LeakagePair(query.path, twin.path, 1.0, True, twin.category == query.category)
+                )
+            elif similarities is not None:
+                best = int(np.argmax(similarities[row]))
+                if similarities[row, best] >= threshold:
+                    nearest = references.images[best]
+                    near.append(
+                        LeakagePair(
+                            query.path,
+                            nearest.path,
+                            float(similarities[row, best]),
+                            False,
+                            nearest.category == query.category,
+                        )
+                    )
+    near.sort(key=lambda pair: -pair.similarity)
+    return Leakage(threshold, len(identical), len(near), (identical + near)[:LEAKAGE_EXAMPLES])
+
+
+# -- the whole evaluation ------------------------------------------------------------------
+
+
+@dataclass
+class MethodResult:
+    """One way of classifying the queries, its answers and their metrics."""
+
+    description: str
+    model_version: str
+    answers: list[Answer]
+    metrics: Metrics
+    same_as_model: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "description": self.description,
+            "model_version": self.model_version,
+            "same_as_model": self.same_as_model,
+            **self.metrics.to_dict(),
+        }
+
+
+@dataclass
+class Evaluation:
+    """The evaluated model's kNN answers and metrics, the baselines, leakage, what was skipped."""
+
+    model_name: str
+    model_version: str
+    vote: VoteConfig
+    references: int
+    queries: int
+    categories: int
+    held_out: list[str]
+    parents: dict[str, str | None]
+    knn: MethodResult
+    baselines: dict[str, MethodResult]
+    leakage: Leakage
+    skipped: list[Skipped]
+    unknown_query_categories: list[str]
+    split: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report: the model's metrics at the top level, then everything else."""
+        return {
+            "model": {"name": self.model_name, "version": self.model_version},
+            "vote": vars(self.vote),
+            "counts": {
+                "references": self.references,
+                "queries": self.queries,
+                "categories": self.categories,
+                "skipped": len(self.skipped),
+            },
+            **self.knn.metrics.to_dict(),
+            "held_out_categories": self.held_out,
+            "unknown_query_categories": self.unknown_query_categories,
+            "baselines": {name: result.to_dict() for name, result in self.baselines.items()},
+            "leakage": self.leakage.to_dict(),
+            "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
+            **({"split": self.split} if self.split is not None else {}),
+        }
+
+
+def artifact_version(path: Path) -> str:
+    """The version recorded in a model artifact, without loading its weights."""
+    version: str = json.loads((Path(path) / CONFIG_FILE).read_text())["version"]
+    return version
+
+
+def load_models(model: str, models_dir: Path) -> tuple[Embedder, Embedder | None]:
+    """The model to evaluate and the frozen baseline backbone; None when they are the same."""
+    embedder = load_artifact(resolve_model(model, models_dir))
+    frozen_path = resolve_model(FROZEN_BASELINE, models_dir)
+    if artifact_version(frozen_path) == embedder.version:
+        return embedder, None
+    return embedder, load_artifact(frozen_path)
+
+
+def evaluate(
+    references: Sequence[LabeledImage],
+    queries: Sequence[LabeledImage],
+    model: Embedder,
+    frozen: Embedder | None = None,
+    *,
+    parents: Mapping[str, str | None] | None = None,
+    held_out: Sequence[str] = (),
+    vote: VoteConfig | None = None,
+    leakage_threshold: float = LEAKAGE_THRESHOLD,
+    batch_size: int = EMBED_BATCH,
+) -> Evaluation:
+    """Embed references and queries, classify the queries by kNN, score, and run the baselines.
+
+    `frozen` is the frozen backbone for the baselines and the leakage check; None means
+    `model` is that backbone and its vectors are reused.
+    """
+    vote = vote or VoteConfig()
+    parents = dict(parents or {})
+    cache = EmbeddingCache()
+    refs, skipped = embed_images(model, references, cache, batch_size, "references")
+    qs, skipped_queries = embed_images(model, queries, cache, batch_size, "queries")
+    skipped += skipped_queries
+    if not refs.images:
+        raise ValueError("none of the reference images could be read")
+    if not qs.images:
+        raise ValueError("none of the query images could be read")
+
+    answers = knn_answers(refs, qs, vote)
+    knn = MethodResult(
+        f"{model.config.name} kNN", model.version, answers, score(answers, parents, held_out)
+    )
+    if frozen is None:
+        frozen_refs, frozen_qs = refs, qs
+        frozen_knn = MethodResult(
+            f"{model.config.name} kNN (the model is the frozen backbone)",
+            model.version,
+            knn.answers,
+            knn.metrics,
+            same_as_model=True,
+        )
+        frozen_version = model.version
+    else:
+        frozen_refs, _ = embed_images(frozen, references, cache, batch_size, "references, frozen")
+        frozen_qs, _ = embed_images(frozen, queries, cache, batch_size, "queries, frozen")
+        frozen_answers = knn_answers(frozen_refs, frozen_qs, vote)
+        frozen_version = frozen.version
+        frozen_knn = MethodResult(
+            f"frozen {frozen.config.name} kNN",
+            frozen_version,
+            frozen_answers,
+            score(frozen_answers, parents, held_out),
+        )
+    baselines = {"frozen_knn": frozen_knn}
+    if len(set(frozen_refs.labels)) >= 2:
+        probe_answers = linear_probe_answers(frozen_refs, frozen_qs)
+        baselines["linear_probe"] = MethodResult(
+            "logistic regression on frozen features of the references",
+            frozen_version,
+            probe_answers,
+            score(probe_answers, parents, held_out),
+        )
+
+    reference_categories = set(refs.labels)
+    return Evaluation(
+        model_name=model.config.name,
+        model_version=model.version,
+        vote=vote,
+        references=len(refs.images),
+        queries=len(qs.images),
+        categories=len(reference_categories | set(qs.labels)),
+        held_out=sorted(held_out),
+        parents=parents,
+        knn=knn,
+        baselines=baselines,
+        leakage=find_leakage(frozen_refs, frozen_qs, leakage_threshold),
+        skipped=skipped,
+        unknown_query_categories=sorted(set(qs.labels) - reference_categories),
+    )

@@ -1,0 +1,301 @@
+"""`nearcat eval`: measure a model's kNN classification on labelled images, in-process.
+
+A thin layer over `embedder.evaluate` (the measuring) and `embedder.report` (the plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from server.cli import CommandError
+
+if TYPE_CHECKING:
+    from embedder.datasets import Dataset, LabeledImage
+    from embedder.evaluate import Evaluation
+    from indexer.vote import VoteConfig
+
+DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_MODELS_DIR = Path("var/models")
+SKIPPED_SHOWN = 10
+
+DESCRIPTION = """\
+Measure how well a model classifies images by their nearest references, without a server:
+embed the references, build the index, classify every query with the server's own kNN vote,
+and report top-1/top-3, per-category and per-taxonomy-level accuracy, calibration (ECE),
+held-out vs seen categories, the same metrics for two baselines (the frozen
+efficientnet_lite0 backbone with kNN, and a linear probe on its features), and a leakage
+check for queries whose identical or near-identical twin is among the references.
+
+Give the references and queries as two sources, or one source with --data to split it
+(stratified; grouped by --group-column so one contributor's photos stay on one side; with
+--holdout, some categories are marked as never trained on — they stay in the references).
+To evaluate a model trained on a split, pass the same --seed, --group-column and --holdout
+that training used, so no query was ever trained on.
+A source is a folder tree (category folders, nested folders are parents) or a CSV."""
+
+EPILOG = """\
+examples:
+  nearcat eval --references refs/ --queries queries/ --json eval.json
+  nearcat eval --data ../shared/datasets/clothing/images.csv --path-template 'images/{}.jpg' \\
+      --exclude-label 'Not sure' --exclude-label Other --exclude-label Skip \\
+      --group-column sender_id --holdout 4 --seed 0 --report reports/eval
+  nearcat eval --data photos/ --split val --model var/models/my-finetuned
+"""
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "eval",
+        help="measure a model's accuracy on labelled images (no server needed)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sources = parser.add_argument_group("images (either --references and --queries, or --data)")
+    sources.add_argument("--references", type=Path, metavar="SRC", help="reference images")
+    sources.add_argument("--queries", type=Path, metavar="SRC", help="images to classify")
+    sources.add_argument("--data", type=Path, metavar="SRC", help="one source to split")
+    sources.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="with --data: which part to query; choose models on val, report test once",
+    )
+    sources.add_argument(
+        "--group-column", help="with --data: CSV column whose rows stay on one side of the split"
+    )
+    held = sources.add_mutually_exclusive_group()
+    held.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --data: hold N random categories out of training (references only)",
+    )
+    held.add_argument(
+        "--holdout-categories",
+        metavar="A,B",
+        help="categories held out of training, reported apart from the seen ones",
+    )
+    sources.add_argument("--seed", type=int, default=0, help="with --data: split seed")
+
+    csv = parser.add_argument_group("CSV sources (as for `nearcat import`)")
+    csv.add_argument("--path-column", default="image", help="CSV column with the image path")
+    csv.add_argument("--label-column", default="label", help="CSV column with the category")
+    csv.add_argument(
+        "--path-template",
+        default="{}",
+        help="turns the path column into a path relative to the CSV, e.g. 'images/{}.jpg'",
+    )
+    csv.add_argument(
+        "--exclude-label", action="append", default=[], help="CSV label to skip (repeatable)"
+    )
+
+    model = parser.add_argument_group("model and vote")
+    model.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"registered model name or model artifact directory (default: {DEFAULT_MODEL})",
+    )
+    model.add_argument(
+        "--models-dir",
+        type=Path,
+        default=DEFAULT_MODELS_DIR,
+        help=f"where registered models are materialised (default: {DEFAULT_MODELS_DIR})",
+    )
+    # Defaults (None) mean the server's own VoteConfig defaults, resolved when the command
+    # runs: importing the index here would slow down every `nearcat` command.
+    model.add_argument(
+        "--k", type=int, help="nearest references that vote (default: the server's, 10)"
+    )
+    model.add_argument(
+        "--votes-per-category",
+        type=int,
+        help="votes counted per category at most (default: the server's, 3)",
+    )
+    model.add_argument(
+        "--temperature",
+        type=float,
+        help="softness of the similarity weights (default: the server's, 0.05)",
+    )
+    model.add_argument("--batch-size", type=int, default=32, help="images decoded per batch")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", type=Path, metavar="FILE", help="write the full results here")
+    output.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="write confusion.png, reliability.png and summary.md here",
+    )
+    output.add_argument(
+        "--leakage-threshold",
+        type=float,
+        default=0.98,
+        help="frozen-feature cosine at which a query and a reference count as near-identical",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from embedder.evaluate import evaluate, load_models
+    from embedder.report import write_report
+
+    vote = vote_config(args)
+    references, queries, parents, held_out, split = choose_images(args)
+    try:
+        model, frozen = load_models(args.model, args.models_dir)
+    except (ValueError, OSError) as exc:
+        raise CommandError(f"--model {args.model}: {exc}") from exc
+    try:
+        evaluation = evaluate(
+            references,
+            queries,
+            model,
+            frozen,
+            parents=parents,
+            held_out=held_out,
+            vote=vote,
+            leakage_threshold=args.leakage_threshold,
+            batch_size=args.batch_size,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    evaluation.split = split
+
+    print_summary(evaluation)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.report:
+        for path in write_report(evaluation, args.report):
+            print(f"wrote {path}")
+
+
+def vote_config(args: argparse.Namespace) -> VoteConfig:
+    """The server's vote, with what the flags change."""
+    from indexer.vote import VoteConfig
+
+    given = {
+        name: value
+        for name in ("k", "votes_per_category", "temperature")
+        if (value := getattr(args, name)) is not None
+    }
+    vote = VoteConfig(**given)
+    if vote.k < 1 or vote.votes_per_category < 1 or vote.temperature <= 0:
+        raise CommandError("--k and --votes-per-category must be >= 1, --temperature > 0")
+    return vote
+
+
+def load(source: Path, args: argparse.Namespace, flag: str) -> Dataset:
+    from embedder.datasets import load_dataset
+
+    try:
+        dataset = load_dataset(
+            source,
+            path_column=args.path_column,
+            label_column=args.label_column,
+            path_template=args.path_template,
+            group_column=args.group_column,
+            exclude_labels=args.exclude_label,
+        )
+    except (ValueError, OSError) as exc:
+        raise CommandError(f"{flag} {source}: {exc}") from exc
+    for problem in dataset.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if not dataset.images:
+        raise CommandError(f"{flag} {source}: no images found")
+    return dataset
+
+
+def choose_images(
+    args: argparse.Namespace,
+) -> tuple[
+    list[LabeledImage], list[LabeledImage], dict[str, str | None], list[str], dict[str, Any] | None
+]:
+    """(references, queries, parents, held-out categories, split summary) from the flags."""
+    from embedder.splits import split_dataset
+
+    named = [c.strip() for c in (args.holdout_categories or "").split(",") if c.strip()]
+    if args.data is not None:
+        if args.references or args.queries:
+            raise CommandError("give either --data, or --references and --queries, not both")
+        dataset = load(args.data, args, "--data")
+        try:
+            split = split_dataset(
+                dataset.images,
+                seed=args.seed,
+                grouped=args.group_column is not None,
+                holdout=named or args.holdout,
+            )
+        except ValueError as exc:
+            raise CommandError(f"--data {args.data}: {exc}") from exc
+        summary = {**split.summary(), "queried": args.split, "seed": args.seed}
+        summary["group_column"] = args.group_column
+        asked = split.test if args.split == "test" else split.val
+        return split.train, asked, dataset.parents, split.held_out, summary
+
+    if args.references is None or args.queries is None:
+        raise CommandError("give --references SRC and --queries SRC, or --data SRC to split one")
+    if args.holdout:
+        raise CommandError("--holdout N picks categories of a split: use it with --data")
+    references = load(args.references, args, "--references")
+    queries = load(args.queries, args, "--queries")
+    unknown = sorted(set(named) - {i.category for i in references.images})
+    if unknown:
+        raise CommandError(f"--holdout-categories: not among the references: {', '.join(unknown)}")
+    parents = {**queries.parents, **references.parents}
+    return references.images, queries.images, parents, sorted(named), None
+
+
+def print_summary(evaluation: Evaluation) -> None:
+    """A table of the model against the baselines, then held-out, worst categories, warnings."""
+    rows = [("model kNN", evaluation.knn)] + list(evaluation.baselines.items())
+    print(
+        f"{evaluation.model_version}: {evaluation.references} references, "
+        f"{evaluation.queries} queries, {evaluation.categories} categories"
+    )
+    print(f"{'method':<16} {'top-1':>7} {'top-3':>7} {'macro':>7} {'ECE':>6}")
+    for name, result in rows:
+        m = result.metrics
+        note = "  (same as model)" if result.same_as_model else ""
+        print(f"{name:<16} {m.top1:>7.1%} {m.top3:>7.1%} {m.macro_top1:>7.1%} {m.ece:>6.3f}{note}")
+    metrics = evaluation.knn.metrics
+    if metrics.held_out and metrics.seen:
+        print(
+            f"held out ({', '.join(evaluation.held_out)}): top-1 {metrics.held_out.top1:.1%}, "
+            f"macro {metrics.held_out.macro_top1:.1%}; seen: top-1 {metrics.seen.top1:.1%}, "
+            f"macro {metrics.seen.macro_top1:.1%}"
+        )
+    if len(metrics.hierarchy) > 1:
+        print("by level: " + ", ".join(f"{k} {v:.1%}" for k, v in metrics.hierarchy.items()))
+    worst = ", ".join(
+        f"{name} {metrics.per_category[name].top1:.0%}" for name in metrics.worst_categories
+    )
+    print(f"worst: {worst}")
+
+    for skipped in evaluation.skipped[:SKIPPED_SHOWN]:
+        print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    if len(evaluation.skipped) > SKIPPED_SHOWN:
+        print(f"... {len(evaluation.skipped)} images skipped in all", file=sys.stderr)
+    if evaluation.unknown_query_categories:
+        print(
+            "warning: queries of categories with no references can never be right: "
+            + ", ".join(evaluation.unknown_query_categories),
+            file=sys.stderr,
+        )
+    leakage = evaluation.leakage
+    if leakage.found:
+        print(
+            f"WARNING: LEAKAGE: {leakage.identical} queries are identical to a reference and "
+            f"{leakage.near_identical} near-identical (cosine >= {leakage.threshold}); "
+            "the accuracy above is overstated. Examples:",
+            file=sys.stderr,
+        )
+        for pair in leakage.examples:
+            print(f"  {pair.query} ~ {pair.reference} ({pair.similarity:.3f})", file=sys.stderr)
