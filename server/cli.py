@@ -20,7 +20,11 @@ if TYPE_CHECKING:
     from server.settings import Settings
 
 # Modules under server/commands/ that add their own subcommands (train, eval, export, ...).
-COMMAND_MODULES: list[str] = ["server.commands.evaluate", "server.commands.train"]
+COMMAND_MODULES: list[str] = [
+    "server.commands.evaluate",
+    "server.commands.train",
+    "server.commands.bench",
+]
 
 DEFAULT_SERVER = os.environ.get("NEARCAT_SERVER", "127.0.0.1:50051")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
