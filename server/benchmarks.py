@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -235,3 +235,230 @@ def _add_to_found_ms(index: VectorIndex, dim: int) -> float:
     if hit.reference_id != new_id:
         raise AssertionError("the vector just added was not found")
     return elapsed
+
+
+# -- embed -----------------------------------------------------------------------------------
+
+
+def gemm_gflops(size: int = 2048, seconds: float = 3.0) -> float:
+    """Measured float32 matrix-multiply speed: the compute ceiling the model is compared to."""
+    import torch
+
+    a = torch.randn(size, size)
+    b = torch.randn(size, size)
+    torch.mm(a, b)  # warm-up
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        torch.mm(a, b)
+        runs += 1
+    return 2 * size**3 * runs / (time.perf_counter() - started) / 1e9
+
+
+def gflop_per_image(artifact: Any) -> float:
+    """FLOPs of one forward pass (multiply and add counted separately), from PyTorch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from embedder.model import load_network
+
+    network, config, _ = load_network(artifact)
+    size = config.preprocess.input_size
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        network(torch.zeros(1, 3, size, size))
+    return float(counter.get_total_flops()) / 1e9
+
+
+def _images_per_second(
+    run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, seconds: float
+) -> tuple[float, float]:
+    """(images/s, median ms per call) running `run` on the same batch for `seconds`."""
+    run(pixels)  # warm-up
+    timings: list[float] = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds or len(timings) < 3:
+        began = time.perf_counter()
+        run(pixels)
+        timings.append(time.perf_counter() - began)
+    return len(pixels) * len(timings) / sum(timings), float(np.median(timings) * 1000)
+
+
+def bench_embed(
+    model: str,
+    models_dir: Any,
+    batches: Sequence[int] = (1, 32),
+    runtimes: Sequence[str] = ("torch", "onnx"),
+    seconds: float = 5.0,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Model-only images/s per runtime and batch size, against measured GEMM speed."""
+    from embedder import load_artifact, resolve_model
+
+    artifact = resolve_model(model, models_dir)
+    gflop = gflop_per_image(artifact)
+    progress("measuring float32 GEMM speed")
+    gemm = gemm_gflops()
+    rows = []
+    for runtime in runtimes:
+        embedder = load_artifact(artifact, runtime=runtime)
+        size = embedder.config.preprocess.input_size
+        pixels = np.random.default_rng(0).standard_normal((max(batches), 3, size, size))
+        pixels = pixels.astype(np.float32)
+        for batch in batches:
+            progress(f"{runtime}, batch {batch}")
+            rate, median_ms = _images_per_second(embedder.embed_pixels, pixels[:batch], seconds)
+            rows.append(
+                {
+                    "runtime": runtime,
+                    "batch": batch,
+                    "images_per_s": rate,
+                    "ms_per_batch": median_ms,
+                    "gflops": rate * gflop,
+                    "compute_ratio": rate * gflop / gemm,
+                }
+            )
+    print(f"model {embedder.version}: {gflop:.2f} GFLOP per image; GEMM {gemm:.0f} GFLOP/s")
+    print_table(
+        rows, ["runtime", "batch", "images_per_s", "ms_per_batch", "gflops", "compute_ratio"]
+    )
+    return {
+        "bench": "embed",
+        "machine": machine(),
+        "model": embedder.version,
+        "gflop_per_image": gflop,
+        "gemm_gflops": gemm,
+        "results": rows,
+    }
+
+
+# -- serve -----------------------------------------------------------------------------------
+
+
+def _percentiles(latencies_ms: Sequence[float]) -> dict[str, float]:
+    if not latencies_ms:
+        return {"p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan")}
+    p50, p95, p99 = np.percentile(latencies_ms, [50, 95, 99])
+    return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99)}
+
+
+def _drive(stub: Any, images: Sequence[bytes], clients: int, seconds: float) -> dict[str, Any]:
+    """`clients` threads calling Classify back to back for `seconds`."""
+    import threading
+
+    import grpc
+
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    requests = [pb.ClassifyRequest(image=image) for image in images]
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[str] = []
+    stop_at = time.perf_counter() + seconds
+
+    def client(number: int) -> None:
+        i = number
+        while time.perf_counter() < stop_at:
+            began = time.perf_counter()
+            try:
+                stub.Classify(requests[i % len(requests)], timeout=30)
+            except grpc.RpcError as exc:
+                errors.append(exc.code().name)
+            else:
+                latencies[number].append((time.perf_counter() - began) * 1000)
+            i += clients
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    done = [ms for per_client in latencies for ms in per_client]
+    return {
+        "clients": clients,
+        "seconds": elapsed,
+        "requests": len(done),
+        "errors": len(errors),
+        "error_codes": sorted(set(errors)),
+        "images_per_s": len(done) / elapsed,
+        **_percentiles(done),
+    }
+
+
+def bench_serve(
+    model: str,
+    models_dir: Any,
+    images: Sequence[bytes],
+    references: Mapping[str, Sequence[bytes]],
+    clients: int = 8,
+    seconds: float = 20.0,
+    latency_calls: int = 100,
+    server_args: Sequence[str] = (),
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """End-to-end Classify throughput and latency of a real server, against the model-only
+    speed of the same artifact measured in the same run."""
+    import tempfile
+    from pathlib import Path
+
+    from embedder import load_artifact, resolve_model
+    from server.process import ServerProcess
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    artifact = resolve_model(model, models_dir)
+    embedder = load_artifact(artifact)
+    size = embedder.config.preprocess.input_size
+    pixels = np.random.default_rng(0).standard_normal((32, 3, size, size)).astype(np.float32)
+    progress("model-only speed (batch 32, batch 1)")
+    model_rate, _ = _images_per_second(embedder.embed_pixels, pixels, seconds=5)
+    _, model_batch1_ms = _images_per_second(embedder.embed_pixels, pixels[:1], seconds=3)
+    version = embedder.version
+    del embedder  # its threads would compete with the server's
+
+    with tempfile.TemporaryDirectory(prefix="nearcat-bench-") as tmp:
+        server = ServerProcess(Path(tmp) / "data", artifact, server_args).start()
+        try:
+            stub = server.stub()
+            for name, refs in references.items():
+                stub.AddCategory(
+                    pb.AddCategoryRequest(
+                        name=name, references=[pb.ReferenceImage(image=r) for r in refs]
+                    ),
+                    timeout=120,
+                )
+            _drive(stub, images, clients, seconds=2)  # warm-up
+            progress(f"{clients} concurrent clients for {seconds:.0f} s")
+            load = _drive(stub, images, clients, seconds)
+            progress(f"1 client, {latency_calls} calls")
+            single = []
+            for i in range(latency_calls):
+                began = time.perf_counter()
+                stub.Classify(pb.ClassifyRequest(image=images[i % len(images)]), timeout=30)
+                single.append((time.perf_counter() - began) * 1000)
+        finally:
+            server.stop()
+    batch1 = _percentiles(single)
+    result = {
+        "bench": "serve",
+        "machine": machine(),
+        "model": version,
+        "references": sum(len(r) for r in references.values()),
+        "model_only_images_per_s_batch32": model_rate,
+        "model_only_ms_batch1": model_batch1_ms,
+        "concurrent": load,
+        "e2e_ratio": load["images_per_s"] / model_rate,
+        "batch1": batch1,
+        "batch1_p50_over_model_ms": batch1["p50_ms"] - model_batch1_ms,
+    }
+    print_table(
+        [
+            {"run": f"{clients} clients", **load},
+            {"run": "1 client", "clients": 1, "requests": len(single), **batch1},
+        ],
+        ["run", "requests", "errors", "images_per_s", "p50_ms", "p95_ms", "p99_ms"],
+    )
+    print(
+        f"model only: {model_rate:.0f} images/s at batch 32, {model_batch1_ms:.1f} ms at batch 1; "
+        f"e2e_ratio {result['e2e_ratio']:.2f}; "
+        f"batch-1 p50 is model + {result['batch1_p50_over_model_ms']:.1f} ms"
+    )
+    return result

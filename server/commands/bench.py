@@ -34,6 +34,55 @@ def run_index(args: argparse.Namespace) -> None:
     write_json(result, args.json)
 
 
+CLOTHING_CSV = Path(__file__).resolve().parents[2].parent / "shared/datasets/clothing/images.csv"
+
+
+def run_embed(args: argparse.Namespace) -> None:
+    from server.benchmarks import bench_embed
+
+    result = bench_embed(
+        args.model, args.models_dir, batches=args.batch, runtimes=args.runtime, seconds=args.seconds
+    )
+    write_json(result, args.json)
+
+
+def serve_images(args: argparse.Namespace) -> tuple[list[bytes], dict[str, list[bytes]]]:
+    """Query images and references per category: from --data, else clothing, else generated."""
+    from embedder.datasets import load_dataset
+
+    source = args.data or (CLOTHING_CSV if CLOTHING_CSV.exists() else None)
+    if source is None:
+        from embedder.export import generated_images
+
+        images = generated_images(count=64)
+        return images[8:], {"generated-a": images[:4], "generated-b": images[4:8]}
+    options = {"path_template": "images/{}.jpg"} if source == CLOTHING_CSV else {}
+    dataset = load_dataset(Path(source), **options)
+    references: dict[str, list[bytes]] = {}
+    queries: list[bytes] = []
+    for category, labeled in sorted(dataset.by_category().items())[: args.categories]:
+        references[category] = [i.path.read_bytes() for i in labeled[: args.references]]
+        queries += [i.path.read_bytes() for i in labeled[args.references : args.references + 20]]
+    return queries, references
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from server.benchmarks import bench_serve
+
+    queries, references = serve_images(args)
+    result = bench_serve(
+        args.model,
+        args.models_dir,
+        queries,
+        references,
+        clients=args.clients,
+        seconds=args.seconds,
+        server_args=args.server_arg,
+    )
+    result["queries"] = len(queries)
+    write_json(result, args.json)
+
+
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench = commands.add_parser(
         "bench",
@@ -43,6 +92,46 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+
+    embed = kinds.add_parser(
+        "embed",
+        help="model-only images/s per runtime and batch, against GEMM speed",
+        description="Model-only images/s at each batch size for PyTorch and ONNX Runtime, the "
+        "model's GFLOP per image, and in the same run a float32 GEMM measurement; "
+        "compute_ratio = images/s x GFLOP per image / GEMM GFLOP/s.",
+    )
+    embed.add_argument("--model", default="efficientnet_lite0", help="name or artifact dir")
+    embed.add_argument("--models-dir", type=Path, default=Path("var/models"))
+    embed.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    embed.add_argument("--runtime", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
+    embed.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    embed.add_argument("--json", type=Path, help="write the results here")
+    embed.set_defaults(run=run_embed)
+
+    serve = kinds.add_parser(
+        "serve",
+        help="end-to-end Classify throughput and latency of a real server",
+        description="Starts a server with an embedded store in a temporary dir, adds "
+        "references, drives it with N concurrent clients for T seconds, then one client for "
+        "batch-1 latency. e2e_ratio = end-to-end images/s / model-only batch-32 images/s "
+        "measured in the same run. Images: --data, else ../shared/datasets/clothing, else "
+        "generated.",
+    )
+    serve.add_argument("--model", default="efficientnet_lite0", help="name or artifact dir")
+    serve.add_argument("--models-dir", type=Path, default=Path("var/models"))
+    serve.add_argument("--data", type=Path, help="folder tree or CSV of images")
+    serve.add_argument("--categories", type=int, default=10, help="categories to add")
+    serve.add_argument("--references", type=int, default=5, help="references per category")
+    serve.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    serve.add_argument("--seconds", type=float, default=20.0, help="length of the load run")
+    serve.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra `nearcat serve` flag, e.g. --server-arg=--max-batch=16 (repeatable)",
+    )
+    serve.add_argument("--json", type=Path, help="write the results here")
+    serve.set_defaults(run=run_serve)
 
     index = kinds.add_parser(
         "index",
