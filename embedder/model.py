@@ -31,7 +31,10 @@ from embedder.images import DecodeLimits, ImageDecodeError, decode_image
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
+ONNX_FILE = "model.onnx"
 _ARTIFACT_KEYS = ("version", "weights_sha256", "weights_file")
+_ONNX_KEYS = ("onnx_file", "onnx_sha256")  # present once the artifact has been exported
+RUNTIMES = ("auto", "onnx", "torch")
 
 # The package's .pth has lukemelas-style names (_conv_stem, _blocks.0._bn1, ...) for the same
 # tensors, in the same order, as timm's (tf_)efficientnet_lite0; its last two are the 1000-way
@@ -48,7 +51,7 @@ class ArtifactError(Exception):
 
 
 class ArtifactChecksumError(ArtifactError):
-    """weights.pt does not match the checksum recorded in config.json."""
+    """weights.pt or model.onnx does not match the checksum recorded in config.json."""
 
 
 class WeightsError(RuntimeError):
@@ -192,13 +195,23 @@ def _load_hub(backbone: nn.Module, config: ModelConfig, tag: str) -> None:
 
 
 class Backend(Protocol):
-    """Runs the network: (n, 3, H, W) float32 pixels -> (n, dim) float32 unit vectors."""
+    """Runs the network: (n, 3, H, W) float32 pixels -> (n, dim) float32 unit vectors.
+
+    `max_batch` is the chunk size the runtime is fastest with; the Embedder splits larger
+    batches into chunks of it.
+    """
+
+    max_batch: int
 
     def run(self, pixels: np.ndarray) -> np.ndarray: ...
 
 
 class TorchBackend:
     """PyTorch eager inference: eval mode, channels_last, one thread per available core."""
+
+    # On 2 cores EfficientNet-Lite0 does about 48-66 images/s in chunks of 4 but 31-33 in one
+    # forward of 32.
+    max_batch = 4
 
     def __init__(self, network: nn.Module, num_threads: int | None = None):
         torch.set_num_threads(num_threads or available_cores())
@@ -229,15 +242,14 @@ class Embedder:
         config: ModelConfig,
         version: str,
         limits: DecodeLimits | None = None,
-        max_batch: int = 4,
+        max_batch: int | None = None,
     ):
         self._backend = backend
         self._config = config
         self._version = version
         self.limits = limits or DecodeLimits()
-        # Forward passes run in chunks of max_batch: on 2 cores EfficientNet-Lite0 does about
-        # 48-66 images/s in chunks of 4 but 31-33 in one forward of 32.
-        self.max_batch = max_batch
+        # Forward passes run in chunks of max_batch, by default the backend's fastest size.
+        self.max_batch = max_batch or backend.max_batch
         # (x / 255 - mean) / std as one multiply-add per pixel
         std = np.asarray(config.preprocess.std, dtype=np.float32)
         self._scale = np.float32(1 / 255) / std
@@ -414,11 +426,38 @@ def _check_output(network: EmbeddingNetwork, config: ModelConfig) -> None:
 
 
 def load_artifact(
-    path: Path, limits: DecodeLimits | None = None, num_threads: int | None = None
+    path: Path,
+    limits: DecodeLimits | None = None,
+    num_threads: int | None = None,
+    runtime: str = "auto",
 ) -> Embedder:
-    """Load an artifact directory after verifying its weights against the recorded sha256."""
-    network, config, version = load_network(path)
-    return Embedder(TorchBackend(network, num_threads), config, version, limits)
+    """Load an artifact directory after verifying its files against the recorded sha256s.
+
+    `runtime` "onnx" serves the exported `model.onnx` with ONNX Runtime, "torch" the weights
+    with PyTorch, and "auto" ONNX Runtime whenever the artifact has been exported.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    path = Path(path)
+    config, meta = _read_artifact_config(path)
+    if runtime == "torch" or (runtime == "auto" and "onnx_file" not in meta):
+        network, config, version = load_network(path)
+        return Embedder(TorchBackend(network, num_threads), config, version, limits)
+    if "onnx_file" not in meta:
+        raise ArtifactError(
+            f"{path} has no ONNX model: export one with `nearcat export {path}`, "
+            "or serve it with runtime 'torch'"
+        )
+    from embedder.onnx_backend import OnnxBackend  # onnxruntime loads only when it serves
+
+    _verify_file(path, meta["weights_file"], meta["weights_sha256"], _rebuild_remedy(path))
+    onnx_path = _verify_file(
+        path,
+        meta["onnx_file"],
+        meta["onnx_sha256"],
+        f"export it again with `nearcat export --force {path}`",
+    )
+    return Embedder(OnnxBackend(onnx_path, num_threads), config, meta["version"], limits)
 
 
 def load_network(path: Path) -> tuple[EmbeddingNetwork, ModelConfig, str]:
@@ -426,16 +465,9 @@ def load_network(path: Path) -> tuple[EmbeddingNetwork, ModelConfig, str]:
     and export; serving goes through `load_artifact`."""
     path = Path(path)
     config, meta = _read_artifact_config(path)
-    weights_path = path / meta["weights_file"]
-    if not weights_path.is_file():
-        raise ArtifactError(f"{path} is not a complete model artifact: {weights_path} is missing")
-    actual = _sha256(weights_path)
-    if actual != meta["weights_sha256"]:
-        raise ArtifactChecksumError(
-            f"{weights_path} is corrupt or was modified: its sha256 is {actual[:12]}..., "
-            f"{CONFIG_FILE} records {meta['weights_sha256'][:12]}...; "
-            f"delete {path} and create the artifact again"
-        )
+    weights_path = _verify_file(
+        path, meta["weights_file"], meta["weights_sha256"], _rebuild_remedy(path)
+    )
     network = build_network(config)
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     try:
@@ -445,8 +477,27 @@ def load_network(path: Path) -> tuple[EmbeddingNetwork, ModelConfig, str]:
     return network, config, meta["version"]
 
 
+def _verify_file(path: Path, name: str, sha256: str, remedy: str) -> Path:
+    """`path/name`, after checking it exists and has the sha256 that config.json records."""
+    file = path / name
+    if not file.is_file():
+        raise ArtifactError(f"{path} is not a complete model artifact: {file} is missing")
+    actual = _sha256(file)
+    if actual != sha256:
+        raise ArtifactChecksumError(
+            f"{file} is corrupt or was modified: its sha256 is {actual[:12]}..., "
+            f"{CONFIG_FILE} records {sha256[:12]}...; {remedy}"
+        )
+    return file
+
+
+def _rebuild_remedy(path: Path) -> str:
+    return f"delete {path} and create the artifact again"
+
+
 def _read_artifact_config(path: Path) -> tuple[ModelConfig, dict[str, str]]:
-    """The ModelConfig and the artifact fields (version, weights_sha256, weights_file)."""
+    """The ModelConfig and the artifact fields (version, weights_sha256, weights_file, and
+    onnx_file, onnx_sha256 once exported)."""
     if not path.is_dir():
         raise FileNotFoundError(
             f"model artifact {path} does not exist; create it with create_artifact() "
@@ -458,11 +509,15 @@ def _read_artifact_config(path: Path) -> tuple[ModelConfig, dict[str, str]]:
     try:
         data = json.loads(config_path.read_text())
         meta = {key: data.pop(key) for key in _ARTIFACT_KEYS}
+        meta |= {key: data.pop(key) for key in _ONNX_KEYS if key in data}
         config = ModelConfig.from_dict(data)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArtifactError(f"{config_path} is not a valid artifact config: {exc!r}") from exc
-    if Path(meta["weights_file"]).name != meta["weights_file"]:
-        raise ArtifactError(f"{config_path}: weights_file must be a file name inside {path}")
+    if ("onnx_file" in meta) != ("onnx_sha256" in meta):
+        raise ArtifactError(f"{config_path}: onnx_file and onnx_sha256 go together")
+    for key in ("weights_file", "onnx_file"):
+        if key in meta and Path(meta[key]).name != meta[key]:
+            raise ArtifactError(f"{config_path}: {key} must be a file name inside {path}")
     if meta["version"] != f"{config.name}-{meta['weights_sha256'][:12]}":
         raise ArtifactError(f"{config_path}: version does not match the name and checksum")
     return config, meta
@@ -472,8 +527,9 @@ def resolve_model(spec: str, models_dir: Path) -> Path:
     """The artifact directory for `spec`: an artifact path, or a registered model name.
 
     A name is materialised once as `models_dir/<name>/` and reused afterwards, which gives a
-    server its default model with a checksum and a version on first start. An existing
-    directory wins over a registered name of the same spelling.
+    server its default model with a checksum and a version on first start, exported to ONNX
+    so that it is served by ONNX Runtime. An existing directory wins over a registered name
+    of the same spelling.
     """
     if Path(spec).is_dir():
         return Path(spec)
@@ -488,12 +544,16 @@ def resolve_model(spec: str, models_dir: Path) -> Path:
         # FileExistsError: another process materialised it first; it is checked below like any.
         with contextlib.suppress(FileExistsError):
             create_artifact(config, target)
-    stored, _ = _read_artifact_config(target)
+    stored, meta = _read_artifact_config(target)
     if stored != config:
         raise ArtifactError(
             f"{target} was built from a different {config.name!r} config than the registered "
             "one; delete it to rebuild, or pass its path to keep using it"
         )
+    if "onnx_file" not in meta:
+        from embedder.export import export_if_missing  # torch.onnx loads only to export
+
+        export_if_missing(target)
     return target
 
 

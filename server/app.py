@@ -72,7 +72,7 @@ def warn_if_not_durable(client: redis.Redis) -> None:
 def build_catalog(settings: Settings, client: redis.Redis) -> Catalog:
     limits = DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     artifact = resolve_model(settings.model, settings.data_dir / "models")
-    embedder = load_artifact(artifact, limits=limits)
+    embedder = load_artifact(artifact, limits=limits, runtime=settings.runtime)
     catalog = Catalog(
         Store(client, settings.key_prefix),
         embedder,

@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "server.commands.evaluate",
     "server.commands.train",
     "server.commands.bench",
+    "server.commands.export",
 ]
 
 DEFAULT_SERVER = os.environ.get("NEARCAT_SERVER", "127.0.0.1:50051")
@@ -84,9 +85,13 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from embedder import ArtifactError
     from server.app import serve
 
-    serve(load_settings(args), announce=lambda line: print(line, flush=True))
+    try:
+        serve(load_settings(args), announce=lambda line: print(line, flush=True))
+    except ArtifactError as exc:  # e.g. a model file that fails its checksum
+        raise CommandError(f"cannot serve the model: {exc}") from exc
 
 
 # -- client helpers ------------------------------------------------------------------------

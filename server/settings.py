@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +23,11 @@ class Settings(BaseSettings):
     key_prefix: str = Field("nearcat", description="prefix of every key nearcat writes")
     model: str = Field(
         "efficientnet_lite0", description="registered model name or model artifact directory"
+    )
+    runtime: Literal["auto", "onnx", "torch"] = Field(
+        "auto",
+        description="what runs the model: onnx (ONNX Runtime, needs the artifact's model.onnx), "
+        "torch (PyTorch), auto (onnx when the artifact has a model.onnx)",
     )
     k: int = Field(10, ge=1, le=1000, description="nearest references that vote")
     votes_per_category: int = Field(3, ge=1, description="votes counted per category at most")

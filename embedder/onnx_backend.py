@@ -1,0 +1,60 @@
+"""ONNX Runtime inference for an exported artifact: the serving path (torch is the fallback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from embedder.model import ArtifactError, available_cores
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+def default_providers() -> list[str]:
+    """CUDA first where onnxruntime-gpu offers it, the CPU always as the fallback."""
+    available = ort.get_available_providers()
+    return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
+
+
+def session_options(num_threads: int | None = None) -> ort.SessionOptions:
+    """One op at a time, each spread over every core this process may use, fully optimised.
+
+    A CNN is a chain of ops, so inter-op parallelism only adds thread hand-offs.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads or available_cores()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+class OnnxBackend:
+    """Runs `model.onnx` with ONNX Runtime: (n, 3, H, W) float32 -> (n, dim) unit vectors."""
+
+    # Images per forward pass. EfficientNet-Lite0 on 2 cores: see the issue-4 note in
+    # docs/benchmarks.md; unlike eager PyTorch, ORT's throughput keeps rising with the batch.
+    max_batch = 32
+
+    def __init__(
+        self, path: Path, num_threads: int | None = None, providers: list[str] | None = None
+    ) -> None:
+        try:
+            self.session = ort.InferenceSession(
+                str(path), session_options(num_threads), providers=providers or default_providers()
+            )
+        except (RuntimeError, ValueError) as exc:  # ORT's load failures are RuntimeErrors
+            raise ArtifactError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        self._input = self.session.get_inputs()[0].name
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session actually got, in priority order."""
+        return list(self.session.get_providers())
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        vectors: np.ndarray = self.session.run(None, {self._input: pixels})[0]
+        return vectors
