@@ -1,0 +1,74 @@
+"""The benches run end to end and write well-formed JSON (no speed is asserted here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+
+def bench(tmp_path: Path, *args: str) -> dict:  # type: ignore[type-arg]
+    out = tmp_path / "result.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "bench", *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    assert data["machine"]["cpu_count"] >= 1
+    return data
+
+
+def test_bench_index(tmp_path: Path) -> None:
+    data = bench(
+        tmp_path, "index", "--sizes", "3000", "--dim", "32", "--queries", "64",
+        "--nprobe", "4", "64", "--ef-search", "64",
+    )  # fmt: skip
+    rows = {(r["index"], r["params"]): r for r in data["results"]}
+    assert rows[("flat", "")]["recall"] == 1.0
+    assert {r["index"] for r in data["results"]} == {"flat", "ivf", "hnsw"}
+    for row in data["results"]:
+        assert 0.0 <= row["recall"] <= 1.0 and row["qps"] > 0 and row["build_s"] >= 0
+    ivf = [r for r in data["results"] if r["index"] == "ivf"]
+    assert ivf[-1]["recall"] >= ivf[0]["recall"]  # more lists scanned, no fewer found
+    assert ivf[0]["add_to_found_ms"] > 0
+
+
+def test_bench_embed(tmp_path: Path, model_artifact: Path) -> None:
+    data = bench(
+        tmp_path, "embed", "--model", str(model_artifact), "--runtime", "torch",
+        "--batch", "1", "2", "--seconds", "0.2",
+    )  # fmt: skip
+    assert 0.5 < data["gflop_per_image"] < 1.0  # EfficientNet-Lite0: about 0.77
+    assert data["gemm_gflops"] > 0
+    assert [(r["runtime"], r["batch"]) for r in data["results"]] == [("torch", 1), ("torch", 2)]
+    assert all(
+        r["compute_ratio"] == pytest.approx(r["gflops"] / data["gemm_gflops"])
+        for r in data["results"]
+    )
+
+
+@pytest.mark.integration
+def test_bench_serve(tmp_path: Path, model_artifact: Path) -> None:
+    folder = tmp_path / "images"
+    from tests.helpers import KINDS, make_image
+
+    for kind in KINDS:
+        (folder / kind).mkdir(parents=True)
+        for seed in range(8):
+            (folder / kind / f"{seed}.jpg").write_bytes(make_image(kind, seed))
+    data = bench(
+        tmp_path, "serve", "--model", str(model_artifact), "--data", str(folder),
+        "--references", "3", "--clients", "2", "--seconds", "2",
+    )  # fmt: skip
+    assert data["concurrent"]["errors"] == 0 and data["concurrent"]["requests"] > 0
+    assert data["e2e_ratio"] > 0 and data["batch1"]["p50_ms"] > 0
+    assert data["references"] == 9
