@@ -1,0 +1,12 @@
+"""ArcFace metric learning for the embedding network: `train(split, options, out_dir)`.
+
+The backbone's early blocks stay frozen and are run once per image (and per cached augmented
+view); only the last blocks and a projection head train on those cached features, which is
+what makes training practical on a 2-core CPU. Validation measures kNN accuracy separately on
+trained and held-out categories, so fine-tuning cannot silently give up the open-set promise.
+"""
+
+from embedder.training.loop import TrainResult, train
+from embedder.training.options import TrainOptions
+
+__all__ = ["TrainOptions", "TrainResult", "train"]

@@ -1,0 +1,30 @@
+"""Resumable training state, written atomically at the end of every epoch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def save_checkpoint(work_dir: Path, state: dict[str, Any]) -> None:
+    """Write beside the old checkpoint, then rename: a kill mid-write keeps the previous one."""
+    path = Path(work_dir) / CHECKPOINT_FILE
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(work_dir: Path) -> dict[str, Any] | None:
+    path = Path(work_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    return state

@@ -1,0 +1,449 @@
+"""The training run: cache frozen features, fit head (then last blocks) with ArcFace, select
+the checkpoint on validation kNN accuracy, write a nearcat model artifact."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.samplers import MPerClassSampler
+from torch import nn
+
+from embedder.config import ModelConfig
+from embedder.datasets import LabeledImage
+from embedder.model import (
+    EmbeddingNetwork,
+    build_network,
+    load_network,
+    resolve_model,
+    write_artifact,
+)
+from embedder.splits import Split
+from embedder.training.backbone import Prefix, Tail, split, tail_parameters
+from embedder.training.checkpoint import load_checkpoint, save_checkpoint
+from embedder.training.features import CachedViews, cache_views
+from embedder.training.loss import build_loss
+from embedder.training.options import TrainOptions
+from embedder.training.validation import SplitAccuracy, selection_score, split_accuracy
+
+TRAINING_FILE = "training.json"
+FEATURES_FILE = "features.pt"
+EMBED_BATCH = 128
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    artifact: Path
+    metadata: dict[str, Any]  # what training.json in the artifact holds
+
+
+def train(
+    data: Split,
+    options: TrainOptions,
+    out_dir: Path,
+    *,
+    models_dir: Path = Path("var/models"),
+    work_dir: Path | None = None,
+    resume: bool = False,
+    provenance: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Fine-tune `options.base` on `data.trainable()` and write the best epoch to `out_dir`.
+
+    `work_dir` (default `<out_dir>.work`) keeps the feature cache and a checkpoint after every
+    epoch; with `resume` a killed run continues after its last finished epoch. `provenance`
+    (data source, command) is recorded in the artifact's training.json.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} already exists; delete it or choose another --out")
+    work_dir = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
+    state = load_checkpoint(work_dir)
+    if state is not None and not resume:
+        raise FileExistsError(
+            f"{work_dir} holds a checkpoint of an unfinished run: pass --resume to continue "
+            "it, or delete the directory to start over"
+        )
+    if state is not None and state["options"] != options.to_dict():
+        changed = sorted(k for k, v in options.to_dict().items() if state["options"].get(k) != v)
+        raise ValueError(
+            f"cannot resume {work_dir}: options differ from the interrupted run's ({changed}); "
+            "use the same options, or delete the directory to start over"
+        )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    device = _device(options.device)
+    _seed_everything(options.seed)
+
+    base_path = resolve_model(options.base, models_dir)
+    base, base_config, base_version = load_network(base_path)
+    config = _output_config(base_config, options)
+    network = _initial_network(base, base_config, config)
+    network.to(device=device, memory_format=torch.channels_last)
+    network.eval()  # BatchNorm keeps its pretrained statistics; gradients still flow
+    prefix, tail = split(network, options.trainable_blocks)
+    base_head = base.head.to(device)
+
+    classes = sorted({i.category for i in data.trainable()})
+    if len(classes) < 2:
+        raise ValueError(f"training needs at least 2 trainable categories, got {classes}")
+    cache = _features(data, config, options, base_version, prefix, work_dir, device, log)
+    data, problems = _drop_unreadable(data, cache)
+    for problem in problems:
+        log(f"warning: {problem}")
+    trainable = [i for i, image in enumerate(data.train) if image.category in set(classes)]
+    views = [cache["train"].features[trainable], *(v.features for v in cache["augmented"])]
+    labels = torch.tensor([classes.index(data.train[i].category) for i in trainable])
+
+    loss_fn = build_loss(options, len(classes)).to(device)
+    batch_size = min(options.batch_size, options.m_per_class * len(classes))
+    batch_size -= batch_size % options.m_per_class
+    steps_per_epoch = max(1, len(labels) // batch_size)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": list(network.head.parameters()), "lr": options.lr_head},
+            {"params": tail_parameters(network, tail), "lr": options.lr_backbone},
+            {"params": list(loss_fn.parameters()), "lr": options.lr_loss, "weight_decay": 0.0},
+        ],
+        weight_decay=options.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        _warmup_cosine(options.warmup_epochs * steps_per_epoch, options.epochs * steps_per_epoch),
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+
+    def accuracy(part: str, head: nn.Module, use_tail: Tail | None = None) -> SplitAccuracy:
+        return _accuracy(data, cache, part, use_tail or tail, head, options, device)
+
+    if state is None:
+        baseline_val = accuracy("val", base_head)
+        state = {
+            "options": options.to_dict(),
+            "epoch": 0,
+            "history": [],
+            "baseline_val": baseline_val.to_dict(),
+            "best_score": -math.inf,
+            "best_epoch": 0,
+            "best_state": copy.deepcopy(network.state_dict()),
+            "stale": 0,
+            "elapsed_s": 0.0,
+            "frozen_test_state": None,
+        }
+        log(f"frozen baseline on val: {_describe(baseline_val)}")
+    else:
+        network.load_state_dict(state["network"])
+        loss_fn.load_state_dict(state["loss"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        log(f"resuming after epoch {state['epoch']} of {options.epochs}")
+    floor = state["baseline_val"]["held_out_top1"]
+    floor = None if floor is None else floor - options.held_out_tolerance
+    session_start = time.monotonic()
+
+    stopped_early = False
+    for epoch in range(state["epoch"], options.epochs):
+        if state["stale"] >= options.patience:
+            stopped_early = True
+            break
+        _seed_everything(options.seed + 1 + epoch)  # an epoch replays the same after a resume
+        frozen = epoch < options.freeze_epochs
+        for p in tail_parameters(network, tail):
+            p.requires_grad_(not frozen)
+        loss = _run_epoch(
+            epoch, frozen, views, labels, batch_size, steps_per_epoch, network, tail, loss_fn,
+            optimizer, scheduler, scaler, device, options,
+        )  # fmt: skip
+        val = accuracy("val", network.head)
+        score = selection_score(val, floor)
+        improved = score > state["best_score"]
+        if improved:
+            state.update(best_score=score, best_epoch=epoch + 1, stale=0)
+            state["best_state"] = copy.deepcopy(network.state_dict())
+        else:
+            state["stale"] += 1
+        state["history"].append(
+            {"epoch": epoch + 1, "stage": "head" if frozen else "head+blocks", "loss": loss,
+             **val.to_dict(), "score": score}
+        )  # fmt: skip
+        state.update(
+            epoch=epoch + 1,
+            network=network.state_dict(),
+            loss=loss_fn.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            scaler=scaler.state_dict(),
+            elapsed_s=state["elapsed_s"] + time.monotonic() - session_start,
+        )
+        session_start = time.monotonic()
+        save_checkpoint(work_dir, state)
+        log(
+            f"epoch {epoch + 1}/{options.epochs} ({'head' if frozen else 'head+blocks'}) "
+            f"loss {loss:.3f}  val {_describe(val)}  score {score:.4f}"
+            + ("  best" if improved else f"  (no better for {state['stale']})")
+        )
+    else:
+        stopped_early = state["stale"] >= options.patience and state["epoch"] < options.epochs
+
+    network.load_state_dict(state["best_state"])
+    final_val = accuracy("val", network.head)
+    final_test = accuracy("test", network.head)
+    frozen_tail = split(base.to(device), options.trainable_blocks)[1]
+    baseline_test = accuracy("test", base_head, frozen_tail)
+    wall_s = state["elapsed_s"] + time.monotonic() - session_start
+    log(f"best epoch {state['best_epoch']}: val {_describe(final_val)}")
+    log(f"test (once, at the end): {_describe(final_test)}")
+    log(f"frozen baseline on test: {_describe(baseline_test)}")
+    metadata = {
+        "base": {"spec": options.base, "version": base_version},
+        "options": options.to_dict(),
+        "provenance": provenance or {},
+        "split": data.summary(),
+        "held_out_categories": list(data.held_out),
+        "trained_categories": classes,
+        "problems": problems,
+        "device": str(device),
+        "batch_size": batch_size,
+        "epochs_run": state["epoch"],
+        "stopped_early": stopped_early,
+        "best_epoch": state["best_epoch"],
+        "selection": (
+            "seen-category val top-1, provided held-out val top-1 >= frozen baseline's "
+            f"- {options.held_out_tolerance}"
+        ),
+        "history": state["history"],
+        "frozen_baseline": {"val": state["baseline_val"], "test": baseline_test.to_dict()},
+        "val": final_val.to_dict(),
+        "test": final_test.to_dict(),
+        "wall_time_s": round(wall_s, 1),
+        "first_start_to_end_s_this_session": round(time.monotonic() - started, 1),
+    }
+    network.to("cpu")
+    write_artifact(network, config, out_dir, {TRAINING_FILE: json.dumps(metadata, indent=2) + "\n"})
+    return TrainResult(out_dir, metadata)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _output_config(base: ModelConfig, options: TrainOptions) -> ModelConfig:
+    return replace(
+        base,
+        name=options.name or f"{base.name}-arcface",
+        projection_dim=options.embedding_dim,
+        description=(
+            f"{base.name} fine-tuned with ArcFace metric learning, projection to "
+            f"{options.embedding_dim} dimensions; see training.json for data, split and metrics."
+        ),
+    )
+
+
+def _initial_network(
+    base: EmbeddingNetwork, base_config: ModelConfig, config: ModelConfig
+) -> EmbeddingNetwork:
+    """The base backbone with a projection head (the base's own when it has one that fits)."""
+    network = build_network(config)
+    network.backbone.load_state_dict(base.backbone.state_dict())
+    if base_config.projection_dim == config.projection_dim:
+        network.head.load_state_dict(base.head.state_dict())
+    return network
+
+
+def _warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _run_epoch(
+    epoch: int,
+    frozen: bool,
+    views: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    batch_size: int,
+    steps: int,
+    network: EmbeddingNetwork,
+    tail: Tail,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    options: TrainOptions,
+) -> float:
+    """One pass of class-balanced batches, each image as a random one of its cached views."""
+    from tqdm import tqdm
+
+    sampler = MPerClassSampler(
+        labels, options.m_per_class, batch_size=batch_size, length_before_new_iter=len(labels)
+    )
+    order = torch.tensor(list(iter(sampler))[: steps * batch_size])
+    view_of = torch.randint(len(views), (len(order),))
+    autocast = (
+        torch.autocast("cuda", dtype=torch.float16)
+        if device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    total = 0.0
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}", unit="batch", leave=False)
+    for step in bar:
+        picked = order[step * batch_size : (step + 1) * batch_size]
+        chosen = view_of[step * batch_size : (step + 1) * batch_size]
+        features = torch.stack(
+            [views[v][i] for v, i in zip(chosen.tolist(), picked.tolist(), strict=True)]
+        )
+        features = features.to(device).float().contiguous(memory_format=torch.channels_last)
+        with autocast:
+            with torch.set_grad_enabled(not frozen):
+                pooled = tail(features)
+            embeddings = network.head(pooled)
+        loss = loss_fn(embeddings.float(), labels[picked].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total += float(loss.detach())
+        bar.set_postfix(loss=f"{total / (step + 1):.3f}")
+    return total / steps
+
+
+@torch.inference_mode()
+def _embed(features: torch.Tensor, tail: Tail, head: nn.Module, device: torch.device) -> np.ndarray:
+    out = []
+    for start in range(0, len(features), EMBED_BATCH):
+        batch = features[start : start + EMBED_BATCH].to(device).float()
+        vectors = head(tail(batch.contiguous(memory_format=torch.channels_last)))
+        out.append(F.normalize(vectors.float(), dim=-1).cpu())
+    return torch.cat(out).numpy()
+
+
+def _accuracy(
+    data: Split,
+    cache: dict[str, Any],
+    part: str,
+    tail: Tail,
+    head: nn.Module,
+    options: TrainOptions,
+    device: torch.device,
+) -> SplitAccuracy:
+    """kNN top-1 of `part`'s images against all training images (held-out ones included)."""
+    queries: list[LabeledImage] = getattr(data, part)
+    return split_accuracy(
+        _embed(cache["train"].features, tail, head, device),
+        [i.category for i in data.train],
+        _embed(cache[part].features, tail, head, device),
+        [i.category for i in queries],
+        data.held_out,
+        options.k,
+    )
+
+
+def _describe(accuracy: SplitAccuracy) -> str:
+    held = "n/a" if accuracy.held_out is None else f"{accuracy.held_out:.1%}"
+    return f"seen {accuracy.seen:.1%}, held-out {held}"
+
+
+def _features(
+    data: Split,
+    config: ModelConfig,
+    options: TrainOptions,
+    base_version: str,
+    prefix: Prefix,
+    work_dir: Path,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Prefix outputs of every image's plain view and of trainable images' augmented views,
+    read from `work_dir` when an earlier run with the same inputs cached them."""
+    trainable = data.trainable()
+    key = {
+        "base": base_version,
+        "trainable_blocks": options.trainable_blocks,
+        "cached_views": options.cached_views,
+        "seed": options.seed,
+        "images": [[str(i.path) for i in part] for part in (data.train, data.val, data.test)],
+        "trainable": [str(i.path) for i in trainable],
+    }
+    fingerprint = hashlib.sha256(json.dumps(key).encode()).hexdigest()
+    path = work_dir / FEATURES_FILE
+    if path.is_file():
+        cached: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+        if cached.get("fingerprint") == fingerprint:
+            log(f"using cached features from {path}")
+            return cached
+    started = time.monotonic()
+
+    def run(images: Sequence[LabeledImage], augment: bool, seed: int, desc: str) -> CachedViews:
+        return cache_views(
+            [i.path for i in images], config, prefix, augment=augment, seed=seed,
+            workers=options.workers, device=device, desc=desc,
+        )  # fmt: skip
+
+    cache: dict[str, Any] = {
+        "fingerprint": fingerprint,
+        "train": run(data.train, False, options.seed, "caching train"),
+        "val": run(data.val, False, options.seed, "caching val"),
+        "test": run(data.test, False, options.seed, "caching test"),
+        "augmented": [
+            run(trainable, True, options.seed + 1 + v, f"caching augmented view {v + 1}")
+            for v in range(options.cached_views)
+        ],
+    }
+    count = len(data.train) + len(data.val) + len(data.test) + len(trainable) * options.cached_views
+    log(f"cached frozen features of {count} views in {time.monotonic() - started:.0f} s")
+    torch.save(cache, path)
+    return cache
+
+
+def _drop_unreadable(data: Split, cache: dict[str, Any]) -> tuple[Split, list[str]]:
+    """The split without images that failed to decode (and their cached rows)."""
+    problems: list[str] = []
+    parts: dict[str, list[LabeledImage]] = {}
+    trainable_ok = torch.ones(len(data.trainable()), dtype=torch.bool)
+    for view in cache["augmented"]:
+        trainable_ok &= view.ok
+    for part in ("train", "val", "test"):
+        images: list[LabeledImage] = getattr(data, part)
+        ok = cache[part].ok
+        problems += [
+            f"{i.path} could not be decoded; skipped"
+            for i, good in zip(images, ok.tolist(), strict=True)
+            if not good
+        ]
+        parts[part] = [i for i, good in zip(images, ok.tolist(), strict=True) if good]
+        cache[part] = CachedViews(cache[part].features[ok], ok[ok])
+    if not bool(trainable_ok.all()):
+        cache["augmented"] = [
+            CachedViews(view.features[trainable_ok], view.ok[trainable_ok])
+            for view in cache["augmented"]
+        ]
+    return Split(parts["train"], parts["val"], parts["test"], list(data.held_out)), problems

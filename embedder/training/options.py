@@ -1,0 +1,54 @@
+"""Every knob of a training run, recorded in the artifact and checked on resume."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Hyper-parameters of one run. Defaults are the ones measured on the clothing data."""
+
+    base: str = "efficientnet_lite0"  # registered model name or artifact directory
+    name: str | None = None  # output model name; default "<base>-arcface"
+    embedding_dim: int = 512
+    # loss
+    margin: float = 28.6  # degrees (pytorch-metric-learning's unit; 28.6 degrees = 0.5 rad)
+    scale: float = 30.0
+    subcenters: int = 1  # >1: SubCenterArcFaceLoss
+    # schedule
+    epochs: int = 15
+    freeze_epochs: int = 2  # head (and loss weights) only, then the last blocks too
+    warmup_epochs: int = 1
+    patience: int = 4  # epochs without a better selection score before stopping
+    batch_size: int = 64
+    m_per_class: int = 4
+    lr_head: float = 1e-3
+    lr_backbone: float = 2e-4
+    lr_loss: float = 1e-2
+    weight_decay: float = 1e-4
+    # CPU practicality
+    trainable_blocks: int = 2  # last backbone blocks that train; the ones before are cached
+    cached_views: int = 2  # augmented views cached per training image, beside the plain one
+    workers: int = 2  # data-loader processes decoding and augmenting images
+    # validation and selection
+    k: int = 10
+    held_out_tolerance: float = 0.02  # how far held-out accuracy may fall below the frozen one
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda"
+
+    def __post_init__(self) -> None:
+        positive = ("embedding_dim", "epochs", "batch_size", "m_per_class", "k", "subcenters")
+        for field in positive:
+            if getattr(self, field) <= 0:
+                raise ValueError(f"{field} must be positive, got {getattr(self, field)}")
+        if not 0 <= self.freeze_epochs <= self.epochs:
+            raise ValueError(f"freeze_epochs must be in [0, epochs], got {self.freeze_epochs}")
+        if self.trainable_blocks < 0 or self.cached_views < 0 or self.workers < 0:
+            raise ValueError("trainable_blocks, cached_views and workers must not be negative")
+        if not 0 < self.margin < 90:
+            raise ValueError(f"margin is in degrees and must be in (0, 90), got {self.margin}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

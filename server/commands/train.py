@@ -1,0 +1,236 @@
+"""`nearcat train`: fine-tune the embedding with ArcFace and write a servable model artifact.
+
+A thin layer over `embedder.training`: read and split the data, pass the options on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from server.cli import CommandError
+
+if TYPE_CHECKING:
+    from embedder.datasets import LabeledImage
+
+DEFAULT_MODELS_DIR = Path("var/models")
+
+DESCRIPTION = """\
+Fine-tune an embedding model with ArcFace metric learning and write the result as a model
+artifact that `nearcat serve --model MODEL_DIR` and `nearcat eval --model MODEL_DIR` load.
+
+The data is split like `nearcat eval --data` does (stratified, grouped by --group-column,
+same --seed and --holdout give the same split). Held-out categories are never trained on:
+their training images are only references during validation, so every epoch reports kNN
+accuracy on trained ("seen") and on held-out categories. The kept epoch is the one with the
+best seen accuracy among those whose held-out accuracy stays within --held-out-tolerance of
+the frozen model's: fine-tuning must not buy seen accuracy with the open-set promise.
+
+On CPU, the early backbone blocks stay frozen and run once per image (and per cached
+augmented view); only the last --trainable-blocks blocks and the projection head train on
+those cached features. The cache and a checkpoint after every epoch live in --work-dir, so
+a killed run continues with --resume. The test split is measured once, at the end."""
+
+EPILOG = """\
+examples:
+  nearcat train --data photos/ --out var/models/photos-arcface
+  nearcat train --data ../shared/datasets/clothing/images.csv --path-template 'images/{}.jpg' \\
+      --exclude-label 'Not sure' --exclude-label Other --exclude-label Skip \\
+      --group-column sender_id --holdout 4 --out var/models/clothing-arcface
+  nearcat train ... --resume          # continue a killed run from its last finished epoch
+"""
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "train",
+        help="fine-tune the embedding with ArcFace into a new model artifact",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=Path, required=True, metavar="SRC", help="folder tree or CSV")
+    data.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="new artifact")
+    data.add_argument(
+        "--group-column", help="CSV column whose rows stay on one side of the split (e.g. sender)"
+    )
+    held = data.add_mutually_exclusive_group()
+    held.add_argument(
+        "--holdout",
+        type=int,
+        metavar="N",
+        help="hold N random categories out of training (default: a quarter of the categories "
+        "with enough images; 0 trains on all, which leaves the open-set promise unmeasured)",
+    )
+    held.add_argument("--holdout-categories", metavar="A,B", help="categories to hold out")
+    data.add_argument("--seed", type=int, default=0, help="split, sampling and augmentation seed")
+    data.add_argument("--path-column", default="image", help="CSV column with the image path")
+    data.add_argument("--label-column", default="label", help="CSV column with the category")
+    data.add_argument(
+        "--path-template",
+        default="{}",
+        help="turns the path column into a path relative to the CSV, e.g. 'images/{}.jpg'",
+    )
+    data.add_argument(
+        "--exclude-label", action="append", default=[], help="CSV label to skip (repeatable)"
+    )
+
+    model = parser.add_argument_group("model and loss")
+    model.add_argument(
+        "--base",
+        default="efficientnet_lite0",
+        help="registered model name or artifact directory to start from (default: %(default)s)",
+    )
+    model.add_argument("--name", help="name of the new model (default: <base>-arcface)")
+    model.add_argument("--embedding-dim", type=int, default=512, help="projection head output")
+    model.add_argument(
+        "--margin", type=float, default=28.6, help="ArcFace angular margin in degrees"
+    )
+    model.add_argument("--scale", type=float, default=30.0, help="ArcFace logit scale")
+    model.add_argument(
+        "--subcenters", type=int, default=1, help="centres per class (>1: SubCenterArcFace)"
+    )
+    model.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help="for --base")
+
+    schedule = parser.add_argument_group("schedule")
+    schedule.add_argument("--epochs", type=int, default=15)
+    schedule.add_argument(
+        "--freeze-epochs", type=int, default=2, help="epochs that train only the head first"
+    )
+    schedule.add_argument("--warmup-epochs", type=int, default=1)
+    schedule.add_argument(
+        "--patience", type=int, default=4, help="stop after this many epochs without a better one"
+    )
+    schedule.add_argument("--batch-size", type=int, default=64)
+    schedule.add_argument("--m-per-class", type=int, default=4, help="images per class per batch")
+    schedule.add_argument("--lr-head", type=float, default=1e-3)
+    schedule.add_argument("--lr-backbone", type=float, default=2e-4)
+    schedule.add_argument("--lr-loss", type=float, default=1e-2, help="for the class centres")
+    schedule.add_argument("--weight-decay", type=float, default=1e-4)
+    schedule.add_argument(
+        "--held-out-tolerance",
+        type=float,
+        default=0.02,
+        help="how far held-out val accuracy may fall below the frozen model's",
+    )
+    schedule.add_argument("--k", type=int, default=10, help="neighbours in the validation kNN")
+
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument(
+        "--trainable-blocks", type=int, default=2, help="last backbone blocks that train"
+    )
+    runtime.add_argument(
+        "--cached-views", type=int, default=2, help="augmented views cached per training image"
+    )
+    runtime.add_argument("--workers", type=int, default=2, help="data-loader processes")
+    runtime.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    runtime.add_argument(
+        "--work-dir", type=Path, help="feature cache and checkpoints (default: MODEL_DIR.work)"
+    )
+    runtime.add_argument(
+        "--resume", action="store_true", help="continue the run checkpointed in --work-dir"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from embedder.datasets import load_dataset
+    from embedder.model import ArtifactError, WeightsError
+    from embedder.splits import FOLDS, split_dataset
+    from embedder.training import TrainOptions, train
+
+    try:
+        dataset = load_dataset(
+            args.data,
+            path_column=args.path_column,
+            label_column=args.label_column,
+            path_template=args.path_template,
+            group_column=args.group_column,
+            exclude_labels=args.exclude_label,
+        )
+    except (ValueError, OSError) as exc:
+        raise CommandError(str(exc)) from exc
+    for problem in dataset.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if not dataset.images:
+        raise CommandError(f"no images found in {args.data}")
+
+    holdout: int | list[str]
+    if args.holdout_categories:
+        holdout = [c.strip() for c in args.holdout_categories.split(",") if c.strip()]
+    elif args.holdout is not None:
+        holdout = args.holdout
+    else:
+        holdout = _default_holdout(dataset.images, 2 * FOLDS)
+        print(
+            f"holding out {holdout} categories to measure the open-set promise "
+            "(--holdout 0 trains on all)",
+            file=sys.stderr,
+        )
+    try:
+        split = split_dataset(
+            dataset.images, args.seed, grouped=args.group_column is not None, holdout=holdout
+        )
+        options = TrainOptions(
+            base=args.base,
+            name=args.name,
+            embedding_dim=args.embedding_dim,
+            margin=args.margin,
+            scale=args.scale,
+            subcenters=args.subcenters,
+            epochs=args.epochs,
+            freeze_epochs=args.freeze_epochs,
+            warmup_epochs=args.warmup_epochs,
+            patience=args.patience,
+            batch_size=args.batch_size,
+            m_per_class=args.m_per_class,
+            lr_head=args.lr_head,
+            lr_backbone=args.lr_backbone,
+            lr_loss=args.lr_loss,
+            weight_decay=args.weight_decay,
+            trainable_blocks=args.trainable_blocks,
+            cached_views=args.cached_views,
+            workers=args.workers,
+            k=args.k,
+            held_out_tolerance=args.held_out_tolerance,
+            seed=args.seed,
+            device=args.device,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"split: {split.summary()}", file=sys.stderr)
+    provenance = {
+        "data": str(args.data),
+        "path_template": args.path_template,
+        "group_column": args.group_column,
+        "exclude_labels": args.exclude_label,
+        "command": shlex.join(["nearcat", *sys.argv[1:]]),
+    }
+    try:
+        result = train(
+            split,
+            options,
+            args.out,
+            models_dir=args.models_dir,
+            work_dir=args.work_dir,
+            resume=args.resume,
+            provenance=provenance,
+            log=tqdm.write,
+        )
+    except (ValueError, FileExistsError, FileNotFoundError, ArtifactError, WeightsError) as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"wrote {result.artifact} (serve it with: nearcat serve --model {result.artifact})")
+
+
+def _default_holdout(images: list[LabeledImage], min_images: int) -> int:
+    """A quarter of the categories with enough images to be measured."""
+    counts: dict[str, int] = {}
+    for image in images:
+        counts[image.category] = counts.get(image.category, 0) + 1
+    return sum(1 for n in counts.values() if n >= min_images) // 4

@@ -1,0 +1,162 @@
+"""Training: ArcFace logits by hand, a tiny run end to end, resume and early stopping."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from embedder import ModelConfig, PreprocessConfig, create_artifact, load_artifact
+from embedder.datasets import LabeledImage
+from embedder.splits import Split
+from embedder.training import TrainOptions, train
+from embedder.training.checkpoint import load_checkpoint
+from embedder.training.loss import build_loss
+from embedder.training.validation import SplitAccuracy, selection_score
+from tests.helpers import KINDS, make_image
+
+TINY = ModelConfig(
+    name="test-train-tiny",
+    family="timm",
+    architecture="test_efficientnet",
+    embedding_dim=256,
+    preprocess=PreprocessConfig(input_size=64),
+    weights="random",
+)
+FAST = {"trainable_blocks": 1, "cached_views": 1, "workers": 0, "batch_size": 8, "k": 3}
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.float64, 1e-8)])
+def test_arcface_loss_is_the_hand_computed_margin_softmax(
+    dtype: torch.dtype, tolerance: float
+) -> None:
+    options = TrainOptions(embedding_dim=4, margin=28.6, scale=30.0)
+    loss_fn = build_loss(options, num_classes=3)
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 3, generator=generator, dtype=dtype)
+    embeddings = torch.randn(5, 4, generator=generator, dtype=dtype)
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    with torch.no_grad():
+        loss_fn.W.copy_(centres)  # type: ignore[operator]
+
+    cosine = F.normalize(embeddings, dim=1) @ F.normalize(centres, dim=0)
+    margin = math.radians(28.6)
+    logits = 30.0 * cosine.clone()
+    for row, label in enumerate(labels.tolist()):
+        theta = math.acos(float(cosine[row, label]))
+        assert theta + margin < math.pi  # the plain cos(theta + m) branch
+        logits[row, label] = 30.0 * math.cos(theta + margin)
+    expected = F.cross_entropy(logits, labels)
+
+    actual = loss_fn(embeddings, labels)
+    assert actual.dtype == dtype
+    assert abs(float(actual.detach()) - float(expected)) <= tolerance * float(expected)
+
+
+def test_a_subcenter_loss_has_a_centre_per_class_and_subcenter() -> None:
+    loss_fn = build_loss(TrainOptions(embedding_dim=8, subcenters=3), num_classes=5)
+    assert loss_fn.W.shape == (8, 15)  # type: ignore[union-attr]
+
+
+def test_selection_never_prefers_an_epoch_that_gave_up_held_out_accuracy() -> None:
+    floor = 0.70
+    better_seen_worse_held = SplitAccuracy(
+        seen=0.95, held_out=0.60, queries_seen=1, queries_held_out=1
+    )
+    balanced = SplitAccuracy(seen=0.85, held_out=0.72, queries_seen=1, queries_held_out=1)
+    assert selection_score(balanced, floor) > selection_score(better_seen_worse_held, floor)
+    assert selection_score(balanced, None) == 0.85
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return create_artifact(TINY, tmp_path_factory.mktemp("base") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_split(tmp_path_factory: pytest.TempPathFactory) -> Split:
+    """Three kinds, eight images each; "dots" held out of training."""
+    root = tmp_path_factory.mktemp("images")
+    parts: dict[str, list[LabeledImage]] = {"train": [], "val": [], "test": []}
+    for k, kind in enumerate(KINDS):
+        for seed in range(8):
+            path = root / f"{kind}-{seed}.jpg"
+            path.write_bytes(make_image(kind, 100 * k + seed, size=96))
+            part = "train" if seed < 5 else "val" if seed < 7 else "test"
+            parts[part].append(LabeledImage(path, kind))
+    broken = root / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    parts["train"].append(LabeledImage(broken, "stripes"))
+    return Split(parts["train"], parts["val"], parts["test"], held_out=["dots"])
+
+
+def test_a_tiny_run_writes_a_loadable_artifact_of_unit_vectors(
+    tiny_base: Path, tiny_split: Split, tmp_path: Path
+) -> None:
+    options = TrainOptions(base=str(tiny_base), embedding_dim=32, epochs=1, freeze_epochs=0, **FAST)
+    result = train(tiny_split, options, tmp_path / "model", log=lambda line: None)
+
+    embedder = load_artifact(result.artifact)
+    assert embedder.config.name == "test-train-tiny-arcface"
+    assert embedder.config.projection_dim == embedder.dim == 32
+    vectors = embedder.embed_images([make_image(kind, 7) for kind in KINDS])
+    assert vectors.shape == (3, 32)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    recorded = json.loads((result.artifact / "training.json").read_text())
+    assert recorded["held_out_categories"] == ["dots"]
+    assert recorded["trained_categories"] == ["checkers", "stripes"]
+    assert recorded["epochs_run"] == 1
+    assert recorded["val"]["queries_held_out"] == 2
+    assert any("broken.jpg" in problem for problem in recorded["problems"])
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_after_its_last_finished_epoch(
+    tiny_base: Path, tiny_split: Split, tmp_path: Path
+) -> None:
+    options = TrainOptions(base=str(tiny_base), embedding_dim=16, epochs=3, freeze_epochs=1, **FAST)
+    out, work = tmp_path / "model", tmp_path / "work"
+
+    def killed_after_epoch_two(line: str) -> None:
+        if line.startswith("epoch 2/3"):
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train(tiny_split, options, out, work_dir=work, log=killed_after_epoch_two)
+    checkpoint = load_checkpoint(work)
+    assert checkpoint is not None and checkpoint["epoch"] == 2
+    assert not out.exists()
+
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_split, options, out, work_dir=work, log=lambda line: None)
+    changed = TrainOptions(base=str(tiny_base), embedding_dim=16, epochs=4, **FAST)
+    with pytest.raises(ValueError, match="epochs"):
+        train(tiny_split, changed, out, work_dir=work, resume=True, log=lambda line: None)
+
+    lines: list[str] = []
+    result = train(tiny_split, options, out, work_dir=work, resume=True, log=lines.append)
+    assert "resuming after epoch 2 of 3" in lines
+    assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["3/3"]
+    assert [h["epoch"] for h in result.metadata["history"]] == [1, 2, 3]
+    assert any("using cached features" in line for line in lines)
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(
+    tiny_base: Path, tiny_split: Split, tmp_path: Path
+) -> None:
+    frozen_weights = {"lr_head": 0.0, "lr_backbone": 0.0, "lr_loss": 0.0}
+    options = TrainOptions(
+        base=str(tiny_base), embedding_dim=16, epochs=6, patience=2, **frozen_weights, **FAST
+    )
+    result = train(tiny_split, options, tmp_path / "model", log=lambda line: None)
+    assert result.metadata["stopped_early"] is True
+    assert result.metadata["epochs_run"] == 3  # the first epoch is best; two more show no gain
+    assert result.metadata["best_epoch"] == 1
