@@ -91,7 +91,7 @@ def train(
     base, base_config, base_version = load_network(base_path)
     config = _output_config(base_config, options)
     network = _initial_network(base, base_config, config)
-    network.to(device=device, memory_format=torch.channels_last)
+    network.to(device).to(memory_format=torch.channels_last)
     network.eval()  # BatchNorm keeps its pretrained statistics; gradients still flow
     prefix, tail = split(network, options.trainable_blocks)
     base_head = base.head.to(device)
