@@ -222,7 +222,7 @@ def _leakage_sentence(evaluation: Evaluation) -> str:
             f"(frozen-feature cosine ≥ {leakage.threshold})."
         )
     return (
-        f"{leakage.identical} queries are identical files to a reference and "
-        f"{leakage.near_identical} more have a near-identical one (frozen-feature cosine ≥ "
-        f"{leakage.threshold}) out of {evaluation.queries}: accuracy is overstated."
+        f"{leakage.identical} of {evaluation.queries} queries are byte-identical to a reference "
+        f"and {leakage.near_identical} more nearly so (frozen-feature cosine ≥ "
+        f"{leakage.threshold}): the accuracy is overstated."
     )

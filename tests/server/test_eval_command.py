@@ -1,0 +1,152 @@
+"""`nearcat eval` in-process: a CSV split with groups and a held-out category, flag errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from indexer.vote import VoteConfig
+from server.cli import main
+from tests.helpers import KINDS, make_image
+
+
+@pytest.fixture(scope="module")
+def clothing_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CSV like the clothing dataset's: 16 images per kind, two per sender, some rows to
+    leave out by label."""
+    root = tmp_path_factory.mktemp("eval-csv")
+    (root / "images").mkdir()
+    rows = []
+    for kind in KINDS:
+        for seed in range(16):
+            name = f"{kind}-{seed}"
+            (root / "images" / f"{name}.jpg").write_bytes(make_image(kind, seed))
+            rows.append({"image": name, "sender_id": f"{kind}-{seed // 2}", "label": kind})
+    rows.append({"image": "stripes-0", "sender_id": "x", "label": "Not sure"})
+    with open(root / "images.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "sender_id", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root / "images.csv"
+
+
+def run_eval(*args: str) -> None:
+    main(["eval", *args])
+
+
+def test_split_csv_with_groups_and_a_held_out_category(
+    clothing_like: Path, model_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval.json"
+    run_eval(
+        "--data",
+        str(clothing_like),
+        "--path-template",
+        "images/{}.jpg",
+        "--exclude-label",
+        "Not sure",
+        "--group-column",
+        "sender_id",
+        "--holdout",
+        "1",
+        "--seed",
+        "3",
+        "--model",
+        str(model_artifact),
+        "--models-dir",
+        str(model_artifact.parent),
+        "--json",
+        str(out),
+        "--report",
+        str(tmp_path / "report"),
+    )
+    printed = capsys.readouterr().out
+    assert "model kNN" in printed and "linear_probe" in printed and "held out (" in printed
+
+    data = json.loads(out.read_text())
+    split = data["split"]
+    assert split["group_column"] == "sender_id" and split["queried"] == "test"
+    assert len(split["held_out_categories"]) == 1
+    assert data["held_out_categories"] == split["held_out_categories"]
+    # references are the whole train part, held-out category included; queries are the test part
+    assert data["counts"]["references"] == split["train"]
+    assert data["counts"]["queries"] == split["test"]
+    assert data["counts"]["categories"] == 3 and data["counts"]["skipped"] == 0
+    assert data["held_out"]["held_out"]["n"] > 0 and data["held_out"]["seen"]["n"] > 0
+    assert data["baselines"]["frozen_knn"]["same_as_model"] is True
+    assert data["vote"] == vars(VoteConfig())
+    assert not data["leakage"]["found"]  # grouped split, distinct generated images
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
+        "confusion.png",
+        "reliability.png",
+        "summary.md",
+    ]
+
+
+def test_references_and_queries_with_vote_flags(
+    clothing_like: Path, model_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = clothing_like.parent / "images"
+    for part, seeds in (("references", range(4)), ("queries", range(4, 6))):
+        for kind in KINDS:
+            (tmp_path / part / kind).mkdir(parents=True)
+            for seed in seeds:
+                name = f"{kind}-{seed}.jpg"
+                (tmp_path / part / kind / name).write_bytes((images / name).read_bytes())
+    out = tmp_path / "eval.json"
+    run_eval(
+        "--references",
+        str(tmp_path / "references"),
+        "--queries",
+        str(tmp_path / "queries"),
+        "--holdout-categories",
+        "dots",
+        "--k",
+        "5",
+        "--temperature",
+        "0.1",
+        "--model",
+        str(model_artifact),
+        "--models-dir",
+        str(model_artifact.parent),
+        "--json",
+        str(out),
+    )
+    data = json.loads(out.read_text())
+    assert data["counts"]["references"] == 12 and data["counts"]["queries"] == 6
+    assert data["vote"] == {"k": 5, "votes_per_category": 3, "temperature": 0.1}
+    assert data["held_out"]["held_out"]["n"] == 2
+    assert "split" not in data
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--queries", "q/"], "give --references SRC and --queries SRC"),
+        (["--data", "d/", "--references", "r/"], "not both"),
+        (["--references", "r/", "--queries", "q/", "--holdout", "2"], "use it with --data"),
+        (["--data", "d/", "--k", "0"], "--k"),
+        (["--data", "/nonexistent.csv"], "--data /nonexistent.csv"),
+    ],
+)
+def test_flag_mistakes_say_what_to_do(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_eval(*args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_names_the_server_vote_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        run_eval("--help")
+    help_text = " ".join(capsys.readouterr().out.split())
+    vote = VoteConfig()
+    for value in (vote.k, vote.votes_per_category, vote.temperature):
+        assert f"the server's, {value})" in help_text
+    assert "--holdout" in help_text and "--report" in help_text
