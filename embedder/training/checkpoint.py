@@ -28,3 +28,9 @@ def load_checkpoint(work_dir: Path) -> dict[str, Any] | None:
         return None
     state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
     return state
+
+
+def remove_checkpoint(work_dir: Path) -> None:
+    """After a finished run: a later run in the same work dir starts afresh (reusing the
+    feature cache) instead of being taken for an interrupted one."""
+    (Path(work_dir) / CHECKPOINT_FILE).unlink(missing_ok=True)

@@ -32,7 +32,7 @@ from embedder.model import (
 )
 from embedder.splits import Split
 from embedder.training.backbone import Prefix, Tail, split, tail_parameters
-from embedder.training.checkpoint import load_checkpoint, save_checkpoint
+from embedder.training.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from embedder.training.features import CachedViews, cache_views
 from embedder.training.loss import build_loss
 from embedder.training.options import TrainOptions
@@ -233,6 +233,8 @@ def train(
     }
     network.to("cpu")
     write_artifact(network, config, out_dir, {TRAINING_FILE: json.dumps(metadata, indent=2) + "\n"})
+    remove_checkpoint(work_dir)
+    log(f"the feature cache stays in {work_dir} for runs with other hyper-parameters")
     return TrainResult(out_dir, metadata)
 
 

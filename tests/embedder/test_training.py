@@ -147,6 +147,7 @@ def test_a_killed_run_resumes_after_its_last_finished_epoch(
     assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["3/3"]
     assert [h["epoch"] for h in result.metadata["history"]] == [1, 2, 3]
     assert any("using cached features" in line for line in lines)
+    assert load_checkpoint(work) is None  # finished: the next run here starts afresh
 
 
 def test_early_stopping_ends_a_run_that_stops_improving(
