@@ -145,6 +145,8 @@ def export_network(network: nn.Module, config: ModelConfig, out: Path) -> None:
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
             # ZeroPad2d's pads come out as a reversing Slice; ONNX Runtime folds it instead
             warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
+            # shape checks traced as constants; check_parity runs other batch sizes instead
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(
                 exportable,
                 (example,),

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
         raise CommandError(f"cannot use {bad} as a check image: {exc.reason}") from exc
     except (FileExistsError, FileNotFoundError, ArtifactError, ExportError) as exc:
         raise CommandError(str(exc)) from exc
-    whose = "your" if files else "generated"
+    whose = "of your" if files else "generated"
     print(
         f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, sha256 {report.sha256[:12]}...) "
         f"in {report.seconds:.1f} s\n"
