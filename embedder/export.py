@@ -222,9 +222,15 @@ def check_parity(expected: np.ndarray, onnx_path: Path, pixels: np.ndarray) -> f
     """
     from embedder.onnx_backend import CPU_PROVIDER, OnnxBackend
 
-    backend = OnnxBackend(onnx_path, providers=[CPU_PROVIDER])
-    batch = backend.run(pixels)
-    single = backend.run(pixels[:1])
+    try:
+        backend = OnnxBackend(onnx_path, providers=[CPU_PROVIDER])
+        batch = backend.run(pixels)
+        single = backend.run(pixels[:1])
+    except Exception as exc:  # ArtifactError, or ORT's own errors, which share no base
+        raise ExportError(
+            f"ONNX Runtime cannot run the exported model: {exc}; "
+            "serve this model with runtime 'torch'"
+        ) from exc
     if batch.shape != expected.shape:
         raise ExportError(f"ONNX gives vectors of shape {batch.shape}, PyTorch {expected.shape}")
     cosines = np.concatenate([_cosines(batch, expected), _cosines(single, expected[:1])])

@@ -46,7 +46,7 @@ class OnnxBackend:
             self.session = ort.InferenceSession(
                 str(path), session_options(num_threads), providers=providers or default_providers()
             )
-        except (RuntimeError, ValueError) as exc:  # ORT's load failures are RuntimeErrors
+        except Exception as exc:  # ORT's errors (InvalidProtobuf, Fail, ...) share no base
             raise ArtifactError(f"ONNX Runtime cannot load {path}: {exc}") from exc
         self._input = self.session.get_inputs()[0].name
 

@@ -138,6 +138,16 @@ def test_a_missing_onnx_model_is_refused(exported_copy: Path) -> None:
         load_artifact(exported_copy)
 
 
+def test_an_onnx_model_that_onnx_runtime_cannot_load_is_an_artifact_error(
+    exported_copy: Path,
+) -> None:
+    (exported_copy / "model.onnx").write_bytes(b"not a protobuf")
+    recorded = meta(exported_copy) | {"onnx_sha256": sha256(exported_copy / "model.onnx")}
+    (exported_copy / "config.json").write_text(json.dumps(recorded))
+    with pytest.raises(ArtifactError, match="ONNX Runtime cannot load"):
+        load_artifact(exported_copy)
+
+
 def test_onnx_runtime_needs_an_exported_artifact(tiny: Path) -> None:
     with pytest.raises(ArtifactError, match=r"has no ONNX model: export one with `nearcat export"):
         load_artifact(tiny, runtime="onnx")
