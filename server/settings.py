@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     ivf_threshold: int = Field(
         100_000, ge=1, description="with index-kind auto, references from which IVF is used"
     )
-    ivf_nlist: int = Field(0, ge=0, description="IVF lists (0: 4 x sqrt(references))")
-    ivf_nprobe: int = Field(32, ge=1, description="IVF lists scanned per search")
+    ivf_nlist: int = Field(0, ge=0, description="IVF lists (0: sqrt(references))")
+    ivf_nprobe: int = Field(16, ge=1, description="IVF lists scanned per search")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest encoded image")
     max_image_pixels: int = Field(50_000_000, ge=1, description="largest width x height")
     max_images_per_request: int = Field(256, ge=1, description="images in one call at most")
