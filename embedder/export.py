@@ -97,7 +97,7 @@ def export_if_missing(path: Path) -> ExportReport | None:
             return None
         try:
             return _export(path, None)
-        except ExportError as exc:
+        except (ExportError, OSError) as exc:  # OSError: e.g. a read-only models directory
             log.warning("serving %s with PyTorch: %s", path, exc)
             return None
 

@@ -1,8 +1,9 @@
 """The embedding network, its weight sources, the model artifact and the Embedder.
 
-An artifact is a directory holding `config.json` (the ModelConfig plus version and checksum)
-and `weights.pt` (the whole network's state_dict). The version names the exact weights, so
-vectors from different weights never meet in one index.
+An artifact is a directory holding `config.json` (the ModelConfig plus version and checksums),
+`weights.pt` (the whole network's state_dict) and, once exported (embedder.export),
+`model.onnx`. The version names the exact weights, so vectors from different weights never
+meet in one index.
 """
 
 from __future__ import annotations
