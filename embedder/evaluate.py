@@ -33,7 +33,9 @@ ECE_BINS = 15
 WORST_COUNT = 5
 LEAKAGE_THRESHOLD = 0.98  # cosine similarity of frozen features that counts as a near-twin
 LEAKAGE_EXAMPLES = 10
-PROBE_C = 1.0  # inverse L2 strength of the linear probe, fixed: never tuned on queries
+# Inverse L2 strength of the linear probe. Unit-length features need weak regularisation:
+# chosen on the clothing *validation* split (C=1: top-1 76%, ECE 0.16; C=10: 78%, ECE 0.03).
+PROBE_C = 10.0
 EMBED_BATCH = 32
 
 

@@ -113,8 +113,11 @@ def plot_reliability(bins: Sequence[ReliabilityBin], ece: float, path: Path) -> 
         label="accuracy",
     )
     top.scatter(
+        [(b.lower + b.upper) / 2 for b in filled],
         [b.confidence for b in filled],
-        [b.accuracy for b in filled],
+        marker="_",
+        s=400,
+        linewidths=2.5,
         color="tab:orange",
         zorder=3,
         label="mean confidence in the bin",
