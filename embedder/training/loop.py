@@ -130,6 +130,9 @@ def train(
 
     if state is None:
         baseline_val = accuracy("val", base_head)
+        if options.head_init == "pca" and base_config.projection_dim != options.embedding_dim:
+            trained_rows = cache["train"].features[trainable]
+            _principal_directions(network.head, _pooled(trained_rows, tail, device))
         state = {
             "options": options.to_dict(),
             "epoch": 0,
@@ -271,6 +274,32 @@ def _initial_network(
     if base_config.projection_dim == config.projection_dim:
         network.head.load_state_dict(base.head.state_dict())
     return network
+
+
+@torch.inference_mode()
+def _pooled(features: torch.Tensor, tail: Tail, device: torch.device) -> torch.Tensor:
+    chunks = [
+        tail(features[start : start + EMBED_BATCH].to(device).float()).float().cpu()
+        for start in range(0, len(features), EMBED_BATCH)
+    ]
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def _principal_directions(head: nn.Module, pooled: torch.Tensor) -> None:
+    """Set the projection to the centred top principal directions of the frozen features.
+
+    Training then starts from (nearly) the frozen model's geometry instead of a random one,
+    which is what categories it never trains on rely on. Only trained categories' images
+    are used: held-out ones must not shape the model.
+    """
+    assert isinstance(head, nn.Linear)
+    mean = pooled.mean(dim=0)
+    _, _, directions = torch.linalg.svd(pooled - mean, full_matrices=False)
+    kept = min(head.out_features, len(directions))
+    head.weight.zero_()
+    head.weight[:kept] = directions[:kept].to(head.weight)
+    head.bias.copy_(-(head.weight @ mean.to(head.weight)))
 
 
 def _warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:

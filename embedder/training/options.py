@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+HEAD_INITS = ("pca", "random")
+
 
 @dataclass(frozen=True)
 class TrainOptions:
@@ -13,6 +15,7 @@ class TrainOptions:
     base: str = "efficientnet_lite0"  # registered model name or artifact directory
     name: str | None = None  # output model name; default "<base>-arcface"
     embedding_dim: int = 512
+    head_init: str = "pca"  # "pca": the frozen features' principal directions; "random"
     # loss
     margin: float = 28.6  # degrees (pytorch-metric-learning's unit; 28.6 degrees = 0.5 rad)
     scale: float = 30.0
@@ -47,6 +50,8 @@ class TrainOptions:
             raise ValueError(f"freeze_epochs must be in [0, epochs], got {self.freeze_epochs}")
         if self.trainable_blocks < 0 or self.cached_views < 0 or self.workers < 0:
             raise ValueError("trainable_blocks, cached_views and workers must not be negative")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
         if not 0 < self.margin < 90:
             raise ValueError(f"margin is in degrees and must be in (0, 90), got {self.margin}")
 

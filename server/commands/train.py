@@ -88,6 +88,13 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     model.add_argument("--name", help="name of the new model (default: <base>-arcface)")
     model.add_argument("--embedding-dim", type=int, default=512, help="projection head output")
     model.add_argument(
+        "--head-init",
+        choices=("pca", "random"),
+        default="pca",
+        help="start the projection at the frozen features' principal directions (keeps the "
+        "frozen geometry that unseen categories rely on), or at random",
+    )
+    model.add_argument(
         "--margin", type=float, default=28.6, help="ArcFace angular margin in degrees"
     )
     model.add_argument("--scale", type=float, default=30.0, help="ArcFace logit scale")
@@ -181,6 +188,7 @@ def run(args: argparse.Namespace) -> None:
             base=args.base,
             name=args.name,
             embedding_dim=args.embedding_dim,
+            head_init=args.head_init,
             margin=args.margin,
             scale=args.scale,
             subcenters=args.subcenters,

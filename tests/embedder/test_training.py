@@ -16,6 +16,7 @@ from embedder.datasets import LabeledImage
 from embedder.splits import Split
 from embedder.training import TrainOptions, train
 from embedder.training.checkpoint import load_checkpoint
+from embedder.training.loop import _principal_directions
 from embedder.training.loss import build_loss
 from embedder.training.validation import SplitAccuracy, selection_score
 from tests.helpers import KINDS, make_image
@@ -71,6 +72,16 @@ def test_selection_never_prefers_an_epoch_that_gave_up_held_out_accuracy() -> No
     balanced = SplitAccuracy(seen=0.85, held_out=0.72, queries_seen=1, queries_held_out=1)
     assert selection_score(balanced, floor) > selection_score(better_seen_worse_held, floor)
     assert selection_score(balanced, None) == 0.85
+
+
+def test_the_pca_head_keeps_the_frozen_geometry() -> None:
+    pooled = torch.randn(20, 6, dtype=torch.float64) + 3.0
+    head = torch.nn.Linear(6, 6).double()
+    _principal_directions(head, pooled)
+    with torch.no_grad():
+        projected = head(pooled)
+    torch.testing.assert_close(projected.mean(dim=0), torch.zeros(6, dtype=torch.float64))
+    torch.testing.assert_close(torch.cdist(projected, projected), torch.cdist(pooled, pooled))
 
 
 @pytest.fixture(scope="module")
