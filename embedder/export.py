@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 MIN_COSINE = 0.999
+FILE_MODE = 0o644  # as weights.pt: mkstemp's 0600 would hide the files from a serving user
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "vectors"
 
@@ -106,6 +107,7 @@ def _export(path: Path, images: Sequence[bytes] | None) -> ExportReport:
     start = time.perf_counter()
     network, config, version = load_network(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{ONNX_FILE}.tmp-", dir=path)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -306,6 +308,7 @@ def _write_json(path: Path, data: dict[str, object]) -> None:
     """Replace `path` atomically: written beside it, fsync'ed, renamed over it."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(data, indent=2) + "\n")
             f.flush()

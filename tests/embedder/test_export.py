@@ -168,6 +168,8 @@ def test_export_adds_a_checked_onnx_model_to_the_artifact(tiny: Path) -> None:
     assert 0.999 <= report.min_cosine <= 1.0 + 1e-6
     assert sorted(p.name for p in tiny.iterdir()) == ["config.json", "model.onnx", "weights.pt"]
     assert sha256(tiny / "weights.pt") == weights_before
+    for name in ("model.onnx", "config.json"):  # readable by a serving user, as weights.pt
+        assert (tiny / name).stat().st_mode & 0o777 == 0o644
     onnx_embedder, torch_embedder = load_artifact(tiny), load_artifact(tiny, runtime="torch")
     assert onnx_embedder.version == torch_embedder.version
     assert onnx_embedder.dim == 16  # the projection head is in the graph
