@@ -581,13 +581,16 @@ def artifact_version(path: Path) -> str:
     return version
 
 
-def load_models(model: str, models_dir: Path) -> tuple[Embedder, Embedder | None]:
-    """The model to evaluate and the frozen baseline backbone; None when they are the same."""
-    embedder = load_artifact(resolve_model(model, models_dir))
+def load_models(
+    model: str, models_dir: Path, runtime: str = "auto"
+) -> tuple[Embedder, Embedder | None]:
+    """The model to evaluate and the frozen baseline backbone (None when they are the same),
+    run by `runtime` as `load_artifact` takes it, like the server's `--runtime`."""
+    embedder = load_artifact(resolve_model(model, models_dir), runtime=runtime)
     frozen_path = resolve_model(FROZEN_BASELINE, models_dir)
     if artifact_version(frozen_path) == embedder.version:
         return embedder, None
-    return embedder, load_artifact(frozen_path)
+    return embedder, load_artifact(frozen_path, runtime=runtime)
 
 
 def evaluate(

@@ -122,6 +122,13 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         type=float,
         help="softness of the similarity weights (default: the server's, 0.05)",
     )
+    model.add_argument(
+        "--runtime",
+        choices=("auto", "onnx", "torch"),
+        default="auto",
+        help="run the model with ONNX Runtime or PyTorch; auto: ONNX Runtime when the "
+        "artifact has been exported, as the server does (default: auto)",
+    )
     model.add_argument("--batch-size", type=int, default=32, help="images decoded per batch")
 
     output = parser.add_argument_group("output")
@@ -148,7 +155,7 @@ def run(args: argparse.Namespace) -> None:
     vote = vote_config(args)
     references, queries, parents, held_out, split = choose_images(args)
     try:
-        model, frozen = load_models(args.model, args.models_dir)
+        model, frozen = load_models(args.model, args.models_dir, args.runtime)
     except (ValueError, OSError) as exc:
         raise CommandError(f"--model {args.model}: {exc}") from exc
     try:
