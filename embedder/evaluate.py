@@ -390,10 +390,12 @@ def embed_images(
 def knn_answers(
     references: EmbeddedImages, queries: EmbeddedImages, vote: VoteConfig
 ) -> list[Answer]:
-    """Classify each query as the server does: nearest references in a VectorIndex, voted."""
-    index = VectorIndex(references.vectors.shape[1])
+    """Classify each query as the server does: the index it would build over these references
+    (exact below its IVF threshold), the nearest `vote.k` of them, voted."""
     ids = [reference_id(c, sha) for c, sha in zip(references.labels, references.shas, strict=True)]
-    index.add(ids, references.labels, references.vectors)
+    index = VectorIndex.build(
+        references.vectors.shape[1], ids, references.labels, references.vectors
+    )
     answers = []
     for image, hits in zip(queries.images, index.search(queries.vectors, vote.k), strict=True):
         ranked = knn_vote(hits, vote, TOP_N)
