@@ -126,24 +126,11 @@ def connect(target: str) -> Any:
 def cmd_import(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from embedder.datasets import load_dataset
     from indexer.ids import image_sha256, reference_id
+    from server.commands.sources import load_source
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
-    try:
-        dataset = load_dataset(
-            args.source,
-            path_column=args.path_column,
-            label_column=args.label_column,
-            path_template=args.path_template,
-            exclude_labels=args.exclude_label,
-        )
-    except (ValueError, OSError) as exc:
-        raise CommandError(str(exc)) from exc
-    for problem in dataset.problems:
-        print(f"warning: {problem}", file=sys.stderr)
-    if not dataset.images:
-        raise CommandError(f"no images found in {args.source}")
+    dataset = load_source(args.source, args)
 
     stub = connect(args.server)
     existing = {c.name for c in stub.ListCategories(pb.ListCategoriesRequest()).categories}
@@ -315,6 +302,8 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from server.commands.sources import add_csv_arguments
+
     parser = argparse.ArgumentParser(
         prog="nearcat",
         description="Classify product photos by their nearest reference images. "
@@ -351,16 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         "images already stored are skipped, so re-running is safe.",
     )
     imp.add_argument("source", type=Path, metavar="SOURCE", help="folder tree or .csv file")
-    imp.add_argument("--path-column", default="image", help="CSV column with the image path")
-    imp.add_argument("--label-column", default="label", help="CSV column with the category")
-    imp.add_argument(
-        "--path-template",
-        default="{}",
-        help="turns the path column into a path relative to the CSV, e.g. 'images/{}.jpg'",
-    )
-    imp.add_argument(
-        "--exclude-label", action="append", default=[], help="CSV label to skip (repeatable)"
-    )
+    add_csv_arguments(imp)
     imp.add_argument(
         "--batch-size", type=int, default=IMPORT_BATCH, help="images per AddReferences call"
     )

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from server.cli import CommandError
+from server.commands.sources import add_csv_arguments, load_source
 
 if TYPE_CHECKING:
-    from embedder.datasets import Dataset, LabeledImage
+    from embedder.datasets import LabeledImage
     from embedder.evaluate import Evaluation
     from indexer.vote import VoteConfig
 
@@ -84,16 +85,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     sources.add_argument("--seed", type=int, default=0, help="with --data: split seed")
 
     csv = parser.add_argument_group("CSV sources (as for `nearcat import`)")
-    csv.add_argument("--path-column", default="image", help="CSV column with the image path")
-    csv.add_argument("--label-column", default="label", help="CSV column with the category")
-    csv.add_argument(
-        "--path-template",
-        default="{}",
-        help="turns the path column into a path relative to the CSV, e.g. 'images/{}.jpg'",
-    )
-    csv.add_argument(
-        "--exclude-label", action="append", default=[], help="CSV label to skip (repeatable)"
-    )
+    add_csv_arguments(csv)
 
     model = parser.add_argument_group("model and vote")
     model.add_argument(
@@ -199,27 +191,6 @@ def vote_config(args: argparse.Namespace) -> VoteConfig:
     return vote
 
 
-def load(source: Path, args: argparse.Namespace, flag: str) -> Dataset:
-    from embedder.datasets import load_dataset
-
-    try:
-        dataset = load_dataset(
-            source,
-            path_column=args.path_column,
-            label_column=args.label_column,
-            path_template=args.path_template,
-            group_column=args.group_column,
-            exclude_labels=args.exclude_label,
-        )
-    except (ValueError, OSError) as exc:
-        raise CommandError(f"{flag} {source}: {exc}") from exc
-    for problem in dataset.problems:
-        print(f"warning: {problem}", file=sys.stderr)
-    if not dataset.images:
-        raise CommandError(f"{flag} {source}: no images found")
-    return dataset
-
-
 def choose_images(
     args: argparse.Namespace,
 ) -> tuple[
@@ -232,7 +203,7 @@ def choose_images(
     if args.data is not None:
         if args.references or args.queries:
             raise CommandError("give either --data, or --references and --queries, not both")
-        dataset = load(args.data, args, "--data")
+        dataset = load_source(args.data, args, "--data")
         try:
             split = split_dataset(
                 dataset.images,
@@ -251,8 +222,8 @@ def choose_images(
         raise CommandError("give --references SRC and --queries SRC, or --data SRC to split one")
     if args.holdout:
         raise CommandError("--holdout N picks categories of a split: use it with --data")
-    references = load(args.references, args, "--references")
-    queries = load(args.queries, args, "--queries")
+    references = load_source(args.references, args, "--references")
+    queries = load_source(args.queries, args, "--queries")
     unknown = sorted(set(named) - {i.category for i in references.images})
     if unknown:
         raise CommandError(f"--holdout-categories: not among the references: {', '.join(unknown)}")
