@@ -256,14 +256,19 @@ def timm_eval_transform(pre: PreprocessConfig) -> Callable[[Image.Image], torch.
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "convnext_tiny", "clip-vit-b-32"])
-@pytest.mark.parametrize("size", [(300, 200), (173, 411), (256, 256), (41, 160)])
+@pytest.mark.parametrize(
+    "size", [(300, 200), (173, 411), (256, 256), (41, 160), (400, 533), (1280, 960)]
+)
 def test_preprocess_matches_timm_eval_transform(name: str, size: tuple[int, int]) -> None:
     config = get_config(name)
     image = noise(*size)
     expected = timm_eval_transform(config.preprocess)(image).numpy()
     actual = Embedder(NoBackend(), config, "v").preprocess(image)
     assert actual.shape == (3, config.preprocess.input_size, config.preprocess.input_size)
-    np.testing.assert_allclose(actual, expected, atol=1e-5)
+    # When downscaling, only the crop box is resampled: a rare pixel lands one 8-bit level off.
+    one_level = (1 / 255) / min(config.preprocess.std) * 1.001
+    np.testing.assert_allclose(actual, expected, atol=one_level)
+    assert np.mean(np.abs(actual - expected) > 1e-5) < 0.01
 
 
 def test_extreme_aspect_ratios_are_cut_before_resizing() -> None:
