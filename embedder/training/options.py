@@ -10,7 +10,8 @@ HEAD_INITS = ("pca", "random")
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """Hyper-parameters of one run. Defaults are the ones measured on the clothing data."""
+    """Hyper-parameters of one run. The defaults are the CPU-sized settings measured on the
+    clothing data (docs/benchmarks.md, Training)."""
 
     base: str = "efficientnet_lite0"  # registered model name or artifact directory
     name: str | None = None  # output model name; default "<base>-arcface"
@@ -21,19 +22,19 @@ class TrainOptions:
     scale: float = 30.0
     subcenters: int = 1  # >1: SubCenterArcFaceLoss
     # schedule
-    epochs: int = 15
-    freeze_epochs: int = 2  # head (and loss weights) only, then the last blocks too
+    epochs: int = 10
+    freeze_epochs: int = 1  # head (and loss weights) only, then the last blocks too
     warmup_epochs: int = 1
     patience: int = 4  # epochs without a better selection score before stopping
     batch_size: int = 64
     m_per_class: int = 4
-    lr_head: float = 1e-3
-    lr_backbone: float = 2e-4
+    lr_head: float = 2e-4
+    lr_backbone: float = 1e-4
     lr_loss: float = 1e-2
     weight_decay: float = 1e-4
     # CPU practicality
-    trainable_blocks: int = 2  # last backbone blocks that train; the ones before are cached
-    cached_views: int = 2  # augmented views cached per training image, beside the plain one
+    trainable_blocks: int = 1  # last backbone blocks that train; the ones before are cached
+    cached_views: int = 1  # augmented views cached per training image, beside the plain one
     workers: int = 2  # data-loader processes decoding and augmenting images
     # validation and selection
     k: int = 10

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from server.cli import CommandError
+from server.commands.sources import add_csv_arguments, load_source
 
 if TYPE_CHECKING:
     from embedder.datasets import LabeledImage
@@ -44,13 +45,25 @@ examples:
 """
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and shows every default that is a value."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = not any(default is nothing for nothing in (None, False, argparse.SUPPRESS))
+        if shown and default != [] and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = commands.add_parser(
         "train",
         help="fine-tune the embedding with ArcFace into a new model artifact",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--data", type=Path, required=True, metavar="SRC", help="folder tree or CSV")
@@ -68,16 +81,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     held.add_argument("--holdout-categories", metavar="A,B", help="categories to hold out")
     data.add_argument("--seed", type=int, default=0, help="split, sampling and augmentation seed")
-    data.add_argument("--path-column", default="image", help="CSV column with the image path")
-    data.add_argument("--label-column", default="label", help="CSV column with the category")
-    data.add_argument(
-        "--path-template",
-        default="{}",
-        help="turns the path column into a path relative to the CSV, e.g. 'images/{}.jpg'",
-    )
-    data.add_argument(
-        "--exclude-label", action="append", default=[], help="CSV label to skip (repeatable)"
-    )
+    add_csv_arguments(parser.add_argument_group("CSV sources (as for `nearcat import`)"))
 
     model = parser.add_argument_group("model and loss")
     model.add_argument(
@@ -104,9 +108,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     model.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help="for --base")
 
     schedule = parser.add_argument_group("schedule")
-    schedule.add_argument("--epochs", type=int, default=15)
+    schedule.add_argument("--epochs", type=int, default=10)
     schedule.add_argument(
-        "--freeze-epochs", type=int, default=2, help="epochs that train only the head first"
+        "--freeze-epochs", type=int, default=1, help="epochs that train only the head first"
     )
     schedule.add_argument("--warmup-epochs", type=int, default=1)
     schedule.add_argument(
@@ -114,8 +118,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     schedule.add_argument("--batch-size", type=int, default=64)
     schedule.add_argument("--m-per-class", type=int, default=4, help="images per class per batch")
-    schedule.add_argument("--lr-head", type=float, default=1e-3)
-    schedule.add_argument("--lr-backbone", type=float, default=2e-4)
+    schedule.add_argument("--lr-head", type=float, default=2e-4)
+    schedule.add_argument("--lr-backbone", type=float, default=1e-4)
     schedule.add_argument("--lr-loss", type=float, default=1e-2, help="for the class centres")
     schedule.add_argument("--weight-decay", type=float, default=1e-4)
     schedule.add_argument(
@@ -128,10 +132,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument(
-        "--trainable-blocks", type=int, default=2, help="last backbone blocks that train"
+        "--trainable-blocks", type=int, default=1, help="last backbone blocks that train"
     )
     runtime.add_argument(
-        "--cached-views", type=int, default=2, help="augmented views cached per training image"
+        "--cached-views", type=int, default=1, help="augmented views cached per training image"
     )
     runtime.add_argument("--workers", type=int, default=2, help="data-loader processes")
     runtime.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -147,26 +151,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from embedder.datasets import load_dataset
     from embedder.model import ArtifactError, WeightsError
     from embedder.splits import FOLDS, split_dataset
     from embedder.training import TrainOptions, train
 
-    try:
-        dataset = load_dataset(
-            args.data,
-            path_column=args.path_column,
-            label_column=args.label_column,
-            path_template=args.path_template,
-            group_column=args.group_column,
-            exclude_labels=args.exclude_label,
-        )
-    except (ValueError, OSError) as exc:
-        raise CommandError(str(exc)) from exc
-    for problem in dataset.problems:
-        print(f"warning: {problem}", file=sys.stderr)
-    if not dataset.images:
-        raise CommandError(f"no images found in {args.data}")
+    dataset = load_source(args.data, args, "--data")
 
     holdout: int | list[str]
     if args.holdout_categories:
@@ -175,11 +164,18 @@ def run(args: argparse.Namespace) -> None:
         holdout = args.holdout
     else:
         holdout = _default_holdout(dataset.images, 2 * FOLDS)
-        print(
-            f"holding out {holdout} categories to measure the open-set promise "
-            "(--holdout 0 trains on all)",
-            file=sys.stderr,
-        )
+        if holdout:
+            print(
+                f"holding out {holdout} categories to measure the open-set promise "
+                "(--holdout 0 trains on all)",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"warning: too few categories with {2 * FOLDS}+ images to hold any out; "
+                "categories never trained on are not measured",
+                file=sys.stderr,
+            )
     try:
         split = split_dataset(
             dataset.images, args.seed, grouped=args.group_column is not None, holdout=holdout
