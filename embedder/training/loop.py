@@ -143,7 +143,6 @@ def train(
             "best_state": copy.deepcopy(network.state_dict()),
             "stale": 0,
             "elapsed_s": 0.0,
-            "frozen_test_state": None,
         }
         log(f"frozen baseline on val: {_describe(baseline_val)}")
     else:

@@ -51,6 +51,11 @@ class TrainOptions:
             raise ValueError(f"freeze_epochs must be in [0, epochs], got {self.freeze_epochs}")
         if self.trainable_blocks < 0 or self.cached_views < 0 or self.workers < 0:
             raise ValueError("trainable_blocks, cached_views and workers must not be negative")
+        if self.batch_size < self.m_per_class:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must hold at least m_per_class "
+                f"({self.m_per_class}) images"
+            )
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
         if not 0 < self.margin < 90:
