@@ -155,6 +155,8 @@ def run(args: argparse.Namespace) -> None:
     from embedder.splits import FOLDS, split_dataset
     from embedder.training import TrainOptions, train
 
+    if args.out.exists():
+        raise CommandError(f"{args.out} already exists; delete it or choose another --out")
     dataset = load_source(args.data, args, "--data")
 
     holdout: int | list[str]
