@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from server.commands import CommandError
+
 if TYPE_CHECKING:
     from server.settings import Settings
 
@@ -40,10 +42,6 @@ examples:
   nearcat classify shoe.jpg shirt.png --json
   nearcat categories
 """
-
-
-class CommandError(Exception):
-    """A failure the user can act on; printed without a traceback."""
 
 
 # -- serve ---------------------------------------------------------------------------------
@@ -394,6 +392,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # Under `python -m server.cli` this file is __main__; run the importable server.cli so the
-    # CommandError that server/commands/ modules raise is the class main() catches.
-    importlib.import_module("server.cli").main()
+    main()

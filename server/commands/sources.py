@@ -28,7 +28,7 @@ def add_csv_arguments(parser: Any) -> None:
 def load_source(source: Path, args: argparse.Namespace, flag: str = "") -> Dataset:
     """The labelled images of a folder tree or CSV; problems are printed as warnings."""
     from embedder.datasets import load_dataset
-    from server.cli import CommandError
+    from server.commands import CommandError
 
     where = f"{flag} {source}".strip()
     try:

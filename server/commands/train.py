@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from server.cli import CommandError
+from server.commands import CommandError
 from server.commands.sources import add_csv_arguments, load_source
 
 if TYPE_CHECKING:
