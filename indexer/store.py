@@ -256,9 +256,6 @@ class Store:
 
         self._call(write)
 
-    def change_count(self) -> int:
-        return int(self._call(lambda: self._redis.xlen(self._key("changes"))))
-
     # -- writes --------------------------------------------------------------------------
 
     def create_category(
