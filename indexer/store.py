@@ -68,11 +68,13 @@ class NewReference:
 
 @dataclass(frozen=True)
 class VectorBatch:
-    """Vectors of one model version, with the reference and category each belongs to."""
+    """Vectors of one model version, with the reference and category each belongs to, and
+    the references met on the way that have no vector of that version yet."""
 
     reference_ids: list[str]
     categories: list[str]
     vectors: np.ndarray
+    missing_ids: list[str] = field(default_factory=list)
 
 
 def _now_ms() -> int:
@@ -211,20 +213,20 @@ class Store:
         return bytes(data) if data is not None else None
 
     def iter_vectors(self, model_version: str, batch_size: int = 10_000) -> Iterator[VectorBatch]:
-        """Every stored vector of model_version, category by category, in batches."""
+        """Every stored vector of model_version, category by category, in batches; one read
+        of each vector, which also finds the references still without one."""
         for category in self.category_names():
             ids = self.reference_ids(category)
             for start in range(0, len(ids), batch_size):
                 chunk = ids[start : start + batch_size]
                 blobs = self._vector_blobs(model_version, chunk)
                 present = [(i, b) for i, b in zip(chunk, blobs, strict=True) if b is not None]
-                if not present:
-                    continue
-                vectors = np.stack([np.frombuffer(b, dtype="<f4") for _, b in present])
+                vectors = [np.frombuffer(b, dtype="<f4") for _, b in present]
                 yield VectorBatch(
                     reference_ids=[i for i, _ in present],
                     categories=[category] * len(present),
-                    vectors=vectors.astype(np.float32),
+                    vectors=np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 0)),
+                    missing_ids=[i for i, b in zip(chunk, blobs, strict=True) if b is None],
                 )
 
     def _vector_blobs(self, model_version: str, ids: Sequence[str]) -> list[bytes | None]:
@@ -233,13 +235,7 @@ class Store:
 
     def references_missing_vectors(self, model_version: str) -> list[Reference]:
         """References that have no vector for model_version yet (e.g. after a model change)."""
-        missing: list[str] = []
-        for category in self.category_names():
-            ids = self.reference_ids(category)
-            if not ids:
-                continue
-            blobs = self._vector_blobs(model_version, ids)
-            missing.extend(i for i, blob in zip(ids, blobs, strict=True) if blob is None)
+        missing = [i for batch in self.iter_vectors(model_version) for i in batch.missing_ids]
         return [r for r in self.get_references(missing) if r is not None]
 
     def put_vectors(self, model_version: str, vectors: dict[str, np.ndarray]) -> None:

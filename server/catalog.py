@@ -150,16 +150,19 @@ class Catalog:
             self._parents[category.name] = category.parent
         ids: list[str] = []
         categories: list[str] = []
+        missing_ids: list[str] = []
         stored = [np.zeros((0, self.embedder.dim), dtype=np.float32)]
-        for batch in self.store.iter_vectors(version):
-            ids += batch.reference_ids
-            categories += batch.categories
-            stored.append(batch.vectors)
+        for batch in self.store.iter_vectors(version):  # one pass: vectors and what lacks one
+            missing_ids += batch.missing_ids
+            if batch.reference_ids:
+                ids += batch.reference_ids
+                categories += batch.categories
+                stored.append(batch.vectors)
         self.index = VectorIndex.build(
             self.embedder.dim, ids, categories, np.concatenate(stored), self.index.config
         )
         self._vectors_loaded = len(ids)
-        missing = self.store.references_missing_vectors(version)
+        missing = [r for r in self.store.get_references(missing_ids) if r is not None]
         if missing:
             log.info("embedding %d references that have no %s vector yet", len(missing), version)
         for start in tqdm(
