@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +103,7 @@ class VectorIndex:
         self._index = make_faiss_index(dim, self.config, training)
         self.kind = "flat" if isinstance(self._index, faiss.IndexIDMap2) else "ivf"
         self._category_of: dict[int, str] = {}
+        self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._gpu_resources: Any = None
         self._gpu_index: Any = None
@@ -147,14 +149,24 @@ class VectorIndex:
                 ids.tolist(), np.asarray(categories)[fresh].tolist(), strict=True
             ):
                 self._category_of[i] = category
+                self._counts[category] += 1
 
     def remove(self, reference_ids: Sequence[str]) -> None:
         ids = np.array([faiss_id(r) for r in reference_ids], dtype=np.int64)
         with self._lock:
             self._index.remove_ids(ids)  # type: ignore[arg-type]  # faiss accepts arrays
             for i in ids.tolist():
-                self._category_of.pop(i, None)
+                category = self._category_of.pop(i, None)
+                if category is not None:
+                    self._counts[category] -= 1
+                    if not self._counts[category]:
+                        del self._counts[category]
             self._gpu_index = None
+
+    def count(self, category: str) -> int:
+        """Vectors of one category in the index."""
+        with self._lock:
+            return self._counts.get(category, 0)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """The k nearest references of each query, nearest first."""

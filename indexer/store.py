@@ -9,13 +9,14 @@ call returns.
 Keys, under a prefix (default ``nearcat``):
 
 - ``categories``            SET of category names
-- ``cat:<name>``            HASH name, parent, metadata (JSON), created_at_ms
+- ``cat:<name>``            HASH name, parent, metadata (JSON), prompts (JSON), created_at_ms
 - ``refs:<name>``           SET of the category's reference ids
 - ``children:<name>``       SET of the category's child category names
 - ``ref:<id>``              HASH id, category, sha256, metadata (JSON), created_at_ms
 - ``img:<id>``              STRING the reference's image bytes (kept to re-embed for new models)
 - ``vec:<model_version>``   HASH reference id -> float32 vector bytes
 - ``vector_versions``       SET of model versions that have vectors
+- ``calibration:<version>`` STRING JSON: the fitted calibration of that model's votes
 - ``changes``               STREAM of adds and removes
 """
 
@@ -44,6 +45,9 @@ class Category:
     metadata: dict[str, str]
     created_at_ms: int
     reference_count: int
+    # Text describing the category, for models with a text tower: classifiable before it
+    # has any reference image.
+    prompts: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,7 @@ class Store:
             metadata=json.loads(fields[b"metadata"]),
             created_at_ms=int(fields[b"created_at_ms"]),
             reference_count=int(count),
+            prompts=json.loads(fields.get(b"prompts", b"[]")),
         )
 
     def list_categories(self) -> list[Category]:
@@ -252,7 +257,16 @@ class Store:
 
         self._call(write)
 
+    def get_calibration(self, model_version: str) -> dict[str, Any] | None:
+        data = self._call(lambda: self._redis.get(self._key("calibration", model_version)))
+        return json.loads(data) if data is not None else None
+
     # -- writes --------------------------------------------------------------------------
+
+    def put_calibration(self, model_version: str, calibration: dict[str, Any]) -> None:
+        """Replace the calibration of a model's votes (one SET: atomic, durable on return)."""
+        payload = json.dumps(calibration, sort_keys=True)
+        self._call(lambda: self._redis.set(self._key("calibration", model_version), payload))
 
     def create_category(
         self,
@@ -261,6 +275,7 @@ class Store:
         metadata: dict[str, str],
         references: Sequence[NewReference],
         model_version: str,
+        prompts: Sequence[str] = (),
     ) -> tuple[Category, list[bool]]:
         """Create a category with its first references, atomically; also returns, per
         reference, whether it repeats an earlier one of the request (not written twice)."""
@@ -284,6 +299,7 @@ class Store:
                     "name": name,
                     "parent": parent or "",
                     "metadata": json.dumps(metadata, sort_keys=True),
+                    "prompts": json.dumps(list(prompts)),
                     "created_at_ms": created,
                 },
             )
@@ -298,7 +314,8 @@ class Store:
                 parent=parent or "",
                 references=",".join(r.id for r in new),
             )
-            return Category(name, parent, dict(metadata), created, len(new)), duplicate
+            category = Category(name, parent, dict(metadata), created, len(new), list(prompts))
+            return category, duplicate
 
         return self._transaction(body, *watch)
 

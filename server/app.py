@@ -18,12 +18,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from embedder import DecodeLimits, load_artifact, resolve_model
+from embedder.text import load_text_tower
+from indexer.decision import DecisionPolicy, Thresholds
 from indexer.embedded import EmbeddedValkey
 from indexer.index import IndexConfig
 from indexer.store import Store
 from indexer.vote import VoteConfig
-from server.batcher import MicroBatcher
-from server.catalog import Catalog, Limits
+from server.catalog import Batching, Catalog, Limits
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 from server.proto.nearcat.v1 import nearcat_pb2_grpc as pb_grpc
 from server.servicer import NearcatServicer
@@ -78,10 +79,15 @@ def build_catalog(settings: Settings, client: redis.Redis) -> Catalog:
         embedder,
         VoteConfig(settings.k, settings.votes_per_category, settings.vote_temperature),
         Limits(max_images_per_request=settings.max_images_per_request),
-        MicroBatcher(embedder.embed_pixels, settings.max_batch, settings.max_wait_ms),
+        Batching(settings.max_batch, settings.max_wait_ms),
         IndexConfig(
             settings.index_kind, settings.ivf_threshold, settings.ivf_nlist, settings.ivf_nprobe
         ),
+        DecisionPolicy.load(
+            Thresholds(settings.auto_accept, settings.flag), settings.thresholds_file
+        ),
+        load_text_tower(embedder),
+        settings.prompt_weight,
     )
     catalog.load(progress=True)
     return catalog

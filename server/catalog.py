@@ -7,15 +7,20 @@ the index and the parent map are derived and updated only after the store has co
 from __future__ import annotations
 
 import logging
+import random
+import threading
 import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from embedder import Embedder, ImageDecodeError
+from indexer.calibration import Calibration, LabelledVote, fit_calibration
+from indexer.decision import Decision, DecisionPolicy
 from indexer.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -27,8 +32,12 @@ from indexer.errors import (
 from indexer.ids import image_sha256, reference_id
 from indexer.index import Hit, IndexConfig, VectorIndex
 from indexer.store import Category, NewReference, Reference, Store
-from indexer.vote import VoteConfig, knn_vote
+from indexer.taxonomy import LevelScore, level_scores, path_of
+from indexer.vote import CategoryScore, VoteConfig, knn_vote
 from server.batcher import MicroBatcher
+
+if TYPE_CHECKING:
+    from embedder.text import TextTower
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +45,15 @@ MAX_NAME_LENGTH = 100
 MAX_TOP_N = 100
 MAX_K = 1000
 MAX_METADATA_BYTES = 16 * 1024
+MAX_PROMPTS = 32
+MAX_PROMPT_LENGTH = 300
+MAX_LABELS = 256
 EMBED_BATCH = 32
+REVIEW_CANDIDATES = 3  # a person reviewing an uncertain image picks from this many
+CALIBRATION_EXAMPLES = 2000  # references sampled for the leave-one-out fit
+# Extra neighbours fetched in the leave-one-out fit, so that k remain after dropping the image
+# itself and its group (e.g. the same sender's other photos).
+CALIBRATION_EXTRA_NEIGHBOURS = 100
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,14 @@ class Limits:
     """Request limits: images per call, metadata size."""
 
     max_images_per_request: int = 256
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How the model worker groups concurrent calls (see server.batcher)."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -61,8 +86,32 @@ class ScoredCategory:
 
 @dataclass(frozen=True)
 class Prediction:
+    """One image's answer: calibrated category probabilities, best first, what to do with it,
+    the most probable node at each taxonomy level, and the nearest references as evidence."""
+
     categories: list[ScoredCategory]
     neighbors: list[Hit]
+    decision: Decision = Decision.REVIEW
+    levels: list[LevelScore] = field(default_factory=list)
+    # The deepest ancestor of the answer that is sure enough to auto-accept when the answer
+    # itself is not: "certainly Shoes, maybe Sneakers".
+    confident_ancestor: LevelScore | None = None
+
+    @property
+    def confidence(self) -> float:
+        return self.categories[0].score if self.categories else 0.0
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class TextSearch:
+    categories: list[ScoredCategory]  # by how well their prompts (or names) match the text
+    references: list[Hit]  # nearest reference images to the text, when the model can say
 
 
 @dataclass(frozen=True)
@@ -87,6 +136,8 @@ class Status:
     images_embedded: int
     vectors_loaded_at_start: int
     started_at_ms: int
+    calibration: Calibration
+    text_model: str
 
 
 def validate_category_name(name: str, what: str = "category name") -> None:
@@ -128,26 +179,54 @@ class Catalog:
         embedder: Embedder,
         vote: VoteConfig | None = None,
         limits: Limits | None = None,
-        batcher: MicroBatcher | None = None,
+        batching: Batching | None = None,
         index_config: IndexConfig | None = None,
+        decisions: DecisionPolicy | None = None,
+        text: TextTower | None = None,
+        prompt_weight: float = 3.0,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.vote = vote or VoteConfig()
         self.limits = limits or Limits()
         self.index = VectorIndex(embedder.dim, index_config)
-        self.batcher = batcher or MicroBatcher(embedder.embed_pixels)
+        self.decisions = decisions or DecisionPolicy()
+        self.calibration = Calibration()
+        self.text = text
+        self.prompt_weight = prompt_weight
+        batching = batching or Batching()
+        self.batcher = MicroBatcher(self.model_rows, batching.max_batch, batching.max_wait_ms)
         self._parents: dict[str, str | None] = {}
+        # Text vectors of every category (its prompts, else its name) when there is a text
+        # tower; only categories with prompts of their own take text evidence into account.
+        self._text_lock = threading.Lock()
+        self._text_vectors: dict[str, np.ndarray] = {}
+        self._prompted: set[str] = set()
+        self._text_matrix: tuple[list[str], np.ndarray] | None = None
         self._vectors_loaded = 0
         self._started_at_ms = int(time.time() * 1000)
+
+    def model_rows(self, pixels: np.ndarray) -> np.ndarray:
+        """What the model worker runs: embeddings, followed by the image's semantic vector
+        (for text prompts) when there is a text tower; `_split_rows` takes them apart."""
+        if self.text is None:
+            return self.embedder.embed_pixels(pixels)
+        vectors, semantics = self.embedder.embed_pixels_with_semantics(pixels)
+        return np.hstack([vectors, semantics]).astype(np.float32, copy=False)
+
+    def _split_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return rows[:, : self.embedder.dim], rows[:, self.embedder.dim :]
 
     # -- start-up ------------------------------------------------------------------------
 
     def load(self, progress: bool = False) -> None:
         """Build the index from the store; embed only references this model has no vector for."""
         version = self.embedder.version
-        for category in self.store.list_categories():
+        categories_now = self.store.list_categories()
+        for category in categories_now:
             self._parents[category.name] = category.parent
+        self._set_texts(categories_now)
+        self.calibration = Calibration.from_json(self.store.get_calibration(version) or {})
         ids: list[str] = []
         categories: list[str] = []
         missing_ids: list[str] = []
@@ -172,7 +251,7 @@ class Catalog:
         ):
             chunk = missing[start : start + EMBED_BATCH]
             images = [self.store.get_image(ref.id) or b"" for ref in chunk]
-            vectors = self._embed(images, [f"stored reference {r.id}" for r in chunk])
+            vectors, _ = self._embed(images, [f"stored reference {r.id}" for r in chunk])
             self.store.put_vectors(version, {r.id: v for r, v in zip(chunk, vectors, strict=True)})
             self.index.add([r.id for r in chunk], [r.category for r in chunk], vectors)
         log.info(
@@ -200,41 +279,259 @@ class Catalog:
             raise InvalidArgument(f"top_n must be between 1 and {MAX_TOP_N}, got {top_n}")
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
-        if len(self.index) == 0:
+        if len(self.index) == 0 and not self._prompted:
             raise FailedPrecondition(
                 "no reference images yet: add a category with AddCategory (or `nearcat import`)"
             )
-        decoded: list[np.ndarray | NearcatError] = []
         with self.batcher.expecting():
-            for i, image in enumerate(images):
-                try:
-                    decoded.append(self.embedder.decode(image))
-                except ImageDecodeError as exc:
-                    decoded.append(InvalidArgument(f"image {i}: {exc}"))
+            decoded = self._decode_each(images)
             _check_deadline(deadline, "embedding")
-            pixels = [d for d in decoded if isinstance(d, np.ndarray)]
-            vectors = self._embed_pixels(pixels)
+            vectors, semantics = self._embed_decoded(decoded)
         neighbours = iter(self.index.search(vectors, k))
+        meanings = iter(semantics)
         return [
-            self._predict(next(neighbours), top_n) if isinstance(d, np.ndarray) else d
+            self._predict(next(neighbours), next(meanings), top_n)
+            if isinstance(d, np.ndarray)
+            else d
             for d in decoded
         ]
 
-    def _predict(self, hits: list[Hit], top_n: int) -> Prediction:
-        scores = knn_vote(hits, self.vote, top_n)
-        return Prediction(
-            categories=[ScoredCategory(s.category, s.score, self.path(s.category)) for s in scores],
-            neighbors=hits,
+    def _predict(self, hits: list[Hit], semantic: np.ndarray, top_n: int) -> Prediction:
+        scores = knn_vote(hits, self.vote, MAX_K)  # every category that got a vote
+        if self._prompted and self.text is not None:
+            scores = self._with_text_evidence(scores, semantic)
+        scores = self.calibration.apply(scores)
+        if not scores:
+            return Prediction([], hits, Decision.UNKNOWN)
+        top = scores[0]
+        # Only image evidence can say "unlike anything here": a category known from text
+        # alone has no references to be far from.
+        nearest = hits[0].similarity if hits and self.index.count(top.category) else 1.0
+        decision = self.decisions.decide(
+            top.category, top.score, nearest, self.calibration.unknown_below
         )
+        levels = level_scores(scores, self._parents)
+        if decision in (Decision.REVIEW, Decision.UNKNOWN):
+            top_n = max(top_n, REVIEW_CANDIDATES)
+        return Prediction(
+            categories=[ScoredCategory(c.category, c.score, self.path(c.category)) for c in scores][
+                :top_n
+            ],
+            neighbors=hits,
+            decision=decision,
+            levels=levels,
+            confident_ancestor=self._confident_ancestor(decision, top.category, levels),
+        )
+
+    def _confident_ancestor(
+        self, decision: Decision, answer: str, levels: list[LevelScore]
+    ) -> LevelScore | None:
+        if decision in (Decision.AUTO_ACCEPT, Decision.UNKNOWN):
+            return None
+        sure = [
+            level
+            for level in levels
+            if level.category != answer
+            and level.score >= self.decisions.thresholds(level.category).auto_accept
+        ]
+        return sure[-1] if sure else None
+
+    def _with_text_evidence(
+        self, image_scores: list[CategoryScore], semantic: np.ndarray
+    ) -> list[CategoryScore]:
+        """Mix in text evidence for categories that have prompts.
+
+        The text tower scores the image against every category's text (its prompts, or its
+        name), as a softmax over categories. A category with prompts then gets
+        (1 - w) * image share + w * text share, where w = m / (m + its reference count) and m
+        is `prompt_weight`: text alone at first, fading as reference images arrive.
+        """
+        assert self.text is not None
+        matrix = self._text_snapshot()
+        if matrix is None:
+            return image_scores
+        names, vectors = matrix
+        logits = self.text.logit_scale * (vectors @ semantic)
+        text_share = np.exp(logits - logits.max())
+        text_share /= text_share.sum()
+        image_share = {s.category: s.score for s in image_scores}
+        mixed: dict[str, float] = {}
+        for name, share in zip(names, text_share.tolist(), strict=True):
+            weight = 0.0
+            if name in self._prompted:
+                weight = self.prompt_weight / (self.prompt_weight + self.index.count(name))
+            value = (1 - weight) * image_share.pop(name, 0.0) + weight * share
+            if value > 0:
+                mixed[name] = value
+        mixed.update(image_share)  # categories that appeared after the snapshot
+        total = sum(mixed.values())
+        ranked = sorted(mixed.items(), key=lambda item: (-item[1], item[0]))
+        return [CategoryScore(name, value / total) for name, value in ranked]
 
     def path(self, category: str) -> list[str]:
         """Ancestors then the category itself."""
-        path = [category]
-        parent = self._parents.get(category)
-        while parent and parent not in path:
-            path.append(parent)
-            parent = self._parents.get(parent)
-        return path[::-1]
+        return path_of(category, self._parents)
+
+    # -- text ----------------------------------------------------------------------------
+
+    def _require_text(self) -> TextTower:
+        if self.text is None:
+            raise FailedPrecondition(
+                f"model {self.embedder.version} has no text tower, so text prompts cannot be "
+                "used; add reference images instead, or serve a model with one "
+                "(the packaged efficientnet_lite0 or a CLIP model)"
+            )
+        return self.text
+
+    def _encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        text = self._require_text()
+        try:
+            return text.encode(list(texts))
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from exc
+
+    def _set_texts(self, categories: Sequence[Category]) -> None:
+        """Encode the text of these categories (their prompts, else their names)."""
+        if self.text is not None and categories:
+            self._remember_texts(categories, self._category_text_vectors(categories))
+
+    def _category_text_vectors(self, categories: Sequence[Category]) -> list[np.ndarray]:
+        """One unit vector per category: the mean of its prompts' vectors (a prompt ensemble),
+        or its name's when it has no prompts."""
+        texts = [c.prompts or [c.name] for c in categories]
+        flat = self._encode_text([t for group in texts for t in group])
+        vectors, start = [], 0
+        for group in texts:
+            vectors.append(_unit(flat[start : start + len(group)].mean(axis=0)))
+            start += len(group)
+        return vectors
+
+    def _remember_texts(self, categories: Sequence[Category], vectors: list[np.ndarray]) -> None:
+        with self._text_lock:
+            for category, vector in zip(categories, vectors, strict=True):
+                self._text_vectors[category.name] = vector
+                if category.prompts:
+                    self._prompted.add(category.name)
+            self._text_matrix = None
+
+    def _drop_text(self, name: str) -> None:
+        with self._text_lock:
+            self._text_vectors.pop(name, None)
+            self._prompted.discard(name)
+            self._text_matrix = None
+
+    def _text_snapshot(self) -> tuple[list[str], np.ndarray] | None:
+        with self._text_lock:
+            if self._text_matrix is None and self._text_vectors:
+                names = sorted(self._text_vectors)
+                self._text_matrix = (names, np.stack([self._text_vectors[n] for n in names]))
+            return self._text_matrix
+
+    def zero_shot(self, image: bytes, labels: Sequence[str]) -> list[LabelScore]:
+        """Rank free-text labels for one image, no references needed; best first."""
+        text = self._require_text()
+        if not labels:
+            raise InvalidArgument("no labels given: send the candidate labels to rank")
+        if len(labels) > MAX_LABELS:
+            raise InvalidArgument(f"{len(labels)} labels; the limit is {MAX_LABELS}")
+        for i, label in enumerate(labels):
+            _check_text(label, f"label {i}")
+        label_vectors = self._encode_text(labels)
+        with self.batcher.expecting():
+            [decoded] = self._decode_each([image])
+            if not isinstance(decoded, np.ndarray):
+                raise decoded
+            _, semantics = self._embed_decoded([decoded])
+        logits = text.logit_scale * (label_vectors @ semantics[0])
+        shares = np.exp(logits - logits.max())
+        shares /= shares.sum()
+        ranked = sorted(zip(labels, shares.tolist(), strict=True), key=lambda p: -p[1])
+        return [LabelScore(label, score) for label, score in ranked]
+
+    def search_by_text(self, query: str, top_n: int = 5, k: int | None = None) -> TextSearch:
+        """Categories whose text matches the query, and the reference images nearest to it."""
+        text = self._require_text()
+        _check_text(query, "text")
+        top_n = top_n or 5
+        k = k or self.vote.k
+        if not 1 <= top_n <= MAX_TOP_N or not 1 <= k <= MAX_K:
+            raise InvalidArgument(f"top_n must be 1..{MAX_TOP_N} and k 1..{MAX_K}")
+        vector = self._encode_text([query])
+        categories: list[ScoredCategory] = []
+        matrix = self._text_snapshot()
+        if matrix is not None:
+            names, vectors = matrix
+            similarity = vectors @ vector[0]
+            order = np.argsort(-similarity)[:top_n]
+            categories = [
+                ScoredCategory(names[i], float(similarity[i]), self.path(names[i])) for i in order
+            ]
+        queries = text.image_queries(vector)
+        references = self.index.search(queries, k)[0] if queries is not None else []
+        return TextSearch(categories, references)
+
+    # -- calibration ---------------------------------------------------------------------
+
+    def calibrate(
+        self, group_by: str | None = None, max_examples: int = CALIBRATION_EXAMPLES
+    ) -> Calibration:
+        """Fit the calibration by leave-one-out over the stored references and keep it.
+
+        Each sampled reference is classified by the others, never by itself nor, with
+        `group_by`, by references sharing its value of that metadata key (e.g. the same
+        sender's other photos), so the fit sees the odds a new image really has.
+        """
+        ids, categories, vectors = [], [], []
+        for batch in self.store.iter_vectors(self.embedder.version):
+            ids += batch.reference_ids
+            categories += batch.categories
+            if batch.reference_ids:
+                vectors.append(batch.vectors)
+        if len(set(categories)) < 2:
+            raise FailedPrecondition(
+                "calibration needs references in at least two categories; add more first"
+            )
+        chosen = sorted(random.Random(0).sample(range(len(ids)), min(max_examples, len(ids))))
+        group_of: dict[str, str] = {}
+        if group_by:
+            for ref in self.store.get_references(ids):
+                if ref is not None and group_by in ref.metadata:
+                    group_of[ref.id] = ref.metadata[group_by]
+        matrix = np.concatenate(vectors)[chosen]
+        found = self.index.search(matrix, self.vote.k + CALIBRATION_EXTRA_NEIGHBOURS)
+        votes = []
+        for row, hits in zip(chosen, found, strict=True):
+            own, group = ids[row], group_of.get(ids[row])
+            others = [
+                h
+                for h in hits
+                if h.reference_id != own
+                and (group is None or group_of.get(h.reference_id) != group)
+            ][: self.vote.k]
+            if others:
+                votes.append(
+                    LabelledVote(
+                        knn_vote(others, self.vote, MAX_K), categories[row], others[0].similarity
+                    )
+                )
+        how = f"leave-one-out over {len(votes)} references" + (
+            f", excluding the same {group_by!r}" if group_by else ""
+        )
+        try:
+            calibration = fit_calibration(votes, how)
+        except ValueError as exc:
+            raise FailedPrecondition(f"{exc}; add more references first") from exc
+        self.store.put_calibration(self.embedder.version, calibration.to_json())
+        self.calibration = calibration
+        log.info(
+            "calibrated: temperature %.3f, unknown below %.3f, ECE %.3f -> %.3f (%s)",
+            calibration.temperature,
+            calibration.unknown_below,
+            calibration.ece_before or 0.0,
+            calibration.ece_after or 0.0,
+            how,
+        )
+        return calibration
 
     # -- writes --------------------------------------------------------------------------
 
@@ -245,23 +542,38 @@ class Catalog:
         metadata: dict[str, str] | None = None,
         references: Sequence[ReferenceInput] = (),
         deadline: float | None = None,
+        prompts: Sequence[str] = (),
     ) -> AddResult:
-        """Create a category with optional first references; all or nothing."""
+        """Create a category with optional first references and text prompts; all or nothing.
+
+        A category with prompts is classifiable at once, before any reference image, when
+        the model has a text tower.
+        """
         validate_category_name(name)
         if parent:
             validate_category_name(parent, "parent category name")
         if parent == name:
             raise InvalidArgument(f"category {name!r} cannot be its own parent")
         _check_metadata(metadata or {}, f"category {name!r}")
+        if len(prompts) > MAX_PROMPTS:
+            raise InvalidArgument(f"{len(prompts)} prompts; the limit is {MAX_PROMPTS}")
+        for i, prompt in enumerate(prompts):
+            _check_text(prompt, f"prompt {i}")
+        if prompts:
+            self._require_text()
         if self.store.get_category(name) is not None:  # fail before the costly embedding
             raise AlreadyExists(
                 f"category {name!r} already exists; use AddReferences to add images to it"
             )
+        draft = Category(name, parent or None, {}, 0, 0, list(prompts))
+        text_vectors = self._category_text_vectors([draft]) if self.text is not None else []
         prepared = self._prepare(name, references, deadline)
         category, duplicate = self.store.create_category(
-            name, parent or None, metadata or {}, prepared, self.embedder.version
+            name, parent or None, metadata or {}, prepared, self.embedder.version, prompts
         )
         self._parents[name] = parent or None
+        if text_vectors:
+            self._remember_texts([category], text_vectors)
         self._index_new(name, prepared, duplicate)
         return AddResult(category, _added(prepared, duplicate))
 
@@ -299,6 +611,7 @@ class Catalog:
         removed = self.store.delete_category(name)
         self.index.remove([r.id for r in removed])
         self._parents.pop(name, None)
+        self._drop_text(name)
         return len(removed)
 
     # -- reads ---------------------------------------------------------------------------
@@ -326,6 +639,8 @@ class Catalog:
             images_embedded=self.batcher.stats().images,
             vectors_loaded_at_start=self._vectors_loaded,
             started_at_ms=self._started_at_ms,
+            calibration=self.calibration,
+            text_model=self.text.version if self.text is not None else "",
         )
 
     # -- helpers -------------------------------------------------------------------------
@@ -357,7 +672,7 @@ class Catalog:
         self._check_count(references, "references")
         for i, ref in enumerate(references):
             _check_metadata(ref.metadata, f"reference {i}")
-        vectors = self._embed(
+        vectors, _ = self._embed(
             [r.image for r in references], [f"reference {i}" for i in range(len(references))]
         )
         _check_deadline(deadline, "writing the references")
@@ -375,7 +690,11 @@ class Catalog:
             )
         return prepared
 
-    def _embed(self, images: Sequence[bytes], labels: Sequence[str]) -> np.ndarray:
+    def _embed(
+        self, images: Sequence[bytes], labels: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and semantic vectors of images that must all be good, or InvalidArgument
+        naming the first bad one."""
         pixels = []
         with self.batcher.expecting():
             for image, label in zip(images, labels, strict=True):
@@ -383,16 +702,43 @@ class Catalog:
                     pixels.append(self.embedder.decode(image))
                 except ImageDecodeError as exc:
                     raise InvalidArgument(f"{label}: {exc}; nothing was written") from exc
-            return self._embed_pixels(pixels)
+            return self._embed_decoded(pixels)
 
-    def _embed_pixels(self, pixels: list[np.ndarray]) -> np.ndarray:
+    def _decode_each(self, images: Sequence[bytes]) -> list[np.ndarray | NearcatError]:
+        """Pixels of each image, or its own error; call inside `batcher.expecting()`."""
+        decoded: list[np.ndarray | NearcatError] = []
+        for i, image in enumerate(images):
+            try:
+                decoded.append(self.embedder.decode(image))
+            except ImageDecodeError as exc:
+                decoded.append(InvalidArgument(f"image {i}: {exc}"))
+        return decoded
+
+    def _embed_decoded(
+        self, decoded: Sequence[np.ndarray | NearcatError]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        pixels = [d for d in decoded if isinstance(d, np.ndarray)]
         if not pixels:
-            return np.zeros((0, self.embedder.dim), dtype=np.float32)
-        return self.batcher.run(np.stack(pixels))
+            rows = np.zeros((0, self.embedder.dim), dtype=np.float32)
+        else:
+            rows = self.batcher.run(np.stack(pixels))
+        return self._split_rows(rows)
 
     def close(self) -> None:
         """Stop the model worker once in-flight calls are done."""
         self.batcher.close()
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    return (vector / norm if norm > 0 else vector).astype(np.float32)
+
+
+def _check_text(text: str, what: str) -> None:
+    if not text.strip():
+        raise InvalidArgument(f"{what} is empty; give a few words such as 'red sneakers'")
+    if len(text) > MAX_PROMPT_LENGTH:
+        raise InvalidArgument(f"{what} is {len(text)} characters; the limit is {MAX_PROMPT_LENGTH}")
 
 
 def _added(references: Sequence[NewReference], duplicate: Sequence[bool]) -> list[AddedReference]:

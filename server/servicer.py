@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 import grpc
 
+from indexer.calibration import Calibration
+from indexer.decision import Decision
 from indexer.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -19,8 +21,10 @@ from indexer.errors import (
     NotFound,
     Unavailable,
 )
+from indexer.index import Hit
 from indexer.store import Category, Reference
-from server.catalog import AddResult, Catalog, Prediction, ReferenceInput
+from indexer.taxonomy import LevelScore
+from server.catalog import AddResult, Catalog, Prediction, ReferenceInput, ScoredCategory
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 from server.proto.nearcat.v1 import nearcat_pb2_grpc as pb_grpc
 
@@ -67,6 +71,14 @@ def deadline_of(context: grpc.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+DECISION: dict[Decision, pb.Decision.ValueType] = {
+    Decision.AUTO_ACCEPT: pb.AUTO_ACCEPT,
+    Decision.FLAG: pb.FLAG,
+    Decision.REVIEW: pb.REVIEW,
+    Decision.UNKNOWN: pb.UNKNOWN,
+}
+
+
 def _category(category: Category, path: list[str]) -> pb.Category:
     return pb.Category(
         name=category.name,
@@ -75,6 +87,7 @@ def _category(category: Category, path: list[str]) -> pb.Category:
         created_at_ms=category.created_at_ms,
         reference_count=category.reference_count,
         path=path,
+        prompts=category.prompts,
     )
 
 
@@ -88,16 +101,43 @@ def _reference(reference: Reference) -> pb.Reference:
     )
 
 
+def _scores(categories: list[ScoredCategory]) -> list[pb.CategoryScore]:
+    return [pb.CategoryScore(category=c.category, score=c.score, path=c.path) for c in categories]
+
+
+def _neighbors(hits: list[Hit]) -> list[pb.Neighbor]:
+    return [
+        pb.Neighbor(reference_id=h.reference_id, category=h.category, similarity=h.similarity)
+        for h in hits
+    ]
+
+
+def _level(level: LevelScore) -> pb.LevelScore:
+    return pb.LevelScore(depth=level.depth, category=level.category, score=level.score)
+
+
 def _classification(prediction: Prediction) -> pb.Classification:
     return pb.Classification(
-        categories=[
-            pb.CategoryScore(category=c.category, score=c.score, path=c.path)
-            for c in prediction.categories
-        ],
-        neighbors=[
-            pb.Neighbor(reference_id=h.reference_id, category=h.category, similarity=h.similarity)
-            for h in prediction.neighbors
-        ],
+        categories=_scores(prediction.categories),
+        neighbors=_neighbors(prediction.neighbors),
+        decision=DECISION[prediction.decision],
+        confidence=prediction.confidence,
+        levels=[_level(level) for level in prediction.levels],
+        confident_ancestor=(
+            _level(prediction.confident_ancestor) if prediction.confident_ancestor else None
+        ),
+    )
+
+
+def _calibration(calibration: Calibration) -> pb.Calibration:
+    return pb.Calibration(
+        temperature=calibration.temperature,
+        unknown_below=calibration.unknown_below,
+        examples=calibration.examples,
+        ece_before=calibration.ece_before or 0.0,
+        ece_after=calibration.ece_after or 0.0,
+        source=calibration.source,
+        fitted_at_ms=calibration.fitted_at_ms,
     )
 
 
@@ -166,6 +206,7 @@ class NearcatServicer(pb_grpc.NearcatServicer):
             dict(request.metadata),
             _references(request.references),
             deadline_of(context),
+            list(request.prompts),
         )
         return pb.AddCategoryResponse(
             category=_category(result.category, self.catalog.path(request.name)),
@@ -235,4 +276,34 @@ class NearcatServicer(pb_grpc.NearcatServicer):
             images_embedded=status.images_embedded,
             vectors_loaded_at_start=status.vectors_loaded_at_start,
             started_at_ms=status.started_at_ms,
+            calibration=_calibration(status.calibration),
+            text_model=status.text_model,
         )
+
+    @rpc
+    def ZeroShot(
+        self, request: pb.ZeroShotRequest, context: grpc.ServicerContext
+    ) -> pb.ZeroShotResponse:
+        labels = self.catalog.zero_shot(request.image, list(request.labels))
+        return pb.ZeroShotResponse(
+            labels=[pb.LabelScore(label=s.label, score=s.score) for s in labels],
+            model_version=self.catalog.embedder.version,
+        )
+
+    @rpc
+    def SearchByText(
+        self, request: pb.SearchByTextRequest, context: grpc.ServicerContext
+    ) -> pb.SearchByTextResponse:
+        found = self.catalog.search_by_text(request.text, request.top_n, request.k)
+        return pb.SearchByTextResponse(
+            categories=_scores(found.categories),
+            references=_neighbors(found.references),
+            model_version=self.catalog.embedder.version,
+        )
+
+    @rpc
+    def Calibrate(
+        self, request: pb.CalibrateRequest, context: grpc.ServicerContext
+    ) -> pb.CalibrateResponse:
+        calibration = self.catalog.calibrate(request.group_by_metadata or None)
+        return pb.CalibrateResponse(calibration=_calibration(calibration))

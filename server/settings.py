@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,6 +32,29 @@ class Settings(BaseSettings):
     k: int = Field(10, ge=1, le=1000, description="nearest references that vote")
     votes_per_category: int = Field(3, ge=1, description="votes counted per category at most")
     vote_temperature: float = Field(0.05, gt=0, description="softness of similarity weights")
+    auto_accept: float = Field(
+        0.95,
+        ge=0,
+        le=1,
+        description="calibrated probability from which a prediction is auto-accepted",
+    )
+    flag: float = Field(
+        0.80,
+        ge=0,
+        le=1,
+        description="probability from which it is accepted but flagged; "
+        "below: human review with the top-3",
+    )
+    thresholds_file: Path | None = Field(
+        None,
+        description='JSON of per-category thresholds, e.g. {"Shoes": {"auto_accept": 0.9}}',
+    )
+    prompt_weight: float = Field(
+        3.0,
+        ge=0,
+        description="how many reference images a category's text prompts are worth: text "
+        "evidence fades as references arrive",
+    )
     index_kind: str = Field(
         "auto", pattern="^(auto|flat|ivf)$", description="FAISS index: auto, flat or ivf"
     )
@@ -52,3 +75,11 @@ class Settings(BaseSettings):
         2.0, ge=0, description="how long a batch may wait for callers still decoding"
     )
     grace_seconds: float = Field(15.0, ge=0, description="time in-flight calls get on SIGTERM")
+
+    @model_validator(mode="after")
+    def _bands_in_order(self) -> Settings:
+        if self.flag > self.auto_accept:
+            raise ValueError(
+                f"flag ({self.flag}) must not be above auto_accept ({self.auto_accept})"
+            )
+        return self

@@ -1,10 +1,24 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DECISION_UNSPECIFIED: _ClassVar[Decision]
+    AUTO_ACCEPT: _ClassVar[Decision]
+    FLAG: _ClassVar[Decision]
+    REVIEW: _ClassVar[Decision]
+    UNKNOWN: _ClassVar[Decision]
+DECISION_UNSPECIFIED: Decision
+AUTO_ACCEPT: Decision
+FLAG: Decision
+REVIEW: Decision
+UNKNOWN: Decision
 
 class ClassifyOptions(_message.Message):
     __slots__ = ("top_n", "k")
@@ -42,13 +56,31 @@ class Neighbor(_message.Message):
     similarity: float
     def __init__(self, reference_id: _Optional[str] = ..., category: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
 
+class LevelScore(_message.Message):
+    __slots__ = ("depth", "category", "score")
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    depth: int
+    category: str
+    score: float
+    def __init__(self, depth: _Optional[int] = ..., category: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
 class Classification(_message.Message):
-    __slots__ = ("categories", "neighbors")
+    __slots__ = ("categories", "neighbors", "decision", "confidence", "levels", "confident_ancestor")
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     NEIGHBORS_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENT_ANCESTOR_FIELD_NUMBER: _ClassVar[int]
     categories: _containers.RepeatedCompositeFieldContainer[CategoryScore]
     neighbors: _containers.RepeatedCompositeFieldContainer[Neighbor]
-    def __init__(self, categories: _Optional[_Iterable[_Union[CategoryScore, _Mapping]]] = ..., neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ...) -> None: ...
+    decision: Decision
+    confidence: float
+    levels: _containers.RepeatedCompositeFieldContainer[LevelScore]
+    confident_ancestor: LevelScore
+    def __init__(self, categories: _Optional[_Iterable[_Union[CategoryScore, _Mapping]]] = ..., neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ..., decision: _Optional[_Union[Decision, str]] = ..., confidence: _Optional[float] = ..., levels: _Optional[_Iterable[_Union[LevelScore, _Mapping]]] = ..., confident_ancestor: _Optional[_Union[LevelScore, _Mapping]] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
     __slots__ = ("classification", "model_version", "processing_ms")
@@ -110,7 +142,7 @@ class ReferenceImage(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Category(_message.Message):
-    __slots__ = ("name", "parent", "metadata", "created_at_ms", "reference_count", "path")
+    __slots__ = ("name", "parent", "metadata", "created_at_ms", "reference_count", "path", "prompts")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -124,13 +156,15 @@ class Category(_message.Message):
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_COUNT_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     parent: str
     metadata: _containers.ScalarMap[str, str]
     created_at_ms: int
     reference_count: int
     path: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., parent: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ..., reference_count: _Optional[int] = ..., path: _Optional[_Iterable[str]] = ...) -> None: ...
+    prompts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., parent: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ..., reference_count: _Optional[int] = ..., path: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Reference(_message.Message):
     __slots__ = ("id", "category", "sha256", "metadata", "created_at_ms")
@@ -164,7 +198,7 @@ class AddedReference(_message.Message):
     def __init__(self, reference_id: _Optional[str] = ..., sha256: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class AddCategoryRequest(_message.Message):
-    __slots__ = ("name", "parent", "metadata", "references")
+    __slots__ = ("name", "parent", "metadata", "references", "prompts")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -176,11 +210,13 @@ class AddCategoryRequest(_message.Message):
     PARENT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     parent: str
     metadata: _containers.ScalarMap[str, str]
     references: _containers.RepeatedCompositeFieldContainer[ReferenceImage]
-    def __init__(self, name: _Optional[str] = ..., parent: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., references: _Optional[_Iterable[_Union[ReferenceImage, _Mapping]]] = ...) -> None: ...
+    prompts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., parent: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., references: _Optional[_Iterable[_Union[ReferenceImage, _Mapping]]] = ..., prompts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AddCategoryResponse(_message.Message):
     __slots__ = ("category", "references")
@@ -260,12 +296,86 @@ class GetCategoryResponse(_message.Message):
     references: _containers.RepeatedCompositeFieldContainer[Reference]
     def __init__(self, category: _Optional[_Union[Category, _Mapping]] = ..., references: _Optional[_Iterable[_Union[Reference, _Mapping]]] = ...) -> None: ...
 
+class ZeroShotRequest(_message.Message):
+    __slots__ = ("image", "labels")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, image: _Optional[bytes] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LabelScore(_message.Message):
+    __slots__ = ("label", "score")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class ZeroShotResponse(_message.Message):
+    __slots__ = ("labels", "model_version")
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedCompositeFieldContainer[LabelScore]
+    model_version: str
+    def __init__(self, labels: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class SearchByTextRequest(_message.Message):
+    __slots__ = ("text", "top_n", "k")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    top_n: int
+    k: int
+    def __init__(self, text: _Optional[str] = ..., top_n: _Optional[int] = ..., k: _Optional[int] = ...) -> None: ...
+
+class SearchByTextResponse(_message.Message):
+    __slots__ = ("categories", "references", "model_version")
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    categories: _containers.RepeatedCompositeFieldContainer[CategoryScore]
+    references: _containers.RepeatedCompositeFieldContainer[Neighbor]
+    model_version: str
+    def __init__(self, categories: _Optional[_Iterable[_Union[CategoryScore, _Mapping]]] = ..., references: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class CalibrateRequest(_message.Message):
+    __slots__ = ("group_by_metadata",)
+    GROUP_BY_METADATA_FIELD_NUMBER: _ClassVar[int]
+    group_by_metadata: str
+    def __init__(self, group_by_metadata: _Optional[str] = ...) -> None: ...
+
+class Calibration(_message.Message):
+    __slots__ = ("temperature", "unknown_below", "examples", "ece_before", "ece_after", "source", "fitted_at_ms")
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_BELOW_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ECE_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    ECE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FITTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    temperature: float
+    unknown_below: float
+    examples: int
+    ece_before: float
+    ece_after: float
+    source: str
+    fitted_at_ms: int
+    def __init__(self, temperature: _Optional[float] = ..., unknown_below: _Optional[float] = ..., examples: _Optional[int] = ..., ece_before: _Optional[float] = ..., ece_after: _Optional[float] = ..., source: _Optional[str] = ..., fitted_at_ms: _Optional[int] = ...) -> None: ...
+
+class CalibrateResponse(_message.Message):
+    __slots__ = ("calibration",)
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    calibration: Calibration
+    def __init__(self, calibration: _Optional[_Union[Calibration, _Mapping]] = ...) -> None: ...
+
 class GetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("model_version", "embedding_dim", "index_size", "category_count", "images_embedded", "vectors_loaded_at_start", "started_at_ms")
+    __slots__ = ("model_version", "embedding_dim", "index_size", "category_count", "images_embedded", "vectors_loaded_at_start", "started_at_ms", "calibration", "text_model")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
     INDEX_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +383,8 @@ class GetStatusResponse(_message.Message):
     IMAGES_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
     VECTORS_LOADED_AT_START_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_MODEL_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     embedding_dim: int
     index_size: int
@@ -280,4 +392,6 @@ class GetStatusResponse(_message.Message):
     images_embedded: int
     vectors_loaded_at_start: int
     started_at_ms: int
-    def __init__(self, model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_size: _Optional[int] = ..., category_count: _Optional[int] = ..., images_embedded: _Optional[int] = ..., vectors_loaded_at_start: _Optional[int] = ..., started_at_ms: _Optional[int] = ...) -> None: ...
+    calibration: Calibration
+    text_model: str
+    def __init__(self, model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_size: _Optional[int] = ..., category_count: _Optional[int] = ..., images_embedded: _Optional[int] = ..., vectors_loaded_at_start: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., text_model: _Optional[str] = ...) -> None: ...

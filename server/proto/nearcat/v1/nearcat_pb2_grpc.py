@@ -44,6 +44,16 @@ class NearcatStub:
                 request_serializer=nearcat_dot_v1_dot_nearcat__pb2.ClassifyBatchRequest.SerializeToString,
                 response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.ClassifyBatchResponse.FromString,
                 _registered_method=True)
+        self.ZeroShot = channel.unary_unary(
+                '/nearcat.v1.Nearcat/ZeroShot',
+                request_serializer=nearcat_dot_v1_dot_nearcat__pb2.ZeroShotRequest.SerializeToString,
+                response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.ZeroShotResponse.FromString,
+                _registered_method=True)
+        self.SearchByText = channel.unary_unary(
+                '/nearcat.v1.Nearcat/SearchByText',
+                request_serializer=nearcat_dot_v1_dot_nearcat__pb2.SearchByTextRequest.SerializeToString,
+                response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.SearchByTextResponse.FromString,
+                _registered_method=True)
         self.AddCategory = channel.unary_unary(
                 '/nearcat.v1.Nearcat/AddCategory',
                 request_serializer=nearcat_dot_v1_dot_nearcat__pb2.AddCategoryRequest.SerializeToString,
@@ -79,6 +89,11 @@ class NearcatStub:
                 request_serializer=nearcat_dot_v1_dot_nearcat__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.Calibrate = channel.unary_unary(
+                '/nearcat.v1.Nearcat/Calibrate',
+                request_serializer=nearcat_dot_v1_dot_nearcat__pb2.CalibrateRequest.SerializeToString,
+                response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.CalibrateResponse.FromString,
+                _registered_method=True)
 
 
 class NearcatServicer:
@@ -99,9 +114,26 @@ class NearcatServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ZeroShot(self, request, context):
+        """Rank free-text labels for one image, with no reference images at all (zero-shot). Needs a
+        model with a text tower (FAILED_PRECONDITION otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchByText(self, request, context):
+        """Text -> the categories whose prompts (or names) match it best, and the reference images
+        nearest to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddCategory(self, request, context):
-        """Create a category, optionally with a parent and reference images. All or nothing: if any
-        image is bad, the category is not created.
+        """Create a category, optionally with a parent, reference images and text prompts. All or
+        nothing: if any image is bad, the category is not created. With prompts (and a model
+        with a text tower) it is classifiable at once; its text evidence fades as images arrive.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +181,14 @@ class NearcatServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calibrate(self, request, context):
+        """Refit the confidence calibration (and the "unknown" threshold) by leave-one-out over the
+        stored references; stored with them, used by every later Classify.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NearcatServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +201,16 @@ def add_NearcatServicer_to_server(servicer, server):
                     servicer.ClassifyBatch,
                     request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.ClassifyBatchRequest.FromString,
                     response_serializer=nearcat_dot_v1_dot_nearcat__pb2.ClassifyBatchResponse.SerializeToString,
+            ),
+            'ZeroShot': grpc.unary_unary_rpc_method_handler(
+                    servicer.ZeroShot,
+                    request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.ZeroShotRequest.FromString,
+                    response_serializer=nearcat_dot_v1_dot_nearcat__pb2.ZeroShotResponse.SerializeToString,
+            ),
+            'SearchByText': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchByText,
+                    request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.SearchByTextRequest.FromString,
+                    response_serializer=nearcat_dot_v1_dot_nearcat__pb2.SearchByTextResponse.SerializeToString,
             ),
             'AddCategory': grpc.unary_unary_rpc_method_handler(
                     servicer.AddCategory,
@@ -196,6 +246,11 @@ def add_NearcatServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.GetStatusRequest.FromString,
                     response_serializer=nearcat_dot_v1_dot_nearcat__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'Calibrate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Calibrate,
+                    request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.CalibrateRequest.FromString,
+                    response_serializer=nearcat_dot_v1_dot_nearcat__pb2.CalibrateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -252,6 +307,60 @@ class Nearcat:
             '/nearcat.v1.Nearcat/ClassifyBatch',
             nearcat_dot_v1_dot_nearcat__pb2.ClassifyBatchRequest.SerializeToString,
             nearcat_dot_v1_dot_nearcat__pb2.ClassifyBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ZeroShot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearcat.v1.Nearcat/ZeroShot',
+            nearcat_dot_v1_dot_nearcat__pb2.ZeroShotRequest.SerializeToString,
+            nearcat_dot_v1_dot_nearcat__pb2.ZeroShotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchByText(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearcat.v1.Nearcat/SearchByText',
+            nearcat_dot_v1_dot_nearcat__pb2.SearchByTextRequest.SerializeToString,
+            nearcat_dot_v1_dot_nearcat__pb2.SearchByTextResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -441,6 +550,33 @@ class Nearcat:
             '/nearcat.v1.Nearcat/GetStatus',
             nearcat_dot_v1_dot_nearcat__pb2.GetStatusRequest.SerializeToString,
             nearcat_dot_v1_dot_nearcat__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calibrate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearcat.v1.Nearcat/Calibrate',
+            nearcat_dot_v1_dot_nearcat__pb2.CalibrateRequest.SerializeToString,
+            nearcat_dot_v1_dot_nearcat__pb2.CalibrateResponse.FromString,
             options,
             channel_credentials,
             insecure,
