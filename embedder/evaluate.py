@@ -10,6 +10,7 @@ near-identical twin is among the references, which would make any number look to
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,13 +24,23 @@ from tqdm import tqdm
 from embedder.datasets import LabeledImage
 from embedder.images import ImageDecodeError
 from embedder.model import CONFIG_FILE, Embedder, load_artifact, resolve_model
+from indexer.calibration import (
+    Calibration,
+    LabelledVote,
+    ReliabilityBin,
+    expected_calibration_error,
+    fit_calibration,
+    reliability_bins,
+)
+from indexer.decision import Thresholds
 from indexer.ids import image_sha256, reference_id
-from indexer.index import VectorIndex
-from indexer.vote import VoteConfig, knn_vote
+from indexer.index import Hit, VectorIndex
+from indexer.vote import CategoryScore, VoteConfig, knn_vote
+
+log = logging.getLogger(__name__)
 
 FROZEN_BASELINE = "efficientnet_lite0"  # the packaged backbone every model is compared with
 TOP_N = 5  # categories kept per answer (top-3 accuracy needs 3)
-ECE_BINS = 15
 WORST_COUNT = 5
 LEAKAGE_THRESHOLD = 0.98  # cosine similarity of frozen features that counts as a near-twin
 LEAKAGE_EXAMPLES = 10
@@ -49,6 +60,8 @@ class Answer:
     truth: str
     categories: tuple[str, ...]
     scores: tuple[float, ...]
+    # Cosine similarity of the nearest reference (kNN answers; 1.0 where not applicable).
+    nearest: float = 1.0
 
     @property
     def predicted(self) -> str | None:
@@ -68,17 +81,6 @@ class CategoryMetrics:
     n: int
     top1: float
     top3: float
-
-
-@dataclass(frozen=True)
-class ReliabilityBin:
-    """Queries whose confidence falls in (lower, upper]: how many, how often right, how sure."""
-
-    lower: float
-    upper: float
-    count: int
-    accuracy: float | None
-    confidence: float | None
 
 
 def top_k_accuracy(answers: Sequence[Answer], k: int) -> float:
@@ -109,41 +111,6 @@ def worst_categories(
     """The `count` categories with the lowest top-1 (more queries first among equals)."""
     ranked = sorted(categories.items(), key=lambda item: (item[1].top1, -item[1].n, item[0]))
     return [name for name, _ in ranked[:count]]
-
-
-def reliability_bins(
-    confidences: Sequence[float], correct: Sequence[bool], bins: int = ECE_BINS
-) -> list[ReliabilityBin]:
-    """Equal-width confidence bins over [0, 1]; a bin holds confidences in (lower, upper]."""
-    conf = np.asarray(confidences, dtype=np.float64)
-    right = np.asarray(correct, dtype=np.float64)
-    which = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
-    out = []
-    for b in range(bins):
-        members = which == b
-        count = int(members.sum())
-        out.append(
-            ReliabilityBin(
-                lower=b / bins,
-                upper=(b + 1) / bins,
-                count=count,
-                accuracy=float(right[members].mean()) if count else None,
-                confidence=float(conf[members].mean()) if count else None,
-            )
-        )
-    return out
-
-
-def expected_calibration_error(bins: Sequence[ReliabilityBin]) -> float:
-    """Sum over bins of (share of queries) x |accuracy - mean confidence|."""
-    total = sum(b.count for b in bins)
-    if not total:
-        raise ValueError("no answers to score")
-    return sum(
-        b.count / total * abs(b.accuracy - b.confidence)
-        for b in bins
-        if b.accuracy is not None and b.confidence is not None
-    )
 
 
 def ancestry(category: str, parents: Mapping[str, str | None]) -> tuple[str, ...]:
@@ -396,16 +363,46 @@ def knn_answers(
     index = VectorIndex.build(
         references.vectors.shape[1], ids, references.labels, references.vectors
     )
+    found = index.search(queries.vectors, vote.k)
+    return [
+        _voted(image.category, hits, vote)
+        for image, hits in zip(queries.images, found, strict=True)
+    ]
+
+
+def _voted(truth: str, hits: Sequence[Hit], vote: VoteConfig) -> Answer:
+    """The answer the server's vote gives, with every category that got a vote (the full
+    distribution, which calibration needs)."""
+    ranked = knn_vote(hits, vote, len(hits))
+    return Answer(
+        truth,
+        tuple(s.category for s in ranked),
+        tuple(s.score for s in ranked),
+        hits[0].similarity if hits else -1.0,
+    )
+
+
+def leave_one_out_answers(
+    references: EmbeddedImages, vote: VoteConfig, extra: int = 100
+) -> list[Answer]:
+    """Each reference classified by the others, never by an image of its own group (e.g. the
+    same sender's photos) nor by an identical file: calibration data without new images."""
+    ids = [reference_id(c, sha) for c, sha in zip(references.labels, references.shas, strict=True)]
+    index = VectorIndex.build(
+        references.vectors.shape[1], ids, references.labels, references.vectors
+    )
+    group_of = {i: image.group or i for i, image in zip(ids, references.images, strict=True)}
+    sha_of = dict(zip(ids, references.shas, strict=True))
     answers = []
-    for image, hits in zip(queries.images, index.search(queries.vectors, vote.k), strict=True):
-        ranked = knn_vote(hits, vote, TOP_N)
-        answers.append(
-            Answer(
-                image.category,
-                tuple(s.category for s in ranked),
-                tuple(s.score for s in ranked),
-            )
-        )
+    found = index.search(references.vectors, vote.k + extra)
+    for own, image, hits in zip(ids, references.images, found, strict=True):
+        others = [
+            h
+            for h in hits
+            if group_of[h.reference_id] != group_of[own] and sha_of[h.reference_id] != sha_of[own]
+        ][: vote.k]
+        if others:
+            answers.append(_voted(image.category, others, vote))
     return answers
 
 
@@ -435,6 +432,166 @@ def linear_probe_answers(references: EmbeddedImages, queries: EmbeddedImages) ->
             )
         )
     return answers
+
+
+# -- confidence ----------------------------------------------------------------------------
+
+AUTOMATION_PRECISION = 0.98  # auto-accepted answers must be at least this often right
+
+
+def labelled_votes(answers: Sequence[Answer]) -> list[LabelledVote]:
+    return [
+        LabelledVote(
+            [CategoryScore(c, s) for c, s in zip(a.categories, a.scores, strict=True)],
+            a.truth,
+            a.nearest,
+        )
+        for a in answers
+    ]
+
+
+def calibrated(answers: Sequence[Answer], calibration: Calibration) -> list[Answer]:
+    out = []
+    for a in answers:
+        scores = calibration.apply(
+            [CategoryScore(c, s) for c, s in zip(a.categories, a.scores, strict=True)]
+        )
+        out.append(
+            Answer(
+                a.truth,
+                tuple(s.category for s in scores),
+                tuple(s.score for s in scores),
+                a.nearest,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class AutomationPoint:
+    threshold: float
+    coverage: float  # share of images at or above the threshold (auto-accepted)
+    precision: float  # how often those are right
+
+
+def automation_curve(answers: Sequence[Answer]) -> list[AutomationPoint]:
+    """Coverage and precision of auto-accepting every answer at or above each confidence."""
+    ordered = sorted(answers, key=lambda a: -a.confidence)
+    points, right = [], 0
+    for n, answer in enumerate(ordered, start=1):
+        right += answer.hit(1)
+        last = n == len(ordered) or ordered[n].confidence < answer.confidence
+        if last:  # ties: a threshold accepts all of them or none
+            points.append(AutomationPoint(answer.confidence, n / len(ordered), right / n))
+    return points
+
+
+def threshold_for_precision(answers: Sequence[Answer], target: float) -> float:
+    """The lowest confidence threshold whose accepted answers are at least `target` right
+    (1.0 + a hair: accept nothing, when no threshold gets there)."""
+    reaching = [p for p in automation_curve(answers) if p.precision >= target]
+    return min((p.threshold for p in reaching), default=1.000001)
+
+
+def at_threshold(answers: Sequence[Answer], threshold: float) -> dict[str, float]:
+    accepted = [a for a in answers if a.confidence >= threshold]
+    return {
+        "threshold": threshold,
+        "coverage": len(accepted) / len(answers),
+        "precision": sum(a.hit(1) for a in accepted) / len(accepted) if accepted else 1.0,
+    }
+
+
+@dataclass
+class ConfidenceReport:
+    """The calibration the server would fit, and how well it does on the queries."""
+
+    calibration: Calibration
+    ece_before: float
+    ece_after: float
+    reliability_after: list[ReliabilityBin]
+    automation: list[AutomationPoint]  # on the queries, calibrated
+    # Auto-accept threshold chosen on the calibration data for AUTOMATION_PRECISION, and what
+    # it gives on the queries; and the default bands' shares.
+    chosen: dict[str, float]
+    bands: dict[str, dict[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _rounded(
+            {
+                "fitted": {
+                    "source": self.calibration.source,
+                    "examples": self.calibration.examples,
+                    "temperature": self.calibration.temperature,
+                    "unknown_below": self.calibration.unknown_below,
+                },
+                "ece_before": self.ece_before,
+                "ece_after": self.ece_after,
+                "reliability_after": [vars(b) for b in self.reliability_after],
+                "automation": {
+                    "target_precision": AUTOMATION_PRECISION,
+                    "threshold_chosen_on_calibration_data": self.chosen,
+                    "best_possible_on_queries": _best_coverage(self.automation),
+                    "curve": [vars(p) for p in _thinned(self.automation)],
+                },
+                "bands": self.bands,
+            }
+        )
+
+
+def _best_coverage(points: Sequence[AutomationPoint]) -> dict[str, float] | None:
+    """Hindsight, for reference only: the most coverage any threshold gives on the queries
+    at the target precision. Not a result: choosing it would be tuning on the test set."""
+    reaching = [p for p in points if p.precision >= AUTOMATION_PRECISION]
+    best = max(reaching, key=lambda p: p.coverage, default=None)
+    return vars(best) if best else None
+
+
+def _thinned(points: Sequence[AutomationPoint], count: int = 50) -> list[AutomationPoint]:
+    step = max(1, len(points) // count)
+    return list(points[::step]) + ([points[-1]] if points and (len(points) - 1) % step else [])
+
+
+def band_shares(answers: Sequence[Answer], thresholds: Thresholds) -> dict[str, dict[str, float]]:
+    """Share of images in each decision band and how often each band's answer is right."""
+    grouped: dict[str, list[Answer]] = defaultdict(list)
+    for a in answers:
+        grouped[thresholds.band(a.confidence).value].append(a)
+    return {
+        band: {
+            "share": len(members) / len(answers),
+            "accuracy": sum(a.hit(1) for a in members) / len(members),
+        }
+        for band, members in sorted(grouped.items())
+    }
+
+
+def confidence_report(
+    query_answers: Sequence[Answer],
+    calibration_answers: Sequence[Answer],
+    source: str,
+    thresholds: Thresholds | None = None,
+) -> ConfidenceReport:
+    """Fit on `calibration_answers` (never the queries), then measure on `query_answers`."""
+    calibration = fit_calibration(labelled_votes(calibration_answers), source)
+    after = calibrated(query_answers, calibration)
+    chosen = threshold_for_precision(
+        calibrated(calibration_answers, calibration), AUTOMATION_PRECISION
+    )
+    bins_after = reliability_bins([a.confidence for a in after], [a.hit(1) for a in after])
+    return ConfidenceReport(
+        calibration=calibration,
+        ece_before=expected_calibration_error(
+            reliability_bins(
+                [a.confidence for a in query_answers], [a.hit(1) for a in query_answers]
+            )
+        ),
+        ece_after=expected_calibration_error(bins_after),
+        reliability_after=bins_after,
+        automation=automation_curve(after),
+        chosen=at_threshold(after, chosen),
+        bands=band_shares(after, thresholds or Thresholds()),
+    )
 
 
 # -- leakage -------------------------------------------------------------------------------
@@ -555,6 +712,7 @@ class Evaluation:
     skipped: list[Skipped]
     unknown_query_categories: list[str]
     split: dict[str, Any] | None = None
+    confidence: ConfidenceReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report: the model's metrics at the top level, then everything else."""
@@ -574,6 +732,7 @@ class Evaluation:
             "leakage": self.leakage.to_dict(),
             "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
             **({"split": self.split} if self.split is not None else {}),
+            **({"confidence": self.confidence.to_dict()} if self.confidence else {}),
         }
 
 
@@ -606,11 +765,15 @@ def evaluate(
     vote: VoteConfig | None = None,
     leakage_threshold: float = LEAKAGE_THRESHOLD,
     batch_size: int = EMBED_BATCH,
+    calibration_queries: Sequence[LabeledImage] = (),
+    thresholds: Thresholds | None = None,
 ) -> Evaluation:
     """Embed references and queries, classify the queries by kNN, score, and run the baselines.
 
     `frozen` is the frozen backbone for the baselines and the leakage check; None means
-    `model` is that backbone and its vectors are reused.
+    `model` is that backbone and its vectors are reused. The confidence calibration is fitted
+    on `calibration_queries` (a validation part), or when none are given by leave-one-out
+    over the references; never on the queries it is measured on.
     """
     vote = vote or VoteConfig()
     parents = dict(parents or {})
@@ -624,6 +787,7 @@ def evaluate(
         raise ValueError("none of the query images could be read")
 
     answers = knn_answers(refs, qs, vote)
+    confidence = _confidence(model, refs, answers, calibration_queries, cache, vote, thresholds)
     knn = MethodResult(
         f"{model.config.name} kNN", model.version, answers, score(answers, parents, held_out)
     )
@@ -673,4 +837,28 @@ def evaluate(
         leakage=find_leakage(frozen_refs, frozen_qs, leakage_threshold),
         skipped=skipped,
         unknown_query_categories=sorted(set(qs.labels) - reference_categories),
+        confidence=confidence,
     )
+
+
+def _confidence(
+    model: Embedder,
+    refs: EmbeddedImages,
+    answers: Sequence[Answer],
+    calibration_queries: Sequence[LabeledImage],
+    cache: EmbeddingCache,
+    vote: VoteConfig,
+    thresholds: Thresholds | None,
+) -> ConfidenceReport | None:
+    if calibration_queries:
+        held, _ = embed_images(model, calibration_queries, cache, EMBED_BATCH, "calibration")
+        fit_on = knn_answers(refs, held, vote)
+        source = f"{len(fit_on)} validation queries"
+    else:
+        fit_on = leave_one_out_answers(refs, vote)
+        source = f"leave-one-out over {len(fit_on)} references (other groups only)"
+    try:
+        return confidence_report(answers, fit_on, source, thresholds)
+    except ValueError as exc:  # too few images to fit on
+        log.warning("no calibration: %s", exc)
+        return None

@@ -1,7 +1,8 @@
 """The human side of an evaluation: a confusion matrix, a reliability diagram, a summary.
 
-`write_report(evaluation, out_dir)` writes `confusion.png`, `reliability.png` and
-`summary.md` (which links both). Plots use matplotlib's Agg backend: no display needed.
+`write_report(evaluation, out_dir)` writes `confusion.png`, `reliability.png` (and, with a
+fitted calibration, `reliability_calibrated.png` and `automation.png`) and `summary.md`
+(which links them). Plots use matplotlib's Agg backend: no display needed.
 """
 
 from __future__ import annotations
@@ -11,10 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.evaluate import Evaluation, MethodResult, ReliabilityBin, ancestry
+from embedder.evaluate import (
+    AUTOMATION_PRECISION,
+    AutomationPoint,
+    Evaluation,
+    MethodResult,
+    ReliabilityBin,
+    ancestry,
+)
 
 CONFUSION_FILE = "confusion.png"
 RELIABILITY_FILE = "reliability.png"
+CALIBRATED_FILE = "reliability_calibrated.png"
+AUTOMATION_FILE = "automation.png"
 SUMMARY_FILE = "summary.md"
 ANNOTATE_UP_TO = 30  # categories; beyond this, cell percentages would be unreadable
 
@@ -31,8 +41,21 @@ def write_report(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     summary = out_dir / SUMMARY_FILE
     plot_confusion(evaluation, confusion)
     plot_reliability(evaluation.knn.metrics.reliability, evaluation.knn.metrics.ece, reliability)
+    written = [confusion, reliability]
+    if evaluation.confidence is not None:
+        confidence = evaluation.confidence
+        plot_reliability(
+            confidence.reliability_after,
+            confidence.ece_after,
+            out_dir / CALIBRATED_FILE,
+            f"calibrated (temperature {confidence.calibration.temperature:.2f})",
+        )
+        plot_automation(
+            confidence.automation, confidence.chosen["threshold"], out_dir / AUTOMATION_FILE
+        )
+        written += [out_dir / CALIBRATED_FILE, out_dir / AUTOMATION_FILE]
     summary.write_text(summary_markdown(evaluation))
-    return [confusion, reliability, summary]
+    return [*written, summary]
 
 
 def confusion_matrix(
@@ -93,7 +116,9 @@ def plot_confusion(evaluation: Evaluation, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_reliability(bins: Sequence[ReliabilityBin], ece: float, path: Path) -> None:
+def plot_reliability(
+    bins: Sequence[ReliabilityBin], ece: float, path: Path, what: str = "top-1 vote score"
+) -> None:
     """Accuracy against confidence per bin (with query counts), and how queries spread."""
     import matplotlib.pyplot as plt
 
@@ -133,13 +158,43 @@ def plot_reliability(bins: Sequence[ReliabilityBin], ece: float, path: Path) -> 
         )
     top.set_ylim(0, 1.08)
     top.set_ylabel("accuracy of top-1")
-    top.set_title(f"Reliability of the top-1 vote score: ECE {ece:.3f} ({len(bins)} bins)")
+    top.set_title(f"Reliability, {what}: ECE {ece:.3f} ({len(bins)} bins)")
     top.legend(loc="upper left", fontsize=8)
     bottom.bar(centres, [b.count for b in bins], width=width * 0.9, color="tab:grey")
     bottom.set_yscale("symlog")
     bottom.set_xlim(0, 1)
-    bottom.set_xlabel("confidence (top-1 vote score)")
+    bottom.set_xlabel(f"confidence ({what})")
     bottom.set_ylabel("queries")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_automation(points: Sequence[AutomationPoint], chosen: float, path: Path) -> None:
+    """Share auto-accepted against how often the auto-accepted are right, as the threshold
+    moves; the threshold chosen on calibration data is marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.plot([p.coverage for p in points], [p.precision for p in points], color="tab:blue")
+    ax.axhline(AUTOMATION_PRECISION, linestyle="--", color="grey", label="target precision")
+    picked = [p for p in points if p.threshold >= chosen]
+    if picked:
+        last = picked[-1]
+        ax.scatter([last.coverage], [last.precision], color="tab:red", zorder=3)
+        ax.annotate(
+            f"threshold {chosen:.3f}: {last.coverage:.0%} accepted, {last.precision:.1%} right",
+            (last.coverage, last.precision),
+            textcoords="offset points",
+            xytext=(8, -14),
+            fontsize=8,
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(min(0.5, min((p.precision for p in points), default=0.5)), 1.01)
+    ax.set_xlabel("share of images auto-accepted")
+    ax.set_ylabel("precision of the auto-accepted")
+    ax.set_title("Automation curve (calibrated confidence, queries)")
+    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -201,6 +256,8 @@ def summary_markdown(evaluation: Evaluation) -> str:
     for name in metrics.worst_categories:
         c = metrics.per_category[name]
         lines.append(f"| {name} | {c.n} | {c.top1:.1%} | {c.top3:.1%} |")
+    if evaluation.confidence is not None:
+        lines += ["", "## Confidence", "", *_confidence_lines(evaluation)]
     lines += ["", "## Leakage", "", _leakage_sentence(evaluation)]
     for pair in evaluation.leakage.examples:
         kind = "identical" if pair.identical else f"cosine {pair.similarity:.3f}"
@@ -214,7 +271,35 @@ def summary_markdown(evaluation: Evaluation) -> str:
         f"![reliability diagram]({RELIABILITY_FILE})",
         "",
     ]
+    if evaluation.confidence is not None:
+        lines += [
+            f"![reliability after calibration]({CALIBRATED_FILE})",
+            "",
+            f"![automation curve]({AUTOMATION_FILE})",
+            "",
+        ]
     return "\n".join(lines)
+
+
+def _confidence_lines(evaluation: Evaluation) -> list[str]:
+    c = evaluation.confidence
+    assert c is not None
+    chosen = c.chosen
+    lines = [
+        f"Calibration fitted on {c.calibration.source}: temperature "
+        f"{c.calibration.temperature:.3f}; ECE on the queries {c.ece_before:.3f} before, "
+        f"{c.ece_after:.3f} after. Open-set threshold: nearest similarity below "
+        f"{c.calibration.unknown_below:.3f} is `unknown`.",
+        "",
+        f"Auto-accept threshold for {AUTOMATION_PRECISION:.0%} precision, chosen on the "
+        f"calibration data: {chosen['threshold']:.3f}; on the queries it auto-accepts "
+        f"{chosen['coverage']:.1%} at {chosen['precision']:.1%} precision.",
+        "",
+        "| band | share | accuracy |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {band} | {v['share']:.1%} | {v['accuracy']:.1%} |" for band, v in c.bands.items()]
+    return lines
 
 
 def _leakage_sentence(evaluation: Evaluation) -> str:

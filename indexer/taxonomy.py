@@ -40,12 +40,13 @@ def level_scores(
     children: dict[str | None, set[str]] = defaultdict(set)
     for s in scores:
         path = path_of(s.category, parents)
-        for depth, node in enumerate(path):
-            mass[node] += s.score
-            children[path[depth - 1] if depth else None].add(node)
+        for depth, name in enumerate(path):
+            mass[name] += s.score
+            children[path[depth - 1] if depth else None].add(name)
     levels: list[LevelScore] = []
     node: str | None = None
     while children.get(node):
-        node = min(children[node], key=lambda n: (-mass[n], n))
-        levels.append(LevelScore(len(levels) + 1, node, mass[node]))
+        best = min(children[node], key=lambda n: (-mass[n], n))
+        levels.append(LevelScore(len(levels) + 1, best, mass[best]))
+        node = best
     return levels

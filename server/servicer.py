@@ -71,7 +71,7 @@ def deadline_of(context: grpc.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-DECISION: dict[Decision, pb.Decision.ValueType] = {
+DECISION: dict[Decision, pb.Decision] = {
     Decision.AUTO_ACCEPT: pb.AUTO_ACCEPT,
     Decision.FLAG: pb.FLAG,
     Decision.REVIEW: pb.REVIEW,

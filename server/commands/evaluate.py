@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> None:
     from embedder.report import write_report
 
     vote = vote_config(args)
-    references, queries, parents, held_out, split = choose_images(args)
+    references, queries, parents, held_out, split, calibration = choose_images(args)
     try:
         model, frozen = load_models(args.model, args.models_dir, args.runtime)
     except (ValueError, OSError) as exc:
@@ -161,6 +161,7 @@ def run(args: argparse.Namespace) -> None:
             vote=vote,
             leakage_threshold=args.leakage_threshold,
             batch_size=args.batch_size,
+            calibration_queries=calibration,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
@@ -194,9 +195,16 @@ def vote_config(args: argparse.Namespace) -> VoteConfig:
 def choose_images(
     args: argparse.Namespace,
 ) -> tuple[
-    list[LabeledImage], list[LabeledImage], dict[str, str | None], list[str], dict[str, Any] | None
+    list[LabeledImage],
+    list[LabeledImage],
+    dict[str, str | None],
+    list[str],
+    dict[str, Any] | None,
+    list[LabeledImage],
 ]:
-    """(references, queries, parents, held-out categories, split summary) from the flags."""
+    """(references, queries, parents, held-out categories, split summary, calibration images)
+    from the flags. Calibration is fitted on the validation part when the test part is
+    queried, else (no such part) by leave-one-out over the references."""
     from embedder.splits import split_dataset
 
     named = [c.strip() for c in (args.holdout_categories or "").split(",") if c.strip()]
@@ -215,8 +223,9 @@ def choose_images(
             raise CommandError(f"--data {args.data}: {exc}") from exc
         summary = {**split.summary(), "queried": args.split, "seed": args.seed}
         summary["group_column"] = args.group_column
-        asked = split.test if args.split == "test" else split.val
-        return split.train, asked, dataset.parents, split.held_out, summary
+        if args.split == "test":
+            return split.train, split.test, dataset.parents, split.held_out, summary, split.val
+        return split.train, split.val, dataset.parents, split.held_out, summary, []
 
     if args.references is None or args.queries is None:
         raise CommandError("give --references SRC and --queries SRC, or --data SRC to split one")
@@ -228,7 +237,7 @@ def choose_images(
     if unknown:
         raise CommandError(f"--holdout-categories: not among the references: {', '.join(unknown)}")
     parents = {**queries.parents, **references.parents}
-    return references.images, queries.images, parents, sorted(named), None
+    return references.images, queries.images, parents, sorted(named), None, []
 
 
 def print_summary(evaluation: Evaluation) -> None:
@@ -252,6 +261,13 @@ def print_summary(evaluation: Evaluation) -> None:
         )
     if len(metrics.hierarchy) > 1:
         print("by level: " + ", ".join(f"{k} {v:.1%}" for k, v in metrics.hierarchy.items()))
+    if evaluation.confidence is not None:
+        c = evaluation.confidence
+        print(
+            f"calibration ({c.calibration.source}): ECE {c.ece_before:.3f} -> {c.ece_after:.3f}; "
+            f"auto-accept at >= {c.chosen['threshold']:.3f}: {c.chosen['coverage']:.1%} of "
+            f"images, {c.chosen['precision']:.1%} right"
+        )
     worst = ", ".join(
         f"{name} {metrics.per_category[name].top1:.0%}" for name in metrics.worst_categories
     )

@@ -1,0 +1,132 @@
+"""Confidence end to end: decisions, taxonomy levels, parent fallback, calibration, over gRPC."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from server.proto.nearcat.v1 import nearcat_pb2 as pb
+from tests.helpers import ServerProcess, make_image
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, model_artifact: Path
+) -> Iterator[ServerProcess]:
+    data = tmp_path_factory.mktemp("confidence") / "data"
+    thresholds = data.parent / "thresholds.json"
+    thresholds.write_text(json.dumps({"Dots A": {"auto_accept": 0.45, "flag": 0.3}}))
+    process = ServerProcess(data, model_artifact, ["--thresholds-file", str(thresholds)]).start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+def refs(kind: str, seeds: list[int]) -> list[pb.ReferenceImage]:
+    return [pb.ReferenceImage(image=make_image(kind, s)) for s in seeds]
+
+
+@pytest.fixture(scope="module")
+def stub(server: ServerProcess):  # type: ignore[no-untyped-def]
+    """Two parents whose two children share some images (so an image like those is split
+    evenly between the children), and a top-level category apart."""
+    stub = server.stub()
+    for kind, parent in (("stripes", "Stripes"), ("dots", "Dots")):
+        stub.AddCategory(pb.AddCategoryRequest(name=parent))
+        for child, own in (("A", [0, 1, 2, 3, 4, 5]), ("B", [6, 7, 8, 9, 10, 11])):
+            stub.AddCategory(
+                pb.AddCategoryRequest(
+                    name=f"{parent} {child}", parent=parent, references=refs(kind, own + [100])
+                )
+            )
+    stub.AddCategory(
+        pb.AddCategoryRequest(name="checkers", references=refs("checkers", list(range(8))))
+    )
+    return stub
+
+
+def classify(stub, image: bytes, top_n: int = 1, k: int = 0) -> pb.Classification:  # type: ignore[no-untyped-def]
+    options = pb.ClassifyOptions(top_n=top_n, k=k)
+    return stub.Classify(pb.ClassifyRequest(image=image, options=options)).classification
+
+
+def twin(kind: str, seed: int) -> bytes:
+    """The very image of a reference (generated kinds alone are not told apart surely)."""
+    return make_image(kind, seed)
+
+
+def test_a_clear_image_is_auto_accepted_with_its_levels(stub) -> None:  # type: ignore[no-untyped-def]
+    result = classify(stub, twin("checkers", 3))
+    assert result.categories[0].category == "checkers"
+    assert result.confidence == pytest.approx(result.categories[0].score)
+    assert result.decision == pb.AUTO_ACCEPT
+    assert [(lv.depth, lv.category) for lv in result.levels] == [(1, "checkers")]
+    assert not result.HasField("confident_ancestor")
+
+
+def test_ambiguous_leaves_fall_back_to_their_clear_parent(stub) -> None:  # type: ignore[no-untyped-def]
+    result = classify(stub, twin("stripes", 100), top_n=5)
+    leaves = {c.category: c.score for c in result.categories}
+    assert leaves["Stripes A"] == pytest.approx(leaves["Stripes B"], abs=0.1)
+    assert result.decision == pb.REVIEW  # about 0.5 each
+    assert result.levels[0].category == "Stripes" and result.levels[0].score >= 0.95
+    assert result.levels[1].category == result.categories[0].category
+    assert result.confident_ancestor.category == "Stripes"
+    assert result.confident_ancestor.score == pytest.approx(result.levels[0].score)
+    assert list(result.categories[0].path) == ["Stripes", result.categories[0].category]
+
+
+def test_review_returns_three_candidates_even_when_one_was_asked_for(stub) -> None:  # type: ignore[no-untyped-def]
+    # k=20 reaches past the 14 stripes references, so more than two categories get a vote.
+    result = classify(stub, twin("stripes", 100), top_n=1, k=20)
+    assert result.decision == pb.REVIEW
+    assert len(result.categories) == 3
+    assert classify(stub, twin("checkers", 3), top_n=1, k=20).decision == pb.AUTO_ACCEPT
+    assert len(classify(stub, twin("checkers", 3), top_n=1, k=20).categories) == 1
+
+
+def test_per_category_thresholds_apply(stub) -> None:  # type: ignore[no-untyped-def]
+    # Split evenly like the stripes, but "Dots A" auto-accepts from 0.45 (thresholds file).
+    result = classify(stub, twin("dots", 100), top_n=2)
+    assert [c.category for c in result.categories] == ["Dots A", "Dots B"]
+    assert result.decision == pb.AUTO_ACCEPT
+    assert not result.HasField("confident_ancestor")
+
+
+def test_calibrate_is_stored_and_survives_a_restart(server: ServerProcess, stub) -> None:  # type: ignore[no-untyped-def]
+    before = stub.GetStatus(pb.GetStatusRequest()).calibration
+    assert before.examples == 0 and before.temperature == pytest.approx(1.0)
+    fitted = stub.Calibrate(pb.CalibrateRequest()).calibration
+    # every reference, each voted on by the others
+    assert fitted.examples == stub.GetStatus(pb.GetStatusRequest()).index_size
+    assert fitted.temperature > 0 and -1 <= fitted.unknown_below <= 1
+    assert "leave-one-out" in fitted.source
+    assert stub.GetStatus(pb.GetStatusRequest()).calibration == fitted
+    assert classify(stub, twin("checkers", 3)).categories[0].category == "checkers"
+
+    server.stop()
+    server.start()
+    restarted = server.stub().GetStatus(pb.GetStatusRequest()).calibration
+    assert restarted == fitted
+
+
+def test_calibrate_needs_two_categories(tmp_path: Path, model_artifact: Path) -> None:
+    process = ServerProcess(tmp_path / "data", model_artifact).start()
+    try:
+        stub = process.stub()
+        stub.AddCategory(
+            pb.AddCategoryRequest(
+                name="only", references=[pb.ReferenceImage(image=make_image("dots", 0))]
+            )
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Calibrate(pb.CalibrateRequest())
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "two categories" in (caught.value.details() or "")
+    finally:
+        process.stop()
