@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from server.commands import CommandError
 
 if TYPE_CHECKING:
+    from embedder.datasets import LabeledImage
     from server.settings import Settings
 
 # Modules under server/commands/ that add their own subcommands (train, eval, export, ...).
@@ -33,6 +34,9 @@ DEFAULT_SERVER = os.environ.get("NEARCAT_SERVER", "127.0.0.1:50051")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 IMPORT_BATCH = 16
 CLASSIFY_BATCH = 32
+GROUP_METADATA = "group"  # reference metadata key that `import` stores a CSV's group in
+# nearcat.v1.Decision numbers -> names, without importing the generated code at start-up
+DECISIONS = {0: "unspecified", 1: "auto_accept", 2: "flag", 3: "review", 4: "unknown"}
 
 EPILOG = """\
 examples:
@@ -41,6 +45,7 @@ examples:
   nearcat import data/images.csv --path-template 'images/{}.jpg'
   nearcat classify shoe.jpg shirt.png --json
   nearcat categories
+  nearcat calibrate --group-by group             # refit confidence on the references
 """
 
 
@@ -149,7 +154,7 @@ def cmd_import(args: argparse.Namespace) -> None:
                     if reference_id(category, image_sha256(data)) in stored_ids:
                         skipped += 1
                     else:
-                        batch.append((image.path, data))
+                        batch.append((image, data))
                 if batch:
                     ok, bad = send_references(stub, category, batch)
                     added += ok
@@ -161,10 +166,36 @@ def cmd_import(args: argparse.Namespace) -> None:
         f"imported {added} new references into {len(groups)} categories; "
         f"{skipped} already there, {failed} failed"
     )
+    if args.calibrate and added:
+        grouped = any(image.group is not None for image in dataset.images)
+        calibrate(stub, GROUP_METADATA if grouped else "")
+
+
+def calibrate(stub: Any, group_by: str) -> None:
+    import grpc
+
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    try:
+        fitted = stub.Calibrate(pb.CalibrateRequest(group_by_metadata=group_by)).calibration
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            raise
+        print(f"not calibrated: {exc.details()}", file=sys.stderr)
+        return
+    print(
+        f"calibrated on {fitted.source}: temperature {fitted.temperature:.3f}, "
+        f"ECE {fitted.ece_before:.3f} -> {fitted.ece_after:.3f}; images whose nearest "
+        f"reference is below similarity {fitted.unknown_below:.3f} are called unknown"
+    )
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    calibrate(connect(args.server), args.group_by or "")
 
 
 def send_references(
-    stub: Any, category: str, batch: Sequence[tuple[Path, bytes]]
+    stub: Any, category: str, batch: Sequence[tuple[LabeledImage, bytes]]
 ) -> tuple[int, list[tuple[Path, str]]]:
     """Send a batch; if the server refuses it (one bad image fails a batch whole), send the
     images one by one so only the bad ones are left out. Returns (added, [(path, reason)])."""
@@ -172,12 +203,11 @@ def send_references(
 
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
-    def request(items: Sequence[tuple[Path, bytes]]) -> Any:
+    def request(items: Sequence[tuple[LabeledImage, bytes]]) -> Any:
         return pb.AddReferencesRequest(
             category=category,
             references=[
-                pb.ReferenceImage(image=data, metadata={"source": str(path)})
-                for path, data in items
+                pb.ReferenceImage(image=data, metadata=_metadata(image)) for image, data in items
             ],
         )
 
@@ -187,9 +217,17 @@ def send_references(
         if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
             raise
         if len(batch) == 1:
-            return 0, [(batch[0][0], exc.details())]
+            return 0, [(batch[0][0].path, exc.details())]
     results = [send_references(stub, category, [item]) for item in batch]
     return sum(added for added, _ in results), [bad for _, bads in results for bad in bads]
+
+
+def _metadata(image: LabeledImage) -> dict[str, str]:
+    """Where the reference came from, and its group (e.g. sender), which calibration uses."""
+    metadata = {"source": str(image.path)}
+    if image.group is not None:
+        metadata[GROUP_METADATA] = image.group
+    return metadata
 
 
 # -- classify ------------------------------------------------------------------------------
@@ -233,6 +271,17 @@ def print_result(path: str, item: Any, model_version: str, as_json: bool) -> Non
                 {
                     "file": path,
                     "model_version": model_version,
+                    "decision": DECISIONS[result.decision],
+                    "confidence": round(result.confidence, 4),
+                    "levels": [
+                        {"depth": lv.depth, "category": lv.category, "score": round(lv.score, 4)}
+                        for lv in result.levels
+                    ],
+                    "confident_ancestor": (
+                        result.confident_ancestor.category
+                        if result.HasField("confident_ancestor")
+                        else None
+                    ),
                     "categories": [
                         {"category": c.category, "score": round(c.score, 4), "path": list(c.path)}
                         for c in result.categories
@@ -250,7 +299,13 @@ def print_result(path: str, item: Any, model_version: str, as_json: bool) -> Non
         )
         return
     best = result.categories[0]
-    print(f"{path}: {' > '.join(best.path)}  ({best.score:.2f})")
+    decision = DECISIONS[result.decision].replace("_", "-")
+    print(f"{path}: {' > '.join(best.path)}  ({best.score:.2f}, {decision})")
+    if result.HasField("confident_ancestor"):
+        ancestor = result.confident_ancestor
+        print(
+            f"    surely {ancestor.category} ({ancestor.score:.2f}); the finer category is unsure"
+        )
     for other in result.categories[1:]:
         print(f"    {' > '.join(other.path)}  ({other.score:.2f})")
 
@@ -272,6 +327,7 @@ def cmd_categories(args: argparse.Namespace) -> None:
                         "path": list(c.path),
                         "reference_count": c.reference_count,
                         "metadata": dict(c.metadata),
+                        "prompts": list(c.prompts),
                     }
                 )
             )
@@ -281,7 +337,8 @@ def cmd_categories(args: argparse.Namespace) -> None:
         return
     width = max(len(" > ".join(c.path)) for c in categories)
     for c in sorted(categories, key=lambda c: list(c.path)):
-        print(f"{' > '.join(c.path):<{width}}  {c.reference_count:>6} references")
+        prompts = f"  prompts: {'; '.join(c.prompts)}" if c.prompts else ""
+        print(f"{' > '.join(c.path):<{width}}  {c.reference_count:>6} references{prompts}")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -342,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument(
         "--batch-size", type=int, default=IMPORT_BATCH, help="images per AddReferences call"
     )
+    imp.add_argument(
+        "--no-calibrate",
+        dest="calibrate",
+        action="store_false",
+        help="skip refitting the confidence calibration after importing",
+    )
     imp.set_defaults(run=cmd_import)
 
     classify = client_command(
@@ -361,6 +424,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     categories.add_argument("--json", action="store_true", help="one JSON object per line")
     categories.set_defaults(run=cmd_categories)
+
+    calibrate_cmd = client_command(
+        "calibrate",
+        "refit the confidence calibration on the stored references",
+        "Refit how vote shares become probabilities, and the 'unknown' threshold, by "
+        "leave-one-out over the server's references (each classified by the others), and "
+        "store the result with them. `nearcat import` does this after every import. Run it "
+        "after adding references by other means.",
+    )
+    calibrate_cmd.add_argument(
+        "--group-by",
+        metavar="KEY",
+        help="reference metadata key whose references must not vote for each other "
+        f"(imports store a CSV's group column as {GROUP_METADATA!r})",
+    )
+    calibrate_cmd.set_defaults(run=cmd_calibrate)
 
     status = client_command(
         "status", "show what the server runs", "Model version, index size and counters as JSON."

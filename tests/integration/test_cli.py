@@ -38,7 +38,9 @@ def server(
     process.stop()
 
 
-@pytest.mark.parametrize("command", ["", "serve", "import", "classify", "categories", "status"])
+@pytest.mark.parametrize(
+    "command", ["", "serve", "import", "classify", "categories", "status", "calibrate"]
+)
 def test_help_teaches(command: str) -> None:
     result = nearcat(*filter(None, [command]), "--help")
     assert "usage: nearcat" in result.stdout
@@ -66,6 +68,8 @@ def test_import_a_folder_tree_then_classify(server: ServerProcess, tmp_path: Pat
     first = nearcat("import", str(tree), "--server", server.address, "--batch-size", "4")
     assert "imported 15 new references" in first.stdout
     assert "1 failed" in first.stdout and "broken.jpg" in first.stderr
+    # 15 references are too few to calibrate on; import says so and carries on
+    assert "not calibrated: 15 labelled images are too few" in first.stderr
     again = nearcat("import", str(tree), "--server", server.address)
     assert "imported 0 new references" in again.stdout and "15 already there" in again.stdout
 
@@ -87,6 +91,11 @@ def test_import_a_folder_tree_then_classify(server: ServerProcess, tmp_path: Pat
     assert [a["categories"][0]["category"] for a in answers] == list(KINDS)
     assert answers[0]["categories"][0]["path"] == ["Patterns", "stripes"]
     assert answers[0]["neighbors"][0]["category"] == "stripes"
+    for answer in answers:
+        assert answer["decision"] in {"auto_accept", "flag", "review", "unknown"}
+        assert answer["confidence"] == answer["categories"][0]["score"]
+        assert answer["levels"][0]["category"] == "Patterns"
+        assert answer["levels"][0]["score"] == pytest.approx(1.0, abs=1e-3)
 
     text = nearcat("classify", str(queries[0]), "--server", server.address).stdout
     assert "Patterns > stripes" in text
