@@ -54,8 +54,8 @@ class StoreHandle:
 def open_store(settings: Settings) -> StoreHandle:
     """The external Redis/Valkey at --redis-url, or an embedded Valkey under the data dir."""
     if settings.redis_url:
-        # Few, short retries: while the store is down, calls must fail fast with UNAVAILABLE
-        # (redis-py's default retries for tens of seconds).
+        # Two quick retries ride out a dropped connection (e.g. the store restarting); a store
+        # that stays down fails the call with UNAVAILABLE within a second.
         client = redis.Redis.from_url(
             settings.redis_url,
             socket_timeout=10.0,

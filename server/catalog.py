@@ -262,7 +262,7 @@ class Catalog:
             name, parent or None, metadata or {}, prepared, self.embedder.version
         )
         self._parents[name] = parent or None
-        self._index_new(name, prepared, duplicate)
+        self._index_new(name, prepared)
         return AddResult(category, _added(prepared, duplicate))
 
     def add_references(
@@ -281,7 +281,7 @@ class Catalog:
             )
         prepared = self._prepare(category, references, deadline)
         duplicate = self.store.add_references(category, prepared, self.embedder.version)
-        self._index_new(category, prepared, duplicate)
+        self._index_new(category, prepared)
         stored = self.store.get_category(category)
         if stored is None:  # deleted concurrently right after our commit
             raise NotFound(f"category {category!r} was deleted while references were added")
@@ -330,10 +330,11 @@ class Catalog:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _index_new(
-        self, category: str, references: Sequence[NewReference], duplicate: Sequence[bool]
-    ) -> None:
-        new = [r for r, dup in zip(references, duplicate, strict=True) if not dup]
+    def _index_new(self, category: str, references: Sequence[NewReference]) -> None:
+        # Duplicates too, once each: a write that committed while its reply was lost (store
+        # connection dropped) comes back as a duplicate on retry and must still be indexed.
+        # The index skips ids it holds already.
+        new = list({r.id: r for r in references}.values())
         if new:
             self.index.add(
                 [r.id for r in new], [category] * len(new), np.stack([r.vector for r in new])
