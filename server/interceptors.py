@@ -25,6 +25,8 @@ REQUEST_ID_KEY = "x-request-id"
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 QUIET_SERVICES = ("/grpc.health.", "/grpc.reflection.")  # logged at DEBUG: probes are noisy
 MAX_LOGGED_DETAILS = 300
+# gRPC Python reports a call without a deadline as about 2**63 ns remaining.
+NO_DEADLINE = 1e9
 
 Metadata = Sequence[tuple[str, str | bytes]] | None
 Continuation = Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None]
@@ -152,24 +154,27 @@ class ObserveInterceptor(grpc.ServerInterceptor):
 
 
 class _WithDefaultDeadline:
-    """A servicer context whose time_remaining() is capped by a server-side default."""
+    """A servicer context whose time_remaining() falls back on a server-side deadline when
+    the caller set none."""
 
     def __init__(self, context: grpc.ServicerContext, deadline: float) -> None:
         self._context = context
         self._deadline = deadline
 
     def time_remaining(self) -> float:
-        own = max(0.0, self._deadline - time.monotonic())
-        caller = self._context.time_remaining()
-        return own if caller is None else min(caller, own)
+        caller: float | None = self._context.time_remaining()
+        if caller is None or caller > NO_DEADLINE:
+            return max(0.0, self._deadline - time.monotonic())
+        return caller
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
 
 
 class DefaultDeadlineInterceptor(grpc.ServerInterceptor):
-    """Calls that come without a deadline get one, so no call can hold a worker for ever.
-    The servicer checks it where it checks the caller's (before embedding, before writing)."""
+    """Calls that come without a deadline get one, so no call can hold a worker for ever; a
+    caller's own deadline is kept as it is. The servicer checks it where it checks the
+    caller's (before embedding, before writing)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
