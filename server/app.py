@@ -16,6 +16,8 @@ import grpc
 import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from embedder import DecodeLimits, load_artifact, resolve_model
 from embedder.text import load_text_tower
@@ -24,11 +26,17 @@ from indexer.embedded import EmbeddedValkey
 from indexer.index import IndexConfig
 from indexer.store import Store
 from indexer.vote import VoteConfig
+from server.auth import AuthInterceptor, TokenTable, load_tokens
 from server.catalog import Batching, Catalog, Limits
+from server.drift import DriftMonitor
+from server.interceptors import DefaultDeadlineInterceptor, Metadata, ObserveInterceptor
+from server.metrics import Metrics
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 from server.proto.nearcat.v1 import nearcat_pb2_grpc as pb_grpc
+from server.ratelimit import RateLimitInterceptor, TokenBuckets
 from server.servicer import NearcatServicer
 from server.settings import Settings
+from server.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +55,13 @@ class StoreHandle:
 def open_store(settings: Settings) -> StoreHandle:
     """The external Redis/Valkey at --redis-url, or an embedded Valkey under the data dir."""
     if settings.redis_url:
+        # Two quick retries ride out a dropped connection (e.g. the store restarting); a store
+        # that stays down fails the call with UNAVAILABLE within a second.
         client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=10.0, socket_connect_timeout=3.0
+            settings.redis_url,
+            socket_timeout=10.0,
+            socket_connect_timeout=3.0,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         )
         client.ping()
         warn_if_not_durable(client)
@@ -70,7 +83,9 @@ def warn_if_not_durable(client: redis.Redis) -> None:
         )
 
 
-def build_catalog(settings: Settings, client: redis.Redis) -> Catalog:
+def build_catalog(
+    settings: Settings, client: redis.Redis, on_batch: Callable[[int], None] | None = None
+) -> Catalog:
     limits = DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     artifact = resolve_model(settings.model, settings.data_dir / "models")
     embedder = load_artifact(artifact, limits=limits, runtime=settings.runtime)
@@ -79,7 +94,7 @@ def build_catalog(settings: Settings, client: redis.Redis) -> Catalog:
         embedder,
         VoteConfig(settings.k, settings.votes_per_category, settings.vote_temperature),
         Limits(max_images_per_request=settings.max_images_per_request),
-        Batching(settings.max_batch, settings.max_wait_ms),
+        Batching(settings.max_batch, settings.max_wait_ms, on_batch),
         IndexConfig(
             settings.index_kind, settings.ivf_threshold, settings.ivf_nlist, settings.ivf_nprobe
         ),
@@ -93,13 +108,42 @@ def build_catalog(settings: Settings, client: redis.Redis) -> Catalog:
     return catalog
 
 
+def interceptors(
+    settings: Settings, metrics: Metrics, tokens: TokenTable | None
+) -> list[grpc.ServerInterceptor]:
+    """Outermost first: observe every call (refusals too), auth, rate limit, deadline."""
+    auth = AuthInterceptor(tokens) if tokens is not None else None
+
+    def client_name(metadata: Metadata) -> str | None:
+        client = auth.client(metadata) if auth else None
+        return client.name if client else None
+
+    chain: list[grpc.ServerInterceptor] = [ObserveInterceptor(metrics, client_name)]
+    if auth:
+        chain.append(auth)
+    if settings.rate_limit > 0:
+        buckets = TokenBuckets(settings.rate_limit, settings.rate_burst)
+        chain.append(RateLimitInterceptor(buckets, client_name))
+    if settings.default_deadline_s > 0:
+        chain.append(DefaultDeadlineInterceptor(settings.default_deadline_s))
+    return chain
+
+
 class RunningServer:
     """A started gRPC server with its health service, ready to be stopped."""
 
-    def __init__(self, settings: Settings, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        metrics: Metrics | None = None,
+        tokens: TokenTable | None = None,
+    ) -> None:
+        self.metrics = metrics or Metrics(DriftMonitor(settings.drift_window))
         self.health = health.HealthServicer()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
+            interceptors=interceptors(settings, self.metrics, tokens),
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -110,7 +154,14 @@ class RunningServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        if settings.tls_cert and settings.tls_key:
+            credentials = server_credentials(
+                settings.tls_cert, settings.tls_key, settings.tls_client_ca
+            )
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {settings.host}:{settings.port}: is it in use?")
         self.server.start()
@@ -136,10 +187,14 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop_requested.set())
 
+    tokens = load_tokens(settings.auth_tokens_file, settings.auth_tokens)
+    metrics = Metrics(DriftMonitor(settings.drift_window))
     store = open_store(settings)
+    stop_metrics: Callable[[], None] = lambda: None  # noqa: E731
     try:
-        catalog = build_catalog(settings, store.client)
-        running = RunningServer(settings, catalog)
+        catalog = build_catalog(settings, store.client, on_batch=metrics.observe_batch)
+        metrics.watch(catalog)
+        running = RunningServer(settings, catalog, metrics, tokens)
         status = catalog.status()
         address = f"{settings.host}:{running.port}"
         announce(f"nearcat listening on {address}")
@@ -147,6 +202,16 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
             f"  model {status.model_version}, {status.index_size} references in "
             f"{status.category_count} categories, store: {store.description}"
         )
+        security = [
+            ("mutual TLS" if settings.tls_client_ca else "TLS") if settings.tls_cert else "no TLS",
+            f"auth on ({len(tokens)} tokens)" if tokens else "no auth",
+        ]
+        if settings.rate_limit > 0:
+            security.append(f"rate limit {settings.rate_limit:g} calls/s per client")
+        announce("  " + ", ".join(security))
+        if settings.metrics_port is not None:
+            metrics_port, stop_metrics = metrics.serve_http(settings.host, settings.metrics_port)
+            announce(f"  metrics on http://{settings.host}:{metrics_port}/metrics")
         nearcat = cli_command()
         announce(
             f"  try: {nearcat} import PHOTO_FOLDER --server {address}\n"
@@ -156,6 +221,7 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
         stop_requested.wait()
         log.info("stopping: letting in-flight calls finish (up to %.0fs)", settings.grace_seconds)
         running.stop(settings.grace_seconds)
+        stop_metrics()
         catalog.close()
     finally:
         store.close()

@@ -97,6 +97,11 @@ class MicroBatcher:
         with self._cond:
             return BatchStats(self._batches, self._images, self._largest)
 
+    def queue_depth(self) -> int:
+        """Images handed in and waiting for the model (a backlog when it stays high)."""
+        with self._cond:
+            return self._queued_images
+
     def close(self) -> None:
         with self._cond:
             self._closed = True

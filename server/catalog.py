@@ -11,7 +11,7 @@ import random
 import threading
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -69,6 +69,7 @@ class Batching:
 
     max_batch: int = 32
     max_wait_ms: float = 2.0
+    on_batch: Callable[[int], None] | None = None  # told each batch's size (metrics)
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,9 @@ class Catalog:
         self.text = text
         self.prompt_weight = prompt_weight
         batching = batching or Batching()
-        self.batcher = MicroBatcher(self.model_rows, batching.max_batch, batching.max_wait_ms)
+        self.batcher = MicroBatcher(
+            self.model_rows, batching.max_batch, batching.max_wait_ms, batching.on_batch
+        )
         self._parents: dict[str, str | None] = {}
         # Text vectors of every category (its prompts, else its name) when there is a text
         # tower; only categories with prompts of their own take text evidence into account.
@@ -574,7 +577,7 @@ class Catalog:
         self._parents[name] = parent or None
         if text_vectors:
             self._remember_texts([category], text_vectors)
-        self._index_new(name, prepared, duplicate)
+        self._index_new(name, prepared)
         return AddResult(category, _added(prepared, duplicate))
 
     def add_references(
@@ -593,7 +596,7 @@ class Catalog:
             )
         prepared = self._prepare(category, references, deadline)
         duplicate = self.store.add_references(category, prepared, self.embedder.version)
-        self._index_new(category, prepared, duplicate)
+        self._index_new(category, prepared)
         stored = self.store.get_category(category)
         if stored is None:  # deleted concurrently right after our commit
             raise NotFound(f"category {category!r} was deleted while references were added")
@@ -645,10 +648,11 @@ class Catalog:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _index_new(
-        self, category: str, references: Sequence[NewReference], duplicate: Sequence[bool]
-    ) -> None:
-        new = [r for r, dup in zip(references, duplicate, strict=True) if not dup]
+    def _index_new(self, category: str, references: Sequence[NewReference]) -> None:
+        # Duplicates too, once each: a write that committed while its reply was lost (store
+        # connection dropped) comes back as a duplicate on retry and must still be indexed.
+        # The index skips ids it holds already.
+        new = list({r.id: r for r in references}.values())
         if new:
             self.index.add(
                 [r.id for r in new], [category] * len(new), np.stack([r.vector for r in new])

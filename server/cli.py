@@ -82,7 +82,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+            f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
+            if e["loc"]
+            else str(e["msg"]).removeprefix("Value error, ")
+            for e in exc.errors()
         )
         raise CommandError(f"invalid setting: {problems}") from None
 
@@ -90,37 +93,78 @@ def load_settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> None:
     from embedder import ArtifactError
     from server.app import serve
+    from server.auth import TokenError
+    from server.logging_setup import configure_logging
+    from server.tls import TlsError
 
+    settings = load_settings(args)
+    configure_logging(settings.log_format, args.verbose)
     try:
-        serve(load_settings(args), announce=lambda line: print(line, flush=True))
+        serve(settings, announce=lambda line: print(line, flush=True))
     except ArtifactError as exc:  # e.g. a model file that fails its checksum
         raise CommandError(f"cannot serve the model: {exc}") from exc
+    except (TokenError, TlsError) as exc:
+        raise CommandError(str(exc)) from exc
 
 
 # -- client helpers ------------------------------------------------------------------------
 
 
-def connect(target: str) -> Any:
-    """A stub for the server at target, after checking it answers."""
+def connect(args: argparse.Namespace) -> Any:
+    """A stub for the server at --server (over TLS and with a token when asked), after
+    checking it answers."""
     import grpc
 
     from server.proto.nearcat.v1 import nearcat_pb2_grpc as pb_grpc
+    from server.tls import TlsError, channel_credentials
 
-    channel = grpc.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ],
-    )
+    target = args.server
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    tls = args.tls or args.tls_ca or args.tls_cert or args.tls_key
+    if tls:
+        try:
+            credentials = channel_credentials(
+                _path(args.tls_ca), _path(args.tls_cert), _path(args.tls_key)
+            )
+        except TlsError as exc:
+            raise CommandError(str(exc)) from exc
+        channel = grpc.secure_channel(target, credentials, options=options)
+    else:
+        channel = grpc.insecure_channel(target, options=options)
     try:
         grpc.channel_ready_future(channel).result(timeout=10)
     except grpc.FutureTimeoutError:
+        hint = (
+            "check --tls-ca (and for mutual TLS --tls-cert/--tls-key) match the server's"
+            if tls
+            else "if it serves TLS, pass --tls or --tls-ca"
+        )
         raise CommandError(
             f"cannot reach a nearcat server at {target}: start one with `nearcat serve`, "
-            "or point --server (or NEARCAT_SERVER) at a running one"
+            f"or point --server (or NEARCAT_SERVER) at a running one; {hint}"
         ) from None
+    if args.token:
+        channel = _with_token(channel, args.token)
     return pb_grpc.NearcatStub(channel)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _with_token(channel: Any, token: str) -> Any:
+    """The channel, sending 'authorization: Bearer TOKEN' with every call."""
+    import grpc
+
+    class BearerToken(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            metadata = [*(details.metadata or ()), ("authorization", f"Bearer {token}")]
+            return continuation(details._replace(metadata=metadata), request)
+
+    return grpc.intercept_channel(channel, BearerToken())
 
 
 # -- import --------------------------------------------------------------------------------
@@ -135,7 +179,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 
     dataset = load_source(args.source, args)
 
-    stub = connect(args.server)
+    stub = connect(args)
     existing = {c.name for c in stub.ListCategories(pb.ListCategoriesRequest()).categories}
     for name in dataset.categories():
         if name not in existing:
@@ -236,7 +280,7 @@ def _metadata(image: LabeledImage) -> dict[str, str]:
 def cmd_classify(args: argparse.Namespace) -> None:
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
-    stub = connect(args.server)
+    stub = connect(args)
     options = pb.ClassifyOptions(top_n=args.top_n)
     exit_code = 0
     for start in range(0, len(args.files), CLASSIFY_BATCH):
@@ -316,7 +360,7 @@ def print_result(path: str, item: Any, model_version: str, as_json: bool) -> Non
 def cmd_categories(args: argparse.Namespace) -> None:
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
-    categories = connect(args.server).ListCategories(pb.ListCategoriesRequest()).categories
+    categories = connect(args).ListCategories(pb.ListCategoriesRequest()).categories
     if args.json:
         for c in categories:
             print(
@@ -346,7 +390,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
-    status = connect(args.server).GetStatus(pb.GetStatusRequest())
+    status = connect(args).GetStatus(pb.GetStatusRequest())
     fields = MessageToDict(
         status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
@@ -383,6 +427,30 @@ def build_parser() -> argparse.ArgumentParser:
             "--server",
             default=DEFAULT_SERVER,
             help=f"HOST:PORT of a running nearcat (default: {DEFAULT_SERVER}; env NEARCAT_SERVER)",
+        )
+        sub.add_argument(
+            "--token",
+            default=os.environ.get("NEARCAT_TOKEN"),
+            help="token for a server with auth on (env NEARCAT_TOKEN, which keeps it out of `ps`)",
+        )
+        sub.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs")
+        sub.add_argument(
+            "--tls-ca",
+            default=os.environ.get("NEARCAT_TLS_CA"),
+            metavar="PEM",
+            help="TLS, trusting this CA certificate (env NEARCAT_TLS_CA)",
+        )
+        sub.add_argument(
+            "--tls-cert",
+            default=os.environ.get("NEARCAT_TLS_CERT"),
+            metavar="PEM",
+            help="client certificate for mutual TLS (env NEARCAT_TLS_CERT)",
+        )
+        sub.add_argument(
+            "--tls-key",
+            default=os.environ.get("NEARCAT_TLS_KEY"),
+            metavar="PEM",
+            help="key of --tls-cert (env NEARCAT_TLS_KEY)",
         )
         return sub
 

@@ -75,6 +75,44 @@ class Settings(BaseSettings):
         2.0, ge=0, description="how long a batch may wait for callers still decoding"
     )
     grace_seconds: float = Field(15.0, ge=0, description="time in-flight calls get on SIGTERM")
+    default_deadline_s: float = Field(
+        60.0, ge=0, description="deadline of calls that come without one, in seconds (0: none)"
+    )
+    # -- operating: logs, metrics, auth, TLS, rate limits ----------------------------------
+    log_format: Literal["json", "text"] = Field(
+        "json", description="server log lines: json (one object a line) or text"
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="serve Prometheus metrics at http://HOST:PORT/metrics (off unless set; "
+        "0 picks a free port)",
+    )
+    drift_window: int = Field(
+        1000, ge=1, description="predictions in the drift baseline and in the recent window"
+    )
+    auth_tokens_file: Path | None = Field(
+        None,
+        description="turn auth on with this file of 'ROLE TOKEN [NAME]' lines, ROLE classify "
+        "or admin",
+    )
+    auth_tokens: str | None = Field(
+        None,
+        description="turn auth on with comma-separated 'ROLE TOKEN [NAME]' entries; prefer "
+        "the env var or the file, as flags show in `ps`",
+    )
+    tls_cert: Path | None = Field(None, description="PEM server certificate: serve TLS")
+    tls_key: Path | None = Field(None, description="PEM key of --tls-cert")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA: mutual TLS, clients must show a certificate it signed"
+    )
+    rate_limit: float = Field(
+        0.0, ge=0, description="calls per second per client (token name, else IP); 0: no limit"
+    )
+    rate_burst: float = Field(
+        20.0, ge=1, description="calls a client may make at once before --rate-limit applies"
+    )
 
     @model_validator(mode="after")
     def _bands_in_order(self) -> Settings:
@@ -82,4 +120,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"flag ({self.flag}) must not be above auto_accept ({self.auto_accept})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         return self

@@ -375,7 +375,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("model_version", "embedding_dim", "index_size", "category_count", "images_embedded", "vectors_loaded_at_start", "started_at_ms", "calibration", "text_model")
+    __slots__ = ("model_version", "embedding_dim", "index_size", "category_count", "images_embedded", "vectors_loaded_at_start", "started_at_ms", "calibration", "text_model", "drift")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
     INDEX_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -385,6 +385,7 @@ class GetStatusResponse(_message.Message):
     STARTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     TEXT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     embedding_dim: int
     index_size: int
@@ -394,4 +395,21 @@ class GetStatusResponse(_message.Message):
     started_at_ms: int
     calibration: Calibration
     text_model: str
-    def __init__(self, model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_size: _Optional[int] = ..., category_count: _Optional[int] = ..., images_embedded: _Optional[int] = ..., vectors_loaded_at_start: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., text_model: _Optional[str] = ...) -> None: ...
+    drift: DriftStatus
+    def __init__(self, model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_size: _Optional[int] = ..., category_count: _Optional[int] = ..., images_embedded: _Optional[int] = ..., vectors_loaded_at_start: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., text_model: _Optional[str] = ..., drift: _Optional[_Union[DriftStatus, _Mapping]] = ...) -> None: ...
+
+class DriftStatus(_message.Message):
+    __slots__ = ("window", "baseline_size", "recent_size", "ready", "category_psi", "confidence_psi")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RECENT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_PSI_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_PSI_FIELD_NUMBER: _ClassVar[int]
+    window: int
+    baseline_size: int
+    recent_size: int
+    ready: bool
+    category_psi: float
+    confidence_psi: float
+    def __init__(self, window: _Optional[int] = ..., baseline_size: _Optional[int] = ..., recent_size: _Optional[int] = ..., ready: _Optional[bool] = ..., category_psi: _Optional[float] = ..., confidence_psi: _Optional[float] = ...) -> None: ...

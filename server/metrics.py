@@ -1,0 +1,179 @@
+"""Prometheus metrics of one server: calls, the model's batches, the index, predictions, drift.
+
+Each server has its own `CollectorRegistry` (not prometheus_client's global one), so several
+servers can live in one process, as they do in tests. `serve_http` exposes it at /metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from server.drift import DriftMonitor
+from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+if TYPE_CHECKING:
+    from server.catalog import Catalog
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+class Metrics:
+    """Every metric nearcat exports, registered in a registry of its own."""
+
+    def __init__(self, drift: DriftMonitor | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.drift = drift or DriftMonitor()
+        self.rpc_latency = Histogram(
+            "nearcat_rpc_duration_seconds",
+            "Time from the call's arrival to its answer, per RPC",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.rpc_calls = Counter(
+            "nearcat_rpc_calls",
+            "Calls answered, per RPC and gRPC status code (errors: code != OK)",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "nearcat_model_batch_size",
+            "Images per model run (micro-batches of concurrent calls)",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "nearcat_predictions",
+            "Classified images, per predicted (top) category",
+            ["category"],
+            registry=self.registry,
+        )
+        self.confidence = Histogram(
+            "nearcat_prediction_confidence",
+            "Score of the top category of each classified image",
+            buckets=CONFIDENCE_BUCKETS,
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "nearcat_decisions",
+            "Classified images, per decision band (auto-accept, flag, review, unknown)",
+            ["decision"],
+            registry=self.registry,
+        )
+        self.registry.register(_DriftCollector(self.drift))
+
+    def watch(self, catalog: Catalog) -> None:
+        """Export the catalogue's live figures (index size, model queue) at each scrape."""
+        self.registry.register(_CatalogCollector(catalog))
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_size.observe(size)
+
+    def observe_call(self, method: str, code: str, seconds: float) -> None:
+        self.rpc_latency.labels(method).observe(seconds)
+        self.rpc_calls.labels(method, code).inc()
+
+    def record_prediction(self, category: str, confidence: float, decision: str | None) -> None:
+        """Count one classified image: its top category, its confidence, its decision band
+        (None where the answer carries none); also feeds the drift monitor."""
+        self.predictions.labels(category).inc()
+        self.confidence.observe(confidence)
+        if decision:
+            self.decisions.labels(decision).inc()
+        self.drift.observe(category, confidence)
+
+    def record_response(self, response: Any) -> None:
+        """Record the predictions in a Classify or ClassifyBatch answer (others: nothing)."""
+        for category, confidence, decision in predictions_in(response):
+            self.record_prediction(category, confidence, decision)
+
+    def serve_http(self, host: str, port: int) -> tuple[int, Callable[[], None]]:
+        """Serve /metrics on host:port (0: a free port); returns the port and a stop function."""
+        httpd, thread = start_http_server(port, addr=host, registry=self.registry)
+
+        def stop() -> None:
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(timeout=5)
+
+        return int(httpd.server_port), stop
+
+
+def predictions_in(response: Any) -> list[tuple[str, float, str | None]]:
+    """(top category, its score, decision band or None) of each classified image."""
+    if isinstance(response, pb.ClassifyResponse):
+        classifications = [response.classification] if response.HasField("classification") else []
+    elif isinstance(response, pb.ClassifyBatchResponse):
+        classifications = [
+            r.classification for r in response.results if r.HasField("classification")
+        ]
+    else:
+        return []
+    return [
+        (c.categories[0].category, c.categories[0].score, decision_of(c))
+        for c in classifications
+        if c.categories
+    ]
+
+
+def decision_of(classification: Any) -> str | None:
+    """The decision band of an answer, when the API carries one in a `decision` field (an
+    enum, read by its value name without its prefix, e.g. DECISION_AUTO_ACCEPT ->
+    auto_accept; or a string)."""
+    field = classification.DESCRIPTOR.fields_by_name.get("decision")
+    if field is None:
+        return None
+    value = classification.decision
+    if field.enum_type is not None:
+        name = str(field.enum_type.values_by_number[value].name).lower()
+        prefix = "decision_"
+        return name[len(prefix) :] if name.startswith(prefix) else name
+    return str(value) or None
+
+
+class _CatalogCollector(Collector):
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        size = GaugeMetricFamily(
+            "nearcat_index_size",
+            "References in the serving index, per model version",
+            labels=["model_version"],
+        )
+        size.add_metric([self.catalog.embedder.version], len(self.catalog.index))
+        yield size
+        yield GaugeMetricFamily(
+            "nearcat_model_queue_depth",
+            "Images waiting for the model worker",
+            value=self.catalog.batcher.queue_depth(),
+        )
+
+
+class _DriftCollector(Collector):
+    def __init__(self, drift: DriftMonitor) -> None:
+        self.drift = drift
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        report = self.drift.report()
+        psi = GaugeMetricFamily(
+            "nearcat_drift_psi",
+            "Population stability index of recent predictions against the baseline window "
+            "(0.1-0.25 moderate shift, > 0.25 large); 0 until both windows are full",
+            labels=["distribution"],
+        )
+        psi.add_metric(["category"], report.category_psi if report.ready else 0.0)
+        psi.add_metric(["confidence"], report.confidence_psi if report.ready else 0.0)
+        yield psi
+        yield GaugeMetricFamily(
+            "nearcat_drift_ready",
+            "1 when the baseline and recent windows are both full",
+            value=1.0 if report.ready else 0.0,
+        )

