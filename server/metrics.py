@@ -124,18 +124,10 @@ def predictions_in(response: Any) -> list[tuple[str, float, str | None]]:
 
 
 def decision_of(classification: Any) -> str | None:
-    """The decision band of an answer, when the API carries one in a `decision` field (an
-    enum, read by its value name without its prefix, e.g. DECISION_AUTO_ACCEPT ->
-    auto_accept; or a string)."""
-    field = classification.DESCRIPTOR.fields_by_name.get("decision")
-    if field is None:
+    """The decision band of an answer, e.g. "auto_accept"; None when it has none."""
+    if classification.decision == pb.DECISION_UNSPECIFIED:
         return None
-    value = classification.decision
-    if field.enum_type is not None:
-        name = str(field.enum_type.values_by_number[value].name).lower()
-        prefix = "decision_"
-        return name[len(prefix) :] if name.startswith(prefix) else name
-    return str(value) or None
+    return str(pb.Decision.Name(classification.decision)).lower()
 
 
 class _CatalogCollector(Collector):

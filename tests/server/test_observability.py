@@ -28,7 +28,9 @@ def test_predictions_are_read_from_classify_answers() -> None:
     assert predictions_in(single) == [("Shoes", single.classification.categories[0].score, None)]
     assert [p[0] for p in predictions_in(batch)] == ["Hats"]
     assert predictions_in(pb.GetStatusResponse()) == []
-    assert decision_of(single.classification) is None  # no decision field in the API yet
+    assert decision_of(single.classification) is None  # unspecified
+    review = pb.Classification(decision=pb.REVIEW)
+    assert decision_of(review) == "review"
 
 
 def test_each_metrics_object_has_its_own_registry() -> None:
