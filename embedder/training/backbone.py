@@ -1,8 +1,10 @@
 """Cutting a timm EfficientNet-style backbone into a frozen prefix and a trainable tail.
 
-The prefix (stem and early blocks) runs once per image and its output is cached; the tail
-(last blocks, head convolution, pooling) and the projection head train on that cache. Both
-halves are views of the same modules, so training updates the network that is saved.
+The prefix (stem and early blocks) never trains: its output is cached once per image, or
+(online augmentation) recomputed without gradients on every batch. The tail (last blocks,
+head convolution, pooling) and the projection head train. With `trainable_blocks="all"` the
+prefix is empty and the tail is the whole backbone, stem included. Both halves are views of
+the same modules, so training updates the network that is saved.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 from embedder.model import EmbeddingNetwork
+from embedder.training.options import ALL_BLOCKS, Blocks
 
 
 def _blocks(backbone: nn.Module) -> nn.Sequential:
@@ -27,12 +30,17 @@ def block_count(network: EmbeddingNetwork) -> int:
     return len(_blocks(network.backbone))
 
 
-class Prefix(nn.Module):
-    """Stem and the first `stop` blocks: pixels -> feature maps (never trained)."""
+def _stem(backbone: nn.Module) -> nn.Sequential:
+    return nn.Sequential(backbone.conv_stem, backbone.bn1)  # type: ignore[arg-type]
 
-    def __init__(self, backbone: nn.Module, stop: int) -> None:
+
+class Prefix(nn.Module):
+    """Stem and the first `stop` blocks, or nothing at all (`stem=False`): pixels -> feature
+    maps, never trained."""
+
+    def __init__(self, backbone: nn.Module, stop: int, stem: bool = True) -> None:
         super().__init__()
-        self.stem = nn.Sequential(backbone.conv_stem, backbone.bn1)  # type: ignore[arg-type]
+        self.stem = _stem(backbone) if stem else nn.Identity()
         self.blocks = _blocks(backbone)[:stop]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -40,32 +48,41 @@ class Prefix(nn.Module):
 
 
 class Tail(nn.Module):
-    """The remaining blocks, head convolution and pooling: feature maps -> backbone vector."""
+    """The stem (`stem=True`) or not, the blocks from `start`, head convolution and pooling:
+    feature maps (or pixels) -> backbone vector."""
 
-    def __init__(self, backbone: nn.Module, start: int) -> None:
+    def __init__(self, backbone: nn.Module, start: int, stem: bool = False) -> None:
         super().__init__()
+        self.stem = _stem(backbone) if stem else nn.Identity()
         self.blocks = _blocks(backbone)[start:]
         self.backbone = [backbone]  # a list: not registered twice as a submodule
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         backbone = self.backbone[0]
-        x = backbone.bn2(backbone.conv_head(self.blocks(features)))  # type: ignore[operator]
+        x = self.blocks(self.stem(features))
+        x = backbone.bn2(backbone.conv_head(x))  # type: ignore[operator]
         return backbone.forward_head(x, pre_logits=True)  # type: ignore[operator, no-any-return]
 
 
-def split(network: EmbeddingNetwork, trainable_blocks: int) -> tuple[Prefix, Tail]:
-    """The frozen prefix and the tail whose last `trainable_blocks` blocks may train."""
+def split(network: EmbeddingNetwork, trainable_blocks: Blocks) -> tuple[Prefix, Tail]:
+    """The frozen prefix and the tail whose last `trainable_blocks` blocks may train ("all":
+    every block and the stem; the prefix is then empty and its "features" are pixels)."""
     count = block_count(network)
+    if trainable_blocks == ALL_BLOCKS:
+        return Prefix(network.backbone, 0, stem=False), Tail(network.backbone, 0, stem=True)
+    assert isinstance(trainable_blocks, int)
     if trainable_blocks > count:
         raise ValueError(
-            f"the backbone has {count} blocks; cannot train the last {trainable_blocks}"
+            f"the backbone has {count} blocks; cannot train the last {trainable_blocks} "
+            "(--trainable-blocks all trains every block and the stem)"
         )
     stop = count - trainable_blocks
     return Prefix(network.backbone, stop), Tail(network.backbone, stop)
 
 
 def tail_parameters(network: EmbeddingNetwork, tail: Tail) -> list[nn.Parameter]:
-    """What the backbone learning rate applies to: the tail blocks and the head convolution."""
+    """What the backbone learning rate applies to: the tail's stem and blocks and the head
+    convolution."""
     backbone = network.backbone
-    modules: list[nn.Module] = [tail.blocks, backbone.conv_head, backbone.bn2]  # type: ignore[list-item]
+    modules: list[nn.Module] = [tail.stem, tail.blocks, backbone.conv_head, backbone.bn2]  # type: ignore[list-item]
     return [p for m in modules for p in m.parameters()]

@@ -46,7 +46,7 @@ def augmentation(config: ModelConfig) -> transforms.Compose:
     )
 
 
-class _Views(Dataset[tuple[torch.Tensor, bool]]):
+class PathViews(Dataset[tuple[torch.Tensor, bool]]):
     """Image i, plain (serving preprocessing) or augmented; (pixels, decoded ok)."""
 
     def __init__(self, paths: Sequence[Path], config: ModelConfig, augment: bool) -> None:
@@ -80,7 +80,7 @@ class _PreprocessOnly:
         raise RuntimeError("this Embedder only preprocesses")
 
 
-def _seed_worker(worker_id: int) -> None:
+def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
 
@@ -109,10 +109,10 @@ def cache_views(
     """Run every image (one view each) through the frozen prefix; keep the outputs."""
     torch.manual_seed(seed)
     loader = DataLoader(
-        _Views(paths, config, augment),
+        PathViews(paths, config, augment),
         batch_size=batch_size,
         num_workers=workers,
-        worker_init_fn=_seed_worker,
+        worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(seed),
     )
     chunks: list[torch.Tensor] = []

@@ -1,5 +1,6 @@
-"""The training run: cache frozen features, fit head (then last blocks) with ArcFace, select
-the checkpoint on validation kNN accuracy, write a nearcat model artifact."""
+"""The training run: cache frozen features, fit head (then last blocks, or the whole
+backbone) with ArcFace, select the checkpoint on validation kNN accuracy, write a nearcat
+model artifact."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.samplers import MPerClassSampler
 from torch import nn
+from torch.utils.data import DataLoader
 
 from embedder.config import ModelConfig
 from embedder.datasets import LabeledImage
@@ -33,7 +35,7 @@ from embedder.model import (
 from embedder.splits import Split
 from embedder.training.backbone import Prefix, Tail, split, tail_parameters
 from embedder.training.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
-from embedder.training.features import CachedViews, cache_views
+from embedder.training.features import CachedViews, PathViews, cache_views, seed_worker
 from embedder.training.loss import build_loss
 from embedder.training.options import TrainOptions
 from embedder.training.validation import SplitAccuracy, selection_score, split_accuracy
@@ -104,8 +106,12 @@ def train(
     for problem in problems:
         log(f"warning: {problem}")
     trainable = [i for i, image in enumerate(data.train) if image.category in set(classes)]
-    views = [cache["train"].features[trainable], *(v.features for v in cache["augmented"])]
     labels = torch.tensor([classes.index(data.train[i].category) for i in trainable])
+    online, views = None, []
+    if options.augment == "online":
+        online = PathViews([data.train[i].path for i in trainable], config, augment=True)
+    else:
+        views = [cache["train"].features[trainable], *(v.features for v in cache["augmented"])]
 
     loss_fn = build_loss(options, len(classes)).to(device)
     batch_size = min(options.batch_size, options.m_per_class * len(classes))
@@ -164,9 +170,15 @@ def train(
         frozen = epoch < options.freeze_epochs
         for p in tail_parameters(network, tail):
             p.requires_grad_(not frozen)
+        order = _batch_order(labels, batch_size, steps_per_epoch, options.m_per_class)
+        encode: nn.Module = nn.Identity()  # cached features are the prefix's output
+        if online is None:
+            batches = _cached_batches(views, labels, order)
+        else:
+            batches, encode = _online_batches(online, labels, order, options, device), prefix
         loss = _run_epoch(
-            epoch, frozen, views, labels, batch_size, steps_per_epoch, network, tail, loss_fn,
-            optimizer, scheduler, scaler, device, options,
+            epoch, frozen, batches, len(order), encode, network, tail, loss_fn, optimizer,
+            scheduler, scaler, device,
         )  # fmt: skip
         val = accuracy("val", network.head)
         score = selection_score(val, floor)
@@ -311,13 +323,59 @@ def _warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float
     return factor
 
 
+def _batch_order(
+    labels: torch.Tensor, batch_size: int, steps: int, m_per_class: int
+) -> list[list[int]]:
+    """`steps` class-balanced batches of positions in `labels` (m_per_class per class)."""
+    sampler = MPerClassSampler(
+        labels, m_per_class, batch_size=batch_size, length_before_new_iter=len(labels)
+    )
+    order = list(iter(sampler))[: steps * batch_size]
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _cached_batches(
+    views: Sequence[torch.Tensor], labels: torch.Tensor, order: list[list[int]]
+) -> Batches:
+    """(cached prefix features, labels) per batch, each image as a random one of its views."""
+    view_of = torch.randint(len(views), (sum(len(b) for b in order),)).tolist()
+    offset = 0
+    for batch in order:
+        chosen = view_of[offset : offset + len(batch)]
+        offset += len(batch)
+        yield torch.stack([views[v][i] for v, i in zip(chosen, batch, strict=True)]), labels[batch]
+
+
+def _online_batches(
+    views: PathViews,
+    labels: torch.Tensor,
+    order: list[list[int]],
+    options: TrainOptions,
+    device: torch.device,
+) -> Batches:
+    """(freshly decoded and augmented pixels, labels) per batch, from loader processes."""
+    loader = DataLoader(
+        views,
+        batch_sampler=order,
+        num_workers=options.workers,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(int(torch.randint(2**31, ()))),
+        pin_memory=device.type == "cuda",
+    )
+    for (pixels, ok), batch in zip(loader, order, strict=True):
+        # an image whose plain view decoded is left out only if this read fails
+        yield pixels[ok], labels[batch][ok]
+
+
 def _run_epoch(
     epoch: int,
     frozen: bool,
-    views: Sequence[torch.Tensor],
-    labels: torch.Tensor,
-    batch_size: int,
+    batches: Batches,
     steps: int,
+    encode: nn.Module,
     network: EmbeddingNetwork,
     tail: Tail,
     loss_fn: nn.Module,
@@ -325,35 +383,28 @@ def _run_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
     device: torch.device,
-    options: TrainOptions,
 ) -> float:
-    """One pass of class-balanced batches, each image as a random one of its cached views."""
+    """One pass over `batches`: `encode` (the frozen prefix for pixels, nothing for cached
+    features) without gradients, then the tail (if not `frozen`) and head with them."""
     from tqdm import tqdm
 
-    sampler = MPerClassSampler(
-        labels, options.m_per_class, batch_size=batch_size, length_before_new_iter=len(labels)
-    )
-    order = torch.tensor(list(iter(sampler))[: steps * batch_size])
-    view_of = torch.randint(len(views), (len(order),))
     autocast = (
         torch.autocast("cuda", dtype=torch.float16)
         if device.type == "cuda"
         else contextlib.nullcontext()
     )
     total = 0.0
-    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}", unit="batch", leave=False)
-    for step in bar:
-        picked = order[step * batch_size : (step + 1) * batch_size]
-        chosen = view_of[step * batch_size : (step + 1) * batch_size]
-        features = torch.stack(
-            [views[v][i] for v, i in zip(chosen.tolist(), picked.tolist(), strict=True)]
-        )
-        features = features.to(device).float().contiguous(memory_format=torch.channels_last)
+    bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}", unit="batch", leave=False)
+    for step, (inputs, targets) in enumerate(bar):
+        inputs = inputs.to(device, non_blocking=True).float()
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast:
+            with torch.no_grad():
+                features = encode(inputs)
             with torch.set_grad_enabled(not frozen):
                 pooled = tail(features)
             embeddings = network.head(pooled)
-        loss = loss_fn(embeddings.float(), labels[picked].to(device))
+        loss = loss_fn(embeddings.float(), targets.to(device))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -410,13 +461,15 @@ def _features(
     device: torch.device,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Prefix outputs of every image's plain view and of trainable images' augmented views,
-    read from `work_dir` when an earlier run with the same inputs cached them."""
+    """Prefix outputs of every image's plain view and of trainable images' augmented views
+    (none with online augmentation), read from `work_dir` when an earlier run with the same
+    inputs cached them. With an empty prefix (all blocks train) they are the pixels."""
     trainable = data.trainable()
+    cached_views = options.cached_views if options.augment == "cached" else 0
     key = {
         "base": base_version,
         "trainable_blocks": options.trainable_blocks,
-        "cached_views": options.cached_views,
+        "cached_views": cached_views,
         "seed": options.seed,
         "images": [[str(i.path) for i in part] for part in (data.train, data.val, data.test)],
         "trainable": [str(i.path) for i in trainable],
@@ -443,10 +496,10 @@ def _features(
         "test": run(data.test, False, options.seed, "caching test"),
         "augmented": [
             run(trainable, True, options.seed + 1 + v, f"caching augmented view {v + 1}")
-            for v in range(options.cached_views)
+            for v in range(cached_views)
         ],
     }
-    count = len(data.train) + len(data.val) + len(data.test) + len(trainable) * options.cached_views
+    count = len(data.train) + len(data.val) + len(data.test) + len(trainable) * cached_views
     log(f"cached frozen features of {count} views in {time.monotonic() - started:.0f} s")
     torch.save(cache, path)
     return cache

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 HEAD_INITS = ("pca", "random")
+AUGMENTS = ("cached", "online")
+ALL_BLOCKS = "all"
+Blocks = int | Literal["all"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,10 @@ class TrainOptions:
     lr_loss: float = 1e-2
     weight_decay: float = 1e-4
     # CPU practicality
-    trainable_blocks: int = 1  # last backbone blocks that train; the ones before are cached
+    trainable_blocks: Blocks = 1  # last backbone blocks that train ("all": the stem too)
+    # "cached": a few augmented views per image run through the frozen prefix once (CPU);
+    # "online": a fresh augmented view every epoch, the prefix run on every batch (GPU)
+    augment: str = "cached"
     cached_views: int = 1  # augmented views cached per training image, beside the plain one
     workers: int = 2  # data-loader processes decoding and augmenting images
     # validation and selection
@@ -49,8 +55,17 @@ class TrainOptions:
                 raise ValueError(f"{field} must be positive, got {getattr(self, field)}")
         if not 0 <= self.freeze_epochs <= self.epochs:
             raise ValueError(f"freeze_epochs must be in [0, epochs], got {self.freeze_epochs}")
-        if self.trainable_blocks < 0 or self.cached_views < 0 or self.workers < 0:
-            raise ValueError("trainable_blocks, cached_views and workers must not be negative")
+        if self.trainable_blocks != ALL_BLOCKS and (
+            not isinstance(self.trainable_blocks, int) or self.trainable_blocks < 0
+        ):
+            raise ValueError(
+                f"trainable_blocks must be a count >= 0 or {ALL_BLOCKS!r}, "
+                f"got {self.trainable_blocks!r}"
+            )
+        if self.cached_views < 0 or self.workers < 0:
+            raise ValueError("cached_views and workers must not be negative")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
         if self.batch_size < self.m_per_class:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must hold at least m_per_class "

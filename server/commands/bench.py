@@ -41,7 +41,12 @@ def run_embed(args: argparse.Namespace) -> None:
     from server.benchmarks import bench_embed
 
     result = bench_embed(
-        args.model, args.models_dir, batches=args.batch, runtimes=args.runtime, seconds=args.seconds
+        args.model,
+        args.models_dir,
+        batches=args.batch,
+        runtimes=args.runtime,
+        seconds=args.seconds,
+        device=args.device,
     )
     write_json(result, args.json)
 
@@ -105,6 +110,13 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     embed.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     embed.add_argument("--runtime", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
     embed.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    embed.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: PyTorch in fp32/fp16/bf16, with and without channels_last, and ONNX "
+        "Runtime's CUDA provider if installed; GEMM in fp32 and bf16 on the GPU",
+    )
     embed.add_argument("--json", type=Path, help="write the results here")
     embed.set_defaults(run=run_embed)
 

@@ -9,7 +9,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from server.commands import CommandError
 from server.commands.sources import add_csv_arguments, load_source
@@ -30,10 +30,13 @@ accuracy on trained ("seen") and on held-out categories. The kept epoch is the o
 best seen accuracy among those whose held-out accuracy stays within --held-out-tolerance of
 the frozen model's: fine-tuning must not buy seen accuracy with the open-set promise.
 
-On CPU, the early backbone blocks stay frozen and run once per image (and per cached
-augmented view); only the last --trainable-blocks blocks and the projection head train on
-those cached features. The cache and a checkpoint after every epoch live in --work-dir, so
-a killed run continues with --resume. The test split is measured once, at the end."""
+On CPU (the default, --augment cached), the early backbone blocks stay frozen and run once
+per image (and per cached augmented view); only the last --trainable-blocks blocks and the
+projection head train on those cached features. On a GPU, --augment online draws a fresh
+augmented view of every image each epoch, and --trainable-blocks all trains the whole
+backbone, stem included (mixed precision on CUDA). The cache and a checkpoint after every
+epoch live in --work-dir, so a killed run continues with --resume. The test split is
+measured once, at the end."""
 
 EPILOG = """\
 examples:
@@ -42,6 +45,8 @@ examples:
       --exclude-label 'Not sure' --exclude-label Other --exclude-label Skip \\
       --group-column sender_id --holdout 4 --out var/models/clothing-arcface
   nearcat train ... --resume          # continue a killed run from its last finished epoch
+  nearcat train ... --device cuda --trainable-blocks all --augment online --workers 12 \
+      --epochs 30 --freeze-epochs 2    # whole network on a GPU, head first
 """
 
 
@@ -132,10 +137,24 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument(
-        "--trainable-blocks", type=int, default=1, help="last backbone blocks that train"
+        "--trainable-blocks",
+        type=_blocks,
+        default=1,
+        metavar="N|all",
+        help="last backbone blocks that train; 'all': every block and the stem",
     )
     runtime.add_argument(
-        "--cached-views", type=int, default=1, help="augmented views cached per training image"
+        "--augment",
+        choices=("cached", "online"),
+        default="cached",
+        help="cached: --cached-views augmented views per image through the frozen blocks once "
+        "(CPU); online: a fresh augmented view per image every epoch (GPU)",
+    )
+    runtime.add_argument(
+        "--cached-views",
+        type=int,
+        default=1,
+        help="augmented views cached per training image (--augment cached)",
     )
     runtime.add_argument("--workers", type=int, default=2, help="data-loader processes")
     runtime.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -201,6 +220,7 @@ def run(args: argparse.Namespace) -> None:
             lr_loss=args.lr_loss,
             weight_decay=args.weight_decay,
             trainable_blocks=args.trainable_blocks,
+            augment=args.augment,
             cached_views=args.cached_views,
             workers=args.workers,
             k=args.k,
@@ -232,6 +252,17 @@ def run(args: argparse.Namespace) -> None:
     except (ValueError, FileExistsError, FileNotFoundError, ArtifactError, WeightsError) as exc:
         raise CommandError(str(exc)) from exc
     print(f"wrote {result.artifact} (serve it with: nearcat serve --model {result.artifact})")
+
+
+def _blocks(value: str) -> int | Literal["all"]:
+    if value == "all":
+        return "all"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of blocks or 'all', got {value!r}"
+        ) from None
 
 
 def _default_holdout(images: list[LabeledImage], min_images: int) -> int:

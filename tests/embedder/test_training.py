@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from embedder import ModelConfig, PreprocessConfig, create_artifact, load_artifact
 from embedder.datasets import LabeledImage
+from embedder.model import load_network
 from embedder.splits import Split
 from embedder.training import TrainOptions, train
 from embedder.training.checkpoint import load_checkpoint
@@ -172,3 +173,31 @@ def test_early_stopping_ends_a_run_that_stops_improving(
     assert result.metadata["stopped_early"] is True
     assert result.metadata["epochs_run"] == 3  # the first epoch is best; two more show no gain
     assert result.metadata["best_epoch"] == 1
+
+
+def test_a_whole_network_run_with_online_augmentation_trains_the_stem_too(
+    tiny_base: Path, tiny_split: Split, tmp_path: Path
+) -> None:
+    options = TrainOptions(
+        base=str(tiny_base),
+        embedding_dim=16,
+        epochs=1,
+        freeze_epochs=0,
+        trainable_blocks="all",
+        augment="online",
+        workers=0,
+        batch_size=8,
+        k=3,
+    )
+    lines: list[str] = []
+    result = train(tiny_split, options, tmp_path / "model", log=lines.append)
+
+    base = dict(load_network(tiny_base)[0].backbone.named_parameters())
+    trained = dict(load_network(result.artifact)[0].backbone.named_parameters())
+    changed = {name for name, p in trained.items() if not torch.equal(p, base[name])}
+    assert "conv_stem.weight" in changed
+    assert any(name.startswith("blocks.0.") for name in changed)
+    assert "conv_head.weight" in changed
+    assert any("cached frozen features of 25 views" in line for line in lines)  # plain only
+    assert any("broken.jpg" in problem for problem in result.metadata["problems"])
+    assert load_artifact(result.artifact).dim == 16

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import ROOT
 
@@ -54,6 +55,14 @@ def test_bench_embed(tmp_path: Path, model_artifact: Path) -> None:
         r["compute_ratio"] == pytest.approx(r["gflops"] / data["gemm_gflops"])
         for r in data["results"]
     )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without")
+def test_bench_embed_on_cuda_without_a_gpu_says_so(model_artifact: Path) -> None:
+    from server.benchmarks import bench_embed
+
+    with pytest.raises(ValueError, match="sees no CUDA GPU"):
+        bench_embed(str(model_artifact), Path("var/models"), device="cuda")
 
 
 @pytest.mark.integration

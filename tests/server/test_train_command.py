@@ -55,3 +55,14 @@ def test_train_refuses_to_overwrite_a_model(photos: Path, tmp_path: Path) -> Non
     (tmp_path / "model").mkdir()
     with pytest.raises(CommandError, match="already exists"):
         _train(["--data", str(photos), "--out", str(tmp_path / "model"), "--holdout", "1"])
+
+
+def test_trainable_blocks_takes_a_count_or_all(capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["train", "--data", "d", "--out", "o"]
+    assert (
+        build_parser().parse_args([*common, "--trainable-blocks", "all"]).trainable_blocks == "all"
+    )
+    assert build_parser().parse_args([*common, "--trainable-blocks", "3"]).trainable_blocks == 3
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*common, "--trainable-blocks", "most"])
+    assert "expected a number of blocks or 'all'" in capsys.readouterr().err
