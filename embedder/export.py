@@ -265,8 +265,8 @@ def check_parity(
         cosines = np.concatenate([_cosines(batch, want), _cosines(single, want[:1])])
         if not cosines.min() >= MIN_COSINE:  # also catches NaN
             raise ExportError(
-                f"ONNX Runtime disagrees with PyTorch: {what} cosine {cosines.min():.6f} < "
-                f"{MIN_COSINE} on image {int(cosines.argmin()) % len(pixels)}; "
+                f"ONNX Runtime disagrees with PyTorch: cosine {cosines.min():.6f} < "
+                f"{MIN_COSINE} on image {int(cosines.argmin()) % len(pixels)}'s {what}; "
                 "serve this model with runtime 'torch'"
             )
         worst = min(worst, float(cosines.min()))

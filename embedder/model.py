@@ -110,7 +110,7 @@ class ImageNetSoftmaxHead(ZeroShotHead):
             **super().spec,
             "temperature": self.temperature,
             "text_model": MINILM_NAME,
-            "text_dim": int(self.class_text.shape[1]),
+            "text_dim": int(cast(torch.Tensor, self.class_text).shape[1]),
             "class_name_template": CLASS_NAME_TEMPLATE,
         }
 
@@ -336,6 +336,10 @@ class Backend(Protocol):
 
     def run(self, pixels: np.ndarray) -> np.ndarray: ...
 
+
+class SemanticBackend(Backend, Protocol):
+    """A backend that also runs the zero-shot head (TorchBackend, OnnxBackend)."""
+
     def run_with_semantics(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Vectors and the zero-shot head's semantic vectors, from one forward pass."""
         ...
@@ -406,6 +410,10 @@ class Embedder:
     @property
     def config(self) -> ModelConfig:
         return self._config
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
 
     @property
     def version(self) -> str:
@@ -480,12 +488,13 @@ class Embedder:
                 "version of nearcat, or use an open_clip model"
             )
         batch = self._checked(batch)
+        backend = cast(SemanticBackend, self._backend)  # semantic_dim > 0 only for these
         out = np.empty((len(batch), self.dim), dtype=np.float32)
         semantics = np.empty((len(batch), self.semantic_dim), dtype=np.float32)
         for start in range(0, len(batch), self.max_batch):
             chunk = np.ascontiguousarray(batch[start : start + self.max_batch])
             stop = start + len(chunk)
-            out[start:stop], semantics[start:stop] = self._backend.run_with_semantics(chunk)
+            out[start:stop], semantics[start:stop] = backend.run_with_semantics(chunk)
         return out, semantics
 
     def embed_images(self, images: Sequence[bytes]) -> np.ndarray:

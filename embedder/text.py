@@ -260,7 +260,6 @@ def load_text_tower(embedder: Embedder) -> TextTower | None:
     spec = zero_shot_spec(embedder.path)
     if spec is None:
         return None
-    backend = getattr(embedder, "_backend", None)
     if spec["kind"] == ImageNetSoftmaxHead.kind:
         head_state = torch.load(
             Path(embedder.path) / spec["file"], map_location="cpu", weights_only=True
@@ -270,8 +269,8 @@ def load_text_tower(embedder: Embedder) -> TextTower | None:
         )
     if spec["kind"] == ClipHead.kind:
         # Reuse the served network when PyTorch serves it; ONNX serving loads the weights.
-        if isinstance(backend, TorchBackend):
-            network = backend.network
+        if isinstance(embedder.backend, TorchBackend):
+            network = embedder.backend.network
         else:
             network, _, _ = load_network(Path(embedder.path))
         clip = network.backbone
