@@ -51,8 +51,8 @@ examples:
       --exclude-label 'Not sure' --exclude-label Other --exclude-label Skip \\
       --group-column sender_id --holdout 4 --seed 0 --report reports/eval
   nearcat eval --data photos/ --split val --model var/models/my-finetuned
-  nearcat eval --zero-shot --data ../shared/datasets/clothing/images.csv \
-      --path-template 'images/{}.jpg' --exclude-label 'Not sure' --exclude-label Other \
+  nearcat eval --zero-shot --data ../shared/datasets/clothing/images.csv \\
+      --path-template 'images/{}.jpg' --exclude-label 'Not sure' --exclude-label Other \\
       --exclude-label Skip --group-column sender_id --json zero-shot.json
 """
 
