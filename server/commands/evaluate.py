@@ -36,7 +36,13 @@ Give the references and queries as two sources, or one source with --data to spl
 --holdout, some categories are marked as never trained on — they stay in the references).
 To evaluate a model trained on a split, pass the same --seed, --group-column and --holdout
 that training used, so no query was ever trained on.
-A source is a folder tree (category folders, nested folders are parents) or a CSV."""
+A source is a folder tree (category folders, nested folders are parents) or a CSV.
+
+With --zero-shot, no reference image is used: every query is classified among all the
+categories from their names alone, by the model's text tower and zero-shot head (the packaged
+efficientnet_lite0: ImageNet classifier + MiniLM; open_clip models: CLIP's text encoder), and
+top-1/top-3, macro and per-category accuracy and ECE are reported. Give --data (the --split
+part is queried) or --queries."""
 
 EPILOG = """\
 examples:
@@ -45,6 +51,9 @@ examples:
       --exclude-label 'Not sure' --exclude-label Other --exclude-label Skip \\
       --group-column sender_id --holdout 4 --seed 0 --report reports/eval
   nearcat eval --data photos/ --split val --model var/models/my-finetuned
+  nearcat eval --zero-shot --data ../shared/datasets/clothing/images.csv \\
+      --path-template 'images/{}.jpg' --exclude-label 'Not sure' --exclude-label Other \\
+      --exclude-label Skip --group-column sender_id --json zero-shot.json
 """
 
 
@@ -83,6 +92,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="categories held out of training, reported apart from the seen ones",
     )
     sources.add_argument("--seed", type=int, default=0, help="with --data: split seed")
+    sources.add_argument(
+        "--zero-shot",
+        action="store_true",
+        help="classify the queries from the category names alone (text prompts, no "
+        "references); needs a model with a zero-shot head",
+    )
 
     csv = parser.add_argument_group("CSV sources (as for `nearcat import`)")
     add_csv_arguments(csv)
@@ -141,6 +156,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.zero_shot:
+        run_zero_shot(args)
+        return
     from embedder.evaluate import evaluate, load_models
     from embedder.report import write_report
 
@@ -175,6 +193,50 @@ def run(args: argparse.Namespace) -> None:
     if args.report:
         for path in write_report(evaluation, args.report):
             print(f"wrote {path}")
+
+
+def run_zero_shot(args: argparse.Namespace) -> None:
+    """`eval --zero-shot`: the queries among all categories, from their names alone."""
+    from embedder import load_artifact, resolve_model
+    from embedder.evaluate import evaluate_zero_shot
+
+    if args.report:
+        raise CommandError("--report draws the kNN evaluation; with --zero-shot use --json")
+    if args.data is None and args.references is None and args.queries is not None:
+        dataset = load_source(args.queries, args, "--queries")
+        queries, parents, split = dataset.images, dataset.parents, None
+        labels = sorted(parents)
+    else:
+        references, queries, parents, _, split, _ = choose_images(args)
+        labels = sorted({i.category for i in [*references, *queries]})
+    try:
+        model = load_artifact(resolve_model(args.model, args.models_dir), runtime=args.runtime)
+    except (ValueError, OSError) as exc:
+        raise CommandError(f"--model {args.model}: {exc}") from exc
+    try:
+        evaluation = evaluate_zero_shot(
+            queries, model, labels, parents=parents, batch_size=args.batch_size
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    evaluation.split = split
+
+    m = evaluation.metrics
+    print(
+        f"{evaluation.tower_version}: zero-shot from {len(evaluation.labels)} category names, "
+        f"{m.queries} queries (chance {1 / len(evaluation.labels):.1%})"
+    )
+    print(f"{'method':<16} {'top-1':>7} {'top-3':>7} {'macro':>7} {'ECE':>6}")
+    print(f"{'zero-shot':<16} {m.top1:>7.1%} {m.top3:>7.1%} {m.macro_top1:>7.1%} {m.ece:>6.3f}")
+    print(f"{'category':<16} {'n':>5} {'top-1':>7} {'top-3':>7}")
+    for name, c in m.per_category.items():
+        print(f"{name:<16} {c.n:>5} {c.top1:>7.1%} {c.top3:>7.1%}")
+    for skipped in evaluation.skipped[:SKIPPED_SHOWN]:
+        print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.json}")
 
 
 def vote_config(args: argparse.Namespace) -> VoteConfig:

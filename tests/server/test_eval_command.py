@@ -150,3 +150,63 @@ def test_help_names_the_server_vote_defaults(capsys: pytest.CaptureFixture[str])
     for value in (vote.k, vote.votes_per_category, vote.temperature):
         assert f"the server's, {value})" in help_text
     assert "--holdout" in help_text and "--report" in help_text
+
+
+def test_zero_shot_reports_accuracy_from_category_names(
+    clothing_like: Path, model_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "zero-shot.json"
+    run_eval(
+        "--zero-shot",
+        "--data",
+        str(clothing_like),
+        "--path-template",
+        "images/{}.jpg",
+        "--exclude-label",
+        "Not sure",
+        "--group-column",
+        "sender_id",
+        "--model",
+        str(model_artifact),
+        "--models-dir",
+        str(model_artifact.parent),
+        "--json",
+        str(out),
+    )
+    printed = capsys.readouterr().out
+    assert "zero-shot from 3 category names" in printed and "stripes" in printed
+
+    data = json.loads(out.read_text())
+    assert data["zero_shot"]["candidates"] == sorted(KINDS)
+    assert data["zero_shot"]["chance_top1"] == round(1 / 3, 4)
+    assert data["zero_shot"]["text_tower"].startswith(data["model"]["version"] + "+")
+    assert data["counts"]["queries"] == data["split"]["test"] == data["queries"]
+    assert set(data["per_category"]) == set(KINDS)
+    assert sum(c["n"] for c in data["per_category"].values()) == data["queries"]
+    for key in ("top1", "top3", "macro_top1", "ece"):
+        assert 0.0 <= data[key] <= 1.0
+    assert data["top3"] == 1.0  # three candidates: the truth is always among the top three
+
+
+def test_zero_shot_refuses_a_model_without_a_head(
+    clothing_like: Path, model_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from embedder.model import load_network, write_artifact
+
+    network, config, _ = load_network(model_artifact)
+    network.semantic = None
+    old = write_artifact(network, config, tmp_path / "old")
+    with pytest.raises(SystemExit) as exit_info:
+        run_eval(
+            "--zero-shot",
+            "--queries",
+            str(clothing_like),
+            "--path-template",
+            "images/{}.jpg",
+            "--model",
+            str(old),
+            "--models-dir",
+            str(tmp_path),
+        )
+    assert exit_info.value.code == 2
+    assert "no zero-shot head" in capsys.readouterr().err
