@@ -200,11 +200,12 @@ class Catalog:
             self.model_rows, batching.max_batch, batching.max_wait_ms, batching.on_batch
         )
         self._parents: dict[str, str | None] = {}
-        # Text vectors of every category (its prompts, else its name) when there is a text
-        # tower; only categories with prompts of their own take text evidence into account.
+        # Text vectors: of categories with prompts (encoded when they are added), and of the
+        # others' names (encoded only once text is needed: the text model is big to load).
+        # Only categories with prompts take text evidence into account; names compete.
         self._text_lock = threading.Lock()
-        self._text_vectors: dict[str, np.ndarray] = {}
-        self._prompted: set[str] = set()
+        self._prompted: dict[str, np.ndarray] = {}
+        self._names: dict[str, np.ndarray] = {}
         self._text_matrix: tuple[list[str], np.ndarray] | None = None
         self._vectors_loaded = 0
         self._started_at_ms = int(time.time() * 1000)
@@ -228,7 +229,7 @@ class Catalog:
         categories_now = self.store.list_categories()
         for category in categories_now:
             self._parents[category.name] = category.parent
-        self._set_texts(categories_now)
+        self._set_texts([c for c in categories_now if c.prompts])
         self.calibration = Calibration.from_json(self.store.get_calibration(version) or {})
         ids: list[str] = []
         categories: list[str] = []
@@ -345,9 +346,12 @@ class Catalog:
         """Mix in text evidence for categories that have prompts.
 
         The text tower scores the image against every category's text (its prompts, or its
-        name), as a softmax over categories. A category with prompts then gets
-        (1 - w) * image share + w * text share, where w = m / (m + its reference count) and m
-        is `prompt_weight`: text alone at first, fading as reference images arrive.
+        name) as a softmax over categories: text(c). A category with prompts claims
+        w_c * text(c) of the probability, where w_c = m / (m + its reference count) and m is
+        `prompt_weight`: all of its text share at first, fading as reference images arrive.
+        The rest, 1 - sum of the claims, is shared out by the image vote, each category's
+        share weighted by 1 - w_c. So a category known from text alone can win outright when
+        the text is sure, and without prompts nothing changes.
         """
         assert self.text is not None
         matrix = self._text_snapshot()
@@ -357,19 +361,28 @@ class Catalog:
         logits = self.text.logit_scale * (vectors @ semantic)
         text_share = np.exp(logits - logits.max())
         text_share /= text_share.sum()
-        image_share = {s.category: s.score for s in image_scores}
-        mixed: dict[str, float] = {}
-        for name, share in zip(names, text_share.tolist(), strict=True):
-            weight = 0.0
-            if name in self._prompted:
-                weight = self.prompt_weight / (self.prompt_weight + self.index.count(name))
-            value = (1 - weight) * image_share.pop(name, 0.0) + weight * share
-            if value > 0:
-                mixed[name] = value
-        mixed.update(image_share)  # categories that appeared after the snapshot
+        weight = {
+            name: self.prompt_weight / (self.prompt_weight + self.index.count(name))
+            for name in names
+            if name in self._prompted
+        }
+        claimed = {
+            name: weight[name] * share
+            for name, share in zip(names, text_share.tolist(), strict=True)
+            if name in weight
+        }
+        image = {s.category: (1 - weight.get(s.category, 0.0)) * s.score for s in image_scores}
+        image_total = sum(image.values())
+        left = 1.0 - sum(claimed.values())
+        mixed = dict(claimed)  # with no image evidence at all, the claims are all there is
+        if image_total > 0:
+            for name, value in image.items():
+                mixed[name] = mixed.get(name, 0.0) + left * value / image_total
         total = sum(mixed.values())
+        if total <= 0:
+            return image_scores
         ranked = sorted(mixed.items(), key=lambda item: (-item[1], item[0]))
-        return [CategoryScore(name, value / total) for name, value in ranked]
+        return [CategoryScore(name, value / total) for name, value in ranked if value > 0]
 
     def path(self, category: str) -> list[str]:
         """Ancestors then the category itself."""
@@ -394,14 +407,13 @@ class Catalog:
             raise InvalidArgument(str(exc)) from exc
 
     def _set_texts(self, categories: Sequence[Category]) -> None:
-        """Encode the text of these categories (their prompts, else their names)."""
+        """Encode the prompts of these categories."""
         if self.text is not None and categories:
-            self._remember_texts(categories, self._category_text_vectors(categories))
+            self._remember_prompts(categories, self._prompt_vectors(categories))
 
-    def _category_text_vectors(self, categories: Sequence[Category]) -> list[np.ndarray]:
-        """One unit vector per category: the mean of its prompts' vectors (a prompt ensemble),
-        or its name's when it has no prompts."""
-        texts = [c.prompts or [c.name] for c in categories]
+    def _prompt_vectors(self, categories: Sequence[Category]) -> list[np.ndarray]:
+        """One unit vector per category: the mean of its prompts' vectors (a prompt ensemble)."""
+        texts = [c.prompts for c in categories]
         flat = self._encode_text([t for group in texts for t in group])
         vectors, start = [], 0
         for group in texts:
@@ -409,25 +421,39 @@ class Catalog:
             start += len(group)
         return vectors
 
-    def _remember_texts(self, categories: Sequence[Category], vectors: list[np.ndarray]) -> None:
+    def _remember_prompts(self, categories: Sequence[Category], vectors: list[np.ndarray]) -> None:
         with self._text_lock:
             for category, vector in zip(categories, vectors, strict=True):
-                self._text_vectors[category.name] = vector
-                if category.prompts:
-                    self._prompted.add(category.name)
+                self._prompted[category.name] = vector
+            self._text_matrix = None
+
+    def _forget_text_matrix(self) -> None:
+        with self._text_lock:
             self._text_matrix = None
 
     def _drop_text(self, name: str) -> None:
         with self._text_lock:
-            self._text_vectors.pop(name, None)
-            self._prompted.discard(name)
+            self._prompted.pop(name, None)
+            self._names.pop(name, None)
             self._text_matrix = None
 
     def _text_snapshot(self) -> tuple[list[str], np.ndarray] | None:
+        """(category names, their text vectors): prompts where given, else the name."""
         with self._text_lock:
-            if self._text_matrix is None and self._text_vectors:
-                names = sorted(self._text_vectors)
-                self._text_matrix = (names, np.stack([self._text_vectors[n] for n in names]))
+            if self._text_matrix is not None:
+                return self._text_matrix
+            names = sorted(self._parents)
+            unencoded = [n for n in names if n not in self._prompted and n not in self._names]
+        if unencoded:  # outside the lock: encoding takes a while
+            encoded = self._encode_text(unencoded)
+        with self._text_lock:
+            if unencoded:
+                self._names.update(zip(unencoded, encoded, strict=True))
+            names = [n for n in sorted(self._parents) if n in self._prompted or n in self._names]
+            if not names:
+                return None
+            vectors = [self._prompted.get(n, self._names.get(n)) for n in names]
+            self._text_matrix = (names, np.stack([v for v in vectors if v is not None]))
             return self._text_matrix
 
     def zero_shot(self, image: bytes, labels: Sequence[str]) -> list[LabelScore]:
@@ -569,14 +595,16 @@ class Catalog:
                 f"category {name!r} already exists; use AddReferences to add images to it"
             )
         draft = Category(name, parent or None, {}, 0, 0, list(prompts))
-        text_vectors = self._category_text_vectors([draft]) if self.text is not None else []
+        text_vectors = self._prompt_vectors([draft]) if prompts else []
         prepared = self._prepare(name, references, deadline)
         category, duplicate = self.store.create_category(
             name, parent or None, metadata or {}, prepared, self.embedder.version, prompts
         )
         self._parents[name] = parent or None
         if text_vectors:
-            self._remember_texts([category], text_vectors)
+            self._remember_prompts([category], text_vectors)
+        else:
+            self._forget_text_matrix()
         self._index_new(name, prepared)
         return AddResult(category, _added(prepared, duplicate))
 

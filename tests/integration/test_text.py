@@ -1,0 +1,114 @@
+"""Text over gRPC: prompt-only categories, ZeroShot, SearchByText, with the packaged model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from server.proto.nearcat.v1 import nearcat_pb2 as pb
+from tests.helpers import CLOTHING, ServerProcess, make_image
+
+pytestmark = pytest.mark.integration
+
+WANTED = ("Shoes", "Hat", "Pants")
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, model_artifact: Path
+) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("text") / "data", model_artifact).start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+def clothing_photos(category: str, count: int, skip: int = 0) -> list[bytes]:
+    from embedder.datasets import load_csv
+
+    data = load_csv(CLOTHING / "images.csv", path_template="images/{}.jpg")
+    paths = [i.path for i in data.images if i.category == category][skip : skip + count]
+    return [p.read_bytes() for p in paths]
+
+
+def test_a_prompt_only_category_is_classifiable_at_once(server: ServerProcess) -> None:
+    stub = server.stub()
+    added = stub.AddCategory(
+        pb.AddCategoryRequest(name="Umbrellas", prompts=["a photo of an umbrella"])
+    )
+    assert list(added.category.prompts) == ["a photo of an umbrella"]
+    assert added.category.reference_count == 0
+    # The index is still empty: the answer comes from the text alone.
+    result = stub.Classify(pb.ClassifyRequest(image=make_image("dots", 1))).classification
+    assert result.categories[0].category == "Umbrellas"
+    assert result.categories[0].score == pytest.approx(1.0)
+    assert not result.neighbors
+    listed = stub.GetCategory(pb.GetCategoryRequest(name="Umbrellas")).category
+    assert list(listed.prompts) == ["a photo of an umbrella"]
+    stub.DeleteCategory(pb.DeleteCategoryRequest(name="Umbrellas"))
+
+
+@pytest.mark.parametrize(
+    ("prompts", "message"),
+    [([""], "prompt 0 is empty"), (["x" * 301], "the limit is 300"), (["ok"] * 33, "limit is 32")],
+)
+def test_bad_prompts_are_refused_and_nothing_is_created(
+    server: ServerProcess, prompts: list[str], message: str
+) -> None:
+    stub = server.stub()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.AddCategory(pb.AddCategoryRequest(name="Bad prompts", prompts=prompts))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (caught.value.details() or "")
+    with pytest.raises(grpc.RpcError) as missing:
+        stub.GetCategory(pb.GetCategoryRequest(name="Bad prompts"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_zero_shot_ranks_labels_and_refuses_bad_ones(server: ServerProcess) -> None:
+    stub = server.stub()
+    image = make_image("stripes", 3)
+    labels = ["a zebra", "a sneaker", "a hat"]
+    ranked = stub.ZeroShot(pb.ZeroShotRequest(image=image, labels=labels)).labels
+    assert sorted(r.label for r in ranked) == sorted(labels)
+    assert sum(r.score for r in ranked) == pytest.approx(1.0, abs=1e-4)
+    assert [r.score for r in ranked] == sorted((r.score for r in ranked), reverse=True)
+    for request, code in (
+        (pb.ZeroShotRequest(image=image), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.ZeroShotRequest(image=image, labels=["  "]), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.ZeroShotRequest(image=b"junk", labels=["a"]), grpc.StatusCode.INVALID_ARGUMENT),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ZeroShot(request)
+        assert caught.value.code() == code
+
+
+@pytest.mark.dataset
+@pytest.mark.skipif(not CLOTHING.is_dir(), reason="the clothing dataset is absent")
+def test_real_photos_text_first_then_images(server: ServerProcess) -> None:
+    stub = server.stub()
+    for name in WANTED:
+        stub.AddCategory(pb.AddCategoryRequest(name=name, prompts=[f"a photo of {name.lower()}"]))
+
+    def accuracy() -> float:
+        right = total = 0
+        for name in WANTED:
+            for photo in clothing_photos(name, 8, skip=20):
+                answer = stub.Classify(pb.ClassifyRequest(image=photo)).classification
+                right += answer.categories[0].category == name
+                total += 1
+        return right / total
+
+    from_text = accuracy()
+    assert from_text >= 0.6  # chance: 1/3 (plus the other tests' categories)
+    for name in WANTED:  # images arrive: the text fades, the vote takes over
+        references = [pb.ReferenceImage(image=p) for p in clothing_photos(name, 10)]
+        stub.AddReferences(pb.AddReferencesRequest(category=name, references=references))
+    assert accuracy() >= from_text - 0.05
+
+    found = stub.SearchByText(pb.SearchByTextRequest(text="sneakers", top_n=3, k=5))
+    assert found.categories[0].category == "Shoes"
+    assert len(found.references) == 5
+    assert found.references[0].category == "Shoes"
