@@ -234,6 +234,13 @@ class Store:
                     missing_ids=[i for i, b in zip(chunk, blobs, strict=True) if b is None],
                 )
 
+    def get_vectors(self, model_version: str, ids: Sequence[str]) -> list[np.ndarray | None]:
+        """The vectors of these references for one model version (None where missing)."""
+        return [
+            np.frombuffer(b, dtype="<f4").astype(np.float32) if b is not None else None
+            for b in self._vector_blobs(model_version, ids)
+        ]
+
     def _vector_blobs(self, model_version: str, ids: Sequence[str]) -> list[bytes | None]:
         key = self._vectors_key(model_version)
         return list(self._call(lambda: self._redis.hmget(key, ids)))

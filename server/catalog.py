@@ -510,27 +510,32 @@ class Catalog:
         `group_by`, by references sharing its value of that metadata key (e.g. the same
         sender's other photos), so the fit sees the odds a new image really has.
         """
-        ids, categories, vectors = [], [], []
-        for batch in self.store.iter_vectors(self.embedder.version):
-            ids += batch.reference_ids
-            categories += batch.categories
-            if batch.reference_ids:
-                vectors.append(batch.vectors)
-        if len(set(categories)) < 2:
+        population = [
+            (reference, category)
+            for category in self.store.category_names()
+            for reference in self.store.reference_ids(category)
+        ]
+        if len({category for _, category in population}) < 2:
             raise FailedPrecondition(
                 "calibration needs references in at least two categories; add more first"
             )
-        chosen = sorted(random.Random(0).sample(range(len(ids)), min(max_examples, len(ids))))
+        # Only the sample's vectors are read: a big catalogue is never loaded whole.
+        sample = random.Random(0).sample(population, min(max_examples, len(population)))
+        stored = self.store.get_vectors(self.embedder.version, [r for r, _ in sample])
+        sample = [s for s, v in zip(sample, stored, strict=True) if v is not None]
+        found = self.index.search(
+            np.stack([v for v in stored if v is not None]) if sample else np.zeros((0, 0)),
+            self.vote.k + CALIBRATION_EXTRA_NEIGHBOURS,
+        )
         group_of: dict[str, str] = {}
         if group_by:
-            for ref in self.store.get_references(ids):
+            involved = {r for r, _ in sample} | {h.reference_id for hits in found for h in hits}
+            for ref in self.store.get_references(sorted(involved)):
                 if ref is not None and group_by in ref.metadata:
                     group_of[ref.id] = ref.metadata[group_by]
-        matrix = np.concatenate(vectors)[chosen]
-        found = self.index.search(matrix, self.vote.k + CALIBRATION_EXTRA_NEIGHBOURS)
         votes = []
-        for row, hits in zip(chosen, found, strict=True):
-            own, group = ids[row], group_of.get(ids[row])
+        for (own, category), hits in zip(sample, found, strict=True):
+            group = group_of.get(own)
             others = [
                 h
                 for h in hits
@@ -539,9 +544,7 @@ class Catalog:
             ][: self.vote.k]
             if others:
                 votes.append(
-                    LabelledVote(
-                        knn_vote(others, self.vote, MAX_K), categories[row], others[0].similarity
-                    )
+                    LabelledVote(knn_vote(others, self.vote, MAX_K), category, others[0].similarity)
                 )
         how = f"leave-one-out over {len(votes)} references" + (
             f", excluding the same {group_by!r}" if group_by else ""

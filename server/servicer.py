@@ -138,6 +138,7 @@ def _calibration(calibration: Calibration) -> pb.Calibration:
         ece_after=calibration.ece_after or 0.0,
         source=calibration.source,
         fitted_at_ms=calibration.fitted_at_ms,
+        accuracy=calibration.extra.get("accuracy", 0.0),
     )
 
 

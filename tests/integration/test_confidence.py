@@ -115,6 +115,24 @@ def test_calibrate_is_stored_and_survives_a_restart(server: ServerProcess, stub)
     assert restarted == fitted
 
 
+def test_calibrate_keeps_a_group_from_voting_for_itself(server: ServerProcess, stub) -> None:  # type: ignore[no-untyped-def]
+    """One image sits in two categories, both copies tagged with one group; "Left" also holds
+    a near-twin of it (the same drawing, larger). Ungrouped, the copy in "Left" is voted for by
+    its identical twin in "Right" (wrong); grouped, the twin is left out and the near-twin
+    votes (right). Nothing else changes, so the grouped fit gets exactly one more right."""
+    stub = server.stub()  # a fresh channel: the server restarted in the test above
+    shared = pb.ReferenceImage(image=make_image("checkers", 50), metadata={"group": "g"})
+    near = pb.ReferenceImage(image=make_image("checkers", 50, size=176), metadata={"group": "h"})
+    stub.AddCategory(pb.AddCategoryRequest(name="Left", references=[shared, near]))
+    stub.AddCategory(pb.AddCategoryRequest(name="Right", references=[shared, *refs("dots", [51])]))
+    plain = stub.Calibrate(pb.CalibrateRequest()).calibration
+    grouped = stub.Calibrate(pb.CalibrateRequest(group_by_metadata="group")).calibration
+    assert grouped.examples == plain.examples
+    right_plain = round(plain.accuracy * plain.examples)
+    assert round(grouped.accuracy * grouped.examples) == right_plain + 1
+    assert "excluding the same 'group'" in grouped.source
+
+
 def test_calibrate_needs_two_categories(tmp_path: Path, model_artifact: Path) -> None:
     process = ServerProcess(tmp_path / "data", model_artifact).start()
     try:

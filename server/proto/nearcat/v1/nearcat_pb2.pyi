@@ -347,7 +347,7 @@ class CalibrateRequest(_message.Message):
     def __init__(self, group_by_metadata: _Optional[str] = ...) -> None: ...
 
 class Calibration(_message.Message):
-    __slots__ = ("temperature", "unknown_below", "examples", "ece_before", "ece_after", "source", "fitted_at_ms")
+    __slots__ = ("temperature", "unknown_below", "examples", "ece_before", "ece_after", "source", "fitted_at_ms", "accuracy")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_BELOW_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -355,6 +355,7 @@ class Calibration(_message.Message):
     ECE_AFTER_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     FITTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     unknown_below: float
     examples: int
@@ -362,7 +363,8 @@ class Calibration(_message.Message):
     ece_after: float
     source: str
     fitted_at_ms: int
-    def __init__(self, temperature: _Optional[float] = ..., unknown_below: _Optional[float] = ..., examples: _Optional[int] = ..., ece_before: _Optional[float] = ..., ece_after: _Optional[float] = ..., source: _Optional[str] = ..., fitted_at_ms: _Optional[int] = ...) -> None: ...
+    accuracy: float
+    def __init__(self, temperature: _Optional[float] = ..., unknown_below: _Optional[float] = ..., examples: _Optional[int] = ..., ece_before: _Optional[float] = ..., ece_after: _Optional[float] = ..., source: _Optional[str] = ..., fitted_at_ms: _Optional[int] = ..., accuracy: _Optional[float] = ...) -> None: ...
 
 class CalibrateResponse(_message.Message):
     __slots__ = ("calibration",)
