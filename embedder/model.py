@@ -798,6 +798,11 @@ def _read_artifact_config(path: Path) -> tuple[ModelConfig, dict[str, str]]:
     return config, meta
 
 
+def artifact_version(path: Path) -> str:
+    """The version an artifact's config.json records (read only, nothing loaded)."""
+    return _read_artifact_config(Path(path))[1]["version"]
+
+
 def resolve_model(spec: str, models_dir: Path) -> Path:
     """The artifact directory for `spec`: an artifact path, or a registered model name.
 
