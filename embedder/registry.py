@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedder.model import CONFIG_FILE, ArtifactError, artifact_version
+from embedder.model import CONFIG_FILE, ArtifactError, verify_artifact
 
 ENTRY_FILE = "registry.json"
 
@@ -43,9 +43,9 @@ class ModelRegistry:
 
     def register(self, artifact: Path, metrics: dict[str, Any] | None = None) -> RegisteredModel:
         """Add the artifact at `artifact` under its version (kept as it is when already
-        there), merging `metrics` into its entry."""
+        there), merging `metrics` into its entry. Its files must match their checksums."""
         artifact = Path(artifact)
-        version = artifact_version(artifact)
+        version = verify_artifact(artifact)
         target = self.root / version
         if not target.exists():
             self._copy_in(artifact, target)
