@@ -798,6 +798,30 @@ def _read_artifact_config(path: Path) -> tuple[ModelConfig, dict[str, str]]:
     return config, meta
 
 
+def verify_artifact(path: Path) -> str:
+    """Check every file of an artifact against the sha256 its config.json records; returns
+    its version."""
+    path = Path(path)
+    _, meta = _read_artifact_config(path)
+    _verify_file(path, meta["weights_file"], meta["weights_sha256"], _rebuild_remedy(path))
+    if "onnx_file" in meta:
+        _verify_file(
+            path,
+            meta["onnx_file"],
+            meta["onnx_sha256"],
+            f"export it again with `nearcat export --force {path}`",
+        )
+    spec = zero_shot_spec(path)
+    if spec is not None and "file" in spec:
+        _verify_file(path, spec["file"], spec["sha256"], _rebuild_remedy(path))
+    return meta["version"]
+
+
+def artifact_version(path: Path) -> str:
+    """The version an artifact's config.json records (read only, nothing loaded)."""
+    return _read_artifact_config(Path(path))[1]["version"]
+
+
 def resolve_model(spec: str, models_dir: Path) -> Path:
     """The artifact directory for `spec`: an artifact path, or a registered model name.
 

@@ -163,6 +163,10 @@ class VectorIndex:
                         del self._counts[category]
             self._gpu_index = None
 
+    def reference_ids(self) -> set[str]:
+        with self._lock:
+            return {reference_id_of_faiss(i) for i in self._category_of}
+
     def count(self, category: str) -> int:
         """Vectors of one category in the index."""
         with self._lock:

@@ -17,6 +17,8 @@ Keys, under a prefix (default ``nearcat``):
 - ``vec:<model_version>``   HASH reference id -> float32 vector bytes
 - ``vector_versions``       SET of model versions that have vectors
 - ``calibration:<version>`` STRING JSON: the fitted calibration of that model's votes
+- ``model``                 HASH active (the model version served), previous (rollback target)
+- ``reindex``               STRING JSON: the last or running reindex (target, progress, outcome)
 - ``changes``               STREAM of adds and removes
 """
 
@@ -68,6 +70,8 @@ class NewReference:
     image: bytes
     vector: np.ndarray
     metadata: dict[str, str] = field(default_factory=dict)
+    # Vectors of other model versions, written in the same transaction (a reindex running).
+    other_vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,12 @@ class VectorBatch:
     categories: list[str]
     vectors: np.ndarray
     missing_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ModelVersions:
+    active: str
+    previous: str | None
 
 
 def _now_ms() -> int:
@@ -159,9 +169,14 @@ class Store:
             )
             pipe.set(self._image_key(ref.id), ref.image)
             pipe.hset(vectors_key, ref.id, np.asarray(ref.vector, dtype="<f4").tobytes())
+            for version, vector in ref.other_vectors.items():
+                pipe.hset(
+                    self._vectors_key(version), ref.id, np.asarray(vector, dtype="<f4").tobytes()
+                )
             pipe.sadd(self._refs_key(category), ref.id)
+        versions = {model_version, *(v for r in references for v in r.other_vectors)}
         if references:
-            pipe.sadd(self._key("vector_versions"), model_version)
+            pipe.sadd(self._key("vector_versions"), *sorted(versions))
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -234,16 +249,72 @@ class Store:
                     missing_ids=[i for i, b in zip(chunk, blobs, strict=True) if b is None],
                 )
 
-    def get_vectors(self, model_version: str, ids: Sequence[str]) -> list[np.ndarray | None]:
-        """The vectors of these references for one model version (None where missing)."""
-        return [
-            np.frombuffer(b, dtype="<f4").astype(np.float32) if b is not None else None
-            for b in self._vector_blobs(model_version, ids)
-        ]
-
     def _vector_blobs(self, model_version: str, ids: Sequence[str]) -> list[bytes | None]:
         key = self._vectors_key(model_version)
         return list(self._call(lambda: self._redis.hmget(key, ids)))
+
+    def get_vectors(self, model_version: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of model_version for these references (absent ones left out)."""
+        blobs = self._vector_blobs(model_version, ids) if ids else []
+        return {
+            i: np.frombuffer(b, dtype="<f4").astype(np.float32)
+            for i, b in zip(ids, blobs, strict=True)
+            if b is not None
+        }
+
+    def all_references(self) -> dict[str, str]:
+        """Every reference id with its category (ids only: cheap even for a big catalogue)."""
+        names = self.category_names()
+
+        def read() -> list[set[bytes]]:
+            pipe = self._redis.pipeline(transaction=False)
+            for name in names:
+                pipe.smembers(self._refs_key(name))
+            return list(pipe.execute())
+
+        return {
+            i.decode(): name for name, ids in zip(names, self._call(read), strict=True) for i in ids
+        }
+
+    def get_model(self) -> ModelVersions | None:
+        """The active model version and the previous one, None before the first start."""
+        fields = self._call(lambda: self._redis.hgetall(self._key("model")))
+        if not fields or b"active" not in fields:
+            return None
+        return ModelVersions(
+            fields[b"active"].decode(), fields.get(b"previous", b"").decode() or None
+        )
+
+    def set_model(self, active: str, previous: str | None) -> None:
+        """Record the model version every server of this store serves (one HSET: atomic)."""
+        mapping = {"active": active, "previous": previous or ""}
+        self._call(lambda: self._redis.hset(self._key("model"), mapping=mapping))
+
+    def seed_model(self, active: str) -> ModelVersions:
+        """Record `active` unless a version is recorded already; returns what is recorded."""
+        self._call(lambda: self._redis.hsetnx(self._key("model"), "active", active))
+        recorded = self.get_model()
+        assert recorded is not None
+        return recorded
+
+    def get_reindex(self) -> dict[str, Any] | None:
+        data = self._call(lambda: self._redis.get(self._key("reindex")))
+        return json.loads(data) if data is not None else None
+
+    def put_reindex(self, state: dict[str, Any]) -> None:
+        payload = json.dumps(state, sort_keys=True)
+        self._call(lambda: self._redis.set(self._key("reindex"), payload))
+
+    def switch_model(self, active: str, previous: str | None, reindex: dict[str, Any]) -> None:
+        """Record a switch and the reindex's outcome in one transaction."""
+
+        def write() -> None:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hset(self._key("model"), mapping={"active": active, "previous": previous or ""})
+            pipe.set(self._key("reindex"), json.dumps(reindex, sort_keys=True))
+            pipe.execute()
+
+        self._call(write)
 
     def references_missing_vectors(self, model_version: str) -> list[Reference]:
         """References that have no vector for model_version yet (e.g. after a model change)."""

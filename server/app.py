@@ -19,22 +19,26 @@ from grpc_reflection.v1alpha import reflection
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from embedder import DecodeLimits, load_artifact, resolve_model
-from embedder.text import load_text_tower
+from embedder import ArtifactError, DecodeLimits, Embedder, load_artifact, resolve_model
+from embedder.model import artifact_version
+from embedder.registry import ModelRegistry
+from embedder.text import TextTower, load_text_tower
 from indexer.decision import DecisionPolicy, Thresholds
 from indexer.embedded import EmbeddedValkey
 from indexer.index import IndexConfig
 from indexer.store import Store
 from indexer.vote import VoteConfig
 from server.auth import AuthInterceptor, TokenTable, load_tokens
-from server.catalog import Batching, Catalog, Limits
+from server.catalog import Catalog, Limits
 from server.drift import DriftMonitor
 from server.interceptors import DefaultDeadlineInterceptor, Metadata, ObserveInterceptor
 from server.metrics import Metrics
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 from server.proto.nearcat.v1 import nearcat_pb2_grpc as pb_grpc
 from server.ratelimit import RateLimitInterceptor, TokenBuckets
+from server.reindex import ModelOpener, ReindexConfig, Reindexer
 from server.servicer import NearcatServicer
+from server.serving import Batching
 from server.settings import Settings
 from server.tls import server_credentials
 
@@ -83,14 +87,77 @@ def warn_if_not_durable(client: redis.Redis) -> None:
         )
 
 
+def model_opener(settings: Settings) -> ModelOpener:
+    """How this server loads a model version: checksums verified, with its text tower."""
+    limits = DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+
+    def open_model(path: Path) -> tuple[Embedder, TextTower | None]:
+        embedder = load_artifact(path, limits=limits, runtime=settings.runtime)
+        return embedder, load_text_tower(embedder)
+
+    return open_model
+
+
+def active_model(settings: Settings, store: Store, registry: ModelRegistry) -> Path:
+    """The artifact to serve: the store's active model version. `--model` only seeds it on
+    the first start against a store; afterwards the store wins (a restart keeps serving what
+    the last reindex or rollback switched to), and `nearcat reindex` changes it."""
+    models_dir = settings.data_dir / "models"
+    recorded = store.get_model()
+    if recorded is None:
+        entry = registry.register(resolve_model(settings.model, models_dir))
+        recorded = store.seed_model(entry.version)
+        log.info(
+            "model: first start, --model %s is the active version %s", settings.model, entry.version
+        )
+    elif not registry.has(recorded.active):
+        # A replica with its own data dir, or a fresh one: --model may be the active version.
+        artifact = resolve_model(settings.model, models_dir)
+        if artifact_version(artifact) != recorded.active:
+            raise ArtifactError(
+                f"the store's active model version {recorded.active} is not in {registry.root}, "
+                f"and --model {settings.model} is version {artifact_version(artifact)}: pass "
+                f"--model pointing at the artifact of {recorded.active}"
+            )
+        registry.register(artifact)
+    else:
+        given = _version_if_known(settings.model, models_dir)
+        if given is not None and given != recorded.active:
+            log.warning(
+                "model: serving %s, the store's active version; --model %s (version %s) is "
+                "used only on a first start: switch to it with `nearcat reindex --model %s`",
+                recorded.active,
+                settings.model,
+                given,
+                settings.model,
+            )
+        else:
+            log.info("model: serving %s, the store's active version", recorded.active)
+    return registry.get(recorded.active).path
+
+
+def _version_if_known(spec: str, models_dir: Path) -> str | None:
+    """The version `spec` names if that can be read without building anything."""
+    for path in (Path(spec), models_dir / spec):
+        if path.is_dir():
+            try:
+                return artifact_version(path)
+            except (ArtifactError, FileNotFoundError):
+                return None
+    return None
+
+
 def build_catalog(
     settings: Settings, client: redis.Redis, on_batch: Callable[[int], None] | None = None
-) -> Catalog:
-    limits = DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    artifact = resolve_model(settings.model, settings.data_dir / "models")
-    embedder = load_artifact(artifact, limits=limits, runtime=settings.runtime)
+) -> tuple[Catalog, Reindexer]:
+    """The catalogue on the store's active model, its index loaded, and the reindexer (an
+    interrupted reindex resumed)."""
+    store = Store(client, settings.key_prefix)
+    registry = ModelRegistry(settings.data_dir / "models" / "registry")
+    open_model = model_opener(settings)
+    embedder, text = open_model(active_model(settings, store, registry))
     catalog = Catalog(
-        Store(client, settings.key_prefix),
+        store,
         embedder,
         VoteConfig(settings.k, settings.votes_per_category, settings.vote_temperature),
         Limits(max_images_per_request=settings.max_images_per_request),
@@ -101,11 +168,24 @@ def build_catalog(
         DecisionPolicy.load(
             Thresholds(settings.auto_accept, settings.flag), settings.thresholds_file
         ),
-        load_text_tower(embedder),
+        text,
         settings.prompt_weight,
     )
     catalog.load(progress=True)
-    return catalog
+    reindexer = Reindexer(
+        catalog,
+        registry,
+        settings.data_dir / "models",
+        open_model,
+        ReindexConfig(
+            settings.reindex_max_accuracy_drop,
+            settings.reindex_batch,
+            settings.reindex_validation_examples,
+            settings.reindex_group_by,
+        ),
+    )
+    reindexer.resume()
+    return catalog, reindexer
 
 
 def interceptors(
@@ -138,6 +218,7 @@ class RunningServer:
         catalog: Catalog,
         metrics: Metrics | None = None,
         tokens: TokenTable | None = None,
+        reindexer: Reindexer | None = None,
     ) -> None:
         self.metrics = metrics or Metrics(DriftMonitor(settings.drift_window))
         self.health = health.HealthServicer()
@@ -149,7 +230,7 @@ class RunningServer:
                 ("grpc.max_send_message_length", settings.max_message_bytes),
             ],
         )
-        pb_grpc.add_NearcatServicer_to_server(NearcatServicer(catalog), self.server)
+        pb_grpc.add_NearcatServicer_to_server(NearcatServicer(catalog, reindexer), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -192,9 +273,9 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
     store = open_store(settings)
     stop_metrics: Callable[[], None] = lambda: None  # noqa: E731
     try:
-        catalog = build_catalog(settings, store.client, on_batch=metrics.observe_batch)
-        metrics.watch(catalog)
-        running = RunningServer(settings, catalog, metrics, tokens)
+        catalog, reindexer = build_catalog(settings, store.client, on_batch=metrics.observe_batch)
+        metrics.watch(catalog, reindexer)
+        running = RunningServer(settings, catalog, metrics, tokens, reindexer)
         status = catalog.status()
         address = f"{settings.host}:{running.port}"
         announce(f"nearcat listening on {address}")
@@ -222,6 +303,7 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
         log.info("stopping: letting in-flight calls finish (up to %.0fs)", settings.grace_seconds)
         running.stop(settings.grace_seconds)
         stop_metrics()
+        reindexer.close()  # an unfinished reindex resumes at the next start
         catalog.close()
     finally:
         store.close()

@@ -34,6 +34,7 @@ READ_ONLY_METHODS = frozenset(
         "GetStatus",
         "ZeroShot",
         "SearchByText",
+        "GetReindexStatus",
     }
 )
 OPEN_SERVICES = frozenset(

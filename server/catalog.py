@@ -11,14 +11,15 @@ import random
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
-from embedder import Embedder, ImageDecodeError
+from embedder import Embedder
 from indexer.calibration import Calibration, LabelledVote, fit_calibration
 from indexer.decision import Decision, DecisionPolicy
 from indexer.errors import (
@@ -35,6 +36,7 @@ from indexer.store import Category, NewReference, Reference, Store
 from indexer.taxonomy import LevelScore, level_scores, path_of
 from indexer.vote import CategoryScore, VoteConfig, knn_vote
 from server.batcher import MicroBatcher
+from server.serving import Batching, Serving, SwitchGate
 
 if TYPE_CHECKING:
     from embedder.text import TextTower
@@ -64,15 +66,6 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class Batching:
-    """How the model worker groups concurrent calls (see server.batcher)."""
-
-    max_batch: int = 32
-    max_wait_ms: float = 2.0
-    on_batch: Callable[[int], None] | None = None  # told each batch's size (metrics)
-
-
-@dataclass(frozen=True)
 class ReferenceInput:
     image: bytes
     metadata: dict[str, str] = field(default_factory=dict)
@@ -97,6 +90,7 @@ class Prediction:
     # The deepest ancestor of the answer that is sure enough to auto-accept when the answer
     # itself is not: "certainly Shoes, maybe Sneakers".
     confident_ancestor: LevelScore | None = None
+    model_version: str = ""  # the version that answered: one per call, never a mix
 
     @property
     def confidence(self) -> float:
@@ -172,7 +166,12 @@ def _check_deadline(deadline: float | None, before: str) -> None:
 
 
 class Catalog:
-    """Categories, their references and classification; safe to call from many threads."""
+    """Categories, their references and classification; safe to call from many threads.
+
+    What depends on the model version (embedder, index, calibration, text vectors, model
+    worker) lives in one `Serving` object; a reindex prepares another and `switch` swaps
+    them (see server.serving and server.reindex).
+    """
 
     def __init__(
         self,
@@ -187,84 +186,196 @@ class Catalog:
         prompt_weight: float = 3.0,
     ) -> None:
         self.store = store
-        self.embedder = embedder
         self.vote = vote or VoteConfig()
         self.limits = limits or Limits()
-        self.index = VectorIndex(embedder.dim, index_config)
         self.decisions = decisions or DecisionPolicy()
-        self.calibration = Calibration()
-        self.text = text
         self.prompt_weight = prompt_weight
-        batching = batching or Batching()
-        self.batcher = MicroBatcher(
-            self.model_rows, batching.max_batch, batching.max_wait_ms, batching.on_batch
-        )
+        self.index_config = index_config or IndexConfig()
+        self.batching = batching or Batching()
         self._parents: dict[str, str | None] = {}
-        # Text vectors: of categories with prompts (encoded when they are added), and of the
-        # others' names (encoded only once text is needed: the text model is big to load).
-        # Only categories with prompts take text evidence into account; names compete.
-        self._text_lock = threading.Lock()
-        self._prompted: dict[str, np.ndarray] = {}
-        self._names: dict[str, np.ndarray] = {}
-        self._text_matrix: tuple[list[str], np.ndarray] | None = None
+        self._state_lock = threading.Lock()
+        self._serving = self.new_serving(embedder, text)
+        # The state a reindex is building: while it is set, writes embed for it too.
+        self._pending: Serving | None = None
+        self._gate = SwitchGate()
         self._vectors_loaded = 0
         self._started_at_ms = int(time.time() * 1000)
 
-    def model_rows(self, pixels: np.ndarray) -> np.ndarray:
-        """What the model worker runs: embeddings, followed by the image's semantic vector
-        (for text prompts) when there is a text tower; `_split_rows` takes them apart."""
-        if self.text is None:
-            return self.embedder.embed_pixels(pixels)
-        vectors, semantics = self.embedder.embed_pixels_with_semantics(pixels)
-        return np.hstack([vectors, semantics]).astype(np.float32, copy=False)
+    # -- the serving state ---------------------------------------------------------------
 
-    def _split_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return rows[:, : self.embedder.dim], rows[:, self.embedder.dim :]
+    def new_serving(self, embedder: Embedder, text: TextTower | None) -> Serving:
+        """An empty serving state for `embedder`, with the calibration stored for it."""
+        calibration = Calibration.from_json(self.store.get_calibration(embedder.version) or {})
+        index = VectorIndex(embedder.dim, self.index_config)
+        return Serving(embedder, index, text, calibration, self.batching)
+
+    @property
+    def serving(self) -> Serving:
+        return self._serving
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._serving.embedder
+
+    @property
+    def index(self) -> VectorIndex:
+        return self._serving.index
+
+    @property
+    def text(self) -> TextTower | None:
+        return self._serving.text
+
+    @property
+    def calibration(self) -> Calibration:
+        return self._serving.calibration
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        return self._serving.batcher
+
+    @property
+    def pending(self) -> Serving | None:
+        return self._pending
+
+    @contextmanager
+    def _use(self) -> Iterator[Serving]:
+        """The serving state, held for one call: a switch never closes it under the call."""
+        with self._state_lock:
+            serving = self._serving
+            serving.users += 1
+        try:
+            yield serving
+        finally:
+            with self._state_lock:
+                serving.users -= 1
+                finished = serving.retired and serving.users == 0
+            if finished:
+                serving.close()
+
+    def begin_reindex(self, pending: Serving) -> None:
+        """From now on, every write also embeds and stores vectors for `pending`."""
+        with self._gate.switch():
+            self._pending = pending
+
+    def end_reindex(self) -> None:
+        """Stop writing vectors for the pending state (a refused or failed reindex)."""
+        with self._gate.switch():
+            self._pending = None
+
+    def switch(self, new: Serving, commit: Callable[[], None]) -> None:
+        """Make `new` the serving state, atomically for every call.
+
+        Writes are held back while its index is brought level with the store (references
+        added or removed since it was filled), its prompts encoded, and `commit` records the
+        switch in the store; then one assignment swaps the state. Calls that started before
+        finish on the old state, which closes after the last of them.
+        """
+        with self._gate.switch():
+            self.sync_index(new)
+            new.set_texts([c for c in self.store.list_categories() if c.prompts])
+            commit()
+            with self._state_lock:
+                old, self._serving = self._serving, new
+                self._pending = None
+                old.retired = True
+                idle = old.users == 0
+        log.info("switched from model %s to %s", old.version, new.version)
+        if idle:
+            old.close()
+
+    def sync_index(self, serving: Serving) -> None:
+        """Bring `serving.index` level with the store's references: drop the removed ones,
+        add those missing (with their stored vector, or embedded now when they have none)."""
+        stored = self.store.all_references()
+        held = serving.index.reference_ids()
+        stale = [i for i in held if i not in stored]
+        serving.index.remove(stale)
+        missing = [i for i in stored if i not in held]
+        if not missing:
+            return
+        vectors = self.store.get_vectors(serving.version, missing)
+        unembedded = [i for i in missing if i not in vectors]
+        for start in range(0, len(unembedded), EMBED_BATCH):
+            chunk = unembedded[start : start + EMBED_BATCH]
+            images = [self.store.get_image(i) or b"" for i in chunk]
+            embedded, _ = serving.embed(images, [f"stored reference {i}" for i in chunk])
+            new = dict(zip(chunk, embedded, strict=True))
+            self.store.put_vectors(serving.version, new)
+            vectors.update(new)
+        ids = list(vectors)
+        serving.index.add(ids, [stored[i] for i in ids], np.stack([vectors[i] for i in ids]))
 
     # -- start-up ------------------------------------------------------------------------
 
     def load(self, progress: bool = False) -> None:
         """Build the index from the store; embed only references this model has no vector for."""
-        version = self.embedder.version
         categories_now = self.store.list_categories()
         for category in categories_now:
             self._parents[category.name] = category.parent
-        self._set_texts([c for c in categories_now if c.prompts])
-        self.calibration = Calibration.from_json(self.store.get_calibration(version) or {})
+        serving = self._serving
+        serving.set_texts(categories_now)
+        bar = tqdm(desc="embedding", disable=not progress)
+
+        def show(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        loaded, embedded = self.fill(serving, show if progress else None)
+        bar.close()
+        self._vectors_loaded = loaded
+        log.info(
+            "index ready: %d vectors (%d loaded, %d embedded), model %s",
+            len(serving.index),
+            loaded,
+            embedded,
+            serving.version,
+        )
+
+    def fill(
+        self,
+        serving: Serving,
+        on_progress: Callable[[int, int], None] | None = None,
+        batch_size: int = EMBED_BATCH,
+        stop: threading.Event | None = None,
+    ) -> tuple[int, int]:
+        """Build `serving.index` from the store: load every stored vector of its version and
+        embed, in batches, the references that have none (each batch stored before the next,
+        so an interrupted fill resumes where it stopped). Tells `on_progress(done, total)`
+        after each batch; returns (vectors loaded, references embedded)."""
+        version = serving.version
         ids: list[str] = []
         categories: list[str] = []
         missing_ids: list[str] = []
-        stored = [np.zeros((0, self.embedder.dim), dtype=np.float32)]
+        stored = [np.zeros((0, serving.embedder.dim), dtype=np.float32)]
         for batch in self.store.iter_vectors(version):  # one pass: vectors and what lacks one
             missing_ids += batch.missing_ids
             if batch.reference_ids:
                 ids += batch.reference_ids
                 categories += batch.categories
                 stored.append(batch.vectors)
-        self.index = VectorIndex.build(
-            self.embedder.dim, ids, categories, np.concatenate(stored), self.index.config
+        serving.index = VectorIndex.build(
+            serving.embedder.dim, ids, categories, np.concatenate(stored), self.index_config
         )
-        self._vectors_loaded = len(ids)
         missing = [r for r in self.store.get_references(missing_ids) if r is not None]
+        total = len(ids) + len(missing)
         if missing:
             log.info("embedding %d references that have no %s vector yet", len(missing), version)
-        for start in tqdm(
-            range(0, len(missing), EMBED_BATCH),
-            desc="embedding",
-            disable=not progress or not missing,
-        ):
-            chunk = missing[start : start + EMBED_BATCH]
+        if on_progress is not None:
+            on_progress(len(ids), total)
+        embedded = 0
+        for start in range(0, len(missing), batch_size):
+            if stop is not None and stop.is_set():
+                break
+            chunk = missing[start : start + batch_size]
             images = [self.store.get_image(ref.id) or b"" for ref in chunk]
-            vectors, _ = self._embed(images, [f"stored reference {r.id}" for r in chunk])
+            vectors, _ = serving.embed(images, [f"stored reference {r.id}" for r in chunk])
             self.store.put_vectors(version, {r.id: v for r, v in zip(chunk, vectors, strict=True)})
-            self.index.add([r.id for r in chunk], [r.category for r in chunk], vectors)
-        log.info(
-            "index ready: %d vectors (%d loaded, %d embedded), model %s",
-            len(self.index),
-            self._vectors_loaded,
-            len(missing),
-            version,
-        )
+            serving.index.add([r.id for r in chunk], [r.category for r in chunk], vectors)
+            embedded += len(chunk)
+            if on_progress is not None:
+                on_progress(len(ids) + embedded, total)
+        return len(ids), embedded
 
     # -- classification ------------------------------------------------------------------
 
@@ -283,36 +394,37 @@ class Catalog:
             raise InvalidArgument(f"top_n must be between 1 and {MAX_TOP_N}, got {top_n}")
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
-        if len(self.index) == 0 and not self._prompted:
-            raise FailedPrecondition(
-                "no reference images yet: add a category with AddCategory (or `nearcat import`)"
-            )
-        with self.batcher.expecting():
-            decoded = self._decode_each(images)
-            _check_deadline(deadline, "embedding")
-            vectors, semantics = self._embed_decoded(decoded)
-        neighbours = iter(self.index.search(vectors, k))
-        meanings = iter(semantics)
-        return [
-            self._predict(next(neighbours), next(meanings), top_n)
-            if isinstance(d, np.ndarray)
-            else d
-            for d in decoded
-        ]
+        with self._use() as s:
+            if len(s.index) == 0 and not s.prompted:
+                raise FailedPrecondition(
+                    "no reference images yet: add a category with AddCategory (or `nearcat import`)"
+                )
+            with s.batcher.expecting():
+                decoded = s.decode_each(images)
+                _check_deadline(deadline, "embedding")
+                vectors, semantics = s.embed_decoded(decoded)
+            neighbours = iter(s.index.search(vectors, k))
+            meanings = iter(semantics)
+            return [
+                self._predict(s, next(neighbours), next(meanings), top_n)
+                if isinstance(d, np.ndarray)
+                else d
+                for d in decoded
+            ]
 
-    def _predict(self, hits: list[Hit], semantic: np.ndarray, top_n: int) -> Prediction:
+    def _predict(self, s: Serving, hits: list[Hit], semantic: np.ndarray, top_n: int) -> Prediction:
         scores = knn_vote(hits, self.vote, MAX_K)  # every category that got a vote
-        if self._prompted and self.text is not None:
-            scores = self._with_text_evidence(scores, semantic)
-        scores = self.calibration.apply(scores)
+        if s.prompted and s.text is not None:
+            scores = self._with_text_evidence(s, scores, semantic)
+        scores = s.calibration.apply(scores)
         if not scores:
-            return Prediction([], hits, Decision.UNKNOWN)
+            return Prediction([], hits, Decision.UNKNOWN, model_version=s.version)
         top = scores[0]
         # Only image evidence can say "unlike anything here": a category known from text
         # alone has no references to be far from.
-        nearest = hits[0].similarity if hits and self.index.count(top.category) else 1.0
+        nearest = hits[0].similarity if hits and s.index.count(top.category) else 1.0
         decision = self.decisions.decide(
-            top.category, top.score, nearest, self.calibration.unknown_below
+            top.category, top.score, nearest, s.calibration.unknown_below
         )
         levels = level_scores(scores, self._parents)
         if decision in (Decision.REVIEW, Decision.UNKNOWN):
@@ -325,6 +437,7 @@ class Catalog:
             decision=decision,
             levels=levels,
             confident_ancestor=self._confident_ancestor(decision, top.category, levels),
+            model_version=s.version,
         )
 
     def _confident_ancestor(
@@ -341,7 +454,7 @@ class Catalog:
         return sure[-1] if sure else None
 
     def _with_text_evidence(
-        self, image_scores: list[CategoryScore], semantic: np.ndarray
+        self, s: Serving, image_scores: list[CategoryScore], semantic: np.ndarray
     ) -> list[CategoryScore]:
         """Mix in text evidence for categories that have prompts.
 
@@ -353,25 +466,25 @@ class Catalog:
         share weighted by 1 - w_c. So a category known from text alone can win outright when
         the text is sure, and without prompts nothing changes.
         """
-        assert self.text is not None
-        matrix = self._text_snapshot()
+        assert s.text is not None
+        matrix = s.text_snapshot(sorted(self._parents))
         if matrix is None:
             return image_scores
         names, vectors = matrix
-        logits = self.text.logit_scale * (vectors @ semantic)
+        logits = s.text.logit_scale * (vectors @ semantic)
         text_share = np.exp(logits - logits.max())
         text_share /= text_share.sum()
         weight = {
-            name: self.prompt_weight / (self.prompt_weight + self.index.count(name))
+            name: self.prompt_weight / (self.prompt_weight + s.index.count(name))
             for name in names
-            if name in self._prompted
+            if name in s.prompted
         }
         claimed = {
             name: weight[name] * share
             for name, share in zip(names, text_share.tolist(), strict=True)
             if name in weight
         }
-        image = {s.category: (1 - weight.get(s.category, 0.0)) * s.score for s in image_scores}
+        image = {c.category: (1 - weight.get(c.category, 0.0)) * c.score for c in image_scores}
         image_total = sum(image.values())
         left = 1.0 - sum(claimed.values())
         mixed = dict(claimed)  # with no image evidence at all, the claims are all there is
@@ -390,87 +503,22 @@ class Catalog:
 
     # -- text ----------------------------------------------------------------------------
 
-    def _require_text(self) -> TextTower:
-        if self.text is None:
-            raise FailedPrecondition(
-                f"model {self.embedder.version} has no text tower, so text prompts cannot be "
-                "used; add reference images instead, or serve a model with one "
-                "(the packaged efficientnet_lite0 or a CLIP model)"
-            )
-        return self.text
-
-    def _encode_text(self, texts: Sequence[str]) -> np.ndarray:
-        text = self._require_text()
-        try:
-            return text.encode(list(texts))
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from exc
-
-    def _set_texts(self, categories: Sequence[Category]) -> None:
-        """Encode the prompts of these categories."""
-        if self.text is not None and categories:
-            self._remember_prompts(categories, self._prompt_vectors(categories))
-
-    def _prompt_vectors(self, categories: Sequence[Category]) -> list[np.ndarray]:
-        """One unit vector per category: the mean of its prompts' vectors (a prompt ensemble)."""
-        texts = [c.prompts for c in categories]
-        flat = self._encode_text([t for group in texts for t in group])
-        vectors, start = [], 0
-        for group in texts:
-            vectors.append(_unit(flat[start : start + len(group)].mean(axis=0)))
-            start += len(group)
-        return vectors
-
-    def _remember_prompts(self, categories: Sequence[Category], vectors: list[np.ndarray]) -> None:
-        with self._text_lock:
-            for category, vector in zip(categories, vectors, strict=True):
-                self._prompted[category.name] = vector
-            self._text_matrix = None
-
-    def _forget_text_matrix(self) -> None:
-        with self._text_lock:
-            self._text_matrix = None
-
-    def _drop_text(self, name: str) -> None:
-        with self._text_lock:
-            self._prompted.pop(name, None)
-            self._names.pop(name, None)
-            self._text_matrix = None
-
-    def _text_snapshot(self) -> tuple[list[str], np.ndarray] | None:
-        """(category names, their text vectors): prompts where given, else the name."""
-        with self._text_lock:
-            if self._text_matrix is not None:
-                return self._text_matrix
-            names = sorted(self._parents)
-            unencoded = [n for n in names if n not in self._prompted and n not in self._names]
-        if unencoded:  # outside the lock: encoding takes a while
-            encoded = self._encode_text(unencoded)
-        with self._text_lock:
-            if unencoded:
-                self._names.update(zip(unencoded, encoded, strict=True))
-            names = [n for n in sorted(self._parents) if n in self._prompted or n in self._names]
-            if not names:
-                return None
-            vectors = [self._prompted.get(n, self._names.get(n)) for n in names]
-            self._text_matrix = (names, np.stack([v for v in vectors if v is not None]))
-            return self._text_matrix
-
     def zero_shot(self, image: bytes, labels: Sequence[str]) -> list[LabelScore]:
         """Rank free-text labels for one image, no references needed; best first."""
-        text = self._require_text()
-        if not labels:
-            raise InvalidArgument("no labels given: send the candidate labels to rank")
-        if len(labels) > MAX_LABELS:
-            raise InvalidArgument(f"{len(labels)} labels; the limit is {MAX_LABELS}")
-        for i, label in enumerate(labels):
-            _check_text(label, f"label {i}")
-        label_vectors = self._encode_text(labels)
-        with self.batcher.expecting():
-            [decoded] = self._decode_each([image])
-            if not isinstance(decoded, np.ndarray):
-                raise decoded
-            _, semantics = self._embed_decoded([decoded])
+        with self._use() as s:
+            text = s.require_text()
+            if not labels:
+                raise InvalidArgument("no labels given: send the candidate labels to rank")
+            if len(labels) > MAX_LABELS:
+                raise InvalidArgument(f"{len(labels)} labels; the limit is {MAX_LABELS}")
+            for i, label in enumerate(labels):
+                _check_text(label, f"label {i}")
+            label_vectors = s.encode_text(labels)
+            with s.batcher.expecting():
+                [decoded] = s.decode_each([image])
+                if not isinstance(decoded, np.ndarray):
+                    raise decoded
+                _, semantics = s.embed_decoded([decoded])
         logits = text.logit_scale * (label_vectors @ semantics[0])
         shares = np.exp(logits - logits.max())
         shares /= shares.sum()
@@ -479,25 +527,27 @@ class Catalog:
 
     def search_by_text(self, query: str, top_n: int = 5, k: int | None = None) -> TextSearch:
         """Categories whose text matches the query, and the reference images nearest to it."""
-        text = self._require_text()
-        _check_text(query, "text")
-        top_n = top_n or 5
-        k = k or self.vote.k
-        if not 1 <= top_n <= MAX_TOP_N or not 1 <= k <= MAX_K:
-            raise InvalidArgument(f"top_n must be 1..{MAX_TOP_N} and k 1..{MAX_K}")
-        vector = self._encode_text([query])
-        categories: list[ScoredCategory] = []
-        matrix = self._text_snapshot()
-        if matrix is not None:
-            names, vectors = matrix
-            similarity = vectors @ vector[0]
-            order = np.argsort(-similarity)[:top_n]
-            categories = [
-                ScoredCategory(names[i], float(similarity[i]), self.path(names[i])) for i in order
-            ]
-        queries = text.image_queries(vector)
-        references = self.index.search(queries, k)[0] if queries is not None else []
-        return TextSearch(categories, references)
+        with self._use() as s:
+            text = s.require_text()
+            _check_text(query, "text")
+            top_n = top_n or 5
+            k = k or self.vote.k
+            if not 1 <= top_n <= MAX_TOP_N or not 1 <= k <= MAX_K:
+                raise InvalidArgument(f"top_n must be 1..{MAX_TOP_N} and k 1..{MAX_K}")
+            vector = s.encode_text([query])
+            categories: list[ScoredCategory] = []
+            matrix = s.text_snapshot(sorted(self._parents))
+            if matrix is not None:
+                names, vectors = matrix
+                similarity = vectors @ vector[0]
+                order = np.argsort(-similarity)[:top_n]
+                categories = [
+                    ScoredCategory(names[i], float(similarity[i]), self.path(names[i]))
+                    for i in order
+                ]
+            queries = text.image_queries(vector)
+            references = s.index.search(queries, k)[0] if queries is not None else []
+            return TextSearch(categories, references)
 
     # -- calibration ---------------------------------------------------------------------
 
@@ -510,6 +560,34 @@ class Catalog:
         `group_by`, by references sharing its value of that metadata key (e.g. the same
         sender's other photos), so the fit sees the odds a new image really has.
         """
+        with self._use() as s:
+            votes = self.leave_one_out(s, group_by, max_examples)
+            how = f"leave-one-out over {len(votes)} references" + (
+                f", excluding the same {group_by!r}" if group_by else ""
+            )
+            try:
+                calibration = fit_calibration(votes, how)
+            except ValueError as exc:
+                raise FailedPrecondition(f"{exc}; add more references first") from exc
+            self.store.put_calibration(s.version, calibration.to_json())
+            s.calibration = calibration
+        log.info(
+            "calibrated: temperature %.3f, unknown below %.3f, ECE %.3f -> %.3f (%s)",
+            calibration.temperature,
+            calibration.unknown_below,
+            calibration.ece_before or 0.0,
+            calibration.ece_after or 0.0,
+            how,
+        )
+        return calibration
+
+    def leave_one_out(
+        self, s: Serving, group_by: str | None, max_examples: int = CALIBRATION_EXAMPLES
+    ) -> list[LabelledVote]:
+        """The kNN vote of each sampled stored reference by the others in `s.index`, never by
+        itself nor by references sharing its `group_by` metadata. The sample is drawn the same
+        way for every model version, so two versions holding vectors for the same references
+        are measured on the same images; only the sample's vectors are read."""
         population = [
             (reference, category)
             for category in self.store.category_names()
@@ -519,12 +597,11 @@ class Catalog:
             raise FailedPrecondition(
                 "calibration needs references in at least two categories; add more first"
             )
-        # Only the sample's vectors are read: a big catalogue is never loaded whole.
         sample = random.Random(0).sample(population, min(max_examples, len(population)))
-        stored = self.store.get_vectors(self.embedder.version, [r for r, _ in sample])
-        sample = [s for s, v in zip(sample, stored, strict=True) if v is not None]
-        found = self.index.search(
-            np.stack([v for v in stored if v is not None]) if sample else np.zeros((0, 0)),
+        stored = self.store.get_vectors(s.version, [r for r, _ in sample])
+        sample = [pair for pair in sample if pair[0] in stored]
+        found = s.index.search(
+            np.stack([stored[r] for r, _ in sample]) if sample else np.zeros((0, 0)),
             self.vote.k + CALIBRATION_EXTRA_NEIGHBOURS,
         )
         group_of: dict[str, str] = {}
@@ -546,24 +623,7 @@ class Catalog:
                 votes.append(
                     LabelledVote(knn_vote(others, self.vote, MAX_K), category, others[0].similarity)
                 )
-        how = f"leave-one-out over {len(votes)} references" + (
-            f", excluding the same {group_by!r}" if group_by else ""
-        )
-        try:
-            calibration = fit_calibration(votes, how)
-        except ValueError as exc:
-            raise FailedPrecondition(f"{exc}; add more references first") from exc
-        self.store.put_calibration(self.embedder.version, calibration.to_json())
-        self.calibration = calibration
-        log.info(
-            "calibrated: temperature %.3f, unknown below %.3f, ECE %.3f -> %.3f (%s)",
-            calibration.temperature,
-            calibration.unknown_below,
-            calibration.ece_before or 0.0,
-            calibration.ece_after or 0.0,
-            how,
-        )
-        return calibration
+        return votes
 
     # -- writes --------------------------------------------------------------------------
 
@@ -591,24 +651,25 @@ class Catalog:
             raise InvalidArgument(f"{len(prompts)} prompts; the limit is {MAX_PROMPTS}")
         for i, prompt in enumerate(prompts):
             _check_text(prompt, f"prompt {i}")
-        if prompts:
-            self._require_text()
-        if self.store.get_category(name) is not None:  # fail before the costly embedding
-            raise AlreadyExists(
-                f"category {name!r} already exists; use AddReferences to add images to it"
+        with self._gate.write(), self._use() as s:
+            if prompts:
+                s.require_text()
+            if self.store.get_category(name) is not None:  # fail before the costly embedding
+                raise AlreadyExists(
+                    f"category {name!r} already exists; use AddReferences to add images to it"
+                )
+            draft = Category(name, parent or None, {}, 0, 0, list(prompts))
+            text_vectors = s.prompt_vectors([draft]) if prompts else []
+            prepared = self._prepare(name, references, deadline)
+            category, duplicate = self.store.create_category(
+                name, parent or None, metadata or {}, prepared, s.version, prompts
             )
-        draft = Category(name, parent or None, {}, 0, 0, list(prompts))
-        text_vectors = self._prompt_vectors([draft]) if prompts else []
-        prepared = self._prepare(name, references, deadline)
-        category, duplicate = self.store.create_category(
-            name, parent or None, metadata or {}, prepared, self.embedder.version, prompts
-        )
-        self._parents[name] = parent or None
-        if text_vectors:
-            self._remember_prompts([category], text_vectors)
-        else:
-            self._forget_text_matrix()
-        self._index_new(name, prepared)
+            self._parents[name] = parent or None
+            if text_vectors:
+                s.remember_prompts([category], text_vectors)
+            else:
+                s.forget_text_matrix()
+            self._index_new(s, name, prepared)
         return AddResult(category, _added(prepared, duplicate))
 
     def add_references(
@@ -625,9 +686,10 @@ class Catalog:
             raise NotFound(
                 f"category {category!r} does not exist; create it with AddCategory first"
             )
-        prepared = self._prepare(category, references, deadline)
-        duplicate = self.store.add_references(category, prepared, self.embedder.version)
-        self._index_new(category, prepared)
+        with self._gate.write(), self._use() as s:
+            prepared = self._prepare(category, references, deadline)
+            duplicate = self.store.add_references(category, prepared, s.version)
+            self._index_new(s, category, prepared)
         stored = self.store.get_category(category)
         if stored is None:  # deleted concurrently right after our commit
             raise NotFound(f"category {category!r} was deleted while references were added")
@@ -636,16 +698,18 @@ class Catalog:
     def remove_references(self, reference_ids: Sequence[str]) -> int:
         if not reference_ids:
             raise InvalidArgument("no reference ids given")
-        removed = self.store.remove_references(reference_ids)
-        self.index.remove([r.id for r in removed])
+        with self._gate.write(), self._use() as s:
+            removed = self.store.remove_references(reference_ids)
+            s.index.remove([r.id for r in removed])
         return len(removed)
 
     def delete_category(self, name: str) -> int:
         validate_category_name(name)
-        removed = self.store.delete_category(name)
-        self.index.remove([r.id for r in removed])
-        self._parents.pop(name, None)
-        self._drop_text(name)
+        with self._gate.write(), self._use() as s:
+            removed = self.store.delete_category(name)
+            s.index.remove([r.id for r in removed])
+            self._parents.pop(name, None)
+            s.drop_text(name)
         return len(removed)
 
     # -- reads ---------------------------------------------------------------------------
@@ -665,27 +729,28 @@ class Catalog:
         return self.store.list_categories()
 
     def status(self) -> Status:
+        s = self._serving
         return Status(
-            model_version=self.embedder.version,
-            embedding_dim=self.embedder.dim,
-            index_size=len(self.index),
+            model_version=s.version,
+            embedding_dim=s.embedder.dim,
+            index_size=len(s.index),
             category_count=len(self.store.category_names()),
-            images_embedded=self.batcher.stats().images,
+            images_embedded=s.batcher.stats().images,
             vectors_loaded_at_start=self._vectors_loaded,
             started_at_ms=self._started_at_ms,
-            calibration=self.calibration,
-            text_model=self.text.version if self.text is not None else "",
+            calibration=s.calibration,
+            text_model=s.text.version if s.text is not None else "",
         )
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _index_new(self, category: str, references: Sequence[NewReference]) -> None:
+    def _index_new(self, s: Serving, category: str, references: Sequence[NewReference]) -> None:
         # Duplicates too, once each: a write that committed while its reply was lost (store
         # connection dropped) comes back as a duplicate on retry and must still be indexed.
         # The index skips ids it holds already.
         new = list({r.id: r for r in references}.values())
         if new:
-            self.index.add(
+            s.index.add(
                 [r.id for r in new], [category] * len(new), np.stack([r.vector for r in new])
             )
 
@@ -701,18 +766,21 @@ class Catalog:
     def _prepare(
         self, category: str, references: Sequence[ReferenceInput], deadline: float | None
     ) -> list[NewReference]:
-        """Decode and embed every reference, or fail naming the first bad one."""
+        """Decode and embed every reference, or fail naming the first bad one; while a
+        reindex runs, embed it with the new model too, so it is stored for both versions."""
         if not references:
             return []
         self._check_count(references, "references")
         for i, ref in enumerate(references):
             _check_metadata(ref.metadata, f"reference {i}")
-        vectors, _ = self._embed(
-            [r.image for r in references], [f"reference {i}" for i in range(len(references))]
-        )
+        images = [r.image for r in references]
+        labels = [f"reference {i}" for i in range(len(references))]
+        vectors, _ = self._serving.embed(images, labels)
+        pending = self._pending
+        other = pending.embed(images, labels)[0] if pending is not None else None
         _check_deadline(deadline, "writing the references")
         prepared = []
-        for ref, vector in zip(references, vectors, strict=True):
+        for i, (ref, vector) in enumerate(zip(references, vectors, strict=True)):
             sha = image_sha256(ref.image)
             prepared.append(
                 NewReference(
@@ -721,52 +789,16 @@ class Catalog:
                     image=ref.image,
                     vector=vector,
                     metadata=dict(ref.metadata),
+                    other_vectors={pending.version: other[i]}
+                    if pending is not None and other is not None
+                    else {},
                 )
             )
         return prepared
 
-    def _embed(
-        self, images: Sequence[bytes], labels: Sequence[str]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings and semantic vectors of images that must all be good, or InvalidArgument
-        naming the first bad one."""
-        pixels = []
-        with self.batcher.expecting():
-            for image, label in zip(images, labels, strict=True):
-                try:
-                    pixels.append(self.embedder.decode(image))
-                except ImageDecodeError as exc:
-                    raise InvalidArgument(f"{label}: {exc}; nothing was written") from exc
-            return self._embed_decoded(pixels)
-
-    def _decode_each(self, images: Sequence[bytes]) -> list[np.ndarray | NearcatError]:
-        """Pixels of each image, or its own error; call inside `batcher.expecting()`."""
-        decoded: list[np.ndarray | NearcatError] = []
-        for i, image in enumerate(images):
-            try:
-                decoded.append(self.embedder.decode(image))
-            except ImageDecodeError as exc:
-                decoded.append(InvalidArgument(f"image {i}: {exc}"))
-        return decoded
-
-    def _embed_decoded(
-        self, decoded: Sequence[np.ndarray | NearcatError]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        pixels = [d for d in decoded if isinstance(d, np.ndarray)]
-        if not pixels:
-            rows = np.zeros((0, self.embedder.dim), dtype=np.float32)
-        else:
-            rows = self.batcher.run(np.stack(pixels))
-        return self._split_rows(rows)
-
     def close(self) -> None:
         """Stop the model worker once in-flight calls are done."""
-        self.batcher.close()
-
-
-def _unit(vector: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(vector))
-    return (vector / norm if norm > 0 else vector).astype(np.float32)
+        self._serving.close()
 
 
 def _check_text(text: str, what: str) -> None:

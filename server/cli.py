@@ -46,6 +46,8 @@ examples:
   nearcat classify shoe.jpg shirt.png --json
   nearcat categories
   nearcat calibrate --group-by group             # refit confidence on the references
+  nearcat reindex --model /srv/models/v2         # re-embed, validate, switch; Classify answers
+  nearcat rollback                               # back to the previous model version
 """
 
 
@@ -235,7 +237,7 @@ def calibrate(stub: Any, group_by: str) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    calibrate(connect(args.server), args.group_by or "")
+    calibrate(connect(args), args.group_by or "")
 
 
 def send_references(
@@ -397,6 +399,89 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(json.dumps(fields, indent=2))
 
 
+# -- reindex and rollback ------------------------------------------------------------------
+
+REINDEX_POLL_SECONDS = 0.5
+
+
+def cmd_reindex(args: argparse.Namespace) -> None:
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    stub = connect(args)
+    if args.status:
+        status = stub.GetReindexStatus(pb.GetReindexStatusRequest())
+        print(describe_reindex(status))
+        return
+    if not args.model:
+        raise CommandError("give --model NEW (or --status to see the last reindex)")
+    request = pb.ReindexRequest(model=args.model, skip_validation=args.no_validate)
+    if args.max_accuracy_drop is not None:
+        request.max_accuracy_drop = args.max_accuracy_drop
+    if args.metrics:
+        try:
+            request.metrics_json = Path(args.metrics).read_text()
+        except OSError as exc:
+            raise CommandError(f"cannot read {args.metrics}: {exc.strerror}") from exc
+    started = stub.Reindex(request)
+    follow_reindex(stub, started, args.wait)
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    stub = connect(args)
+    follow_reindex(stub, stub.Rollback(pb.RollbackRequest()), args.wait)
+
+
+def follow_reindex(stub: Any, status: Any, wait: bool) -> None:
+    """Show a progress bar until the job ends; exit 1 unless it switched."""
+    import time
+
+    from tqdm import tqdm
+
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    what = "rollback" if status.rollback else "reindex"
+    print(f"{what} to {status.target_version} started (serving {status.active_version})")
+    if not wait:
+        print("follow it with `nearcat reindex --status`")
+        return
+    running = (pb.REINDEX_RUNNING, pb.REINDEX_VALIDATING)
+    with tqdm(total=status.total or None, unit="ref", desc="embedding") as bar:
+        while status.state in running:
+            bar.total = status.total or bar.total
+            bar.n = status.done
+            bar.set_description(
+                "validating" if status.state == pb.REINDEX_VALIDATING else "embedding"
+            )
+            bar.refresh()
+            time.sleep(REINDEX_POLL_SECONDS)
+            status = stub.GetReindexStatus(pb.GetReindexStatusRequest())
+        bar.n = status.done
+        bar.refresh()
+    print(describe_reindex(status))
+    if status.state != pb.REINDEX_DONE:
+        raise SystemExit(1)
+
+
+def describe_reindex(status: Any) -> str:
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    state = pb.ReindexState.Name(status.state).removeprefix("REINDEX_").lower()
+    if status.state == pb.REINDEX_STATE_NONE:
+        return f"no reindex yet; serving {status.active_version}"
+    lines = [
+        f"{'rollback' if status.rollback else 'reindex'} to {status.target_version}: {state} "
+        f"({status.done} of {status.total} references"
+        + (f", resumed at {status.resumed_from}" if status.resumed_from else "")
+        + ")",
+        f"  serving {status.active_version}",
+    ]
+    if status.message:
+        lines.append(f"  {status.message}")
+    return "\n".join(lines)
+
+
 # -- parser --------------------------------------------------------------------------------
 
 
@@ -513,6 +598,56 @@ def build_parser() -> argparse.ArgumentParser:
         "status", "show what the server runs", "Model version, index size and counters as JSON."
     )
     status.set_defaults(run=cmd_status)
+
+    reindex = client_command(
+        "reindex",
+        "re-embed every reference with another model and switch to it",
+        "Tell the server to re-embed every stored reference with model NEW in the background "
+        "(batched, resumable: a server killed meanwhile continues on its next start), "
+        "validate it by leave-one-out kNN accuracy over the references (refusing to switch "
+        "when it drops by more than --max-accuracy-drop), then switch atomically. Classify "
+        "keeps answering all along. Shows a progress bar until it ends; exits 1 unless it "
+        "switched. `nearcat rollback` goes back.",
+    )
+    reindex.add_argument(
+        "--model",
+        metavar="NEW",
+        help="model artifact directory on the server's machine, registered model name, or "
+        "a version in the server's registry",
+    )
+    reindex.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="F",
+        help="refuse when accuracy falls by more than F (0.02: two points; default: the "
+        "server's --reindex-max-accuracy-drop)",
+    )
+    reindex.add_argument(
+        "--no-validate", action="store_true", help="switch without measuring accuracy"
+    )
+    reindex.add_argument(
+        "--metrics",
+        metavar="JSON",
+        help="a JSON file (e.g. from `nearcat eval --json`) kept with the version in the "
+        "server's model registry",
+    )
+    reindex.add_argument("--no-wait", dest="wait", action="store_false", help="start it and return")
+    reindex.add_argument(
+        "--status", action="store_true", help="show the running or last reindex and exit"
+    )
+    reindex.set_defaults(run=cmd_reindex)
+
+    rollback = client_command(
+        "rollback",
+        "switch back to the previous model version",
+        "Switch the server back to the model version served before the last reindex. Its "
+        "vectors are still stored, so only references added since are embedded; no "
+        "validation. Exits 1 unless it switched.",
+    )
+    rollback.add_argument(
+        "--no-wait", dest="wait", action="store_false", help="start it and return"
+    )
+    rollback.set_defaults(run=cmd_rollback)
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(commands)

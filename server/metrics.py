@@ -18,6 +18,7 @@ from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
 if TYPE_CHECKING:
     from server.catalog import Catalog
+    from server.reindex import Reindexer
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -69,9 +70,10 @@ class Metrics:
         )
         self.registry.register(_DriftCollector(self.drift))
 
-    def watch(self, catalog: Catalog) -> None:
-        """Export the catalogue's live figures (index size, model queue) at each scrape."""
-        self.registry.register(_CatalogCollector(catalog))
+    def watch(self, catalog: Catalog, reindexer: Reindexer | None = None) -> None:
+        """Export the catalogue's live figures (index size, model queue, reindex progress)
+        at each scrape."""
+        self.registry.register(_CatalogCollector(catalog, reindexer))
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)
@@ -131,22 +133,42 @@ def decision_of(classification: Any) -> str | None:
 
 
 class _CatalogCollector(Collector):
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, reindexer: Reindexer | None) -> None:
         self.catalog = catalog
+        self.reindexer = reindexer
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        serving, pending = self.catalog.serving, self.catalog.pending
         size = GaugeMetricFamily(
             "nearcat_index_size",
-            "References in the serving index, per model version",
+            "References in the index of each model version: the serving one, and the one a "
+            "running reindex is building",
             labels=["model_version"],
         )
-        size.add_metric([self.catalog.embedder.version], len(self.catalog.index))
+        size.add_metric([serving.version], len(serving.index))
+        if pending is not None and pending.version != serving.version:
+            size.add_metric([pending.version], len(pending.index))
         yield size
         yield GaugeMetricFamily(
             "nearcat_model_queue_depth",
             "Images waiting for the model worker",
-            value=self.catalog.batcher.queue_depth(),
+            value=serving.batcher.queue_depth(),
         )
+        job = self.reindexer.status() if self.reindexer is not None else None
+        running = job is not None and job.unfinished
+        yield GaugeMetricFamily(
+            "nearcat_reindex_running", "1 while a reindex runs", value=1.0 if running else 0.0
+        )
+        progress = GaugeMetricFamily(
+            "nearcat_reindex_references",
+            "References of the running or last reindex: with a vector of the new version "
+            "(done), and in all (total)",
+            labels=["target_version", "kind"],
+        )
+        if job is not None:
+            progress.add_metric([job.target, "done"], job.done)
+            progress.add_metric([job.target, "total"], job.total)
+        yield progress
 
 
 class _DriftCollector(Collector):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from indexer.taxonomy import LevelScore
 from server.catalog import AddResult, Catalog, Prediction, ReferenceInput, ScoredCategory
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 from server.proto.nearcat.v1 import nearcat_pb2_grpc as pb_grpc
+from server.reindex import Reindexer, ReindexJob, ReindexState
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +159,53 @@ def _elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
+REINDEX_STATE: dict[ReindexState, pb.ReindexState] = {
+    ReindexState.RUNNING: pb.REINDEX_RUNNING,
+    ReindexState.VALIDATING: pb.REINDEX_VALIDATING,
+    ReindexState.DONE: pb.REINDEX_DONE,
+    ReindexState.REFUSED: pb.REINDEX_REFUSED,
+    ReindexState.FAILED: pb.REINDEX_FAILED,
+}
+
+
+def _reindex_status(job: ReindexJob | None, active: str) -> pb.ReindexStatus:
+    if job is None:
+        return pb.ReindexStatus(state=pb.REINDEX_STATE_NONE, active_version=active)
+    return pb.ReindexStatus(
+        state=REINDEX_STATE[job.state],
+        target_version=job.target,
+        previous_version=job.previous,
+        active_version=active,
+        done=job.done,
+        total=job.total,
+        resumed_from=job.resumed_from,
+        started_at_ms=job.started_at_ms,
+        finished_at_ms=job.finished_at_ms,
+        message=job.message,
+        validated=job.accuracy_after is not None,
+        accuracy_before=job.accuracy_before or 0.0,
+        accuracy_after=job.accuracy_after or 0.0,
+        validation_examples=job.validation_examples,
+        max_accuracy_drop=job.max_accuracy_drop,
+        rollback=job.rollback,
+    )
+
+
+def _version_of(results: list[Prediction | NearcatError], catalog: Catalog) -> str:
+    """The version that answered (every prediction of one call has the same)."""
+    versions = {r.model_version for r in results if isinstance(r, Prediction)}
+    return versions.pop() if len(versions) == 1 else catalog.serving.version
+
+
 class NearcatServicer(pb_grpc.NearcatServicer):
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, reindexer: Reindexer | None = None) -> None:
         self.catalog = catalog
+        self.reindexer = reindexer
+
+    def _reindexer(self) -> Reindexer:
+        if self.reindexer is None:
+            raise FailedPrecondition("this server was started without reindexing")
+        return self.reindexer
 
     @rpc
     def Classify(
@@ -173,7 +219,7 @@ class NearcatServicer(pb_grpc.NearcatServicer):
             raise result
         return pb.ClassifyResponse(
             classification=_classification(result),
-            model_version=self.catalog.embedder.version,
+            model_version=result.model_version,
             processing_ms=_elapsed_ms(started),
         )
 
@@ -193,7 +239,7 @@ class NearcatServicer(pb_grpc.NearcatServicer):
         ]
         return pb.ClassifyBatchResponse(
             results=items,
-            model_version=self.catalog.embedder.version,
+            model_version=_version_of(results, self.catalog),
             processing_ms=_elapsed_ms(started),
         )
 
@@ -288,7 +334,7 @@ class NearcatServicer(pb_grpc.NearcatServicer):
         labels = self.catalog.zero_shot(request.image, list(request.labels))
         return pb.ZeroShotResponse(
             labels=[pb.LabelScore(label=s.label, score=s.score) for s in labels],
-            model_version=self.catalog.embedder.version,
+            model_version=self.catalog.serving.version,
         )
 
     @rpc
@@ -299,7 +345,7 @@ class NearcatServicer(pb_grpc.NearcatServicer):
         return pb.SearchByTextResponse(
             categories=_scores(found.categories),
             references=_neighbors(found.references),
-            model_version=self.catalog.embedder.version,
+            model_version=self.catalog.serving.version,
         )
 
     @rpc
@@ -308,3 +354,35 @@ class NearcatServicer(pb_grpc.NearcatServicer):
     ) -> pb.CalibrateResponse:
         calibration = self.catalog.calibrate(request.group_by_metadata or None)
         return pb.CalibrateResponse(calibration=_calibration(calibration))
+
+    @rpc
+    def Reindex(
+        self, request: pb.ReindexRequest, context: grpc.ServicerContext
+    ) -> pb.ReindexStatus:
+        metrics = None
+        if request.metrics_json:
+            try:
+                metrics = json.loads(request.metrics_json)
+            except ValueError as exc:
+                raise InvalidArgument(f"metrics_json is not JSON: {exc}") from exc
+            if not isinstance(metrics, dict):
+                raise InvalidArgument("metrics_json must be a JSON object")
+        job = self._reindexer().start(
+            request.model,
+            metrics,
+            request.max_accuracy_drop if request.HasField("max_accuracy_drop") else None,
+            validate=not request.skip_validation,
+        )
+        return _reindex_status(job, self.catalog.serving.version)
+
+    @rpc
+    def GetReindexStatus(
+        self, request: pb.GetReindexStatusRequest, context: grpc.ServicerContext
+    ) -> pb.ReindexStatus:
+        return _reindex_status(self._reindexer().status(), self.catalog.serving.version)
+
+    @rpc
+    def Rollback(
+        self, request: pb.RollbackRequest, context: grpc.ServicerContext
+    ) -> pb.ReindexStatus:
+        return _reindex_status(self._reindexer().rollback(), self.catalog.serving.version)

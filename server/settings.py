@@ -78,6 +78,25 @@ class Settings(BaseSettings):
     default_deadline_s: float = Field(
         60.0, ge=0, description="deadline of calls that come without one, in seconds (0: none)"
     )
+    # -- reindex ---------------------------------------------------------------------------
+    reindex_max_accuracy_drop: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="a reindex refuses to switch when the new model's leave-one-out accuracy "
+        "is lower by more than this (0.02: two points)",
+    )
+    reindex_batch: int = Field(
+        32, ge=1, description="references a reindex embeds and stores per step"
+    )
+    reindex_validation_examples: int = Field(
+        2000, ge=10, description="references sampled to validate a reindex"
+    )
+    reindex_group_by: str = Field(
+        "group",
+        description="reference metadata key whose references must not vote for each other "
+        "when a reindex is validated ('' for none)",
+    )
     # -- operating: logs, metrics, auth, TLS, rate limits ----------------------------------
     log_format: Literal["json", "text"] = Field(
         "json", description="server log lines: json (one object a line) or text"

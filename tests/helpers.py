@@ -43,3 +43,31 @@ def make_image(kind: str, seed: int, size: int = 160, fmt: str = "JPEG") -> byte
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def projected_artifact(source: Path, out_dir: Path, dim: int = 256, collapse: bool = False) -> Path:
+    """A second model version for reindex tests, cheap to make: `source`'s network with a
+    seeded random projection head to `dim` dimensions (which keeps neighbourhoods much as
+    they were), or with `collapse` a head that maps every image to nearly the same vector
+    (a model that has lost what it knew)."""
+    import dataclasses
+
+    import torch
+    from torch import nn
+
+    from embedder.model import load_network, write_artifact
+
+    network, config, _ = load_network(source)
+    head = nn.Linear(config.embedding_dim, dim)
+    generator = torch.Generator().manual_seed(dim)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(dim, config.embedding_dim, generator=generator))
+        head.bias.zero_()
+        if collapse:
+            head.weight.mul_(1e-6)
+            head.bias.copy_(torch.randn(dim, generator=generator))
+    network.head = head
+    name = f"{config.name}-{'collapsed' if collapse else 'projected'}{dim}"
+    return write_artifact(
+        network, dataclasses.replace(config, name=name, projection_dim=dim), out_dir
+    )

@@ -14,11 +14,26 @@ class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FLAG: _ClassVar[Decision]
     REVIEW: _ClassVar[Decision]
     UNKNOWN: _ClassVar[Decision]
+
+class ReindexState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REINDEX_STATE_NONE: _ClassVar[ReindexState]
+    REINDEX_RUNNING: _ClassVar[ReindexState]
+    REINDEX_VALIDATING: _ClassVar[ReindexState]
+    REINDEX_DONE: _ClassVar[ReindexState]
+    REINDEX_REFUSED: _ClassVar[ReindexState]
+    REINDEX_FAILED: _ClassVar[ReindexState]
 DECISION_UNSPECIFIED: Decision
 AUTO_ACCEPT: Decision
 FLAG: Decision
 REVIEW: Decision
 UNKNOWN: Decision
+REINDEX_STATE_NONE: ReindexState
+REINDEX_RUNNING: ReindexState
+REINDEX_VALIDATING: ReindexState
+REINDEX_DONE: ReindexState
+REINDEX_REFUSED: ReindexState
+REINDEX_FAILED: ReindexState
 
 class ClassifyOptions(_message.Message):
     __slots__ = ("top_n", "k")
@@ -415,3 +430,59 @@ class DriftStatus(_message.Message):
     category_psi: float
     confidence_psi: float
     def __init__(self, window: _Optional[int] = ..., baseline_size: _Optional[int] = ..., recent_size: _Optional[int] = ..., ready: _Optional[bool] = ..., category_psi: _Optional[float] = ..., confidence_psi: _Optional[float] = ...) -> None: ...
+
+class ReindexRequest(_message.Message):
+    __slots__ = ("model", "max_accuracy_drop", "skip_validation", "metrics_json")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACCURACY_DROP_FIELD_NUMBER: _ClassVar[int]
+    SKIP_VALIDATION_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    max_accuracy_drop: float
+    skip_validation: bool
+    metrics_json: str
+    def __init__(self, model: _Optional[str] = ..., max_accuracy_drop: _Optional[float] = ..., skip_validation: _Optional[bool] = ..., metrics_json: _Optional[str] = ...) -> None: ...
+
+class GetReindexStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReindexStatus(_message.Message):
+    __slots__ = ("state", "target_version", "previous_version", "active_version", "done", "total", "resumed_from", "started_at_ms", "finished_at_ms", "message", "validated", "accuracy_before", "accuracy_after", "validation_examples", "max_accuracy_drop", "rollback")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FROM_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    VALIDATED_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_AFTER_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACCURACY_DROP_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    state: ReindexState
+    target_version: str
+    previous_version: str
+    active_version: str
+    done: int
+    total: int
+    resumed_from: int
+    started_at_ms: int
+    finished_at_ms: int
+    message: str
+    validated: bool
+    accuracy_before: float
+    accuracy_after: float
+    validation_examples: int
+    max_accuracy_drop: float
+    rollback: bool
+    def __init__(self, state: _Optional[_Union[ReindexState, str]] = ..., target_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., active_version: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., resumed_from: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., message: _Optional[str] = ..., validated: _Optional[bool] = ..., accuracy_before: _Optional[float] = ..., accuracy_after: _Optional[float] = ..., validation_examples: _Optional[int] = ..., max_accuracy_drop: _Optional[float] = ..., rollback: _Optional[bool] = ...) -> None: ...

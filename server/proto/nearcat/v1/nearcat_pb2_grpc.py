@@ -94,6 +94,21 @@ class NearcatStub:
                 request_serializer=nearcat_dot_v1_dot_nearcat__pb2.CalibrateRequest.SerializeToString,
                 response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.CalibrateResponse.FromString,
                 _registered_method=True)
+        self.Reindex = channel.unary_unary(
+                '/nearcat.v1.Nearcat/Reindex',
+                request_serializer=nearcat_dot_v1_dot_nearcat__pb2.ReindexRequest.SerializeToString,
+                response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.ReindexStatus.FromString,
+                _registered_method=True)
+        self.GetReindexStatus = channel.unary_unary(
+                '/nearcat.v1.Nearcat/GetReindexStatus',
+                request_serializer=nearcat_dot_v1_dot_nearcat__pb2.GetReindexStatusRequest.SerializeToString,
+                response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.ReindexStatus.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/nearcat.v1.Nearcat/Rollback',
+                request_serializer=nearcat_dot_v1_dot_nearcat__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.ReindexStatus.FromString,
+                _registered_method=True)
 
 
 class NearcatServicer:
@@ -189,6 +204,31 @@ class NearcatServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reindex(self, request, context):
+        """Re-embed every reference with another model version in the background, validate it on
+        the stored references (leave-one-out kNN accuracy), then switch atomically: Classify
+        answers throughout, each answer from one version. Returns at once; follow it with
+        GetReindexStatus. FAILED_PRECONDITION while another reindex runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReindexStatus(self, request, context):
+        """The running reindex, else the last one (state NONE when there never was one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Switch back to the previous model version (a reindex without validation; its vectors are
+        still stored, so only references added since are embedded).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NearcatServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +291,21 @@ def add_NearcatServicer_to_server(servicer, server):
                     servicer.Calibrate,
                     request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.CalibrateRequest.FromString,
                     response_serializer=nearcat_dot_v1_dot_nearcat__pb2.CalibrateResponse.SerializeToString,
+            ),
+            'Reindex': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reindex,
+                    request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.ReindexRequest.FromString,
+                    response_serializer=nearcat_dot_v1_dot_nearcat__pb2.ReindexStatus.SerializeToString,
+            ),
+            'GetReindexStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReindexStatus,
+                    request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.GetReindexStatusRequest.FromString,
+                    response_serializer=nearcat_dot_v1_dot_nearcat__pb2.ReindexStatus.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.RollbackRequest.FromString,
+                    response_serializer=nearcat_dot_v1_dot_nearcat__pb2.ReindexStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -577,6 +632,87 @@ class Nearcat:
             '/nearcat.v1.Nearcat/Calibrate',
             nearcat_dot_v1_dot_nearcat__pb2.CalibrateRequest.SerializeToString,
             nearcat_dot_v1_dot_nearcat__pb2.CalibrateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reindex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearcat.v1.Nearcat/Reindex',
+            nearcat_dot_v1_dot_nearcat__pb2.ReindexRequest.SerializeToString,
+            nearcat_dot_v1_dot_nearcat__pb2.ReindexStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReindexStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearcat.v1.Nearcat/GetReindexStatus',
+            nearcat_dot_v1_dot_nearcat__pb2.GetReindexStatusRequest.SerializeToString,
+            nearcat_dot_v1_dot_nearcat__pb2.ReindexStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearcat.v1.Nearcat/Rollback',
+            nearcat_dot_v1_dot_nearcat__pb2.RollbackRequest.SerializeToString,
+            nearcat_dot_v1_dot_nearcat__pb2.ReindexStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,328 @@
+"""Reindex: re-embed every reference with another model version, in the background of a
+running server, validate, and switch atomically; also rollback to the previous version.
+
+The job's state lives in the store (`reindex`), updated after every batch, and every batch's
+vectors are stored (`vec:<version>`) before the next is embedded; so a server killed during
+a reindex resumes it on its next start, embedding only references still without a vector of
+the new version. Classification never waits for it: it runs beside the serving state with a
+model worker of its own (server.serving), and the catalogue swaps the two in one step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from embedder import ArtifactError
+from embedder.model import artifact_version, resolve_model
+from embedder.registry import ModelRegistry
+from indexer.calibration import LabelledVote, fit_calibration
+from indexer.errors import FailedPrecondition, InvalidArgument, NearcatError
+
+if TYPE_CHECKING:
+    from embedder import Embedder
+    from embedder.text import TextTower
+    from server.catalog import Catalog
+    from server.serving import Serving
+
+log = logging.getLogger(__name__)
+
+ModelOpener = Callable[[Path], "tuple[Embedder, TextTower | None]"]
+
+
+class ReindexState(StrEnum):
+    RUNNING = "running"  # embedding the references
+    VALIDATING = "validating"  # leave-one-out accuracy of both versions
+    DONE = "done"  # switched
+    REFUSED = "refused"  # validation dropped past the margin: still on the previous version
+    FAILED = "failed"  # an error; still on the previous version
+
+
+UNFINISHED = (ReindexState.RUNNING, ReindexState.VALIDATING)
+
+
+@dataclass(frozen=True)
+class ReindexConfig:
+    max_accuracy_drop: float = 0.02  # refuse to switch when accuracy falls by more
+    batch_size: int = 32  # references embedded (and stored) per step
+    validation_examples: int = 2000  # references sampled for the leave-one-out check
+    group_by: str = "group"  # metadata key whose references must not vote for each other
+
+
+@dataclass
+class ReindexJob:
+    """One reindex (or rollback), as the store records it."""
+
+    target: str
+    previous: str
+    state: ReindexState = ReindexState.RUNNING
+    done: int = 0
+    total: int = 0
+    resumed_from: int = 0  # references that had a vector of `target` when this run began
+    started_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    finished_at_ms: int = 0
+    message: str = ""
+    validate: bool = True
+    max_accuracy_drop: float = 0.02
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    validation_examples: int = 0
+    rollback: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "state": self.state.value}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReindexJob:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["state"] = ReindexState(values.get("state", "failed"))
+        return cls(**values)
+
+    @property
+    def unfinished(self) -> bool:
+        return self.state in UNFINISHED
+
+
+class Reindexer:
+    """Runs at most one reindex at a time in a background thread of the server."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        registry: ModelRegistry,
+        models_dir: Path,
+        open_model: ModelOpener,
+        config: ReindexConfig | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.store = catalog.store
+        self.registry = registry
+        self.models_dir = models_dir
+        self.open_model = open_model
+        self.config = config or ReindexConfig()
+        self._lock = threading.Lock()
+        self._job: ReindexJob | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- requests ------------------------------------------------------------------------
+
+    def start(
+        self,
+        model: str,
+        metrics: dict[str, Any] | None = None,
+        max_accuracy_drop: float | None = None,
+        validate: bool = True,
+    ) -> ReindexJob:
+        """Begin re-embedding every reference with `model` (an artifact directory on the
+        server, a registered model name, or a version in the registry)."""
+        if not model:
+            raise InvalidArgument("no model given: pass an artifact directory or a model name")
+        drop = self.config.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop
+        if not 0 <= drop <= 1:
+            raise InvalidArgument(f"max_accuracy_drop must be between 0 and 1, got {drop}")
+        with self._lock:
+            self._refuse_if_running()
+            version = self._register(model, metrics)
+            current = self.catalog.serving.version
+            if version == current:
+                raise FailedPrecondition(f"model {version} is already the one served")
+            job = ReindexJob(version, current, validate=validate, max_accuracy_drop=drop)
+            self._launch(job)
+            return job
+
+    def rollback(self) -> ReindexJob:
+        """Return to the previous model version (its vectors are still stored: only
+        references added since are embedded); not validated."""
+        with self._lock:
+            self._refuse_if_running()
+            recorded = self.store.get_model()
+            if recorded is None or not recorded.previous:
+                raise FailedPrecondition("there is no previous model version to roll back to")
+            job = ReindexJob(
+                recorded.previous, self.catalog.serving.version, validate=False, rollback=True
+            )
+            self._launch(job)
+            return job
+
+    def status(self) -> ReindexJob | None:
+        """The running job, else the last one the store recorded."""
+        with self._lock:
+            if self._job is not None:
+                return self._job
+        data = self.store.get_reindex()
+        return ReindexJob.from_json(data) if data else None
+
+    def resume(self) -> None:
+        """At start-up: continue a reindex that a crash or a stop interrupted."""
+        data = self.store.get_reindex()
+        if not data:
+            return
+        job = ReindexJob.from_json(data)
+        if not job.unfinished:
+            return
+        if job.target == self.catalog.serving.version:  # the switch was recorded
+            job.state = ReindexState.DONE
+            self.store.put_reindex(job.to_json())
+            return
+        log.info("resuming the reindex to %s (%d of %d done)", job.target, job.done, job.total)
+        job.state = ReindexState.RUNNING
+        with self._lock:
+            self._launch(job)
+
+    def close(self) -> None:
+        """Stop after the current batch; an unfinished job resumes at the next start."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    # -- the job -------------------------------------------------------------------------
+
+    def _refuse_if_running(self) -> None:
+        job = self._job
+        if job is not None and job.unfinished:
+            raise FailedPrecondition(
+                f"a reindex to {job.target} is {job.state.value} ({job.done} of {job.total} "
+                "references); wait for it to end (`nearcat reindex --status`)"
+            )
+
+    def _register(self, model: str, metrics: dict[str, Any] | None) -> str:
+        if self.registry.has(model):
+            if metrics:
+                self.registry.record_metrics(model, metrics)
+            return model
+        try:
+            path = resolve_model(model, self.models_dir)
+            artifact_version(path)  # a readable artifact config, before anything starts
+        except (ValueError, FileNotFoundError, ArtifactError) as exc:
+            raise InvalidArgument(f"cannot use model {model!r}: {exc}") from exc
+        return self.registry.register(path, {"eval": metrics} if metrics else None).version
+
+    def _launch(self, job: ReindexJob) -> None:
+        self._job = job
+        self.store.put_reindex(job.to_json())
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(job,), name="reindex", daemon=True)
+        self._thread.start()
+
+    def _save(self, job: ReindexJob) -> None:
+        self.store.put_reindex(job.to_json())
+
+    def _run(self, job: ReindexJob) -> None:
+        pending: Serving | None = None
+        try:
+            embedder, text = self.open_model(self.registry.get(job.target).path)
+            pending = self.catalog.new_serving(embedder, text)
+            self.catalog.begin_reindex(pending)
+            self._embed_all(job, pending)
+            if self._stop.is_set():
+                log.info("reindex to %s paused at %d of %d", job.target, job.done, job.total)
+                self.catalog.end_reindex()
+                pending.close()
+                return
+            if job.validate and not self._validate(job, pending):
+                self.catalog.end_reindex()
+                pending.close()
+                return
+            job.state = ReindexState.DONE
+            job.finished_at_ms = int(time.time() * 1000)
+            job.message = job.message or f"now serving {job.target}"
+            previous = self.catalog.serving.version
+            self.catalog.switch(
+                pending,
+                commit=lambda: self.store.switch_model(job.target, previous, job.to_json()),
+            )
+            log.info("reindex to %s done: %s", job.target, job.message)
+        except Exception as exc:
+            log.exception("reindex to %s failed", job.target)
+            job.state = ReindexState.FAILED
+            job.finished_at_ms = int(time.time() * 1000)
+            job.message = str(exc) if isinstance(exc, NearcatError | ArtifactError) else repr(exc)
+            if pending is not None and self.catalog.pending is pending:
+                self.catalog.end_reindex()
+                pending.close()
+            try:
+                self._save(job)
+            except NearcatError:
+                log.warning("could not record the failed reindex: the store is unreachable")
+        finally:
+            with self._lock:
+                if self._job is job:
+                    self._job = None if job.unfinished else job
+
+    def _embed_all(self, job: ReindexJob, pending: Serving) -> None:
+        first = True
+
+        def progress(done: int, total: int) -> None:
+            nonlocal first
+            if first:
+                job.resumed_from, first = done, False
+            job.done, job.total = done, total
+            self._save(job)
+
+        self.catalog.fill(pending, progress, self.config.batch_size, self._stop)
+
+    def _validate(self, job: ReindexJob, pending: Serving) -> bool:
+        """Leave-one-out kNN accuracy of the serving and the new version on the same sampled
+        references; False (refused) when the new one is worse by more than the margin. Also
+        fits the new version's calibration on its votes."""
+        job.state = ReindexState.VALIDATING
+        self._save(job)
+        group_by = self.config.group_by or None
+        examples = self.config.validation_examples
+        self.catalog.sync_index(pending)  # adds and removes since it was filled
+        try:
+            before = self.catalog.leave_one_out(self.catalog.serving, group_by, examples)
+            after = self.catalog.leave_one_out(pending, group_by, examples)
+        except FailedPrecondition as exc:
+            job.message = f"not validated ({exc})"
+            return True
+        job.accuracy_before, job.accuracy_after = _accuracy(before), _accuracy(after)
+        job.validation_examples = len(after)
+        self.registry.record_metrics(
+            job.target,
+            {
+                "validation": {
+                    "accuracy": job.accuracy_after,
+                    "previous_version": job.previous,
+                    "previous_accuracy": job.accuracy_before,
+                    "examples": job.validation_examples,
+                    "method": "leave-one-out kNN over the stored references"
+                    + (f", excluding the same {group_by!r}" if group_by else ""),
+                    "at_ms": int(time.time() * 1000),
+                }
+            },
+        )
+        figures = (
+            f"leave-one-out accuracy {job.accuracy_before:.1%} with {job.previous}, "
+            f"{job.accuracy_after:.1%} with {job.target} ({job.validation_examples} references)"
+        )
+        if job.accuracy_after < job.accuracy_before - job.max_accuracy_drop:
+            job.state = ReindexState.REFUSED
+            job.finished_at_ms = int(time.time() * 1000)
+            job.message = (
+                f"refused to switch: {figures}, a drop of more than the allowed "
+                f"{job.max_accuracy_drop:.1%}; still serving {job.previous}"
+            )
+            self._save(job)
+            log.warning("reindex to %s %s", job.target, job.message)
+            return False
+        job.message = f"switched: {figures}"
+        try:
+            calibration = fit_calibration(after, f"reindex validation over {len(after)} references")
+        except ValueError:
+            return True
+        self.store.put_calibration(job.target, calibration.to_json())
+        pending.calibration = calibration
+        return True
+
+
+def _accuracy(votes: list[LabelledVote]) -> float:
+    return sum(v.correct for v in votes) / len(votes) if votes else 0.0

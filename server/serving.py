@@ -1,0 +1,234 @@
+"""One model version's serving state: embedder, text tower, index, calibration, model worker.
+
+A reindex builds a second `Serving` beside the one answering calls, then the catalogue swaps
+the reference to it in one assignment. A call takes the reference once, when it starts, and
+uses only that object to the end, so no call mixes two versions and none fails because of a
+switch; a retired state is closed once the last call using it has finished.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embedder import Embedder, ImageDecodeError
+from indexer.calibration import Calibration
+from indexer.errors import FailedPrecondition, InvalidArgument, NearcatError
+from indexer.index import VectorIndex
+from server.batcher import MicroBatcher
+
+if TYPE_CHECKING:
+    from embedder.text import TextTower
+    from indexer.store import Category
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How the model worker groups concurrent calls (see server.batcher)."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
+    on_batch: Callable[[int], None] | None = None  # told each batch's size (metrics)
+
+
+class Serving:
+    """Everything that answers with one model version. The embedder, text tower and model
+    worker never change; the index takes adds and removes and the calibration may be refit,
+    both for this same version."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        index: VectorIndex,
+        text: TextTower | None = None,
+        calibration: Calibration | None = None,
+        batching: Batching | None = None,
+    ) -> None:
+        self.embedder = embedder
+        self.index = index
+        self.text = text
+        self.calibration = calibration or Calibration()
+        batching = batching or Batching()
+        self.batcher = MicroBatcher(
+            self.model_rows, batching.max_batch, batching.max_wait_ms, batching.on_batch
+        )
+        # Text vectors: of categories with prompts (encoded when they are added), and of the
+        # others' names (encoded only once text is needed: the text model is big to load).
+        self._text_lock = threading.Lock()
+        self.prompted: dict[str, np.ndarray] = {}
+        self._names: dict[str, np.ndarray] = {}
+        self._text_matrix: tuple[list[str], np.ndarray] | None = None
+        # Calls using this state right now, and whether it has been replaced (see Catalog).
+        self.users = 0
+        self.retired = False
+
+    @property
+    def version(self) -> str:
+        return self.embedder.version
+
+    # -- the model -----------------------------------------------------------------------
+
+    def model_rows(self, pixels: np.ndarray) -> np.ndarray:
+        """What the model worker runs: embeddings, followed by the image's semantic vector
+        (for text prompts) when there is a text tower; `split_rows` takes them apart."""
+        if self.text is None:
+            return self.embedder.embed_pixels(pixels)
+        vectors, semantics = self.embedder.embed_pixels_with_semantics(pixels)
+        return np.hstack([vectors, semantics]).astype(np.float32, copy=False)
+
+    def split_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return rows[:, : self.embedder.dim], rows[:, self.embedder.dim :]
+
+    def embed(
+        self, images: Sequence[bytes], labels: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and semantic vectors of images that must all be good, or InvalidArgument
+        naming the first bad one."""
+        pixels = []
+        with self.batcher.expecting():
+            for image, label in zip(images, labels, strict=True):
+                try:
+                    pixels.append(self.embedder.decode(image))
+                except ImageDecodeError as exc:
+                    raise InvalidArgument(f"{label}: {exc}; nothing was written") from exc
+            return self.embed_decoded(pixels)
+
+    def decode_each(self, images: Sequence[bytes]) -> list[np.ndarray | NearcatError]:
+        """Pixels of each image, or its own error; call inside `batcher.expecting()`."""
+        decoded: list[np.ndarray | NearcatError] = []
+        for i, image in enumerate(images):
+            try:
+                decoded.append(self.embedder.decode(image))
+            except ImageDecodeError as exc:
+                decoded.append(InvalidArgument(f"image {i}: {exc}"))
+        return decoded
+
+    def embed_decoded(
+        self, decoded: Sequence[np.ndarray | NearcatError]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        pixels = [d for d in decoded if isinstance(d, np.ndarray)]
+        if not pixels:
+            rows = np.zeros((0, self.embedder.dim), dtype=np.float32)
+        else:
+            rows = self.batcher.run(np.stack(pixels))
+        return self.split_rows(rows)
+
+    # -- text ----------------------------------------------------------------------------
+
+    def require_text(self) -> TextTower:
+        if self.text is None:
+            raise FailedPrecondition(
+                f"model {self.version} has no text tower, so text prompts cannot be "
+                "used; add reference images instead, or serve a model with one "
+                "(the packaged efficientnet_lite0 or a CLIP model)"
+            )
+        return self.text
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        text = self.require_text()
+        try:
+            return text.encode(list(texts))
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from exc
+
+    def set_texts(self, categories: Sequence[Category]) -> None:
+        """Encode the prompts of these categories (those this state has not encoded yet)."""
+        todo = [c for c in categories if c.prompts and c.name not in self.prompted]
+        if self.text is not None and todo:
+            self.remember_prompts(todo, self.prompt_vectors(todo))
+
+    def prompt_vectors(self, categories: Sequence[Category]) -> list[np.ndarray]:
+        """One unit vector per category: the mean of its prompts' vectors (a prompt ensemble)."""
+        texts = [c.prompts for c in categories]
+        flat = self.encode_text([t for group in texts for t in group])
+        vectors, start = [], 0
+        for group in texts:
+            vectors.append(_unit(flat[start : start + len(group)].mean(axis=0)))
+            start += len(group)
+        return vectors
+
+    def remember_prompts(self, categories: Sequence[Category], vectors: list[np.ndarray]) -> None:
+        with self._text_lock:
+            for category, vector in zip(categories, vectors, strict=True):
+                self.prompted[category.name] = vector
+            self._text_matrix = None
+
+    def forget_text_matrix(self) -> None:
+        with self._text_lock:
+            self._text_matrix = None
+
+    def drop_text(self, name: str) -> None:
+        with self._text_lock:
+            self.prompted.pop(name, None)
+            self._names.pop(name, None)
+            self._text_matrix = None
+
+    def text_snapshot(self, all_names: Sequence[str]) -> tuple[list[str], np.ndarray] | None:
+        """(category names, their text vectors): prompts where given, else the name."""
+        with self._text_lock:
+            if self._text_matrix is not None:
+                return self._text_matrix
+            unencoded = [n for n in all_names if n not in self.prompted and n not in self._names]
+        if unencoded:  # outside the lock: encoding takes a while
+            encoded = self.encode_text(unencoded)
+        with self._text_lock:
+            if unencoded:
+                self._names.update(zip(unencoded, encoded, strict=True))
+            names = [n for n in all_names if n in self.prompted or n in self._names]
+            if not names:
+                return None
+            vectors = [self.prompted.get(n, self._names.get(n)) for n in names]
+            self._text_matrix = (names, np.stack([v for v in vectors if v is not None]))
+            return self._text_matrix
+
+    def close(self) -> None:
+        """Stop the model worker once in-flight calls are done."""
+        self.batcher.close()
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    return (vector / norm if norm > 0 else vector).astype(np.float32)
+
+
+class SwitchGate:
+    """Writes pass together; a switch waits for the writes in flight and holds new ones back
+    until it is done (a readers-writer lock that favours the switch)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._writes = 0
+        self._switching = False
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            while self._switching:
+                self._cond.wait()
+            self._writes += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writes -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def switch(self) -> Iterator[None]:
+        with self._cond:
+            while self._switching:
+                self._cond.wait()
+            self._switching = True
+            while self._writes:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._switching = False
+                self._cond.notify_all()

@@ -1,0 +1,202 @@
+"""Reindex in process: a real Valkey, the packaged model and a second version of it.
+
+The job, its validation and refusal, rollback, and the writes made while a reindex runs
+(stored for both versions). Real processes, crashes and concurrent calls over gRPC are in
+tests/integration/test_reindex.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedder import load_artifact
+from embedder.registry import ModelRegistry
+from embedder.text import load_text_tower
+from indexer.store import Store
+from server.catalog import Catalog, Prediction, ReferenceInput
+from server.reindex import ReindexConfig, Reindexer, ReindexJob, ReindexState
+from tests.helpers import KINDS, make_image, projected_artifact
+
+
+@pytest.fixture(scope="module")
+def second_model(model_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return projected_artifact(model_artifact, tmp_path_factory.mktemp("v2") / "projected")
+
+
+@pytest.fixture(scope="module")
+def collapsed_model(model_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return projected_artifact(
+        model_artifact, tmp_path_factory.mktemp("v3") / "collapsed", 8, collapse=True
+    )
+
+
+def open_model(path: Path):  # type: ignore[no-untyped-def]
+    embedder = load_artifact(path)
+    return embedder, load_text_tower(embedder)
+
+
+@pytest.fixture
+def catalog(store: Store, model_artifact: Path) -> Iterator[Catalog]:
+    embedder, text = open_model(model_artifact)
+    catalog = Catalog(store, embedder, text=text)
+    store.seed_model(embedder.version)
+    for kind in KINDS:
+        refs = [
+            ReferenceInput(make_image(kind, seed), {"group": str(seed % 3)}) for seed in range(8)
+        ]
+        catalog.add_category(kind, references=refs)
+    yield catalog
+    catalog.close()
+
+
+@pytest.fixture
+def reindexer(catalog: Catalog, model_artifact: Path, tmp_path: Path) -> Iterator[Reindexer]:
+    registry = ModelRegistry(tmp_path / "models" / "registry")
+    registry.register(model_artifact)
+    reindexer = Reindexer(
+        catalog, registry, tmp_path / "models", open_model, ReindexConfig(batch_size=5)
+    )
+    yield reindexer
+    reindexer.close()
+
+
+def wait(reindexer: Reindexer, timeout: float = 120.0) -> ReindexJob:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = reindexer.status()
+        assert job is not None
+        if not job.unfinished:
+            return job
+        time.sleep(0.05)
+    raise TimeoutError("the reindex did not end")
+
+
+def predict(catalog: Catalog, kind: str, seed: int) -> Prediction:
+    [result] = catalog.classify([make_image(kind, seed)])
+    assert isinstance(result, Prediction)
+    return result
+
+
+def test_reindex_switches_to_the_new_version_and_rollback_returns(
+    catalog: Catalog, reindexer: Reindexer, store: Store, second_model: Path
+) -> None:
+    old = catalog.serving.version
+    started = reindexer.start(str(second_model), metrics={"top1": 0.9})
+    job = wait(reindexer)
+    assert job.state == ReindexState.DONE, job.message
+    new = started.target
+    assert new != old and catalog.serving.version == new
+    assert (job.done, job.total) == (24, 24)
+    assert job.accuracy_before is not None and job.accuracy_after is not None
+    assert job.validation_examples == 24
+    assert f"{job.accuracy_after:.1%}" in job.message
+    recorded = store.get_model()
+    assert recorded is not None and (recorded.active, recorded.previous) == (new, old)
+    # Every reference has a vector of both versions; the new index answers.
+    ids = list(store.all_references())
+    assert len(store.get_vectors(old, ids)) == len(store.get_vectors(new, ids)) == 24
+    assert len(catalog.index) == 24 and catalog.embedder.dim == 256
+    answer = predict(catalog, "dots", 3)
+    assert answer.model_version == new
+    assert answer.categories[0].category == "dots"
+    # The registry keeps the operator's metrics and the validation.
+    entry = reindexer.registry.get(new)
+    assert entry.metrics["eval"] == {"top1": 0.9}
+    assert entry.metrics["validation"]["accuracy"] == pytest.approx(job.accuracy_after)
+    # The new version was calibrated on its validation votes.
+    assert store.get_calibration(new) is not None
+
+    back = reindexer.rollback()
+    assert back.target == old and back.rollback
+    job = wait(reindexer)
+    assert job.state == ReindexState.DONE, job.message
+    assert catalog.serving.version == old
+    assert job.resumed_from == 24  # nothing re-embedded: the old vectors were kept
+    recorded = store.get_model()
+    assert recorded is not None and (recorded.active, recorded.previous) == (old, new)
+    assert predict(catalog, "stripes", 3).model_version == old
+
+
+def test_a_reindex_that_loses_accuracy_is_refused(
+    catalog: Catalog, reindexer: Reindexer, store: Store, collapsed_model: Path
+) -> None:
+    old = catalog.serving.version
+    job = reindexer.start(str(collapsed_model))
+    job = wait(reindexer)
+    assert job.state == ReindexState.REFUSED
+    assert job.accuracy_before is not None and job.accuracy_after is not None
+    assert job.accuracy_after < job.accuracy_before - 0.02
+    assert f"{job.accuracy_before:.1%}" in job.message
+    assert f"{job.accuracy_after:.1%}" in job.message
+    assert catalog.serving.version == old and catalog.pending is None
+    recorded = store.get_model()
+    assert recorded is not None and recorded.active == old
+    assert predict(catalog, "dots", 2).model_version == old
+    # The store keeps the outcome for every server, and GetReindexStatus after a restart.
+    stored = store.get_reindex()
+    assert stored is not None and stored["state"] == "refused"
+
+
+def test_a_second_reindex_while_one_runs_and_bad_models_are_refused(
+    catalog: Catalog, reindexer: Reindexer, second_model: Path, tmp_path: Path
+) -> None:
+    from indexer.errors import FailedPrecondition, InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="neither a model artifact"):
+        reindexer.start(str(tmp_path / "nothing-here"))
+    with pytest.raises(FailedPrecondition, match="already the one served"):
+        reindexer.start(catalog.serving.version)
+    with pytest.raises(FailedPrecondition, match="no previous model version"):
+        reindexer.rollback()
+    reindexer.start(str(second_model))
+    with pytest.raises(FailedPrecondition, match="is running|is validating"):
+        reindexer.start(str(second_model))
+    assert wait(reindexer).state == ReindexState.DONE
+
+
+def test_writes_during_a_reindex_are_stored_for_both_versions(
+    catalog: Catalog, store: Store, second_model: Path
+) -> None:
+    pending = catalog.new_serving(*open_model(second_model))
+    catalog.begin_reindex(pending)
+    try:
+        added = catalog.add_references("dots", [ReferenceInput(make_image("dots", 100))])
+        created = catalog.add_category("hats", references=[ReferenceInput(make_image("dots", 101))])
+    finally:
+        catalog.end_reindex()
+        pending.close()
+    ids = [added.references[0].reference_id, created.references[0].reference_id]
+    old, new = catalog.serving.version, pending.version
+    assert set(store.get_vectors(old, ids)) == set(ids)
+    vectors = store.get_vectors(new, ids)
+    assert set(vectors) == set(ids)
+    assert all(v.shape == (256,) for v in vectors.values())
+
+
+def test_switch_brings_the_new_index_level_with_the_store(
+    catalog: Catalog, store: Store, second_model: Path
+) -> None:
+    """References added or removed after the new index was filled are there, or gone."""
+    pending = catalog.new_serving(*open_model(second_model))
+    catalog.begin_reindex(pending)
+    catalog.fill(pending)
+    added = catalog.add_references("dots", [ReferenceInput(make_image("dots", 200))])
+    removed = catalog.references("stripes")[0].id
+    catalog.remove_references([removed])
+    catalog.switch(pending, commit=lambda: None)
+    held = catalog.index.reference_ids()
+    assert added.references[0].reference_id in held
+    assert removed not in held
+    assert held == set(store.all_references())
+    [hits] = catalog.index.search(
+        np.stack(
+            list(store.get_vectors(pending.version, [added.references[0].reference_id]).values())
+        ),
+        1,
+    )
+    assert hits[0].reference_id == added.references[0].reference_id
