@@ -46,6 +46,9 @@ examples:
   nearcat classify shoe.jpg shirt.png --json
   nearcat categories
   nearcat calibrate --group-by group             # refit confidence on the references
+  nearcat add-category "Straw hats" --prompt "a photo of a straw hat"   # classifiable at once
+  nearcat zero-shot photo.jpg --label sneakers --label boots
+  nearcat search "red sneakers"
   nearcat reindex --model /srv/models/v2         # re-embed, validate, switch; Classify answers
   nearcat rollback                               # back to the previous model version
 """
@@ -238,6 +241,55 @@ def calibrate(stub: Any, group_by: str) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     calibrate(connect(args), args.group_by or "")
+
+
+# -- text ----------------------------------------------------------------------------------
+
+
+def cmd_add_category(args: argparse.Namespace) -> None:
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    references = []
+    for path in args.images:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
+        references.append(pb.ReferenceImage(image=data, metadata={"source": str(path)}))
+    request = pb.AddCategoryRequest(
+        name=args.name, parent=args.parent or "", prompts=args.prompt, references=references
+    )
+    category = connect(args).AddCategory(request).category
+    what = [f"{category.reference_count} reference images"]
+    if category.prompts:
+        what.append(f"prompts: {'; '.join(category.prompts)}")
+    print(f"added {' > '.join(category.path)} ({', '.join(what)})")
+
+
+def cmd_zero_shot(args: argparse.Namespace) -> None:
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    try:
+        image = Path(args.image).read_bytes()
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.image}: {exc.strerror}") from exc
+    ranked = connect(args).ZeroShot(pb.ZeroShotRequest(image=image, labels=args.label)).labels
+    for item in ranked:
+        print(f"{item.score:6.3f}  {item.label}")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    request = pb.SearchByTextRequest(text=args.text, top_n=args.top_n, k=args.k)
+    found = connect(args).SearchByText(request)
+    print("categories (text similarity):")
+    for c in found.categories:
+        print(f"  {c.score:6.3f}  {' > '.join(c.path)}")
+    if found.references:
+        print("nearest reference images:")
+        for r in found.references:
+            print(f"  {r.similarity:6.3f}  {r.category}  {r.reference_id}")
 
 
 def send_references(
@@ -593,6 +645,47 @@ def build_parser() -> argparse.ArgumentParser:
         f"(imports store a CSV's group column as {GROUP_METADATA!r})",
     )
     calibrate_cmd.set_defaults(run=cmd_calibrate)
+
+    add = client_command(
+        "add-category",
+        "create one category from text prompts and/or images",
+        "Create a category. With --prompt (and the default model, or a CLIP model) it is "
+        "classifiable at once, before it has a photo; reference images added later take over "
+        "from the text. For many categories from folders, use `nearcat import`.",
+    )
+    add.add_argument("name", help="category name, e.g. 'Straw hats'")
+    add.add_argument("images", nargs="*", metavar="IMAGE", help="reference images (optional)")
+    add.add_argument("--parent", help="existing parent category")
+    add.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        help="text describing the category, e.g. 'a photo of a straw hat' (repeatable)",
+    )
+    add.set_defaults(run=cmd_add_category)
+
+    zero_shot = client_command(
+        "zero-shot",
+        "rank free-text labels for an image (no references needed)",
+        "Score an image against labels you name, with the model's text tower: no category or "
+        "reference is needed. Prints the labels best first.",
+    )
+    zero_shot.add_argument("image", help="JPEG, PNG or WebP file")
+    zero_shot.add_argument(
+        "--label", action="append", required=True, help="a candidate label (repeatable)"
+    )
+    zero_shot.set_defaults(run=cmd_zero_shot)
+
+    search = client_command(
+        "search",
+        "find categories and reference images from text",
+        "Categories whose prompts (or names) best match TEXT, and the reference images "
+        "nearest to it.",
+    )
+    search.add_argument("text", help="e.g. 'red sneakers'")
+    search.add_argument("--top-n", type=int, default=5, help="categories to show")
+    search.add_argument("--k", type=int, default=5, help="reference images to show")
+    search.set_defaults(run=cmd_search)
 
     status = client_command(
         "status", "show what the server runs", "Model version, index size and counters as JSON."

@@ -39,7 +39,19 @@ def server(
 
 
 @pytest.mark.parametrize(
-    "command", ["", "serve", "import", "classify", "categories", "status", "calibrate"]
+    "command",
+    [
+        "",
+        "serve",
+        "import",
+        "classify",
+        "categories",
+        "status",
+        "calibrate",
+        "add-category",
+        "zero-shot",
+        "search",
+    ],
 )
 def test_help_teaches(command: str) -> None:
     result = nearcat(*filter(None, [command]), "--help")

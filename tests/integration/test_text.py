@@ -112,3 +112,21 @@ def test_real_photos_text_first_then_images(server: ServerProcess) -> None:
     assert found.categories[0].category == "Shoes"
     assert len(found.references) == 5
     assert found.references[0].category == "Shoes"
+
+
+def test_the_text_commands(server: ServerProcess, tmp_path: Path) -> None:
+    from tests.integration.test_cli import nearcat
+
+    at = ("--server", server.address)
+    added = nearcat("add-category", "Parasols", "--prompt", "a photo of a parasol", *at).stdout
+    assert "added Parasols (0 reference images, prompts: a photo of a parasol)" in added
+    image = tmp_path / "stripes.jpg"
+    image.write_bytes(make_image("stripes", 4))
+    ranked = nearcat("zero-shot", str(image), "--label", "a zebra", "--label", "a hat", *at)
+    lines = ranked.stdout.splitlines()
+    assert len(lines) == 2 and {line.split(maxsplit=1)[1] for line in lines} == {"a zebra", "a hat"}
+    found = nearcat("search", "parasol", *at).stdout
+    assert "categories (text similarity):" in found and "Parasols" in found
+    empty = nearcat("zero-shot", str(image), "--label", " ", *at, check=False)
+    assert empty.returncode != 0 and "INVALID_ARGUMENT" in empty.stderr + empty.stdout
+    assert "prompts: a photo of a parasol" in nearcat("categories", *at).stdout
