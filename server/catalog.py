@@ -420,12 +420,15 @@ class Catalog:
         if not scores:
             return Prediction([], hits, Decision.UNKNOWN, model_version=s.version)
         top = scores[0]
-        # Only image evidence can say "unlike anything here": a category known from text
-        # alone has no references to be far from.
-        nearest = hits[0].similarity if hits and s.index.count(top.category) else 1.0
-        decision = self.decisions.decide(
-            top.category, top.score, nearest, s.calibration.unknown_below
-        )
+        if s.index.count(top.category):
+            decision = self.decisions.decide(
+                top.category, top.score, hits[0].similarity, s.calibration.unknown_below
+            )
+        else:
+            # Known from text alone: zero-shot scores are not calibrated (a closed set of a
+            # few prompts puts ~1.0 on the least bad one), and there are no references to be
+            # far from. A person confirms; confirmed images make good first references.
+            decision = Decision.REVIEW
         levels = level_scores(scores, self._parents)
         if decision in (Decision.REVIEW, Decision.UNKNOWN):
             top_n = max(top_n, REVIEW_CANDIDATES)

@@ -45,6 +45,8 @@ def test_a_prompt_only_category_is_classifiable_at_once(server: ServerProcess) -
     assert result.categories[0].category == "Umbrellas"
     assert result.categories[0].score == pytest.approx(1.0)
     assert not result.neighbors
+    # however sure the text is, an answer from text alone goes to a person
+    assert result.decision == pb.REVIEW
     listed = stub.GetCategory(pb.GetCategoryRequest(name="Umbrellas")).category
     assert list(listed.prompts) == ["a photo of an umbrella"]
     stub.DeleteCategory(pb.DeleteCategoryRequest(name="Umbrellas"))
