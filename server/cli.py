@@ -605,6 +605,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=IMPORT_BATCH, help="images per AddReferences call"
     )
     imp.add_argument(
+        "--group-column",
+        help="CSV column grouping images that look alike (e.g. sender_id: one person's photos "
+        f"share background and light); stored as the {GROUP_METADATA!r} metadata, so the "
+        "calibration never lets a group vote for itself",
+    )
+    imp.add_argument(
         "--no-calibrate",
         dest="calibrate",
         action="store_false",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from server.proto.nearcat.v1 import nearcat_pb2 as pb
 from tests.helpers import CLOTHING, KINDS, ROOT, ServerProcess, make_image
 
 pytestmark = pytest.mark.integration
@@ -119,6 +120,26 @@ def test_classify_reports_a_bad_file_and_exits_1(server: ServerProcess, tmp_path
     result = nearcat("classify", str(bad), "--server", server.address, check=False)
     assert result.returncode == 1
     assert "INVALID_ARGUMENT" in result.stdout
+
+
+def test_import_a_csv_with_groups_calibrates_without_letting_a_group_vote_for_itself(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    rows = ["image,label,sender"]
+    for kind in ("stripes", "dots"):
+        for seed in range(12):
+            (tmp_path / f"{kind}-{seed}.jpg").write_bytes(make_image(kind, 600 + seed))
+            rows.append(f"{kind}-{seed},{kind.title()} (csv),sender-{seed % 4}")
+    (tmp_path / "images.csv").write_text("\n".join(rows) + "\n")
+    args = ["--path-template", "{}.jpg", "--group-column", "sender", "--server", server.address]
+    out = nearcat("import", str(tmp_path / "images.csv"), *args).stdout
+    assert "imported 24 new references into 2 categories" in out
+    assert "calibrated on leave-one-out over" in out and "excluding the same 'group'" in out
+
+    stub = server.stub()
+    refs = stub.GetCategory(pb.GetCategoryRequest(name="Dots (csv)", include_references=True))
+    assert {r.metadata["group"] for r in refs.references} == {f"sender-{i}" for i in range(4)}
+    assert stub.GetStatus(pb.GetStatusRequest()).calibration.examples > 0
 
 
 @pytest.mark.dataset
