@@ -24,6 +24,7 @@ from tqdm import tqdm
 from embedder.datasets import LabeledImage
 from embedder.images import ImageDecodeError
 from embedder.model import CONFIG_FILE, Embedder, load_artifact, resolve_model
+from embedder.text import text_shares
 from indexer.calibration import (
     Calibration,
     LabelledVote,
@@ -911,20 +912,13 @@ def embed_semantics(
     kept: list[LabeledImage] = []
     rows: list[np.ndarray] = []
     skipped: list[Skipped] = []
+    nothing_cached = EmbeddingCache()  # so every readable image comes back as pixels
     for start in tqdm(range(0, len(images), batch_size), desc="queries", unit="batch"):
-        pixels = []
-        for image in images[start : start + batch_size]:
-            try:
-                pixels.append(embedder.decode(image.path.read_bytes()))
-            except OSError as exc:
-                skipped.append(Skipped(image.path, f"cannot read: {exc.strerror or exc}"))
-                continue
-            except ImageDecodeError as exc:
-                skipped.append(Skipped(image.path, exc.reason))
-                continue
-            kept.append(image)
-        if pixels:
-            rows.append(embedder.embed_pixels_with_semantics(np.stack(pixels))[1])
+        batch = _decode_batch(embedder, nothing_cached, images[start : start + batch_size])
+        kept += batch.images
+        skipped += batch.skipped
+        if batch.pixels:
+            rows.append(embedder.embed_pixels_with_semantics(np.stack(batch.pixels))[1])
     semantics = np.concatenate(rows) if rows else np.empty((0, embedder.semantic_dim), np.float32)
     return kept, semantics, skipped
 
@@ -934,10 +928,7 @@ def zero_shot_answers(
 ) -> list[Answer]:
     """Rank `labels` for each image by semantics @ text vector of the label's name; the
     scores are softmax(tower.logit_scale * scores) over the labels (uncalibrated)."""
-    scores = semantics @ tower.encode(list(labels)).T
-    logits = tower.logit_scale * scores
-    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    probabilities = text_shares(tower, semantics, tower.encode(list(labels)))
     answers = []
     for truth, row in zip(truths, probabilities, strict=True):
         best = np.argsort(-row, kind="stable")[:TOP_N]

@@ -382,21 +382,17 @@ class TorchBackend:
             self.max_batch = self.CUDA_MAX_BATCH
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            batch = torch.from_numpy(pixels).to(self.device, non_blocking=True)
-            batch = batch.contiguous(memory_format=self.memory_format)
-            with torch.autocast(
-                self.device.type,
-                dtype=self.autocast_dtype,
-                enabled=self.autocast_dtype is not None,
-            ):
-                vectors = self.network(batch)
-            out: np.ndarray = vectors.float().cpu().numpy()
-        return out
+        vectors: np.ndarray = self._forward(pixels, self.network)[0]
+        return vectors
 
     def run_with_semantics(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(self.network, EmbeddingNetwork) or self.network.semantic is None:
             raise ValueError("this network has no zero-shot head")
+        vectors, semantics = self._forward(pixels, self.network.forward_with_semantics)
+        return vectors, semantics
+
+    def _forward(self, pixels: np.ndarray, forward: Any) -> list[np.ndarray]:
+        """`forward` on the device, in its memory format and precision; float32 numpy out."""
         with torch.inference_mode():
             batch = torch.from_numpy(pixels).to(self.device, non_blocking=True)
             batch = batch.contiguous(memory_format=self.memory_format)
@@ -405,8 +401,9 @@ class TorchBackend:
                 dtype=self.autocast_dtype,
                 enabled=self.autocast_dtype is not None,
             ):
-                vectors, semantics = self.network.forward_with_semantics(batch)
-        return vectors.float().cpu().numpy(), semantics.float().cpu().numpy()
+                out = forward(batch)
+        outputs = out if isinstance(out, tuple) else (out,)
+        return [t.float().cpu().numpy() for t in outputs]
 
 
 def available_cores() -> int:

@@ -50,6 +50,15 @@ class TextTower(Protocol):
         ...
 
 
+def text_shares(tower: TextTower, semantics: np.ndarray, text_vectors: np.ndarray) -> np.ndarray:
+    """softmax(logit_scale * zero-shot scores) over the texts, per image: (n, texts) rows
+    summing to 1 (uncalibrated). `semantics` may be one image's vector."""
+    logits = tower.logit_scale * (np.atleast_2d(semantics) @ text_vectors.T)
+    shares = np.exp(logits - logits.max(axis=1, keepdims=True))
+    shares /= shares.sum(axis=1, keepdims=True)
+    return shares
+
+
 def check_texts(texts: Sequence[str]) -> list[str]:
     """The texts, stripped; ValueError naming the first empty one (or a bare string)."""
     if isinstance(texts, str):

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from embedder import Embedder
+from embedder.text import text_shares
 from indexer.calibration import Calibration, LabelledVote, fit_calibration
 from indexer.decision import Decision, DecisionPolicy
 from indexer.errors import (
@@ -474,9 +475,7 @@ class Catalog:
         if matrix is None:
             return image_scores
         names, vectors = matrix
-        logits = s.text.logit_scale * (vectors @ semantic)
-        text_share = np.exp(logits - logits.max())
-        text_share /= text_share.sum()
+        text_share = text_shares(s.text, semantic, vectors)[0]
         weight = {
             name: self.prompt_weight / (self.prompt_weight + s.index.count(name))
             for name in names
@@ -522,9 +521,7 @@ class Catalog:
                 if not isinstance(decoded, np.ndarray):
                     raise decoded
                 _, semantics = s.embed_decoded([decoded])
-        logits = text.logit_scale * (label_vectors @ semantics[0])
-        shares = np.exp(logits - logits.max())
-        shares /= shares.sum()
+        shares = text_shares(text, semantics[0], label_vectors)[0]
         ranked = sorted(zip(labels, shares.tolist(), strict=True), key=lambda p: -p[1])
         return [LabelScore(label, score) for label, score in ranked]
 
