@@ -30,7 +30,7 @@ from PIL import Image
 from torch import nn
 
 from embedder.config import ModelConfig, get_config
-from embedder.images import DecodeLimits, ImageDecodeError, decode_image
+from embedder.images import DecodeLimits, ImageDecodeError, decode_rgb
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
@@ -51,7 +51,6 @@ _PACKAGE_CLASSIFIER_KEYS = {"efficientnet_lite0": ("_fc.weight", "_fc.bias")}
 
 # Wider images are centre-cut before resizing; up to this ratio the result is exactly timm's.
 _MAX_ASPECT_RATIO = 4
-_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
 class ArtifactError(Exception):
@@ -463,36 +462,35 @@ class Embedder:
         size = self._config.preprocess.input_size
         return (3, size, size)
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """Resize the shorter side, centre-crop, normalise: float32 CHW (timm's eval transform)."""
+    def preprocess(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """Resize the shorter side, centre-crop, normalise: float32 CHW (timm's eval transform).
+
+        Takes a PIL image or an (H, W, 3) uint8 RGB array. The resize is PyTorch's antialiased
+        uint8 kernel, a SIMD port of Pillow's filter (within 2 of 255 levels of Pillow's
+        pixels) at a third of its cost: 0.6 ms for a 400x533 photo on these cores against
+        1.8 ms, the largest part of a request's CPU outside the model.
+        """
         pre = self._config.preprocess
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        image = _limit_aspect_ratio(image, _MAX_ASPECT_RATIO)
-        width, height = _resized_size(image.size, pre.resize_size)
-        left = round((width - pre.input_size) / 2)
-        top = round((height - pre.input_size) / 2)
-        sx, sy = width / image.width, height / image.height
-        resample = _RESAMPLE[pre.interpolation]
-        if sx <= 1 and sy <= 1:
-            # Downscaling (most photos): resample only the crop, at half the cost. Pillow
-            # gives the same pixels as resize-then-crop, bar a rare one-level rounding.
-            box = (left / sx, top / sy, (left + pre.input_size) / sx, (top + pre.input_size) / sy)
-            crop = image.resize((pre.input_size, pre.input_size), resample, box=box)
-        else:  # upscaling: Pillow's box path differs at the edges, so resize everything
-            resized = image.resize((width, height), resample)
-            crop = resized.crop((left, top, left + pre.input_size, top + pre.input_size))
-        rgb = np.asarray(crop)
+        rgb = _limit_aspect_ratio(_rgb_array(image), _MAX_ASPECT_RATIO)
+        height, width = rgb.shape[:2]
+        new_width, new_height = _resized_size((width, height), pre.resize_size)
+        left = round((new_width - pre.input_size) / 2)
+        top = round((new_height - pre.input_size) / 2)
+        source = torch.from_numpy(rgb).permute(2, 0, 1)[None]  # NCHW view of channels-last
+        resized = F.interpolate(
+            source, size=(new_height, new_width), mode=pre.interpolation, antialias=True
+        )[0, :, top : top + pre.input_size, left : left + pre.input_size].numpy()
         pixels = np.empty(self.input_shape, dtype=np.float32)
         for channel in range(3):  # per channel, straight from uint8: 5x faster than one float HWC
-            np.multiply(rgb[:, :, channel], self._scale[channel], out=pixels[channel])
+            np.multiply(resized[channel], self._scale[channel], out=pixels[channel])
             pixels[channel] -= self._offset[channel]
         return pixels
 
     def decode(self, data: bytes) -> np.ndarray:
         """Untrusted image bytes -> preprocessed pixels; raises ImageDecodeError."""
-        image = decode_image(data, self.limits, target_size=self._config.preprocess.resize_size)
-        return self.preprocess(image)
+        return self.preprocess(
+            decode_rgb(data, self.limits, target_size=self._config.preprocess.resize_size)
+        )
 
     def _checked(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.float32)
@@ -542,20 +540,29 @@ class Embedder:
         return self.embed_pixels(batch)
 
 
-def _limit_aspect_ratio(image: Image.Image, max_ratio: int) -> Image.Image:
+def _rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """A writable (H, W, 3) uint8 RGB array of the image."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        return image if image.flags.writeable else image.copy()
+    return np.array(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+def _limit_aspect_ratio(rgb: np.ndarray, max_ratio: int) -> np.ndarray:
     """Centre-cut the long side to `max_ratio` times the short side.
 
     The centre crop never reaches further out, and it keeps a 1x50000 image from becoming a
     256x12800000 one on the way.
     """
-    width, height = image.size
+    height, width = rgb.shape[:2]
     if width > max_ratio * height:
         left = (width - max_ratio * height) // 2
-        return image.crop((left, 0, left + max_ratio * height, height))
+        return rgb[:, left : left + max_ratio * height]
     if height > max_ratio * width:
         top = (height - max_ratio * width) // 2
-        return image.crop((0, top, width, top + max_ratio * width))
-    return image
+        return rgb[top : top + max_ratio * width]
+    return rgb
 
 
 def _resized_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import random
+import re
 import struct
 import zlib
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedder.images import DecodeLimits, ImageDecodeError, decode_image
+from embedder.images import DecodeLimits, ImageDecodeError, decode_image, decode_rgb
 
 LIMITS = DecodeLimits()
 
@@ -220,3 +221,47 @@ def test_damaged_files_raise_only_image_decode_errors(fmt: str) -> None:
             damaged[rng.randrange(len(damaged))] = rng.randrange(256)
         with contextlib.suppress(ImageDecodeError):
             assert decode_image(bytes(damaged), LIMITS).mode == "RGB"
+
+
+def _rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(noise(40, 20), "JPEG", quality=95, exif=exif)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(noise(400, 533), "JPEG", quality=90),  # 4:2:0, the usual photo: the fast path
+        encode(noise(300, 200), "JPEG", quality=95, subsampling=0),  # 4:4:4
+        encode(noise(1200, 900), "JPEG"),  # big enough for Pillow's draft reduction
+        encode(noise(64, 48, mode="L"), "JPEG"),
+        encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG"),
+        _rotated_jpeg(),
+        encode(noise(64, 48), "PNG"),
+        encode(noise(64, 48), "WEBP", lossless=True),
+    ],
+    ids=["rgb", "444", "drafted", "grey", "cmyk", "rotated", "png", "webp"],
+)
+def test_decode_rgb_gives_exactly_pillows_pixels(data: bytes) -> None:
+    expected = np.asarray(decode_image(data, LIMITS, target_size=256))
+    decoded = decode_rgb(data, LIMITS, target_size=256)
+    assert decoded.dtype == np.uint8 and decoded.flags.writeable
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_decode_rgb_refuses_damaged_jpegs_as_decode_image_does() -> None:
+    """libjpeg-turbo's complaints send a JPEG down Pillow's path: same pixels or same error."""
+    data = encode(noise(96, 64), "JPEG")
+    rng = random.Random(1)
+    for _ in range(150):
+        damaged = bytearray(data[: rng.randrange(1, len(data) + 1)])
+        for _ in range(rng.randrange(4)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        try:
+            expected = np.asarray(decode_image(bytes(damaged), LIMITS))
+        except ImageDecodeError as exc:
+            with pytest.raises(ImageDecodeError, match=re.escape(str(exc))):
+                decode_rgb(bytes(damaged), LIMITS)
+        else:
+            np.testing.assert_array_equal(decode_rgb(bytes(damaged), LIMITS), expected)

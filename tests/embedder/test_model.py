@@ -271,9 +271,9 @@ def test_preprocess_matches_timm_eval_transform(name: str, size: tuple[int, int]
     expected = timm_eval_transform(config.preprocess)(image).numpy()
     actual = Embedder(NoBackend(), config, "v").preprocess(image)
     assert actual.shape == (3, config.preprocess.input_size, config.preprocess.input_size)
-    # When downscaling, only the crop box is resampled: a rare pixel lands one 8-bit level off.
-    one_level = (1 / 255) / min(config.preprocess.std) * 1.001
-    np.testing.assert_allclose(actual, expected, atol=one_level)
+    # PyTorch's SIMD port of Pillow's filter rounds a rare pixel one or two 8-bit levels off.
+    two_levels = 2 * (1 / 255) / min(config.preprocess.std) * 1.001
+    np.testing.assert_allclose(actual, expected, atol=two_levels)
     assert np.mean(np.abs(actual - expected) > 1e-5) < 0.01
 
 
