@@ -539,10 +539,8 @@ def bench_serve(
     size = embedder.config.preprocess.input_size
     pixels = np.random.default_rng(0).standard_normal((32, 3, size, size)).astype(np.float32)
     progress("model-only speed (batch 32, batch 1)")
-    model_rate, _ = _images_per_second(embedder.embed_pixels, pixels, seconds=5)
+    before, _ = _images_per_second(embedder.embed_pixels, pixels, seconds=5)
     _, model_batch1_ms = _images_per_second(embedder.embed_pixels, pixels[:1], seconds=3)
-    version = embedder.version
-    del embedder  # its threads would compete with the server's
 
     with tempfile.TemporaryDirectory(prefix="nearcat-bench-") as tmp:
         server = ServerProcess(Path(tmp) / "data", artifact, server_args).start()
@@ -566,6 +564,10 @@ def bench_serve(
                 single.append((time.perf_counter() - began) * 1000)
         finally:
             server.stop()
+    progress("model-only speed again (the best of before and after counts)")
+    after, _ = _images_per_second(embedder.embed_pixels, pixels, seconds=5)
+    model_rate = max(before, after)
+    version = embedder.version
     batch1 = _percentiles(single)
     result = {
         "bench": "serve",
@@ -573,6 +575,7 @@ def bench_serve(
         "model": version,
         "references": sum(len(r) for r in references.values()),
         "model_only_images_per_s_batch32": model_rate,
+        "model_only_images_per_s_batch32_before_after": [before, after],
         "model_only_ms_batch1": model_batch1_ms,
         "concurrent": load,
         "e2e_ratio": load["images_per_s"] / model_rate,
