@@ -14,7 +14,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -438,6 +438,38 @@ def linear_probe_answers(references: EmbeddedImages, queries: EmbeddedImages) ->
     return answers
 
 
+class ProbeHead:
+    """A linear head fitted on the reference vectors, used only to say how sure a kNN answer
+    is: a candidate confidence that eval measures beside the vote's, not served.
+
+    Centred vectors, balanced class weights (a small category's answers count as much as a
+    big one's), C=PROBE_C: of 16 settings, the one that auto-accepted the most clothing val
+    queries at 98% precision (docs/benchmarks.md, "Confidence").
+    """
+
+    def __init__(self, references: EmbeddedImages) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        self._centre = references.vectors.mean(axis=0)
+        self._head = LogisticRegression(C=PROBE_C, max_iter=5000, class_weight="balanced")
+        self._head.fit(self._centred(references.vectors), references.labels)
+        self._column = {str(c): i for i, c in enumerate(self._head.classes_)}
+
+    def _centred(self, vectors: np.ndarray) -> np.ndarray:
+        shifted = vectors - self._centre
+        return shifted / np.linalg.norm(shifted, axis=1, keepdims=True).clip(1e-12)
+
+    def rescored(self, answers: Sequence[Answer], queries: EmbeddedImages) -> list[Answer]:
+        """The same answers (top category only), with the head's probability of it."""
+        probabilities = self._head.predict_proba(self._centred(queries.vectors))
+        out = []
+        for answer, row in zip(answers, probabilities, strict=True):
+            column = self._column.get(answer.predicted or "")
+            confidence = float(row[column]) if column is not None else 0.0
+            out.append(replace(answer, categories=answer.categories[:1], scores=(confidence,)))
+        return out
+
+
 # -- confidence ----------------------------------------------------------------------------
 
 AUTOMATION_PRECISION = 0.98  # auto-accepted answers must be at least this often right
@@ -519,6 +551,8 @@ class ConfidenceReport:
     # it gives on the queries; and the default bands' shares.
     chosen: dict[str, float]
     bands: dict[str, dict[str, float]]
+    # The same choice with ProbeHead's confidence instead of the vote's (val part needed).
+    probe_head: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _rounded(
@@ -539,6 +573,7 @@ class ConfidenceReport:
                     "curve": [vars(p) for p in _thinned(self.automation)],
                 },
                 "bands": self.bands,
+                "probe_head_automation": self.probe_head,
             }
         )
 
@@ -791,7 +826,7 @@ def evaluate(
         raise ValueError("none of the query images could be read")
 
     answers = knn_answers(refs, qs, vote)
-    confidence = _confidence(model, refs, answers, calibration_queries, cache, vote, thresholds)
+    confidence = _confidence(model, refs, qs, answers, calibration_queries, cache, vote, thresholds)
     knn = MethodResult(
         f"{model.config.name} kNN", model.version, answers, score(answers, parents, held_out)
     )
@@ -848,12 +883,14 @@ def evaluate(
 def _confidence(
     model: Embedder,
     refs: EmbeddedImages,
+    qs: EmbeddedImages,
     answers: Sequence[Answer],
     calibration_queries: Sequence[LabeledImage],
     cache: EmbeddingCache,
     vote: VoteConfig,
     thresholds: Thresholds | None,
 ) -> ConfidenceReport | None:
+    held = None
     if calibration_queries:
         held, _ = embed_images(model, calibration_queries, cache, EMBED_BATCH, "calibration")
         fit_on = knn_answers(refs, held, vote)
@@ -862,10 +899,15 @@ def _confidence(
         fit_on = leave_one_out_answers(refs, vote)
         source = f"leave-one-out over {len(fit_on)} references (other groups only)"
     try:
-        return confidence_report(answers, fit_on, source, thresholds)
+        report = confidence_report(answers, fit_on, source, thresholds)
     except ValueError as exc:  # too few images to fit on
         log.warning("no calibration: %s", exc)
         return None
+    if held is not None and len(set(refs.labels)) >= 2:
+        head = ProbeHead(refs)
+        chosen = threshold_for_precision(head.rescored(fit_on, held), AUTOMATION_PRECISION)
+        report.probe_head = at_threshold(head.rescored(answers, qs), chosen)
+    return report
 
 
 # -- zero-shot from category names ---------------------------------------------------------

@@ -294,6 +294,15 @@ def _confidence_lines(evaluation: Evaluation) -> list[str]:
         f"Auto-accept threshold for {AUTOMATION_PRECISION:.0%} precision, chosen on the "
         f"calibration data: {chosen['threshold']:.3f}; on the queries it auto-accepts "
         f"{chosen['coverage']:.1%} at {chosen['precision']:.1%} precision.",
+        *(
+            [
+                f"With a linear head on the references as the confidence instead (measured, "
+                f"not served): {c.probe_head['coverage']:.1%} at "
+                f"{c.probe_head['precision']:.1%} precision."
+            ]
+            if c.probe_head
+            else []
+        ),
         "",
         "| band | share | accuracy |",
         "|---|---|---|",

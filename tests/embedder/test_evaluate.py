@@ -19,6 +19,7 @@ from embedder.evaluate import (
     EmbeddedImages,
     EmbeddingCache,
     Evaluation,
+    ProbeHead,
     embed_images,
     evaluate,
     expected_calibration_error,
@@ -153,6 +154,24 @@ def test_linear_probe_separates_separable_vectors() -> None:
     answers = linear_probe_answers(references, queries)
     assert [a.predicted for a in answers] == ["a", "b", "c"]
     assert all(math.isclose(sum(a.scores), 1.0, rel_tol=1e-6) for a in answers)
+
+
+def test_probe_head_rescores_the_kNN_answer_not_its_own() -> None:
+    rng = np.random.default_rng(0)
+    centres = {"a": [5.0, 0, 0], "b": [0, 5.0, 0], "c": [0, 0, 5.0]}
+    labels = [c for c in centres for _ in range(10)]
+    vectors = [list(np.add(centres[c], rng.normal(0, 0.5, 3))) for c in labels]
+    head = ProbeHead(embedded(labels, vectors, [f"r{i}" for i in range(30)]))
+    queries = embedded(["a", "a", "a"], [centres["a"]] * 3, ["q1", "q2", "q3"])
+    knn = [
+        Answer("a", ("a", "b"), (0.6, 0.4)),  # right: the head is sure of it
+        Answer("a", ("b", "a"), (0.9, 0.1)),  # wrong: the head gives "b" little
+        Answer("a", ("new",), (1.0,)),  # a category added after the head was fitted
+    ]
+    rescored = head.rescored(knn, queries)
+    assert [r.categories for r in rescored] == [("a",), ("b",), ("new",)]
+    assert rescored[0].confidence > 0.9 > 0.1 > rescored[1].confidence
+    assert rescored[2].confidence == 0.0  # never auto-accepted on the head's word
 
 
 def test_leakage_flags_identical_and_near_identical_only() -> None:
