@@ -43,6 +43,7 @@ _ONNX_KEYS = ("onnx_file", "onnx_sha256")  # present once the artifact has been 
 # (docs/benchmarks.md, "Zero-shot"); the test images were scored once, with it fixed.
 IMAGENET_HEAD_TEMPERATURE = 1.0
 RUNTIMES = ("auto", "onnx", "torch")
+DEVICES = ("auto", "cpu", "cuda")
 
 # The package's .pth has lukemelas-style names (_conv_stem, _blocks.0._bn1, ...) for the same
 # tensors, in the same order, as timm's (tf_)efficientnet_lite0; its last two are the 1000-way
@@ -670,22 +671,37 @@ def load_artifact(
     limits: DecodeLimits | None = None,
     num_threads: int | None = None,
     runtime: str = "auto",
+    device: str = "auto",
 ) -> Embedder:
     """Load an artifact directory after verifying its files against the recorded sha256s.
 
     `runtime` "onnx" serves the exported `model.onnx` with ONNX Runtime, "torch" the weights
-    with PyTorch, and "auto" ONNX Runtime whenever the artifact has been exported.
+    with PyTorch, and "auto" ONNX Runtime whenever the artifact has been exported and ONNX
+    Runtime can run on the device. `device` "cuda" runs on the GPU (ONNX Runtime's CUDA
+    provider needs onnxruntime-gpu; PyTorch needs a CUDA build), "cpu" on the CPU, "auto" on
+    the GPU where the runtime sees one.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     path = Path(path)
     config, meta = _read_artifact_config(path)
     spec = zero_shot_spec(path)
     semantic_dim = int(spec["dim"]) if spec else 0
-    if runtime == "torch" or (runtime == "auto" and "onnx_file" not in meta):
+    if runtime == "auto":
+        onnx_can_run = "onnx_file" in meta and (device != "cuda" or _onnx_has_cuda())
+        runtime = "onnx" if onnx_can_run else "torch"
+    if runtime == "torch":
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ArtifactError(
+                "device 'cuda' was asked for, but PyTorch sees no CUDA GPU: "
+                "serve on the CPU with --device cpu"
+            )
+        on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         network, config, version = load_network(path)
         return Embedder(
-            TorchBackend(network, num_threads),
+            TorchBackend(network, num_threads, device="cuda" if on_gpu else "cpu"),
             config,
             version,
             limits,
@@ -708,7 +724,7 @@ def load_artifact(
     )
     if spec is not None and "file" in spec:  # the text tower reads it
         _verify_file(path, spec["file"], spec["sha256"], _rebuild_remedy(path))
-    backend = OnnxBackend(onnx_path, num_threads)
+    backend = OnnxBackend(onnx_path, num_threads, providers=_onnx_providers(device))
     if backend.semantic_dim != semantic_dim:
         raise ArtifactError(
             f"{onnx_path} gives semantic vectors of length {backend.semantic_dim}, the "
@@ -716,6 +732,29 @@ def load_artifact(
             f"`nearcat export --force {path}`"
         )
     return Embedder(backend, config, meta["version"], limits, semantic_dim=semantic_dim, path=path)
+
+
+def _onnx_has_cuda() -> bool:
+    from embedder.onnx_backend import CUDA_PROVIDER, available_providers
+
+    return CUDA_PROVIDER in available_providers()
+
+
+def _onnx_providers(device: str) -> list[str]:
+    """ONNX Runtime's providers for `device`, in priority order; ArtifactError when the
+    installed onnxruntime cannot run there."""
+    from embedder.onnx_backend import CPU_PROVIDER, CUDA_PROVIDER, default_providers
+
+    if device == "cpu":
+        return [CPU_PROVIDER]
+    if device == "cuda":
+        if not _onnx_has_cuda():
+            raise ArtifactError(
+                "device 'cuda' with runtime 'onnx' needs onnxruntime-gpu (pip install "
+                "'nearcat[gpu]'); or serve with --runtime torch, or on the CPU with --device cpu"
+            )
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return default_providers()
 
 
 def load_network(path: Path) -> tuple[EmbeddingNetwork, ModelConfig, str]:

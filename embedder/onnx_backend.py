@@ -13,10 +13,16 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
 
+def available_providers() -> list[str]:
+    """The execution providers this onnxruntime build has (CUDA only with onnxruntime-gpu)."""
+    return list(ort.get_available_providers())
+
+
 def default_providers() -> list[str]:
     """CUDA first where onnxruntime-gpu offers it, the CPU always as the fallback."""
-    available = ort.get_available_providers()
-    return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
+    if CUDA_PROVIDER in available_providers():
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CPU_PROVIDER]
 
 
 def session_options(num_threads: int | None = None, spin: bool = False) -> ort.SessionOptions:

@@ -92,7 +92,9 @@ def model_opener(settings: Settings) -> ModelOpener:
     limits = DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
 
     def open_model(path: Path) -> tuple[Embedder, TextTower | None]:
-        embedder = load_artifact(path, limits=limits, runtime=settings.runtime)
+        embedder = load_artifact(
+            path, limits=limits, runtime=settings.runtime, device=settings.device
+        )
         return embedder, load_text_tower(embedder)
 
     return open_model

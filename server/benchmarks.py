@@ -525,9 +525,11 @@ def bench_serve(
     latency_calls: int = 100,
     server_args: Sequence[str] = (),
     progress: Callable[[str], None] = print,
+    runtime: str = "auto",
+    device: str = "auto",
 ) -> dict[str, Any]:
     """End-to-end Classify throughput and latency of a real server, against the model-only
-    speed of the same artifact measured in the same run."""
+    speed of the same artifact on the same runtime and device, measured in the same run."""
     import tempfile
 
     from embedder import load_artifact, resolve_model
@@ -535,7 +537,7 @@ def bench_serve(
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
     artifact = resolve_model(model, models_dir)
-    embedder = load_artifact(artifact)
+    embedder = load_artifact(artifact, runtime=runtime, device=device)
     size = embedder.config.preprocess.input_size
     pixels = np.random.default_rng(0).standard_normal((32, 3, size, size)).astype(np.float32)
     progress("model-only speed (batch 32, batch 1)")
@@ -543,7 +545,11 @@ def bench_serve(
     _, model_batch1_ms = _images_per_second(embedder.embed_pixels, pixels[:1], seconds=3)
 
     with tempfile.TemporaryDirectory(prefix="nearcat-bench-") as tmp:
-        server = ServerProcess(Path(tmp) / "data", artifact, server_args).start()
+        server = ServerProcess(
+            Path(tmp) / "data",
+            artifact,
+            ["--runtime", runtime, "--device", device, *server_args],
+        ).start()
         try:
             stub = server.stub()
             for name, refs in references.items():
@@ -573,6 +579,8 @@ def bench_serve(
         "bench": "serve",
         "machine": machine(),
         "model": version,
+        "runtime": type(embedder.backend).__name__,
+        "device": device,
         "references": sum(len(r) for r in references.values()),
         "model_only_images_per_s_batch32": model_rate,
         "model_only_images_per_s_batch32_before_after": [before, after],

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
         description="what runs the model: onnx (ONNX Runtime, needs the artifact's model.onnx), "
         "torch (PyTorch), auto (onnx when the artifact has a model.onnx)",
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="where the model runs: cuda (the GPU: onnxruntime-gpu, or PyTorch with "
+        "--runtime torch), cpu, auto (the GPU when the runtime sees one; runtime auto then "
+        "picks the runtime that can use it)",
+    )
     k: int = Field(10, ge=1, le=1000, description="nearest references that vote")
     votes_per_category: int = Field(3, ge=1, description="votes counted per category at most")
     vote_temperature: float = Field(0.05, gt=0, description="softness of similarity weights")

@@ -83,6 +83,8 @@ def run_serve(args: argparse.Namespace) -> None:
         clients=args.clients,
         seconds=args.seconds,
         server_args=args.server_arg,
+        runtime=args.runtime,
+        device=args.device,
     )
     result["queries"] = len(queries)
     write_json(result, args.json)
@@ -136,6 +138,18 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     serve.add_argument("--references", type=int, default=5, help="references per category")
     serve.add_argument("--clients", type=int, default=8, help="concurrent clients")
     serve.add_argument("--seconds", type=float, default=20.0, help="length of the load run")
+    serve.add_argument(
+        "--runtime",
+        choices=["auto", "onnx", "torch"],
+        default="auto",
+        help="the server's and the model-only measurement's runtime (as `nearcat serve`)",
+    )
+    serve.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where both run the model, e.g. cuda with --runtime torch on a GPU machine",
+    )
     serve.add_argument(
         "--server-arg",
         action="append",

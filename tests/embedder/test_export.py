@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import open_clip
 import pytest
+import torch
 
 import embedder.config as config_module
 import embedder.export as export_module
@@ -115,6 +116,23 @@ def test_any_batch_size_gives_the_vectors_of_one_image_at_a_time(model_artifact:
     alone = np.concatenate([backend.run(pixels[i : i + 1]) for i in range(len(pixels))])
     np.testing.assert_allclose(backend.run(pixels), alone, atol=1e-5)
     np.testing.assert_allclose(backend.run(pixels[:1]), alone[:1], atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_gpu_that_is_not_there_says_what_to_do(model_artifact: Path) -> None:
+    with pytest.raises(ArtifactError, match="PyTorch sees no CUDA GPU: serve on the CPU"):
+        load_artifact(model_artifact, device="cuda")  # runtime auto: PyTorch, the only way
+    with pytest.raises(
+        ArtifactError, match=r"needs onnxruntime-gpu \(pip install 'nearcat\[gpu\]'\)"
+    ):
+        load_artifact(model_artifact, runtime="onnx", device="cuda")
+
+
+def test_device_cpu_keeps_onnx_runtime_on_the_cpu(model_artifact: Path) -> None:
+    backend = load_artifact(model_artifact, device="cpu")._backend
+    assert isinstance(backend, OnnxBackend) and backend.providers == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="device must be one of"):
+        load_artifact(model_artifact, device="tpu")
 
 
 # --- integrity -----------------------------------------------------------------------------

@@ -76,8 +76,11 @@ def test_bench_serve(tmp_path: Path, model_artifact: Path) -> None:
             (folder / kind / f"{seed}.jpg").write_bytes(make_image(kind, seed))
     data = bench(
         tmp_path, "serve", "--model", str(model_artifact), "--data", str(folder),
-        "--references", "3", "--clients", "2", "--seconds", "2",
+        "--references", "3", "--clients", "2", "--seconds", "2", "--device", "cpu",
     )  # fmt: skip
     assert data["concurrent"]["errors"] == 0 and data["concurrent"]["requests"] > 0
     assert data["e2e_ratio"] > 0 and data["batch1"]["p50_ms"] > 0
     assert data["references"] == 9
+    assert (data["runtime"], data["device"]) == ("OnnxBackend", "cpu")
+    before, after = data["model_only_images_per_s_batch32_before_after"]
+    assert data["model_only_images_per_s_batch32"] == max(before, after)
