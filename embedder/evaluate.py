@@ -29,11 +29,13 @@ from indexer.calibration import (
     Calibration,
     LabelledVote,
     ReliabilityBin,
+    ece,
     expected_calibration_error,
     fit_calibration,
     reliability_bins,
 )
 from indexer.decision import Thresholds
+from indexer.head import ConfidenceHead, fit_head
 from indexer.ids import image_sha256, reference_id
 from indexer.index import Hit, VectorIndex
 from indexer.vote import CategoryScore, VoteConfig, knn_vote
@@ -438,36 +440,16 @@ def linear_probe_answers(references: EmbeddedImages, queries: EmbeddedImages) ->
     return answers
 
 
-class ProbeHead:
-    """A linear head fitted on the reference vectors, used only to say how sure a kNN answer
-    is: a candidate confidence that eval measures beside the vote's, not served.
-
-    Centred vectors, balanced class weights (a small category's answers count as much as a
-    big one's), C=PROBE_C: of 16 settings, the one that auto-accepted the most clothing val
-    queries at 98% precision (docs/benchmarks.md, "Confidence").
-    """
-
-    def __init__(self, references: EmbeddedImages) -> None:
-        from sklearn.linear_model import LogisticRegression
-
-        self._centre = references.vectors.mean(axis=0)
-        self._head = LogisticRegression(C=PROBE_C, max_iter=5000, class_weight="balanced")
-        self._head.fit(self._centred(references.vectors), references.labels)
-        self._column = {str(c): i for i, c in enumerate(self._head.classes_)}
-
-    def _centred(self, vectors: np.ndarray) -> np.ndarray:
-        shifted = vectors - self._centre
-        return shifted / np.linalg.norm(shifted, axis=1, keepdims=True).clip(1e-12)
-
-    def rescored(self, answers: Sequence[Answer], queries: EmbeddedImages) -> list[Answer]:
-        """The same answers (top category only), with the head's probability of it."""
-        probabilities = self._head.predict_proba(self._centred(queries.vectors))
-        out = []
-        for answer, row in zip(answers, probabilities, strict=True):
-            column = self._column.get(answer.predicted or "")
-            confidence = float(row[column]) if column is not None else 0.0
-            out.append(replace(answer, categories=answer.categories[:1], scores=(confidence,)))
-        return out
+def head_answers(
+    head: ConfidenceHead, answers: Sequence[Answer], queries: EmbeddedImages
+) -> list[Answer]:
+    """The answers as the server gives them with a current confidence head: the vote's top
+    category, with the head's probability of it as the confidence."""
+    confidences = head.confidence(queries.vectors, [a.predicted for a in answers])
+    return [
+        replace(a, categories=a.categories[:1], scores=(float(c),))
+        for a, c in zip(answers, confidences, strict=True)
+    ]
 
 
 # -- confidence ----------------------------------------------------------------------------
@@ -540,19 +522,20 @@ def at_threshold(answers: Sequence[Answer], threshold: float) -> dict[str, float
 
 @dataclass
 class ConfidenceReport:
-    """The calibration the server would fit, and how well it does on the queries."""
+    """The calibration the server would fit, and how well it does on the queries: the served
+    confidence (the confidence head's when one was fitted, else the tempered vote share)."""
 
     calibration: Calibration
     ece_before: float
     ece_after: float
     reliability_after: list[ReliabilityBin]
-    automation: list[AutomationPoint]  # on the queries, calibrated
+    automation: list[AutomationPoint]  # on the queries, with the served confidence
     # Auto-accept threshold chosen on the calibration data for AUTOMATION_PRECISION, and what
     # it gives on the queries; and the default bands' shares.
     chosen: dict[str, float]
     bands: dict[str, dict[str, float]]
-    # The same choice with ProbeHead's confidence instead of the vote's (val part needed).
-    probe_head: dict[str, float] | None = None
+    # With the tempered vote share as the confidence, when a head served the figures above.
+    vote_only: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _rounded(
@@ -562,7 +545,11 @@ class ConfidenceReport:
                     "examples": self.calibration.examples,
                     "temperature": self.calibration.temperature,
                     "unknown_below": self.calibration.unknown_below,
+                    "head_temperature": (
+                        self.calibration.head.temperature if self.calibration.head else None
+                    ),
                 },
+                "confidence": "confidence head" if self.vote_only else "tempered vote share",
                 "ece_before": self.ece_before,
                 "ece_after": self.ece_after,
                 "reliability_after": [vars(b) for b in self.reliability_after],
@@ -573,7 +560,7 @@ class ConfidenceReport:
                     "curve": [vars(p) for p in _thinned(self.automation)],
                 },
                 "bands": self.bands,
-                "probe_head_automation": self.probe_head,
+                "vote_only": self.vote_only,
             }
         )
 
@@ -610,13 +597,35 @@ def confidence_report(
     calibration_answers: Sequence[Answer],
     source: str,
     thresholds: Thresholds | None = None,
+    head: tuple[ConfidenceHead, EmbeddedImages, EmbeddedImages] | None = None,
 ) -> ConfidenceReport:
-    """Fit on `calibration_answers` (never the queries), then measure on `query_answers`."""
+    """Fit on `calibration_answers` (never the queries), then measure on `query_answers`.
+
+    `head`: a confidence head fitted on the references, with the embedded queries and
+    calibration images; its temperature is fitted on the calibration answers, and its
+    confidence is then the one measured, as the server serves it.
+    """
     calibration = fit_calibration(labelled_votes(calibration_answers), source)
     after = calibrated(query_answers, calibration)
-    chosen = threshold_for_precision(
-        calibrated(calibration_answers, calibration), AUTOMATION_PRECISION
-    )
+    fit_after = calibrated(calibration_answers, calibration)
+    vote_only = None
+    if head is not None:
+        plain_head, queries, calibration_images = head
+        fitted = plain_head.calibrated(
+            calibration_images.vectors,
+            [a.predicted for a in calibration_answers],
+            [a.hit(1) for a in calibration_answers],
+        )
+        calibration = replace(calibration, head=fitted)
+        vote_only = {
+            "ece_after": ece([a.confidence for a in after], [a.hit(1) for a in after]),
+            "threshold_chosen_on_calibration_data": at_threshold(
+                after, threshold_for_precision(fit_after, AUTOMATION_PRECISION)
+            ),
+        }
+        after = head_answers(fitted, query_answers, queries)
+        fit_after = head_answers(fitted, calibration_answers, calibration_images)
+    chosen = threshold_for_precision(fit_after, AUTOMATION_PRECISION)
     bins_after = reliability_bins([a.confidence for a in after], [a.hit(1) for a in after])
     return ConfidenceReport(
         calibration=calibration,
@@ -630,6 +639,7 @@ def confidence_report(
         automation=automation_curve(after),
         chosen=at_threshold(after, chosen),
         bands=band_shares(after, thresholds or Thresholds()),
+        vote_only=vote_only,
     )
 
 
@@ -898,16 +908,16 @@ def _confidence(
     else:
         fit_on = leave_one_out_answers(refs, vote)
         source = f"leave-one-out over {len(fit_on)} references (other groups only)"
+    # The server fits its head on the references and its temperature out of fold; here the
+    # validation part plays the images the head was not fitted on.
+    head = None
+    if held is not None and len(set(refs.labels)) >= 2:
+        head = (fit_head(refs.vectors, refs.labels), qs, held)
     try:
-        report = confidence_report(answers, fit_on, source, thresholds)
+        return confidence_report(answers, fit_on, source, thresholds, head)
     except ValueError as exc:  # too few images to fit on
         log.warning("no calibration: %s", exc)
         return None
-    if held is not None and len(set(refs.labels)) >= 2:
-        head = ProbeHead(refs)
-        chosen = threshold_for_precision(head.rescored(fit_on, held), AUTOMATION_PRECISION)
-        report.probe_head = at_threshold(head.rescored(answers, qs), chosen)
-    return report
 
 
 # -- zero-shot from category names ---------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -294,21 +295,24 @@ def _confidence_lines(evaluation: Evaluation) -> list[str]:
         f"Auto-accept threshold for {AUTOMATION_PRECISION:.0%} precision, chosen on the "
         f"calibration data: {chosen['threshold']:.3f}; on the queries it auto-accepts "
         f"{chosen['coverage']:.1%} at {chosen['precision']:.1%} precision.",
-        *(
-            [
-                f"With a linear head on the references as the confidence instead (measured, "
-                f"not served): {c.probe_head['coverage']:.1%} at "
-                f"{c.probe_head['precision']:.1%} precision."
-            ]
-            if c.probe_head
-            else []
-        ),
+        *_vote_only_lines(c.vote_only),
         "",
         "| band | share | accuracy |",
         "|---|---|---|",
     ]
     lines += [f"| {band} | {v['share']:.1%} | {v['accuracy']:.1%} |" for band, v in c.bands.items()]
     return lines
+
+
+def _vote_only_lines(vote_only: dict[str, Any] | None) -> list[str]:
+    if vote_only is None:
+        return []
+    vote = vote_only["threshold_chosen_on_calibration_data"]
+    return [
+        "The confidence is the confidence head's probability of the vote's answer, as served; "
+        "with the vote's calibrated share instead the same choice auto-accepts "
+        f"{vote['coverage']:.1%} at {vote['precision']:.1%} precision."
+    ]
 
 
 def _leakage_sentence(evaluation: Evaluation) -> str:

@@ -7,27 +7,27 @@ never changes; only how sure the answer says it is.
 
 The same fit also chooses the open-set threshold: an image whose nearest reference is less
 similar than almost every labelled image's nearest reference was (the `UNKNOWN_QUANTILE`
-lowest share) is called unknown rather than forced into a category.
+lowest share) is called unknown rather than forced into a category. And when the labelled
+images carry their vectors (the stored references), it fits the confidence head
+(indexer.head), whose probability of the vote's answer is a sharper confidence than the
+tempered share.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from indexer.head import ConfidenceHead, cross_fitted_head, least_log_loss
 from indexer.vote import CategoryScore
 
 ECE_BINS = 15
 # Share of in-catalogue images allowed to fall under the open-set threshold.
 UNKNOWN_QUANTILE = 0.01
-# Temperatures tried by the fit (log-spaced); beyond this range nothing useful happens.
-_TEMPERATURES = np.exp(np.linspace(math.log(0.05), math.log(20.0), 241))
-_EPSILON = 1e-6
 MIN_EXAMPLES = 20
 
 
@@ -88,6 +88,8 @@ class LabelledVote:
     scores: Sequence[CategoryScore]  # every category that got a vote, best first
     truth: str
     nearest_similarity: float
+    vector: np.ndarray | None = None  # the image's embedding, for the confidence head
+    group: str | None = None  # e.g. its sender: the head's folds keep a group together
 
     @property
     def correct(self) -> bool:
@@ -110,6 +112,7 @@ class Calibration:
     source: str = "not fitted"
     fitted_at_ms: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    head: ConfidenceHead | None = None
 
     @property
     def fitted(self) -> bool:
@@ -120,11 +123,15 @@ class Calibration:
         return temper(scores, self.temperature)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(replace(self, head=None))
+        data["head"] = self.head.to_json() if self.head is not None else None
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Calibration:
         known = {f: data[f] for f in cls.__dataclass_fields__ if f in data}
+        if known.get("head") is not None:
+            known["head"] = ConfidenceHead.from_json(known["head"])
         return cls(**known)
 
 
@@ -151,12 +158,7 @@ def fit_calibration(votes: Sequence[LabelledVote], source: str) -> Calibration:
             f"at least {MIN_EXAMPLES} are needed"
         )
     correct = np.array([v.correct for v in votes], dtype=np.float64)
-    best_t, best_loss = 1.0, math.inf
-    for t in _TEMPERATURES:
-        p = np.clip(_top_confidences(votes, float(t)), _EPSILON, 1 - _EPSILON)
-        loss = -float(np.mean(correct * np.log(p) + (1 - correct) * np.log(1 - p)))
-        if loss < best_loss:
-            best_t, best_loss = float(t), loss
+    best_t, best_loss = least_log_loss(lambda t: _top_confidences(votes, t), correct)
     nearest = np.array([v.nearest_similarity for v in votes])
     return Calibration(
         temperature=best_t,
@@ -167,4 +169,17 @@ def fit_calibration(votes: Sequence[LabelledVote], source: str) -> Calibration:
         source=source,
         fitted_at_ms=int(time.time() * 1000),
         extra={"log_loss": best_loss, "accuracy": float(correct.mean())},
+        head=_head(votes),
+    )
+
+
+def _head(votes: Sequence[LabelledVote]) -> ConfidenceHead | None:
+    """The confidence head, when every labelled image came with its vector."""
+    if not votes or any(v.vector is None for v in votes):
+        return None
+    return cross_fitted_head(
+        np.stack([v.vector for v in votes if v.vector is not None]),
+        [v.truth for v in votes],
+        [v.scores[0].category if v.scores else None for v in votes],
+        [v.group for v in votes],
     )

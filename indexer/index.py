@@ -167,6 +167,11 @@ class VectorIndex:
         with self._lock:
             return {reference_id_of_faiss(i) for i in self._category_of}
 
+    def categories(self) -> set[str]:
+        """The categories with at least one vector in the index."""
+        with self._lock:
+            return {category for category, n in self._counts.items() if n > 0}
+
     def count(self, category: str) -> int:
         """Vectors of one category in the index."""
         with self._lock:

@@ -92,10 +92,9 @@ class Prediction:
     # itself is not: "certainly Shoes, maybe Sneakers".
     confident_ancestor: LevelScore | None = None
     model_version: str = ""  # the version that answered: one per call, never a mix
-
-    @property
-    def confidence(self) -> float:
-        return self.categories[0].score if self.categories else 0.0
+    # How likely the answer is right: the confidence head's probability of it while the head
+    # covers the catalogue's categories, else the answer's calibrated score.
+    confidence: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +133,7 @@ class Status:
     started_at_ms: int
     calibration: Calibration
     text_model: str
+    head_current: bool = False  # the calibration's confidence head covers the catalogue
 
 
 def validate_category_name(name: str, what: str = "category name") -> None:
@@ -405,15 +405,17 @@ class Catalog:
                 _check_deadline(deadline, "embedding")
                 vectors, semantics = s.embed_decoded(decoded)
             neighbours = iter(s.index.search(vectors, k))
-            meanings = iter(semantics)
+            rows = iter(zip(vectors, semantics, strict=True))
             return [
-                self._predict(s, next(neighbours), next(meanings), top_n)
+                self._predict(s, next(neighbours), *next(rows), top_n)
                 if isinstance(d, np.ndarray)
                 else d
                 for d in decoded
             ]
 
-    def _predict(self, s: Serving, hits: list[Hit], semantic: np.ndarray, top_n: int) -> Prediction:
+    def _predict(
+        self, s: Serving, hits: list[Hit], vector: np.ndarray, semantic: np.ndarray, top_n: int
+    ) -> Prediction:
         scores = knn_vote(hits, self.vote, MAX_K)  # every category that got a vote
         if s.prompted and s.text is not None:
             scores = self._with_text_evidence(s, scores, semantic)
@@ -421,9 +423,10 @@ class Catalog:
         if not scores:
             return Prediction([], hits, Decision.UNKNOWN, model_version=s.version)
         top = scores[0]
+        confidence = self._confidence(s, top, vector)
         if s.index.count(top.category):
             decision = self.decisions.decide(
-                top.category, top.score, hits[0].similarity, s.calibration.unknown_below
+                top.category, confidence, hits[0].similarity, s.calibration.unknown_below
             )
         else:
             # Known from text alone: zero-shot scores are not calibrated (a closed set of a
@@ -442,7 +445,27 @@ class Catalog:
             levels=levels,
             confident_ancestor=self._confident_ancestor(decision, top.category, levels),
             model_version=s.version,
+            confidence=confidence,
         )
+
+    def head_current(self) -> bool:
+        """Whether the calibration's confidence head was fitted on exactly the categories
+        that have references now; it stops speaking once one comes or goes, until refitted."""
+        with self._use() as s:
+            return self._head_current(s)
+
+    @staticmethod
+    def _head_current(s: Serving) -> bool:
+        head = s.calibration.head
+        return head is not None and head.covers(s.index.categories())
+
+    def _confidence(self, s: Serving, top: CategoryScore, vector: np.ndarray) -> float:
+        """The confidence head's probability of the answer while the head is current;
+        otherwise (or for a category known from text alone) the answer's calibrated score."""
+        head = s.calibration.head
+        if head is None or not s.index.count(top.category) or not self._head_current(s):
+            return top.score
+        return float(head.confidence(vector[None], [top.category])[0])
 
     def _confident_ancestor(
         self, decision: Decision, answer: str, levels: list[LevelScore]
@@ -621,7 +644,13 @@ class Catalog:
             ][: self.vote.k]
             if others:
                 votes.append(
-                    LabelledVote(knn_vote(others, self.vote, MAX_K), category, others[0].similarity)
+                    LabelledVote(
+                        knn_vote(others, self.vote, MAX_K),
+                        category,
+                        others[0].similarity,
+                        stored[own],
+                        group,
+                    )
                 )
         return votes
 
@@ -739,6 +768,7 @@ class Catalog:
             vectors_loaded_at_start=self._vectors_loaded,
             started_at_ms=self._started_at_ms,
             calibration=s.calibration,
+            head_current=self._head_current(s),
             text_model=s.text.version if s.text is not None else "",
         )
 

@@ -237,6 +237,11 @@ def calibrate(stub: Any, group_by: str) -> None:
         f"ECE {fitted.ece_before:.3f} -> {fitted.ece_after:.3f}; images whose nearest "
         f"reference is below similarity {fitted.unknown_below:.3f} are called unknown"
     )
+    if fitted.head_categories:
+        print(
+            f"confidence head fitted on {fitted.head_categories} categories: until one is "
+            "added or deleted, a prediction's confidence is its probability of the answer"
+        )
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
@@ -398,7 +403,9 @@ def print_result(path: str, item: Any, model_version: str, as_json: bool) -> Non
         return
     best = result.categories[0]
     decision = DECISIONS[result.decision].replace("_", "-")
-    print(f"{path}: {' > '.join(best.path)}  ({best.score:.2f}, {decision})")
+    # The decision follows the confidence: the answer's probability, or the confidence head's
+    # when one is current (indexer/head.py); the other categories show their probabilities.
+    print(f"{path}: {' > '.join(best.path)}  ({result.confidence:.2f}, {decision})")
     if result.HasField("confident_ancestor"):
         ancestor = result.confident_ancestor
         print(

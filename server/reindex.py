@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -231,14 +231,21 @@ class Reindexer:
                 self.catalog.end_reindex()
                 pending.close()
                 return
-            job.state = ReindexState.DONE
-            job.finished_at_ms = int(time.time() * 1000)
-            job.message = job.message or f"now serving {job.target}"
+            # The store records "done" in the switch's own write; the job that `status` shows
+            # says so only once the switch has happened, never before.
+            finished = replace(
+                job,
+                state=ReindexState.DONE,
+                finished_at_ms=int(time.time() * 1000),
+                message=job.message or f"now serving {job.target}",
+            )
             previous = self.catalog.serving.version
             self.catalog.switch(
                 pending,
-                commit=lambda: self.store.switch_model(job.target, previous, job.to_json()),
+                commit=lambda: self.store.switch_model(job.target, previous, finished.to_json()),
             )
+            job.state, job.finished_at_ms = finished.state, finished.finished_at_ms
+            job.message = finished.message
             log.info("reindex to %s done: %s", job.target, job.message)
         except Exception as exc:
             log.exception("reindex to %s failed", job.target)

@@ -131,7 +131,7 @@ def _classification(prediction: Prediction) -> pb.Classification:
     )
 
 
-def _calibration(calibration: Calibration) -> pb.Calibration:
+def _calibration(calibration: Calibration, head_current: bool) -> pb.Calibration:
     return pb.Calibration(
         temperature=calibration.temperature,
         unknown_below=calibration.unknown_below,
@@ -141,6 +141,8 @@ def _calibration(calibration: Calibration) -> pb.Calibration:
         source=calibration.source,
         fitted_at_ms=calibration.fitted_at_ms,
         accuracy=calibration.extra.get("accuracy", 0.0),
+        head_categories=len(calibration.head.categories) if calibration.head else 0,
+        head_current=head_current,
     )
 
 
@@ -323,7 +325,7 @@ class NearcatServicer(pb_grpc.NearcatServicer):
             images_embedded=status.images_embedded,
             vectors_loaded_at_start=status.vectors_loaded_at_start,
             started_at_ms=status.started_at_ms,
-            calibration=_calibration(status.calibration),
+            calibration=_calibration(status.calibration, status.head_current),
             text_model=status.text_model,
         )
 
@@ -353,7 +355,9 @@ class NearcatServicer(pb_grpc.NearcatServicer):
         self, request: pb.CalibrateRequest, context: grpc.ServicerContext
     ) -> pb.CalibrateResponse:
         calibration = self.catalog.calibrate(request.group_by_metadata or None)
-        return pb.CalibrateResponse(calibration=_calibration(calibration))
+        return pb.CalibrateResponse(
+            calibration=_calibration(calibration, self.catalog.head_current())
+        )
 
     @rpc
     def Reindex(

@@ -330,10 +330,11 @@ def print_summary(evaluation: Evaluation) -> None:
             f"auto-accept at >= {c.chosen['threshold']:.3f}: {c.chosen['coverage']:.1%} of "
             f"images, {c.chosen['precision']:.1%} right"
         )
-        if c.probe_head is not None:
+        if c.vote_only is not None:
+            vote = c.vote_only["threshold_chosen_on_calibration_data"]
             print(
-                f"  with a linear head's confidence instead (not served): "
-                f"{c.probe_head['coverage']:.1%} of images, {c.probe_head['precision']:.1%} right"
+                f"  (confidence from the confidence head; with the vote's share instead: "
+                f"{vote['coverage']:.1%} of images, {vote['precision']:.1%} right)"
             )
     worst = ", ".join(
         f"{name} {metrics.per_category[name].top1:.0%}" for name in metrics.worst_categories

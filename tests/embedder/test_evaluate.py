@@ -19,11 +19,11 @@ from embedder.evaluate import (
     EmbeddedImages,
     EmbeddingCache,
     Evaluation,
-    ProbeHead,
     embed_images,
     evaluate,
     expected_calibration_error,
     find_leakage,
+    head_answers,
     hierarchy_accuracy,
     knn_answers,
     linear_probe_answers,
@@ -36,6 +36,7 @@ from embedder.evaluate import (
 )
 from embedder.model import Embedder, create_artifact, load_artifact
 from embedder.report import confusion_matrix, write_report
+from indexer.head import fit_head
 from indexer.vote import VoteConfig
 from tests.helpers import make_image
 
@@ -156,22 +157,22 @@ def test_linear_probe_separates_separable_vectors() -> None:
     assert all(math.isclose(sum(a.scores), 1.0, rel_tol=1e-6) for a in answers)
 
 
-def test_probe_head_rescores_the_kNN_answer_not_its_own() -> None:
+def test_head_answers_keep_the_votes_answer_with_the_heads_confidence() -> None:
     rng = np.random.default_rng(0)
     centres = {"a": [5.0, 0, 0], "b": [0, 5.0, 0], "c": [0, 0, 5.0]}
     labels = [c for c in centres for _ in range(10)]
-    vectors = [list(np.add(centres[c], rng.normal(0, 0.5, 3))) for c in labels]
-    head = ProbeHead(embedded(labels, vectors, [f"r{i}" for i in range(30)]))
+    vectors = np.array([np.add(centres[c], rng.normal(0, 0.5, 3)) for c in labels])
+    head = fit_head(vectors, labels)
     queries = embedded(["a", "a", "a"], [centres["a"]] * 3, ["q1", "q2", "q3"])
     knn = [
-        Answer("a", ("a", "b"), (0.6, 0.4)),  # right: the head is sure of it
+        Answer("a", ("a", "b"), (0.6, 0.4)),  # right: the head agrees
         Answer("a", ("b", "a"), (0.9, 0.1)),  # wrong: the head gives "b" little
-        Answer("a", ("new",), (1.0,)),  # a category added after the head was fitted
+        Answer("a", ("new",), (1.0,)),  # a category the head was not fitted on
     ]
-    rescored = head.rescored(knn, queries)
-    assert [r.categories for r in rescored] == [("a",), ("b",), ("new",)]
-    assert rescored[0].confidence > 0.9 > 0.1 > rescored[1].confidence
-    assert rescored[2].confidence == 0.0  # never auto-accepted on the head's word
+    served = head_answers(head, knn, queries)
+    assert [r.categories for r in served] == [("a",), ("b",), ("new",)]
+    assert served[0].confidence > 0.5 > served[1].confidence
+    assert served[2].confidence == 0.0  # never auto-accepted on the head's word
 
 
 def test_leakage_flags_identical_and_near_identical_only() -> None:

@@ -106,8 +106,11 @@ def test_calibrate_is_stored_and_survives_a_restart(server: ServerProcess, stub)
     assert fitted.examples == stub.GetStatus(pb.GetStatusRequest()).index_size
     assert fitted.temperature > 0 and -1 <= fitted.unknown_below <= 1
     assert "leave-one-out" in fitted.source
+    # the confidence head: fitted on the five categories with references (not the parents)
+    assert fitted.head_categories == 5 and fitted.head_current
     assert stub.GetStatus(pb.GetStatusRequest()).calibration == fitted
-    assert classify(stub, twin("checkers", 3)).categories[0].category == "checkers"
+    answer = classify(stub, twin("checkers", 3))
+    assert answer.categories[0].category == "checkers" and 0 < answer.confidence <= 1
 
     server.stop()
     server.start()
@@ -124,6 +127,10 @@ def test_calibrate_keeps_a_group_from_voting_for_itself(server: ServerProcess, s
     shared = pb.ReferenceImage(image=make_image("checkers", 50), metadata={"group": "g"})
     near = pb.ReferenceImage(image=make_image("checkers", 50, size=176), metadata={"group": "h"})
     stub.AddCategory(pb.AddCategoryRequest(name="Left", references=[shared, near]))
+    # A new category: the head fitted without it stops speaking until the next calibration.
+    assert not stub.GetStatus(pb.GetStatusRequest()).calibration.head_current
+    answer = classify(stub, twin("checkers", 3))
+    assert answer.confidence == pytest.approx(answer.categories[0].score)
     stub.AddCategory(pb.AddCategoryRequest(name="Right", references=[shared, *refs("dots", [51])]))
     plain = stub.Calibrate(pb.CalibrateRequest()).calibration
     grouped = stub.Calibrate(pb.CalibrateRequest(group_by_metadata="group")).calibration

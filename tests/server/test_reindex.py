@@ -122,6 +122,31 @@ def test_reindex_switches_to_the_new_version_and_rollback_returns(
     assert predict(catalog, "stripes", 3).model_version == old
 
 
+def test_status_says_done_only_once_the_switch_has_happened(
+    catalog: Catalog, reindexer: Reindexer, second_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow switch (calls in flight finishing) leaves a window in which the job is
+    finished but the old version still answers: status must not say done in it."""
+    real_switch = catalog.switch
+
+    def slow_switch(*args: object, **kwargs: object) -> None:
+        time.sleep(0.5)
+        real_switch(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(catalog, "switch", slow_switch)
+    target = reindexer.start(str(second_model)).target
+    seen = []
+    while True:
+        job = reindexer.status()
+        assert job is not None
+        seen.append((job.state, catalog.serving.version))  # the state first, then the version
+        if not job.unfinished:
+            break
+        time.sleep(0.01)
+    assert seen[-1] == (ReindexState.DONE, target)
+    assert all(version == target for state, version in seen if state == ReindexState.DONE)
+
+
 def test_a_reindex_that_loses_accuracy_is_refused(
     catalog: Catalog, reindexer: Reindexer, store: Store, collapsed_model: Path
 ) -> None:

@@ -362,7 +362,7 @@ class CalibrateRequest(_message.Message):
     def __init__(self, group_by_metadata: _Optional[str] = ...) -> None: ...
 
 class Calibration(_message.Message):
-    __slots__ = ("temperature", "unknown_below", "examples", "ece_before", "ece_after", "source", "fitted_at_ms", "accuracy")
+    __slots__ = ("temperature", "unknown_below", "examples", "ece_before", "ece_after", "source", "fitted_at_ms", "accuracy", "head_categories", "head_current")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_BELOW_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -371,6 +371,8 @@ class Calibration(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     FITTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    HEAD_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_CURRENT_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     unknown_below: float
     examples: int
@@ -379,7 +381,9 @@ class Calibration(_message.Message):
     source: str
     fitted_at_ms: int
     accuracy: float
-    def __init__(self, temperature: _Optional[float] = ..., unknown_below: _Optional[float] = ..., examples: _Optional[int] = ..., ece_before: _Optional[float] = ..., ece_after: _Optional[float] = ..., source: _Optional[str] = ..., fitted_at_ms: _Optional[int] = ..., accuracy: _Optional[float] = ...) -> None: ...
+    head_categories: int
+    head_current: bool
+    def __init__(self, temperature: _Optional[float] = ..., unknown_below: _Optional[float] = ..., examples: _Optional[int] = ..., ece_before: _Optional[float] = ..., ece_after: _Optional[float] = ..., source: _Optional[str] = ..., fitted_at_ms: _Optional[int] = ..., accuracy: _Optional[float] = ..., head_categories: _Optional[int] = ..., head_current: _Optional[bool] = ...) -> None: ...
 
 class CalibrateResponse(_message.Message):
     __slots__ = ("calibration",)

@@ -1,0 +1,212 @@
+"""The confidence head: how sure a kNN answer is, judged by a linear model of the references.
+
+A vote's shares say how the nearest references split. They saturate where a wrong category's
+references crowd around an image (the small look-alike categories, or any ArcFace model), so
+a confident vote is not always a right one. A logistic regression over the reference vectors
+weighs the whole catalogue at once. Taking its probability of the vote's answer as the
+confidence auto-accepted 56.8% of the clothing test images at 98.8% precision, against 42.6%
+with the vote's own share (docs/benchmarks.md, "Confidence").
+
+The head never changes the answer: the kNN vote stays the classifier. It only speaks while
+the categories that have references are exactly those it was fitted on; once one comes or
+goes, the catalogue goes back to the vote's share until the next calibration refits it.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+# Regularisation of the logistic regression, and balanced class weights (a small category's
+# references count as much as a big one's): the best of 16 settings by clothing val coverage.
+HEAD_C = 10.0
+FOLDS = 5  # out-of-fold probabilities for the temperature, grouped where groups are known
+MIN_PER_CATEGORY = 2
+# Temperatures tried by the fits (log-spaced); beyond this range nothing useful happens.
+_TEMPERATURES = np.exp(np.linspace(math.log(0.05), math.log(20.0), 241))
+_EPSILON = 1e-6
+
+
+@dataclass(frozen=True)
+class ConfidenceHead:
+    """softmax((W @ unit(v - centre) + b) / temperature) over `categories`."""
+
+    categories: tuple[str, ...]
+    centre: np.ndarray  # (dim,)
+    weights: np.ndarray  # (categories, dim)
+    bias: np.ndarray  # (categories,)
+    temperature: float = 1.0
+
+    def covers(self, categories: Collection[str]) -> bool:
+        """True while the catalogue has exactly the categories the head was fitted on."""
+        return len(categories) == len(self.categories) and all(
+            c in categories for c in self.categories
+        )
+
+    def confidence(self, vectors: np.ndarray, answers: Sequence[str | None]) -> np.ndarray:
+        """The head's probability of each answer; 0 where it does not know the category."""
+        probabilities = self.probabilities(vectors)
+        column = {c: i for i, c in enumerate(self.categories)}
+        return np.array(
+            [probabilities[row, column[a]] if a in column else 0.0 for row, a in enumerate(answers)]
+        )
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        return _softmax(self.logits(vectors) / self.temperature)
+
+    def logits(self, vectors: np.ndarray) -> np.ndarray:
+        """The linear scores before the temperature, (n, categories)."""
+        scores: np.ndarray = _centred(vectors, self.centre) @ self.weights.T + self.bias
+        return scores
+
+    def calibrated(
+        self, vectors: np.ndarray, answers: Sequence[str | None], correct: Sequence[bool]
+    ) -> ConfidenceHead:
+        """This head with the temperature that best predicts, on these labelled images it was
+        not fitted on, whether each answer is right (least log-loss)."""
+        column = {c: i for i, c in enumerate(self.categories)}
+        known = [i for i, a in enumerate(answers) if a in column]
+        if not known:
+            return self
+        logits = self.logits(vectors[known])
+        columns = np.array([column[str(answers[i])] for i in known])
+        right = np.array([correct[i] for i in known], dtype=np.float64)
+        return replace(self, temperature=fit_temperature(logits, columns, right))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "categories": list(self.categories),
+            "dim": int(self.centre.shape[0]),
+            "centre": _encode(self.centre),
+            "weights": _encode(self.weights),
+            "bias": _encode(self.bias),
+            "temperature": self.temperature,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ConfidenceHead:
+        categories = tuple(data["categories"])
+        dim = int(data["dim"])
+        return cls(
+            categories,
+            _decode(data["centre"]),
+            _decode(data["weights"]).reshape(len(categories), dim),
+            _decode(data["bias"]),
+            float(data["temperature"]),
+        )
+
+
+def fit_head(vectors: np.ndarray, labels: Sequence[str]) -> ConfidenceHead:
+    """The head on these labelled vectors, temperature 1. ValueError below two categories."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(set(labels)) < 2:
+        raise ValueError("a confidence head needs references of at least two categories")
+    centre = np.asarray(vectors, dtype=np.float64).mean(axis=0)
+    model = LogisticRegression(C=HEAD_C, max_iter=2000, class_weight="balanced")
+    model.fit(_centred(vectors, centre), list(labels))
+    classes = tuple(str(c) for c in model.classes_)
+    weights, bias = model.coef_, model.intercept_
+    if len(classes) == 2:  # sklearn keeps one row for two classes: class 1 against class 0
+        weights, bias = np.vstack([-weights / 2, weights / 2]), np.array([-bias[0], bias[0]]) / 2
+    return ConfidenceHead(
+        classes,
+        centre.astype(np.float32),
+        np.asarray(weights, dtype=np.float32),
+        np.asarray(bias, dtype=np.float32),
+    )
+
+
+def least_log_loss(
+    confidences_at: Callable[[float], np.ndarray], correct: np.ndarray
+) -> tuple[float, float]:
+    """(temperature, log-loss): the temperature whose confidences best predict whether each
+    answer is right. Shared by the vote's calibration and the head's."""
+    best_t, best_loss = 1.0, math.inf
+    for t in _TEMPERATURES:
+        p = np.clip(confidences_at(float(t)), _EPSILON, 1 - _EPSILON)
+        loss = -float(np.mean(correct * np.log(p) + (1 - correct) * np.log(1 - p)))
+        if loss < best_loss:
+            best_t, best_loss = float(t), loss
+    return best_t, best_loss
+
+
+def fit_temperature(logits: np.ndarray, columns: np.ndarray, correct: np.ndarray) -> float:
+    """The temperature under which softmax(logits / T)[column] best predicts `correct`."""
+    rows = np.arange(len(columns))
+    return least_log_loss(lambda t: _softmax(logits / t)[rows, columns], correct)[0]
+
+
+def cross_fitted_head(
+    vectors: np.ndarray,
+    labels: Sequence[str],
+    answers: Sequence[str | None],
+    groups: Sequence[str | None] | None = None,
+) -> ConfidenceHead | None:
+    """A head on all the labelled vectors, its temperature fitted on out-of-fold
+    probabilities of `answers` (the vote's answer for each vector), so it is judged only on
+    images it was not fitted on. Folds keep a group (e.g. one sender's photos) together.
+    None when a category has too few references for a fit to mean anything."""
+    from sklearn.model_selection import GroupKFold
+
+    labels = list(labels)
+    counts = {c: labels.count(c) for c in set(labels)}
+    if len(counts) < 2 or min(counts.values()) < MIN_PER_CATEGORY:
+        return None
+    group_of = [
+        g if g is not None else f"row-{n}"
+        for n, g in enumerate(groups if groups is not None else [None] * len(labels))
+    ]
+    logits: list[np.ndarray] = []
+    columns: list[int] = []
+    correct: list[bool] = []
+    splits = GroupKFold(n_splits=min(FOLDS, len(set(group_of)))).split(vectors, labels, group_of)
+    for train, test in splits:
+        if len({labels[i] for i in train}) < 2:
+            continue
+        fold = fit_head(vectors[train], [labels[i] for i in train])
+        column = {c: i for i, c in enumerate(fold.categories)}
+        for row, i in zip(fold.logits(vectors[test]), test, strict=True):
+            answer = answers[i]
+            if answer in column:  # a category missing from this fold's head cannot vouch
+                logits.append(row)
+                columns.append(column[answer])
+                correct.append(answer == labels[i])
+    head = fit_head(vectors, labels)
+    if not correct:
+        return head
+    # A fold's head may lack a small category: pad its rows with -inf, which softmax ignores.
+    padded = np.full((len(logits), len(counts)), -np.inf)
+    for row, values in zip(padded, logits, strict=True):
+        row[: len(values)] = values
+    temperature = fit_temperature(padded, np.array(columns), np.array(correct, dtype=np.float64))
+    return replace(head, temperature=temperature)
+
+
+def _centred(vectors: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Unit vectors after removing the references' mean: the shared component of every
+    embedding says nothing about the category."""
+    shifted = np.asarray(vectors, dtype=np.float32) - centre
+    norms = np.linalg.norm(shifted, axis=1, keepdims=True)
+    out: np.ndarray = shifted / np.maximum(norms, 1e-12)
+    return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    out: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+    return out
+
+
+def _encode(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _decode(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f4").copy()

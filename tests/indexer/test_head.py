@@ -1,0 +1,124 @@
+"""The confidence head: fit, temperature on unseen images, storage, and when it may speak."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from indexer.calibration import Calibration, LabelledVote, ece, fit_calibration
+from indexer.head import cross_fitted_head, fit_head
+from indexer.vote import CategoryScore
+
+
+def clusters(
+    n_per: int, noise: float, flip: float, seed: int, dim: int = 16
+) -> tuple[np.ndarray, list[str]]:
+    """Four categories around fixed centres; `flip` of the labels replaced at random, which
+    no model can predict: a head fitted with T=1 is then surer than it should be."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(0, 1, (4, dim))
+    names = ["a", "b", "c", "d"]
+    labels = [names[i % 4] for i in range(4 * n_per)]
+    vectors = np.stack([centres[names.index(c)] for c in labels]) + rng.normal(
+        0, noise, (len(labels), dim)
+    )
+    flipped = rng.random(len(labels)) < flip
+    labels = [names[rng.integers(4)] if f else c for c, f in zip(labels, flipped, strict=True)]
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True), labels
+
+
+def test_the_head_is_sure_where_categories_are_apart() -> None:
+    vectors, labels = clusters(30, noise=0.3, flip=0.0, seed=0)
+    head = fit_head(vectors, labels)
+    assert head.categories == ("a", "b", "c", "d")
+    fresh, truth = clusters(10, noise=0.3, flip=0.0, seed=1)
+    confidence = head.confidence(fresh, truth)
+    assert confidence.min() > 0.9
+    assert head.confidence(fresh[:1], ["unheard of"])[0] == 0.0  # it cannot vouch for it
+
+
+def test_two_categories_give_the_same_probabilities_as_sklearn() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    vectors, labels = clusters(20, noise=0.8, flip=0.1, seed=2)
+    keep = [i for i, c in enumerate(labels) if c in ("a", "b")]
+    vectors, labels = vectors[keep], [labels[i] for i in keep]
+    head = fit_head(vectors, labels)
+    centred = vectors - head.centre
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    model = LogisticRegression(C=10.0, max_iter=2000, class_weight="balanced")
+    expected = model.fit(centred, labels).predict_proba(centred)
+    np.testing.assert_allclose(head.probabilities(vectors), expected, atol=1e-4)
+
+
+def nearest_centre(vectors: np.ndarray, labels: list[str], queries: np.ndarray) -> list[str]:
+    """A stand-in for the kNN vote: the category whose mean vector is closest."""
+    names = sorted(set(labels))
+    means = np.stack([vectors[[c == n for c in labels]].mean(axis=0) for n in names])
+    return [names[i] for i in (queries @ means.T).argmax(axis=1)]
+
+
+def test_the_cross_fitted_temperature_calibrates_images_it_never_saw() -> None:
+    """Sixty references in 64 dimensions: the regularised head is far less sure than it may be
+    of the vote's (nearly always right) answers. The temperature, fitted out of fold, learns
+    that from images the head was not fitted on, and fresh images' confidence follows."""
+    vectors, labels = clusters(15, noise=1.5, flip=0.0, seed=3, dim=64)
+    head = cross_fitted_head(vectors, labels, nearest_centre(vectors, labels, vectors))
+    assert head is not None and head.temperature < 1.0
+    fresh, truth = clusters(300, noise=1.5, flip=0.0, seed=4, dim=64)
+    answers = nearest_centre(vectors, labels, fresh)
+    right = [a == t for a, t in zip(answers, truth, strict=True)]
+    plain = replace(head, temperature=1.0).confidence(fresh, answers)
+    fitted = head.confidence(fresh, answers)
+    assert ece(fitted.tolist(), right) < ece(plain.tolist(), right) - 0.05
+
+
+def test_too_few_references_give_no_head() -> None:
+    vectors, labels = clusters(5, noise=0.3, flip=0.0, seed=5)
+    labels[0] = "alone"
+    assert cross_fitted_head(vectors, labels, labels) is None
+    assert cross_fitted_head(vectors[:4], ["a"] * 4, ["a"] * 4) is None
+
+
+def test_it_speaks_only_for_exactly_its_categories() -> None:
+    vectors, labels = clusters(10, noise=0.3, flip=0.0, seed=6)
+    head = fit_head(vectors, labels)
+    assert head.covers({"a", "b", "c", "d"})
+    assert not head.covers({"a", "b", "c", "d", "new"})
+    assert not head.covers({"a", "b", "c"})
+
+
+def test_calibration_fits_a_head_when_votes_carry_vectors_and_stores_it() -> None:
+    vectors, labels = clusters(15, noise=0.5, flip=0.1, seed=7)
+    votes = [
+        LabelledVote([CategoryScore(c, 0.9), CategoryScore("x", 0.1)], c, 0.8, v, f"g{i % 9}")
+        for i, (v, c) in enumerate(zip(vectors, labels, strict=True))
+    ]
+    calibration = fit_calibration(votes, "test")
+    assert calibration.head is not None and calibration.head.categories == ("a", "b", "c", "d")
+    restored = Calibration.from_json(calibration.to_json())
+    assert restored.head is not None
+    np.testing.assert_array_equal(
+        restored.head.probabilities(vectors), calibration.head.probabilities(vectors)
+    )
+    without = fit_calibration([LabelledVote(v.scores, v.truth, 0.8) for v in votes], "test")
+    assert without.head is None and Calibration.from_json(without.to_json()).head is None
+
+
+@pytest.mark.parametrize("stored", [{}, {"temperature": 0.5}])
+def test_calibrations_stored_before_the_head_load_without_one(stored: dict[str, float]) -> None:
+    assert Calibration.from_json(stored).head is None
+
+
+def test_a_category_that_one_fold_lacks_does_not_break_the_fit() -> None:
+    """Both references of a small category in one group: the fold that tests on that group
+    is fitted without the category."""
+    vectors, labels = clusters(10, noise=0.5, flip=0.0, seed=8)
+    groups: list[str | None] = [f"g{i % 5}" for i in range(len(labels))]
+    vectors = np.vstack([vectors, vectors[:2] * -1])
+    labels += ["small", "small"]
+    groups += ["g-small", "g-small"]
+    head = cross_fitted_head(vectors, labels, labels, groups)
+    assert head is not None and "small" in head.categories
