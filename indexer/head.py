@@ -8,8 +8,8 @@ confidence auto-accepted 56.8% of the clothing test images at 98.8% precision, a
 with the vote's own share (docs/benchmarks.md, "Confidence").
 
 The head never changes the answer: the kNN vote stays the classifier. It only speaks while
-the categories that have references are exactly those it was fitted on; once one comes or
-goes, the catalogue goes back to the vote's share until the next calibration refits it.
+the categories an answer can name are exactly those it was fitted on; once one comes or goes,
+the catalogue goes back to the vote's share until the next calibration refits it.
 """
 
 from __future__ import annotations

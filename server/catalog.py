@@ -449,15 +449,16 @@ class Catalog:
         )
 
     def head_current(self) -> bool:
-        """Whether the calibration's confidence head was fitted on exactly the categories
-        that have references now; it stops speaking once one comes or goes, until refitted."""
+        """Whether the calibration's confidence head was fitted on exactly the categories an
+        answer can name now (those with references or text prompts); it stops speaking once
+        one comes or goes, until refitted: it cannot judge a category it has never seen."""
         with self._use() as s:
             return self._head_current(s)
 
     @staticmethod
     def _head_current(s: Serving) -> bool:
         head = s.calibration.head
-        return head is not None and head.covers(s.index.categories())
+        return head is not None and head.covers(s.index.categories() | s.prompted_names())
 
     def _confidence(self, s: Serving, top: CategoryScore, vector: np.ndarray) -> float:
         """The confidence head's probability of the answer while the head is current;

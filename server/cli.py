@@ -239,8 +239,8 @@ def calibrate(stub: Any, group_by: str) -> None:
     )
     if fitted.head_categories:
         print(
-            f"confidence head fitted on {fitted.head_categories} categories: until one is "
-            "added or deleted, a prediction's confidence is its probability of the answer"
+            f"confidence head fitted on {fitted.head_categories} categories: until a category "
+            "comes or goes, a prediction's confidence is the head's probability of the answer"
         )
 
 
@@ -404,8 +404,11 @@ def print_result(path: str, item: Any, model_version: str, as_json: bool) -> Non
     best = result.categories[0]
     decision = DECISIONS[result.decision].replace("_", "-")
     # The decision follows the confidence: the answer's probability, or the confidence head's
-    # when one is current (indexer/head.py); the other categories show their probabilities.
-    print(f"{path}: {' > '.join(best.path)}  ({result.confidence:.2f}, {decision})")
+    # when one is current (indexer/head.py), shown apart when it differs.
+    sure = f"{best.score:.2f}"
+    if abs(result.confidence - best.score) >= 0.005:
+        sure += f"; confidence {result.confidence:.2f}"
+    print(f"{path}: {' > '.join(best.path)}  ({sure}, {decision})")
     if result.HasField("confident_ancestor"):
         ancestor = result.confident_ancestor
         print(

@@ -158,6 +158,10 @@ class Serving:
                 self.prompted[category.name] = vector
             self._text_matrix = None
 
+    def prompted_names(self) -> set[str]:
+        with self._text_lock:
+            return set(self.prompted)
+
     def forget_text_matrix(self) -> None:
         with self._text_lock:
             self._text_matrix = None

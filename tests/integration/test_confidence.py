@@ -124,6 +124,12 @@ def test_calibrate_keeps_a_group_from_voting_for_itself(server: ServerProcess, s
     its identical twin in "Right" (wrong); grouped, the twin is left out and the near-twin
     votes (right). Nothing else changes, so the grouped fit gets exactly one more right."""
     stub = server.stub()  # a fresh channel: the server restarted in the test above
+    assert stub.GetStatus(pb.GetStatusRequest()).calibration.head_current
+    # A category known from text alone is one the head never saw: it falls silent.
+    stub.AddCategory(pb.AddCategoryRequest(name="Zigzags", prompts=["zigzag pattern"]))
+    assert not stub.GetStatus(pb.GetStatusRequest()).calibration.head_current
+    stub.DeleteCategory(pb.DeleteCategoryRequest(name="Zigzags"))
+    assert stub.GetStatus(pb.GetStatusRequest()).calibration.head_current
     shared = pb.ReferenceImage(image=make_image("checkers", 50), metadata={"group": "g"})
     near = pb.ReferenceImage(image=make_image("checkers", 50, size=176), metadata={"group": "h"})
     stub.AddCategory(pb.AddCategoryRequest(name="Left", references=[shared, near]))
