@@ -36,6 +36,7 @@ from server.metrics import Metrics
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 from server.proto.nearcat.v1 import nearcat_pb2_grpc as pb_grpc
 from server.ratelimit import RateLimitInterceptor, TokenBuckets
+from server.recalibrate import Recalibrator
 from server.reindex import ModelOpener, ReindexConfig, Reindexer
 from server.servicer import NearcatServicer
 from server.serving import Batching
@@ -277,6 +278,11 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
     try:
         catalog, reindexer = build_catalog(settings, store.client, on_batch=metrics.observe_batch)
         metrics.watch(catalog, reindexer)
+        recalibrator = (
+            Recalibrator(catalog, settings.recalibrate_after_s).start()
+            if settings.recalibrate_after_s > 0
+            else None
+        )
         running = RunningServer(settings, catalog, metrics, tokens, reindexer)
         status = catalog.status()
         address = f"{settings.host}:{running.port}"
@@ -305,6 +311,8 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
         log.info("stopping: letting in-flight calls finish (up to %.0fs)", settings.grace_seconds)
         running.stop(settings.grace_seconds)
         stop_metrics()
+        if recalibrator is not None:
+            recalibrator.close()
         reindexer.close()  # an unfinished reindex resumes at the next start
         catalog.close()
     finally:

@@ -13,7 +13,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -455,10 +455,19 @@ class Catalog:
         with self._use() as s:
             return self._head_current(s)
 
+    def nameable_categories(self) -> set[str]:
+        """The categories an answer can name now: those with references or text prompts."""
+        with self._use() as s:
+            return self._nameable(s)
+
     @staticmethod
-    def _head_current(s: Serving) -> bool:
+    def _nameable(s: Serving) -> set[str]:
+        return s.index.categories() | s.prompted_names()
+
+    @classmethod
+    def _head_current(cls, s: Serving) -> bool:
         head = s.calibration.head
-        return head is not None and head.covers(s.index.categories() | s.prompted_names())
+        return head is not None and head.covers(cls._nameable(s))
 
     def _confidence(self, s: Serving, top: CategoryScore, vector: np.ndarray) -> float:
         """The confidence head's probability of the answer while the head is current;
@@ -593,6 +602,8 @@ class Catalog:
                 calibration = fit_calibration(votes, how)
             except ValueError as exc:
                 raise FailedPrecondition(f"{exc}; add more references first") from exc
+            # Kept so that a refit after the categories change (server.recalibrate) is alike.
+            calibration = replace(calibration, extra={**calibration.extra, "group_by": group_by})
             self.store.put_calibration(s.version, calibration.to_json())
             s.calibration = calibration
         log.info(

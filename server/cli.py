@@ -239,8 +239,9 @@ def calibrate(stub: Any, group_by: str) -> None:
     )
     if fitted.head_categories:
         print(
-            f"confidence head fitted on {fitted.head_categories} categories: until a category "
-            "comes or goes, a prediction's confidence is the head's probability of the answer"
+            f"confidence head fitted on {fitted.head_categories} categories: a prediction's "
+            "confidence is its probability of the answer (refitted by the server once "
+            "categories come or go)"
         )
 
 

@@ -81,6 +81,13 @@ class Settings(BaseSettings):
         2.0, ge=0, description="how long a batch may wait for callers still decoding"
     )
     grace_seconds: float = Field(15.0, ge=0, description="time in-flight calls get on SIGTERM")
+    recalibrate_after_s: float = Field(
+        60.0,
+        ge=0,
+        description="once the categories change (one added, deleted, or given its first "
+        "reference) and then stay unchanged this long, refit the calibration and its "
+        "confidence head by itself; 0: only `nearcat calibrate` refits",
+    )
     default_deadline_s: float = Field(
         60.0, ge=0, description="deadline of calls that come without one, in seconds (0: none)"
     )

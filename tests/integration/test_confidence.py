@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,5 +160,32 @@ def test_calibrate_needs_two_categories(tmp_path: Path, model_artifact: Path) ->
             stub.Calibrate(pb.CalibrateRequest())
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "two categories" in (caught.value.details() or "")
+    finally:
+        process.stop()
+
+
+def test_the_head_is_refitted_by_itself_once_the_categories_settle(
+    tmp_path: Path, model_artifact: Path
+) -> None:
+    process = ServerProcess(
+        tmp_path / "data", model_artifact, ["--recalibrate-after-s", "1"]
+    ).start()
+    try:
+        stub = process.stub()
+        for kind in ("stripes", "dots", "checkers"):
+            stub.AddCategory(
+                pb.AddCategoryRequest(name=kind, references=refs(kind, list(range(8))))
+            )
+        first = stub.Calibrate(pb.CalibrateRequest()).calibration
+        assert first.head_categories == 3 and first.head_current
+
+        stub.AddCategory(pb.AddCategoryRequest(name="more dots", references=refs("dots", [20, 21])))
+        assert not stub.GetStatus(pb.GetStatusRequest()).calibration.head_current
+        deadline = time.monotonic() + 60
+        while not (now := stub.GetStatus(pb.GetStatusRequest()).calibration).head_current:
+            assert time.monotonic() < deadline, process.log()
+            time.sleep(0.2)
+        assert now.head_categories == 4 and now.fitted_at_ms > first.fitted_at_ms
+        assert "calibration refitted by itself" in process.log()
     finally:
         process.stop()

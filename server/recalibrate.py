@@ -1,0 +1,69 @@
+"""Refit the calibration by itself once the catalogue's categories have changed and settled.
+
+The confidence head only speaks for the categories it was fitted on (indexer/head.py). A
+merchandiser adding a category would otherwise silence it until someone ran `nearcat
+calibrate`. This thread watches the categories an answer can name. When they differ from the
+head's and have not changed for `quiet_s` seconds, it refits the calibration, as it was last
+fitted (the same group key). An import of many categories thus refits once, at its end.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from indexer.errors import NearcatError
+from server.catalog import Catalog
+
+log = logging.getLogger("nearcat.recalibrate")
+
+
+class Recalibrator:
+    """A daemon thread that refits a stale confidence head after `quiet_s` quiet seconds."""
+
+    def __init__(self, catalog: Catalog, quiet_s: float, poll_s: float = 1.0) -> None:
+        self.catalog = catalog
+        self.quiet_s = quiet_s
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="recalibrate", daemon=True)
+
+    def start(self) -> Recalibrator:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        seen: frozenset[str] | None = None
+        since = time.monotonic()
+        failed_for: frozenset[str] | None = None  # do not retry a failed fit on the same set
+        while not self._stop.wait(self.poll_s):
+            if self.catalog.calibration.head is None:
+                continue  # never calibrated with a head: nothing to keep current
+            try:
+                current = frozenset(self.catalog.nameable_categories())
+            except NearcatError:
+                continue
+            if current != seen:
+                seen, since = current, time.monotonic()
+                continue
+            stale = not self.catalog.head_current()
+            if stale and current != failed_for and time.monotonic() - since >= self.quiet_s:
+                failed_for = None if self._refit() else current
+
+    def _refit(self) -> bool:
+        group_by = self.catalog.calibration.extra.get("group_by")
+        try:
+            calibration = self.catalog.calibrate(group_by)
+        except NearcatError as exc:
+            log.warning("categories changed, but the calibration could not be refitted: %s", exc)
+            return False
+        log.info(
+            "categories changed: calibration refitted by itself (%d categories in the head)",
+            len(calibration.head.categories) if calibration.head else 0,
+        )
+        return True
