@@ -31,9 +31,9 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
-        description="where the model runs: cuda (the GPU: onnxruntime-gpu, or PyTorch with "
-        "--runtime torch), cpu, auto (the GPU when the runtime sees one; runtime auto then "
-        "picks the runtime that can use it)",
+        description="where the model runs: cuda (the GPU; runtime auto then picks PyTorch "
+        "unless onnxruntime-gpu is installed), cpu, auto (the GPU when the chosen runtime "
+        "sees one: ONNX Runtime only with onnxruntime-gpu)",
     )
     k: int = Field(10, ge=1, le=1000, description="nearest references that vote")
     votes_per_category: int = Field(3, ge=1, description="votes counted per category at most")
