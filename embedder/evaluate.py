@@ -9,7 +9,6 @@ near-identical twin is among the references, which would make any number look to
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,7 +22,7 @@ from tqdm import tqdm
 
 from embedder.datasets import LabeledImage
 from embedder.images import ImageDecodeError
-from embedder.model import CONFIG_FILE, Embedder, load_artifact, resolve_model
+from embedder.model import Embedder, artifact_version, load_artifact, resolve_model
 from embedder.text import text_shares
 from indexer.calibration import (
     Calibration,
@@ -783,12 +782,6 @@ class Evaluation:
             **({"split": self.split} if self.split is not None else {}),
             **({"confidence": self.confidence.to_dict()} if self.confidence else {}),
         }
-
-
-def artifact_version(path: Path) -> str:
-    """The version recorded in a model artifact, without loading its weights."""
-    version: str = json.loads((Path(path) / CONFIG_FILE).read_text())["version"]
-    return version
 
 
 def load_models(

@@ -73,11 +73,6 @@ class ModelRegistry:
             metrics=data.get("metrics", {}),
         )
 
-    def list(self) -> list[RegisteredModel]:
-        if not self.root.is_dir():
-            return []
-        return [self.get(p.name) for p in sorted(self.root.iterdir()) if self.has(p.name)]
-
     def record_metrics(self, version: str, metrics: dict[str, Any]) -> RegisteredModel:
         """Merge `metrics` (e.g. {"validation": {...}}) into the version's entry."""
         entry = self.get(version)

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import base64
 import math
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -42,16 +44,19 @@ class ConfidenceHead:
     bias: np.ndarray  # (categories,)
     temperature: float = 1.0
 
+    @cached_property
+    def column(self) -> dict[str, int]:
+        """Each category's column in the logits."""
+        return {c: i for i, c in enumerate(self.categories)}
+
     def covers(self, categories: Collection[str]) -> bool:
         """True while the catalogue has exactly the categories the head was fitted on."""
-        return len(categories) == len(self.categories) and all(
-            c in categories for c in self.categories
-        )
+        return set(categories) == self.column.keys()
 
     def confidence(self, vectors: np.ndarray, answers: Sequence[str | None]) -> np.ndarray:
         """The head's probability of each answer; 0 where it does not know the category."""
         probabilities = self.probabilities(vectors)
-        column = {c: i for i, c in enumerate(self.categories)}
+        column = self.column
         return np.array(
             [probabilities[row, column[a]] if a in column else 0.0 for row, a in enumerate(answers)]
         )
@@ -69,7 +74,7 @@ class ConfidenceHead:
     ) -> ConfidenceHead:
         """This head with the temperature that best predicts, on these labelled images it was
         not fitted on, whether each answer is right (least log-loss)."""
-        column = {c: i for i, c in enumerate(self.categories)}
+        column = self.column
         known = [i for i, a in enumerate(answers) if a in column]
         if not known:
             return self
@@ -155,7 +160,7 @@ def cross_fitted_head(
     from sklearn.model_selection import GroupKFold
 
     labels = list(labels)
-    counts = {c: labels.count(c) for c in set(labels)}
+    counts = Counter(labels)
     if len(counts) < 2 or min(counts.values()) < MIN_PER_CATEGORY:
         return None
     group_of = [
@@ -170,12 +175,11 @@ def cross_fitted_head(
         if len({labels[i] for i in train}) < 2:
             continue
         fold = fit_head(vectors[train], [labels[i] for i in train])
-        column = {c: i for i, c in enumerate(fold.categories)}
         for row, i in zip(fold.logits(vectors[test]), test, strict=True):
             answer = answers[i]
-            if answer in column:  # a category missing from this fold's head cannot vouch
+            if answer in fold.column:  # a category missing from this fold's head cannot vouch
                 logits.append(row)
-                columns.append(column[answer])
+                columns.append(fold.column[answer])
                 correct.append(answer == labels[i])
     head = fit_head(vectors, labels)
     if not correct:

@@ -170,7 +170,7 @@ class VectorIndex:
     def categories(self) -> set[str]:
         """The categories with at least one vector in the index."""
         with self._lock:
-            return {category for category, n in self._counts.items() if n > 0}
+            return set(self._counts)
 
     def count(self, category: str) -> int:
         """Vectors of one category in the index."""

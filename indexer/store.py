@@ -285,11 +285,6 @@ class Store:
             fields[b"active"].decode(), fields.get(b"previous", b"").decode() or None
         )
 
-    def set_model(self, active: str, previous: str | None) -> None:
-        """Record the model version every server of this store serves (one HSET: atomic)."""
-        mapping = {"active": active, "previous": previous or ""}
-        self._call(lambda: self._redis.hset(self._key("model"), mapping=mapping))
-
     def seed_model(self, active: str) -> ModelVersions:
         """Record `active` unless a version is recorded already; returns what is recorded."""
         self._call(lambda: self._redis.hsetnx(self._key("model"), "active", active))

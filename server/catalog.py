@@ -31,12 +31,12 @@ from indexer.errors import (
     NearcatError,
     NotFound,
 )
+from indexer.head import ConfidenceHead
 from indexer.ids import image_sha256, reference_id
 from indexer.index import Hit, IndexConfig, VectorIndex
 from indexer.store import Category, NewReference, Reference, Store
 from indexer.taxonomy import LevelScore, level_scores, path_of
 from indexer.vote import CategoryScore, VoteConfig, knn_vote
-from server.batcher import MicroBatcher
 from server.serving import Batching, Serving, SwitchGate
 
 if TYPE_CHECKING:
@@ -226,16 +226,8 @@ class Catalog:
         return self._serving.index
 
     @property
-    def text(self) -> TextTower | None:
-        return self._serving.text
-
-    @property
     def calibration(self) -> Calibration:
         return self._serving.calibration
-
-    @property
-    def batcher(self) -> MicroBatcher:
-        return self._serving.batcher
 
     @property
     def pending(self) -> Serving | None:
@@ -409,15 +401,22 @@ class Catalog:
                 vectors, semantics = s.embed_decoded(decoded)
             neighbours = iter(s.index.search(vectors, k))
             rows = iter(zip(vectors, semantics, strict=True))
+            head = s.calibration.head if self._head_current(s) else None  # once per call
             return [
-                self._predict(s, next(neighbours), *next(rows), top_n)
+                self._predict(s, head, next(neighbours), *next(rows), top_n)
                 if isinstance(d, np.ndarray)
                 else d
                 for d in decoded
             ]
 
     def _predict(
-        self, s: Serving, hits: list[Hit], vector: np.ndarray, semantic: np.ndarray, top_n: int
+        self,
+        s: Serving,
+        head: ConfidenceHead | None,
+        hits: list[Hit],
+        vector: np.ndarray,
+        semantic: np.ndarray,
+        top_n: int,
     ) -> Prediction:
         scores = knn_vote(hits, self.vote, MAX_K)  # every category that got a vote
         if s.prompted and s.text is not None:
@@ -426,7 +425,7 @@ class Catalog:
         if not scores:
             return Prediction([], hits, Decision.UNKNOWN, model_version=s.version)
         top = scores[0]
-        confidence = self._confidence(s, top, vector)
+        confidence = self._confidence(s, head, top, vector)
         if s.index.count(top.category):
             decision = self.decisions.decide(
                 top.category, confidence, hits[0].similarity, s.calibration.unknown_below
@@ -472,11 +471,13 @@ class Catalog:
         head = s.calibration.head
         return head is not None and head.covers(cls._nameable(s))
 
-    def _confidence(self, s: Serving, top: CategoryScore, vector: np.ndarray) -> float:
-        """The confidence head's probability of the answer while the head is current;
-        otherwise (or for a category known from text alone) the answer's calibrated score."""
-        head = s.calibration.head
-        if head is None or not s.index.count(top.category) or not self._head_current(s):
+    @staticmethod
+    def _confidence(
+        s: Serving, head: ConfidenceHead | None, top: CategoryScore, vector: np.ndarray
+    ) -> float:
+        """The current confidence head's probability of the answer; without one (or for a
+        category known from text alone) the answer's calibrated score."""
+        if head is None or not s.index.count(top.category):
             return top.score
         return float(head.confidence(vector[None], [top.category])[0])
 
@@ -602,13 +603,9 @@ class Catalog:
                 f", excluding the same {group_by!r}" if group_by else ""
             )
             try:
-                calibration = fit_calibration(votes, how)
+                calibration = self.keep_calibration(s, votes, how, group_by)
             except ValueError as exc:
                 raise FailedPrecondition(f"{exc}; add more references first") from exc
-            # Kept so that a refit after the categories change (server.recalibrate) is alike.
-            calibration = replace(calibration, extra={**calibration.extra, "group_by": group_by})
-            self.store.put_calibration(s.version, calibration.to_json())
-            s.calibration = calibration
         log.info(
             "calibrated: temperature %.3f, unknown below %.3f, ECE %.3f -> %.3f (%s)",
             calibration.temperature,
@@ -619,6 +616,18 @@ class Catalog:
         )
         return calibration
 
+    def keep_calibration(
+        self, s: Serving, votes: Sequence[LabelledVote], how: str, group_by: str | None
+    ) -> Calibration:
+        """Fit on these leave-one-out votes, store it for `s`'s version and serve it.
+        ValueError when there are too few votes to fit on."""
+        calibration = fit_calibration(votes, how)
+        # Kept so that a refit after the categories change (server.recalibrate) is alike.
+        calibration = replace(calibration, extra={**calibration.extra, "group_by": group_by})
+        self.store.put_calibration(s.version, calibration.to_json())
+        s.calibration = calibration
+        return calibration
+
     def leave_one_out(
         self, s: Serving, group_by: str | None, max_examples: int = CALIBRATION_EXAMPLES
     ) -> list[LabelledVote]:
@@ -626,11 +635,8 @@ class Catalog:
         itself nor by references sharing its `group_by` metadata. The sample is drawn the same
         way for every model version, so two versions holding vectors for the same references
         are measured on the same images; only the sample's vectors are read."""
-        population = [
-            (reference, category)
-            for category in self.store.category_names()
-            for reference in self.store.reference_ids(category)
-        ]
+        # By category, then id: the order the sample is drawn from, the same every time.
+        population = sorted(self.store.all_references().items(), key=lambda p: (p[1], p[0]))
         if len({category for _, category in population}) < 2:
             raise FailedPrecondition(
                 "calibration needs references in at least two categories; add more first"

@@ -23,7 +23,8 @@ access_log = logging.getLogger("nearcat.access")
 
 REQUEST_ID_KEY = "x-request-id"
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
-QUIET_SERVICES = ("/grpc.health.", "/grpc.reflection.")  # logged at DEBUG: probes are noisy
+# Health probes and reflection: logged at DEBUG (probes are noisy) and never rate-limited.
+QUIET_SERVICES = ("/grpc.health.", "/grpc.reflection.")
 MAX_LOGGED_DETAILS = 300
 # gRPC Python reports a call without a deadline as about 2**63 ns remaining.
 NO_DEADLINE = 1e9

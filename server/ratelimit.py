@@ -13,10 +13,9 @@ from collections.abc import Callable
 
 import grpc
 
-from server.interceptors import Continuation, Metadata, refusal
+from server.interceptors import QUIET_SERVICES, Continuation, Metadata, refusal
 
 RETRY_AFTER_KEY = "retry-after-ms"
-UNLIMITED_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 MAX_CLIENTS = 10_000  # buckets kept; full (idle) ones are dropped past this
 
 
@@ -78,7 +77,7 @@ class RateLimitInterceptor(grpc.ServerInterceptor):
         self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(details)
-        if handler is None or details.method.startswith(UNLIMITED_PREFIXES):
+        if handler is None or details.method.startswith(QUIET_SERVICES):
             return handler
         name = self.client_name(details.invocation_metadata) if self.client_name else None
         if name is not None:

@@ -42,7 +42,8 @@ class Recalibrator:
         since = time.monotonic()
         failed_for: frozenset[str] | None = None  # do not retry a failed fit on the same set
         while not self._stop.wait(self.poll_s):
-            if self.catalog.calibration.head is None:
+            head = self.catalog.calibration.head
+            if head is None:
                 continue  # never calibrated with a head: nothing to keep current
             try:
                 current = frozenset(self.catalog.nameable_categories())
@@ -51,7 +52,7 @@ class Recalibrator:
             if current != seen:
                 seen, since = current, time.monotonic()
                 continue
-            stale = not self.catalog.head_current()
+            stale = not head.covers(current)
             if stale and current != failed_for and time.monotonic() - since >= self.quiet_s:
                 failed_for = None if self._refit() else current
 

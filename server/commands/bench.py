@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any
+
+from server.commands import write_json
 
 EPILOG = """\
 Each bench prints a table and, with --json FILE, writes every figure with the machine it ran
 on. Numbers are comparable only on the same machine; docs/benchmarks.md records them.
 """
-
-
-def write_json(result: dict[str, Any], path: Path | None) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {path}")
 
 
 def run_index(args: argparse.Namespace) -> None:

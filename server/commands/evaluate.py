@@ -6,12 +6,11 @@ A thin layer over `embedder.evaluate` (the measuring) and `embedder.report` (the
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.commands import CommandError
+from server.commands import CommandError, write_json
 from server.commands.sources import add_csv_arguments, load_source
 
 if TYPE_CHECKING:
@@ -186,10 +185,7 @@ def run(args: argparse.Namespace) -> None:
     evaluation.split = split
 
     print_summary(evaluation)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(evaluation.to_dict(), args.json)
     if args.report:
         for path in write_report(evaluation, args.report):
             print(f"wrote {path}")
@@ -233,10 +229,7 @@ def run_zero_shot(args: argparse.Namespace) -> None:
         print(f"{name:<16} {c.n:>5} {c.top1:>7.1%} {c.top3:>7.1%}")
     for skipped in evaluation.skipped[:SKIPPED_SHOWN]:
         print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(evaluation.to_dict(), args.json)
 
 
 def vote_config(args: argparse.Namespace) -> VoteConfig:
