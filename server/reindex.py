@@ -10,6 +10,7 @@ model worker of its own (server.serving), and the catalogue swaps the two in one
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from embedder import ArtifactError
 from embedder.model import artifact_version, resolve_model
 from embedder.registry import ModelRegistry
-from indexer.calibration import LabelledVote, fit_calibration
+from indexer.calibration import LabelledVote
 from indexer.errors import FailedPrecondition, InvalidArgument, NearcatError
 
 if TYPE_CHECKING:
@@ -322,12 +323,11 @@ class Reindexer:
             log.warning("reindex to %s %s", job.target, job.message)
             return False
         job.message = f"switched: {figures}"
-        try:
-            calibration = fit_calibration(after, f"reindex validation over {len(after)} references")
-        except ValueError:
-            return True
-        self.store.put_calibration(job.target, calibration.to_json())
-        pending.calibration = calibration
+        with contextlib.suppress(
+            ValueError
+        ):  # too few to fit on: the new version goes uncalibrated
+            how = f"reindex validation over {len(after)} references"
+            self.catalog.keep_calibration(pending, after, how, group_by)
         return True
 
 
