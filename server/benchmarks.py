@@ -471,15 +471,42 @@ def _percentiles(latencies_ms: Sequence[float]) -> dict[str, float]:
     return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99)}
 
 
-def _drive(stub: Any, images: Sequence[bytes], clients: int, seconds: float) -> dict[str, Any]:
-    """`clients` threads calling Classify back to back for `seconds`."""
+def _drive(
+    stub: Any, images: Sequence[bytes], clients: int, seconds: float, images_per_call: int = 1
+) -> dict[str, Any]:
+    """`clients` threads calling back to back for `seconds`: Classify with one image, or
+    ClassifyBatch with `images_per_call` (as a catalogue service sending a burst would)."""
     import threading
 
     import grpc
 
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
-    requests = [pb.ClassifyRequest(image=image) for image in images]
+    def one(image: bytes) -> Callable[[], int]:
+        request = pb.ClassifyRequest(image=image)
+
+        def call() -> int:
+            stub.Classify(request, timeout=30)
+            return 0  # a bad image raises
+
+        return call
+
+    def many(batch: list[bytes]) -> Callable[[], int]:
+        request = pb.ClassifyBatchRequest(images=batch)
+
+        def call() -> int:
+            response = stub.ClassifyBatch(request, timeout=30)
+            return sum(item.HasField("error") for item in response.results)
+
+        return call
+
+    if images_per_call == 1:
+        calls = [one(image) for image in images]
+    else:
+        calls = [
+            many([images[(start + j) % len(images)] for j in range(images_per_call)])
+            for start in range(0, len(images), images_per_call)
+        ]
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
     stop_at = time.perf_counter() + seconds
@@ -489,11 +516,12 @@ def _drive(stub: Any, images: Sequence[bytes], clients: int, seconds: float) -> 
         while time.perf_counter() < stop_at:
             began = time.perf_counter()
             try:
-                stub.Classify(requests[i % len(requests)], timeout=30)
+                failed = calls[i % len(calls)]()
             except grpc.RpcError as exc:
                 errors.append(exc.code().name)
             else:
                 latencies[number].append((time.perf_counter() - began) * 1000)
+                errors.extend(["IMAGE_ERROR"] * failed)
             i += clients
 
     started = time.perf_counter()
@@ -506,11 +534,13 @@ def _drive(stub: Any, images: Sequence[bytes], clients: int, seconds: float) -> 
     done = [ms for per_client in latencies for ms in per_client]
     return {
         "clients": clients,
+        "images_per_call": images_per_call,
         "seconds": elapsed,
         "requests": len(done),
         "errors": len(errors),
         "error_codes": sorted(set(errors)),
-        "images_per_s": len(done) / elapsed,
+        # Classified images: an image that got its own error in a batch does not count.
+        "images_per_s": (len(done) * images_per_call - errors.count("IMAGE_ERROR")) / elapsed,
         **_percentiles(done),
     }
 
@@ -527,6 +557,7 @@ def bench_serve(
     progress: Callable[[str], None] = print,
     runtime: str = "auto",
     device: str = "auto",
+    images_per_call: int = 1,
 ) -> dict[str, Any]:
     """End-to-end Classify throughput and latency of a real server, against the model-only
     speed of the same artifact on the same runtime and device, measured in the same run."""
@@ -559,9 +590,12 @@ def bench_serve(
                     ),
                     timeout=120,
                 )
-            _drive(stub, images, clients, seconds=2)  # warm-up
-            progress(f"{clients} concurrent clients for {seconds:.0f} s")
-            load = _drive(stub, images, clients, seconds)
+            _drive(stub, images, clients, 2, images_per_call)  # warm-up
+            progress(
+                f"{clients} concurrent clients, {images_per_call} image(s) per call, "
+                f"for {seconds:.0f} s"
+            )
+            load = _drive(stub, images, clients, seconds, images_per_call)
             progress(f"1 client, {latency_calls} calls")
             single = []
             for i in range(latency_calls):
@@ -592,7 +626,7 @@ def bench_serve(
     }
     print_table(
         [
-            {"run": f"{clients} clients", **load},
+            {"run": f"{clients} clients x {images_per_call} image(s)", **load},
             {"run": "1 client", "clients": 1, "requests": len(single), **batch1},
         ],
         ["run", "requests", "errors", "images_per_s", "p50_ms", "p95_ms", "p99_ms"],

@@ -75,6 +75,7 @@ def run_serve(args: argparse.Namespace) -> None:
         references,
         clients=args.clients,
         seconds=args.seconds,
+        images_per_call=args.images_per_call,
         server_args=args.server_arg,
         runtime=args.runtime,
         device=args.device,
@@ -131,6 +132,14 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     serve.add_argument("--references", type=int, default=5, help="references per category")
     serve.add_argument("--clients", type=int, default=8, help="concurrent clients")
     serve.add_argument("--seconds", type=float, default=20.0, help="length of the load run")
+    serve.add_argument(
+        "--images-per-call",
+        type=int,
+        default=1,
+        metavar="N",
+        help="1: each client sends Classify calls of one image (the default); N > 1: "
+        "ClassifyBatch calls of N images, as a service sending a burst would",
+    )
     serve.add_argument(
         "--runtime",
         choices=["auto", "onnx", "torch"],

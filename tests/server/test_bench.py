@@ -66,7 +66,8 @@ def test_bench_embed_on_cuda_without_a_gpu_says_so(model_artifact: Path) -> None
 
 
 @pytest.mark.integration
-def test_bench_serve(tmp_path: Path, model_artifact: Path) -> None:
+@pytest.mark.parametrize("images_per_call", [1, 3])
+def test_bench_serve(tmp_path: Path, model_artifact: Path, images_per_call: int) -> None:
     folder = tmp_path / "images"
     from tests.helpers import KINDS, make_image
 
@@ -77,8 +78,14 @@ def test_bench_serve(tmp_path: Path, model_artifact: Path) -> None:
     data = bench(
         tmp_path, "serve", "--model", str(model_artifact), "--data", str(folder),
         "--references", "3", "--clients", "2", "--seconds", "2", "--device", "cpu",
+        "--images-per-call", str(images_per_call),
     )  # fmt: skip
-    assert data["concurrent"]["errors"] == 0 and data["concurrent"]["requests"] > 0
+    load = data["concurrent"]
+    assert load["errors"] == 0 and load["requests"] > 0
+    assert load["images_per_call"] == images_per_call
+    assert load["images_per_s"] == pytest.approx(
+        load["requests"] * images_per_call / load["seconds"]
+    )
     assert data["e2e_ratio"] > 0 and data["batch1"]["p50_ms"] > 0
     assert data["references"] == 9
     assert (data["runtime"], data["device"]) == ("OnnxBackend", "cpu")
