@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from embedder.splits import MAX_GROUP_SHARE
 from server.commands import CommandError, write_json
 from server.commands.sources import add_csv_arguments, load_source
 
@@ -76,6 +77,15 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     sources.add_argument(
         "--group-column", help="with --data: CSV column whose rows stay on one side of the split"
+    )
+    sources.add_argument(
+        "--max-group-share",
+        type=float,
+        default=MAX_GROUP_SHARE,
+        metavar="F",
+        help="with --group-column: a group bigger than this share of a query part goes to "
+        "train (the references), so no one contributor dominates val or test "
+        "(default: %(default)s; 1 turns it off)",
     )
     held = sources.add_mutually_exclusive_group()
     held.add_argument(
@@ -273,11 +283,13 @@ def choose_images(
                 seed=args.seed,
                 grouped=args.group_column is not None,
                 holdout=named or args.holdout,
+                max_group_share=args.max_group_share,
             )
         except ValueError as exc:
             raise CommandError(f"--data {args.data}: {exc}") from exc
         summary = {**split.summary(), "queried": args.split, "seed": args.seed}
         summary["group_column"] = args.group_column
+        summary["max_group_share"] = args.max_group_share
         if args.split == "test":
             return split.train, split.test, dataset.parents, split.held_out, summary, split.val
         return split.train, split.val, dataset.parents, split.held_out, summary, []

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from embedder.splits import MAX_GROUP_SHARE
 from server.commands import CommandError
 from server.commands.sources import add_csv_arguments, load_source
 
@@ -75,6 +76,14 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     data.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="new artifact")
     data.add_argument(
         "--group-column", help="CSV column whose rows stay on one side of the split (e.g. sender)"
+    )
+    data.add_argument(
+        "--max-group-share",
+        type=float,
+        default=MAX_GROUP_SHARE,
+        metavar="F",
+        help="a group bigger than this share of val or test goes to train (as `nearcat eval`; "
+        "default: %(default)s, 1 turns it off)",
     )
     held = data.add_mutually_exclusive_group()
     held.add_argument(
@@ -199,7 +208,11 @@ def run(args: argparse.Namespace) -> None:
             )
     try:
         split = split_dataset(
-            dataset.images, args.seed, grouped=args.group_column is not None, holdout=holdout
+            dataset.images,
+            args.seed,
+            grouped=args.group_column is not None,
+            holdout=holdout,
+            max_group_share=args.max_group_share,
         )
         options = TrainOptions(
             base=args.base,

@@ -52,3 +52,45 @@ def test_held_out_categories_are_not_trainable_but_stay_as_references() -> None:
 def test_same_seed_same_split() -> None:
     first, second = split_dataset(images(), seed=5), split_dataset(images(), seed=5)
     assert [i.path for i in first.test] == [i.path for i in second.test]
+
+
+def with_one_big_sender() -> list[LabeledImage]:
+    """100 senders of 5 photos, and one sender of 60 photos across every category: most of a
+    query part (about 80 images) if it landed there."""
+    return images(groups=100) + [
+        LabeledImage(Path(f"big-{n}.jpg"), f"c{n % 6}", "big-sender") for n in range(60)
+    ]
+
+
+def test_a_sender_too_big_for_a_query_part_goes_to_train() -> None:
+    data = with_one_big_sender()
+    split = split_dataset(data, seed=0)
+    assert sum(i.group == "big-sender" for i in split.train) == 60
+    shares = split.summary()["largest_group_share"]
+    assert isinstance(shares, dict) and max(shares.values()) <= 0.1
+    # val and test keep their size: about a seventh of the images each
+    assert abs(len(split.test) - len(data) / 7) < 10 and abs(len(split.val) - len(data) / 7) < 10
+
+
+def test_with_no_sender_over_the_cap_the_split_is_the_uncapped_one() -> None:
+    data = images(groups=100)  # senders of 5 photos, a query part of about 71
+    capped, uncapped = split_dataset(data, seed=4), split_dataset(data, seed=4, max_group_share=1)
+    assert [i.path for i in capped.test] == [i.path for i in uncapped.test]
+    assert [i.path for i in capped.val] == [i.path for i in uncapped.val]
+
+
+def test_the_cap_keeps_enough_images_to_split_when_every_sender_is_over_it() -> None:
+    data = images(groups=14, per_group=20)  # each sender is half a query part
+    split = split_dataset(data, seed=0, max_group_share=0.1)
+    assert split.val and split.test and len(split.train) > len(split.val)
+    with pytest.raises(ValueError, match="max_group_share must be in"):
+        split_dataset(data, max_group_share=0)
+
+
+def test_another_seed_gives_another_split() -> None:
+    data = images(groups=100)
+    first, second = split_dataset(data, seed=0), split_dataset(data, seed=1)
+    shared = {i.path for i in first.test} & {i.path for i in second.test}
+    assert len(shared) < 0.6 * len(first.test)  # by chance alone about a seventh is shared
+    per_category = Counter(i.category for i in second.test)
+    assert max(per_category.values()) - min(per_category.values()) <= 5  # still stratified
