@@ -544,8 +544,10 @@ class ConfidenceReport:
                     "examples": self.calibration.examples,
                     "temperature": self.calibration.temperature,
                     "unknown_below": self.calibration.unknown_below,
-                    "head_temperature": (
-                        self.calibration.head.temperature if self.calibration.head else None
+                    "head_curve_knots": (
+                        len(self.calibration.head.curve[0])
+                        if self.calibration.head and self.calibration.head.curve
+                        else None
                     ),
                 },
                 "confidence": "confidence head" if self.vote_only else "tempered vote share",
@@ -601,8 +603,8 @@ def confidence_report(
     """Fit on `calibration_answers` (never the queries), then measure on `query_answers`.
 
     `head`: a confidence head fitted on the references, with the embedded queries and
-    calibration images; its temperature is fitted on the calibration answers, and its
-    confidence is then the one measured, as the server serves it.
+    calibration images; its curve is fitted on the calibration answers, and its confidence
+    is then the one measured, as the server serves it.
     """
     calibration = fit_calibration(labelled_votes(calibration_answers), source)
     after = calibrated(query_answers, calibration)
@@ -784,6 +786,54 @@ class Evaluation:
         }
 
 
+# What `over_seeds` summarises: a name and where it sits in an Evaluation's JSON.
+SEED_FIGURES: dict[str, tuple[str, ...]] = {
+    "top1": ("top1",),
+    "top3": ("top3",),
+    "macro_top1": ("macro_top1",),
+    "ece": ("ece",),
+    "held_out_top1": ("held_out", "held_out", "top1"),
+    "seen_top1": ("held_out", "seen", "top1"),
+    "linear_probe_top1": ("baselines", "linear_probe", "top1"),
+    "ece_after_calibration": ("confidence", "ece_after"),
+    "auto_accepted": (
+        "confidence", "automation", "threshold_chosen_on_calibration_data", "coverage"
+    ),
+    "auto_accepted_precision": (
+        "confidence", "automation", "threshold_chosen_on_calibration_data", "precision"
+    ),
+}  # fmt: skip
+
+
+def over_seeds(reports: Mapping[int, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean, sample standard deviation, min and max of each headline figure over the splits
+    of several seeds (Evaluation.to_dict() of each): one split's figure can be luck."""
+    summary: dict[str, dict[str, Any]] = {}
+    for name, path in SEED_FIGURES.items():
+        values = [v for report in reports.values() if (v := _dig(report, path)) is not None]
+        if not values:
+            continue
+        summary[name] = _rounded(
+            {
+                "mean": float(np.mean(values)),
+                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "min": min(values),
+                "max": max(values),
+                "values": values,
+            }
+        )
+    return summary
+
+
+def _dig(report: Mapping[str, Any], path: Sequence[str]) -> float | None:
+    value: Any = report
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return float(value) if isinstance(value, int | float) else None
+
+
 def load_models(
     model: str, models_dir: Path, runtime: str = "auto"
 ) -> tuple[Embedder, Embedder | None]:
@@ -809,17 +859,19 @@ def evaluate(
     batch_size: int = EMBED_BATCH,
     calibration_queries: Sequence[LabeledImage] = (),
     thresholds: Thresholds | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> Evaluation:
     """Embed references and queries, classify the queries by kNN, score, and run the baselines.
 
     `frozen` is the frozen backbone for the baselines and the leakage check; None means
     `model` is that backbone and its vectors are reused. The confidence calibration is fitted
     on `calibration_queries` (a validation part), or when none are given by leave-one-out
-    over the references; never on the queries it is measured on.
+    over the references; never on the queries it is measured on. Pass one `cache` to
+    several calls (splits of one dataset) to embed each image once.
     """
     vote = vote or VoteConfig()
     parents = dict(parents or {})
-    cache = EmbeddingCache()
+    cache = cache or EmbeddingCache()
     refs, skipped = embed_images(model, references, cache, batch_size, "references")
     qs, skipped_queries = embed_images(model, queries, cache, batch_size, "queries")
     skipped += skipped_queries

@@ -100,7 +100,15 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         metavar="A,B",
         help="categories held out of training, reported apart from the seen ones",
     )
-    sources.add_argument("--seed", type=int, default=0, help="with --data: split seed")
+    sources.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[0],
+        metavar="SEED",
+        help="with --data: split seed; several (e.g. --seed 0 1 2 3 4) evaluate each split "
+        "and report the mean and spread of every headline figure, each image embedded once",
+    )
     sources.add_argument(
         "--zero-shot",
         action="store_true",
@@ -168,37 +176,64 @@ def run(args: argparse.Namespace) -> None:
     if args.zero_shot:
         run_zero_shot(args)
         return
-    from embedder.evaluate import evaluate, load_models
+    from embedder.evaluate import EmbeddingCache, evaluate, load_models, over_seeds
     from embedder.report import write_report
 
+    if len(args.seed) > 1 and args.data is None:
+        raise CommandError("several --seed values split one source: give --data")
     vote = vote_config(args)
-    references, queries, parents, held_out, split, calibration = choose_images(args)
     try:
         model, frozen = load_models(args.model, args.models_dir, args.runtime)
     except (ValueError, OSError) as exc:
         raise CommandError(f"--model {args.model}: {exc}") from exc
-    try:
-        evaluation = evaluate(
-            references,
-            queries,
-            model,
-            frozen,
-            parents=parents,
-            held_out=held_out,
-            vote=vote,
-            leakage_threshold=args.leakage_threshold,
-            batch_size=args.batch_size,
-            calibration_queries=calibration,
-        )
-    except ValueError as exc:
-        raise CommandError(str(exc)) from exc
-    evaluation.split = split
+    cache = EmbeddingCache()
+    reports: dict[int, dict[str, Any]] = {}
+    for seed in args.seed:
+        references, queries, parents, held_out, split, calibration = choose_images(args, seed)
+        try:
+            evaluation = evaluate(
+                references,
+                queries,
+                model,
+                frozen,
+                parents=parents,
+                held_out=held_out,
+                vote=vote,
+                leakage_threshold=args.leakage_threshold,
+                batch_size=args.batch_size,
+                calibration_queries=calibration,
+                cache=cache,
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        evaluation.split = split
+        if len(args.seed) > 1:
+            print(f"-- seed {seed}")
+        print_summary(evaluation)
+        reports[seed] = evaluation.to_dict()
+        if args.report:
+            folder = args.report / f"seed-{seed}" if len(args.seed) > 1 else args.report
+            for path in write_report(evaluation, folder):
+                print(f"wrote {path}")
+    if len(reports) == 1:
+        write_json(next(iter(reports.values())), args.json)
+        return
+    summary = over_seeds(reports)
+    print_over_seeds(summary)
+    write_json({"over_seeds": summary, "seeds": reports}, args.json)
 
-    print_summary(evaluation)
-    write_json(evaluation.to_dict(), args.json)
-    if args.report:
-        for path in write_report(evaluation, args.report):
-            print(f"wrote {path}")
+
+def print_over_seeds(summary: dict[str, dict[str, Any]]) -> None:
+    """The headline figures over the seeds' splits: mean ± standard deviation [min, max]."""
+    print(f"-- over {len(next(iter(summary.values()))['values'])} seeds: mean ± sd [min, max]")
+    for name, f in summary.items():
+        if name.startswith("ece"):
+            print(f"{name:<24} {f['mean']:6.3f} ± {f['sd']:.3f} [{f['min']:.3f}, {f['max']:.3f}]")
+        else:
+            print(
+                f"{name:<24} {f['mean']:6.1%} ± {f['sd'] * 100:.1f} "
+                f"[{f['min']:.1%}, {f['max']:.1%}]"
+            )
 
 
 def run_zero_shot(args: argparse.Namespace) -> None:
@@ -213,7 +248,9 @@ def run_zero_shot(args: argparse.Namespace) -> None:
         queries, parents, split = dataset.images, dataset.parents, None
         labels = sorted(parents)
     else:
-        references, queries, parents, _, split, _ = choose_images(args)
+        if len(args.seed) > 1:
+            raise CommandError("--zero-shot takes one --seed")
+        references, queries, parents, _, split, _ = choose_images(args, args.seed[0])
         labels = sorted({i.category for i in [*references, *queries]})
     try:
         model = load_artifact(resolve_model(args.model, args.models_dir), runtime=args.runtime)
@@ -259,6 +296,7 @@ def vote_config(args: argparse.Namespace) -> VoteConfig:
 
 def choose_images(
     args: argparse.Namespace,
+    seed: int,
 ) -> tuple[
     list[LabeledImage],
     list[LabeledImage],
@@ -280,14 +318,14 @@ def choose_images(
         try:
             split = split_dataset(
                 dataset.images,
-                seed=args.seed,
+                seed=seed,
                 grouped=args.group_column is not None,
                 holdout=named or args.holdout,
                 max_group_share=args.max_group_share,
             )
         except ValueError as exc:
             raise CommandError(f"--data {args.data}: {exc}") from exc
-        summary = {**split.summary(), "queried": args.split, "seed": args.seed}
+        summary = {**split.summary(), "queried": args.split, "seed": seed}
         summary["group_column"] = args.group_column
         summary["max_group_share"] = args.max_group_share
         if args.split == "test":

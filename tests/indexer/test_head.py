@@ -1,4 +1,4 @@
-"""The confidence head: fit, temperature on unseen images, storage, and when it may speak."""
+"""The confidence head: fit, its curve from unseen images, storage, and when it may speak."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from indexer.calibration import Calibration, LabelledVote, ece, fit_calibration
-from indexer.head import cross_fitted_head, fit_head
+from indexer.head import ConfidenceHead, cross_fitted_head, fit_curve, fit_head
 from indexer.vote import CategoryScore
 
 
@@ -60,19 +60,31 @@ def nearest_centre(vectors: np.ndarray, labels: list[str], queries: np.ndarray) 
     return [names[i] for i in (queries @ means.T).argmax(axis=1)]
 
 
-def test_the_cross_fitted_temperature_calibrates_images_it_never_saw() -> None:
+def test_the_cross_fitted_curve_calibrates_images_it_never_saw() -> None:
     """Sixty references in 64 dimensions: the regularised head is far less sure than it may be
-    of the vote's (nearly always right) answers. The temperature, fitted out of fold, learns
-    that from images the head was not fitted on, and fresh images' confidence follows."""
+    of the vote's (nearly always right) answers. The curve, fitted out of fold, learns that
+    from images the head was not fitted on, and fresh images' confidence follows."""
     vectors, labels = clusters(15, noise=1.5, flip=0.0, seed=3, dim=64)
     head = cross_fitted_head(vectors, labels, nearest_centre(vectors, labels, vectors))
-    assert head is not None and head.temperature < 1.0
+    assert head is not None and head.curve is not None
     fresh, truth = clusters(300, noise=1.5, flip=0.0, seed=4, dim=64)
     answers = nearest_centre(vectors, labels, fresh)
     right = [a == t for a, t in zip(answers, truth, strict=True)]
-    plain = replace(head, temperature=1.0).confidence(fresh, answers)
+    plain = head.raw_confidence(fresh, answers)
     fitted = head.confidence(fresh, answers)
     assert ece(fitted.tolist(), right) < ece(plain.tolist(), right) - 0.05
+
+
+def test_the_curve_is_monotone_and_never_certain() -> None:
+    raw = np.linspace(0.0, 1.0, 200)
+    right = [bool(r > 0.3) for r in raw]  # every answer above 0.3 was right
+    head = fit_head(*clusters(10, noise=0.3, flip=0.0, seed=9))
+    head = replace(head, curve=fit_curve(raw, right))
+    assert head.curve is not None
+    _, y = head.curve
+    assert np.all(np.diff(y) >= 0) and y.max() < 1.0 and y.min() == 0.0
+    vectors, labels = clusters(3, noise=0.3, flip=0.0, seed=10)
+    assert head.confidence(vectors[:1], ["unheard of"])[0] == 0.0  # not the curve's floor
 
 
 def test_too_few_references_give_no_head() -> None:
@@ -99,9 +111,9 @@ def test_calibration_fits_a_head_when_votes_carry_vectors_and_stores_it() -> Non
     calibration = fit_calibration(votes, "test")
     assert calibration.head is not None and calibration.head.categories == ("a", "b", "c", "d")
     restored = Calibration.from_json(calibration.to_json())
-    assert restored.head is not None
+    assert restored.head is not None and restored.head.curve is not None
     np.testing.assert_array_equal(
-        restored.head.probabilities(vectors), calibration.head.probabilities(vectors)
+        restored.head.confidence(vectors, labels), calibration.head.confidence(vectors, labels)
     )
     without = fit_calibration([LabelledVote(v.scores, v.truth, 0.8) for v in votes], "test")
     assert without.head is None and Calibration.from_json(without.to_json()).head is None
@@ -122,3 +134,15 @@ def test_a_category_that_one_fold_lacks_does_not_break_the_fit() -> None:
     groups += ["g-small", "g-small"]
     head = cross_fitted_head(vectors, labels, labels, groups)
     assert head is not None and "small" in head.categories
+
+
+def test_a_head_stored_with_a_temperature_alone_still_serves() -> None:
+    """Calibrations stored before the curve: their head has a temperature and no curve."""
+    vectors, labels = clusters(10, noise=0.5, flip=0.0, seed=11)
+    stored = replace(fit_head(vectors, labels), temperature=0.5).to_json()
+    assert "curve" not in stored
+    head = ConfidenceHead.from_json(stored)
+    assert head.curve is None and head.temperature == 0.5
+    np.testing.assert_allclose(
+        head.confidence(vectors, labels), head.raw_confidence(vectors, labels)
+    )

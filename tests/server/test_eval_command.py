@@ -86,6 +86,38 @@ def test_split_csv_with_groups_and_a_held_out_category(
     ]
 
 
+def test_several_seeds_report_each_split_and_the_spread(
+    clothing_like: Path, model_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval.json"
+    run_eval(
+        "--data", str(clothing_like), "--path-template", "images/{}.jpg",
+        "--exclude-label", "Not sure", "--group-column", "sender_id",
+        "--seed", "0", "1", "2",
+        "--model", str(model_artifact), "--models-dir", str(model_artifact.parent),
+        "--json", str(out), "--report", str(tmp_path / "report"),
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "-- seed 2" in printed and "-- over 3 seeds" in printed
+
+    data = json.loads(out.read_text())
+    assert sorted(data["seeds"]) == ["0", "1", "2"]
+    assert [data["seeds"][s]["split"]["seed"] for s in ("0", "1", "2")] == [0, 1, 2]
+    top1 = data["over_seeds"]["top1"]
+    assert top1["values"] == [data["seeds"][s]["top1"] for s in ("0", "1", "2")]
+    assert top1["min"] <= top1["mean"] <= top1["max"] and top1["sd"] >= 0
+    assert (tmp_path / "report" / "seed-1" / "confusion.png").exists()
+
+
+def test_several_seeds_need_one_source_to_split(
+    clothing_like: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = str(clothing_like.parent / "images")
+    with pytest.raises(SystemExit):
+        run_eval("--references", images, "--queries", images, "--seed", "0", "1")
+    assert "several --seed values split one source: give --data" in capsys.readouterr().err
+
+
 def test_references_and_queries_with_vote_flags(
     clothing_like: Path, model_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
