@@ -6,6 +6,7 @@ A thin layer over `embedder.evaluate` (the measuring) and `embedder.report` (the
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,8 +35,10 @@ check for queries whose identical or near-identical twin is among the references
 Give the references and queries as two sources, or one source with --data to split it
 (stratified; grouped by --group-column so one contributor's photos stay on one side; with
 --holdout, some categories are marked as never trained on — they stay in the references).
-To evaluate a model trained on a split, pass the same --seed, --group-column and --holdout
-that training used, so no query was ever trained on.
+To evaluate a model trained on a split, pass the same --seed, --group-column,
+--max-group-share and --holdout that training used, so no query was ever trained on; with
+--data, a model trained by `nearcat train` is checked against its training.json and another
+split is refused.
 A source is a folder tree (category folders, nested folders are parents) or a CSV.
 
 With --zero-shot, no reference image is used: every query is classified among all the
@@ -186,10 +189,18 @@ def run(args: argparse.Namespace) -> None:
         model, frozen = load_models(args.model, args.models_dir, args.runtime)
     except (ValueError, OSError) as exc:
         raise CommandError(f"--model {args.model}: {exc}") from exc
+    trained_held_out = None
+    if args.data is not None and model.path is not None:
+        trained_held_out = check_split_of_training(args, Path(model.path))
     cache = EmbeddingCache()
     reports: dict[int, dict[str, Any]] = {}
     for seed in args.seed:
         references, queries, parents, held_out, split, calibration = choose_images(args, seed)
+        if trained_held_out is not None and sorted(held_out) != sorted(trained_held_out):
+            raise CommandError(
+                f"the model held out {', '.join(trained_held_out) or 'nothing'} in training; "
+                f"report the same: --holdout-categories {','.join(trained_held_out)}"
+            )
         try:
             evaluation = evaluate(
                 references,
@@ -221,6 +232,45 @@ def run(args: argparse.Namespace) -> None:
     summary = over_seeds(reports)
     print_over_seeds(summary)
     write_json({"over_seeds": summary, "seeds": reports}, args.json)
+
+
+def check_split_of_training(args: argparse.Namespace, model_dir: Path) -> list[str] | None:
+    """A model trained by `nearcat train` may only be evaluated on the split it was trained
+    with: on any other, some queries would be images it trained on. Returns the categories it
+    held out of training (None for a model that was not trained here)."""
+    record_file = model_dir / "training.json"
+    if not record_file.exists():
+        return None
+    record = json.loads(record_file.read_text())
+    provenance, options = record.get("provenance", {}), record.get("options", {})
+    if "max_group_share" not in provenance:
+        raise CommandError(
+            f"{model_dir} was trained on a split made by an earlier version of nearcat, which "
+            "this version cannot reproduce; evaluate it with --references and --queries "
+            "(images it never trained on), or train it again"
+        )
+    trained = {
+        "--seed": [options.get("seed")],
+        "--group-column": provenance.get("group_column"),
+        "--max-group-share": provenance.get("max_group_share"),
+    }
+    asked = {
+        "--seed": args.seed,
+        "--group-column": args.group_column,
+        "--max-group-share": args.max_group_share,
+    }
+    differ = [flag for flag in trained if trained[flag] != asked[flag]]
+    if differ:
+        wanted = " ".join(
+            f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+            for flag, value in trained.items()
+            if value is not None
+        )
+        raise CommandError(
+            f"{model_dir} was trained on another split ({', '.join(differ)} differ): its queries "
+            f"would include images it trained on; split as training did: {wanted}"
+        )
+    return [str(c) for c in record.get("held_out_categories", [])]
 
 
 def print_over_seeds(summary: dict[str, dict[str, Any]]) -> None:

@@ -248,6 +248,7 @@ def run(args: argparse.Namespace) -> None:
         "data": str(args.data),
         "path_template": args.path_template,
         "group_column": args.group_column,
+        "max_group_share": args.max_group_share,
         "exclude_labels": args.exclude_label,
         "command": shlex.join(["nearcat", *sys.argv[1:]]),
     }

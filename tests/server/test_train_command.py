@@ -49,6 +49,39 @@ def test_train_writes_an_artifact_with_its_training_record(photos: Path, tmp_pat
     assert record["provenance"]["data"] == str(photos)
     assert record["held_out_categories"] == ["dots"]
     assert record["split"]["held_out_categories"] == ["dots"]
+    assert record["provenance"]["max_group_share"] == 0.1
+
+
+def test_eval_takes_a_trained_model_only_on_the_split_it_trained_with(
+    photos: Path, tmp_path: Path
+) -> None:
+    import argparse
+
+    from server.commands.evaluate import check_split_of_training
+
+    model = tmp_path / "model"
+    model.mkdir()
+    record = {
+        "options": {"seed": 0},
+        "provenance": {"group_column": None, "max_group_share": 0.1},
+        "held_out_categories": ["dots"],
+    }
+    (model / "training.json").write_text(json.dumps(record))
+
+    def asked(**flags: object) -> argparse.Namespace:
+        return argparse.Namespace(
+            **{"seed": [0], "group_column": None, "max_group_share": 0.1, **flags}
+        )
+
+    assert check_split_of_training(asked(), model) == ["dots"]
+    with pytest.raises(CommandError, match=r"--seed differ.*--seed 0 --max-group-share 0.1"):
+        check_split_of_training(asked(seed=[0, 1]), model)
+    with pytest.raises(CommandError, match="--group-column, --max-group-share differ"):
+        check_split_of_training(asked(group_column="sender", max_group_share=1.0), model)
+    del record["provenance"]["max_group_share"]  # trained before the split could be capped
+    (model / "training.json").write_text(json.dumps(record))
+    with pytest.raises(CommandError, match="earlier version of nearcat"):
+        check_split_of_training(asked(), model)
 
 
 def test_train_refuses_to_overwrite_a_model(photos: Path, tmp_path: Path) -> None:
