@@ -14,6 +14,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -31,6 +32,8 @@ from torch import nn
 
 from embedder.config import ModelConfig, get_config
 from embedder.images import DecodeLimits, ImageDecodeError, decode_rgb
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
@@ -892,11 +895,43 @@ def resolve_model(spec: str, models_dir: Path) -> Path:
             f"{target} was built from a different {config.name!r} config than the registered "
             "one; delete it to rebuild, or pass its path to keep using it"
         )
+    if ZERO_SHOT_KEY not in meta and _has_zero_shot_head(config):
+        meta = _rebuild_without_losing_version(config, target, meta["version"])
     if "onnx_file" not in meta:
         from embedder.export import export_if_missing  # torch.onnx loads only to export
 
         export_if_missing(target)
     return target
+
+
+def _has_zero_shot_head(config: ModelConfig) -> bool:
+    """Whether an artifact built from `config` today comes with a zero-shot head: packaged
+    weights carry their ImageNet classifier, and CLIP has its text tower."""
+    return config.weight_source[0] == "package" or config.family == "open_clip"
+
+
+def _rebuild_without_losing_version(
+    config: ModelConfig, target: Path, version: str
+) -> dict[str, Any]:
+    """Rebuild a registered model that an older nearcat materialised without its zero-shot
+    head. The head leaves the version as it was, so stored vectors stay valid; the old
+    directory is swapped out only once the new one is complete."""
+    log.info("%s predates zero-shot heads: rebuilding it (same version %s)", target, version)
+    fresh = target.with_name(f".{target.name}.rebuild-{os.getpid()}")
+    shutil.rmtree(fresh, ignore_errors=True)
+    create_artifact(config, fresh)
+    _, meta = _read_artifact_config(fresh)
+    if meta["version"] != version:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise ArtifactError(
+            f"{target} ({version}) no longer matches its registered weights "
+            f"({meta['version']}); delete it to rebuild, or pass its path to keep using it"
+        )
+    stale = target.with_name(f".{target.name}.stale-{os.getpid()}")
+    target.rename(stale)
+    fresh.rename(target)
+    shutil.rmtree(stale, ignore_errors=True)
+    return meta
 
 
 def _sha256(path: Path) -> str:

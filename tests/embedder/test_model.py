@@ -460,6 +460,28 @@ def test_resolve_model_notices_a_changed_config(tmp_path: Path, registry: None) 
         resolve_model(TINY_TIMM.name, tmp_path)
 
 
+def test_a_packaged_model_materialised_before_zero_shot_heads_is_rebuilt_with_one(
+    tmp_path: Path, model_artifact: Path
+) -> None:
+    """An older nearcat left var/models/efficientnet_lite0 without its zero-shot head; the
+    next resolve rebuilds it with the head and the same version, so stored vectors stay."""
+    old = shutil.copytree(model_artifact, tmp_path / "efficientnet_lite0")
+    meta = json.loads((old / "config.json").read_text())
+    version = meta["version"]
+    for key in ("zero_shot", "onnx_file", "onnx_sha256"):
+        del meta[key]
+    (old / "config.json").write_text(json.dumps(meta))
+    for name in ("zeroshot.pt", "model.onnx"):
+        (old / name).unlink()
+    assert load_artifact(old).semantic_dim == 0
+
+    rebuilt = resolve_model("efficientnet_lite0", tmp_path)
+    assert rebuilt == old and (rebuilt / "zeroshot.pt").is_file()
+    embedder = load_artifact(rebuilt)
+    assert embedder.version == version and embedder.semantic_dim > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["efficientnet_lite0"]
+
+
 # --- other families and weight sources ----------------------------------------------------
 
 
