@@ -172,6 +172,14 @@ def _with_token(channel: Any, token: str) -> Any:
     return grpc.intercept_channel(channel, BearerToken())
 
 
+def read_file(path: str | Path) -> bytes:
+    """The file's bytes, or a CommandError that names it and says why not."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
+
+
 # -- import --------------------------------------------------------------------------------
 
 
@@ -255,13 +263,10 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 def cmd_add_category(args: argparse.Namespace) -> None:
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
-    references = []
-    for path in args.images:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
-        references.append(pb.ReferenceImage(image=data, metadata={"source": str(path)}))
+    references = [
+        pb.ReferenceImage(image=read_file(path), metadata={"source": str(path)})
+        for path in args.images
+    ]
     request = pb.AddCategoryRequest(
         name=args.name, parent=args.parent or "", prompts=args.prompt, references=references
     )
@@ -275,10 +280,7 @@ def cmd_add_category(args: argparse.Namespace) -> None:
 def cmd_zero_shot(args: argparse.Namespace) -> None:
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
-    try:
-        image = Path(args.image).read_bytes()
-    except OSError as exc:
-        raise CommandError(f"cannot read {args.image}: {exc.strerror}") from exc
+    image = read_file(args.image)
     ranked = connect(args).ZeroShot(pb.ZeroShotRequest(image=image, labels=args.label)).labels
     for item in ranked:
         print(f"{item.score:6.3f}  {item.label}")
@@ -345,12 +347,7 @@ def cmd_classify(args: argparse.Namespace) -> None:
     exit_code = 0
     for start in range(0, len(args.files), CLASSIFY_BATCH):
         paths = args.files[start : start + CLASSIFY_BATCH]
-        images = []
-        for path in paths:
-            try:
-                images.append(Path(path).read_bytes())
-            except OSError as exc:
-                raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
+        images = [read_file(path) for path in paths]
         response = stub.ClassifyBatch(pb.ClassifyBatchRequest(images=images, options=options))
         for path, item in zip(paths, response.results, strict=True):
             if item.HasField("error"):
@@ -481,10 +478,7 @@ def cmd_reindex(args: argparse.Namespace) -> None:
     if args.max_accuracy_drop is not None:
         request.max_accuracy_drop = args.max_accuracy_drop
     if args.metrics:
-        try:
-            request.metrics_json = Path(args.metrics).read_text()
-        except OSError as exc:
-            raise CommandError(f"cannot read {args.metrics}: {exc.strerror}") from exc
+        request.metrics_json = read_file(args.metrics).decode()
     started = stub.Reindex(request)
     follow_reindex(stub, started, args.wait)
 
