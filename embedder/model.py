@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -895,8 +896,8 @@ def resolve_model(spec: str, models_dir: Path) -> Path:
             f"{target} was built from a different {config.name!r} config than the registered "
             "one; delete it to rebuild, or pass its path to keep using it"
         )
-    if ZERO_SHOT_KEY not in meta and _has_zero_shot_head(config):
-        meta = _rebuild_without_losing_version(config, target, meta["version"])
+    if _has_zero_shot_head(config) and zero_shot_spec(target) is None:
+        meta = _with_zero_shot_head(config, target, meta)
     if "onnx_file" not in meta:
         from embedder.export import export_if_missing  # torch.onnx loads only to export
 
@@ -910,28 +911,37 @@ def _has_zero_shot_head(config: ModelConfig) -> bool:
     return config.weight_source[0] == "package" or config.family == "open_clip"
 
 
-def _rebuild_without_losing_version(
-    config: ModelConfig, target: Path, version: str
-) -> dict[str, Any]:
+def _with_zero_shot_head(config: ModelConfig, target: Path, meta: dict[str, str]) -> dict[str, str]:
     """Rebuild a registered model that an older nearcat materialised without its zero-shot
-    head. The head leaves the version as it was, so stored vectors stay valid; the old
-    directory is swapped out only once the new one is complete."""
-    log.info("%s predates zero-shot heads: rebuilding it (same version %s)", target, version)
-    fresh = target.with_name(f".{target.name}.rebuild-{os.getpid()}")
-    shutil.rmtree(fresh, ignore_errors=True)
-    create_artifact(config, fresh)
-    _, meta = _read_artifact_config(fresh)
-    if meta["version"] != version:
-        shutil.rmtree(fresh, ignore_errors=True)
-        raise ArtifactError(
-            f"{target} ({version}) no longer matches its registered weights "
-            f"({meta['version']}); delete it to rebuild, or pass its path to keep using it"
-        )
-    stale = target.with_name(f".{target.name}.stale-{os.getpid()}")
-    target.rename(stale)
-    fresh.rename(target)
-    shutil.rmtree(stale, ignore_errors=True)
-    return meta
+    head, and return the new config.json. The head leaves the version as it was, so stored
+    vectors stay valid. One process rebuilds while others wait (a lock file beside it); the
+    old directory is swapped out only once the new one is complete and has the same version.
+    Anything failing (a read-only directory, weights that need a download offline) leaves
+    the old artifact in place, served without a text tower as before, with a warning."""
+    lock_path = target.with_name(f".{target.name}.lock")
+    try:
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            _, meta = _read_artifact_config(target)
+            if zero_shot_spec(target) is not None:  # another process rebuilt it meanwhile
+                return meta
+            log.info("%s predates zero-shot heads: rebuilding it with one", target)
+            work = Path(tempfile.mkdtemp(prefix=f".{target.name}.rebuild-", dir=target.parent))
+            try:
+                fresh = create_artifact(config, work / "artifact")
+                _, new = _read_artifact_config(fresh)
+                if new["version"] != meta["version"] or zero_shot_spec(fresh) is None:
+                    raise ArtifactError(
+                        f"the rebuild has version {new['version']}, not {meta['version']}"
+                    )
+                target.rename(work / "old")
+                fresh.rename(target)
+                return new
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    except (OSError, ArtifactError, WeightsError) as exc:
+        log.warning("%s has no zero-shot head and was not rebuilt with one: %s", target, exc)
+        return meta
 
 
 def _sha256(path: Path) -> str:

@@ -460,26 +460,55 @@ def test_resolve_model_notices_a_changed_config(tmp_path: Path, registry: None) 
         resolve_model(TINY_TIMM.name, tmp_path)
 
 
-def test_a_packaged_model_materialised_before_zero_shot_heads_is_rebuilt_with_one(
-    tmp_path: Path, model_artifact: Path
-) -> None:
-    """An older nearcat left var/models/efficientnet_lite0 without its zero-shot head; the
-    next resolve rebuilds it with the head and the same version, so stored vectors stay."""
-    old = shutil.copytree(model_artifact, tmp_path / "efficientnet_lite0")
+def _without_zero_shot_head(model_artifact: Path, models_dir: Path) -> tuple[Path, str]:
+    """A copy of the packaged model as an older nearcat materialised it: no zero-shot head."""
+    old = shutil.copytree(model_artifact, models_dir / "efficientnet_lite0")
     meta = json.loads((old / "config.json").read_text())
-    version = meta["version"]
     for key in ("zero_shot", "onnx_file", "onnx_sha256"):
         del meta[key]
     (old / "config.json").write_text(json.dumps(meta))
     for name in ("zeroshot.pt", "model.onnx"):
         (old / name).unlink()
     assert load_artifact(old).semantic_dim == 0
+    return old, meta["version"]
 
+
+def test_a_packaged_model_materialised_before_zero_shot_heads_is_rebuilt_with_one(
+    tmp_path: Path, model_artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next resolve rebuilds it with the head and the same version: stored vectors stay.
+    Once rebuilt (or built with its head in the first place), it is never rebuilt again."""
+    old, version = _without_zero_shot_head(model_artifact, tmp_path)
     rebuilt = resolve_model("efficientnet_lite0", tmp_path)
     assert rebuilt == old and (rebuilt / "zeroshot.pt").is_file()
     embedder = load_artifact(rebuilt)
     assert embedder.version == version and embedder.semantic_dim > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["efficientnet_lite0"]
+    assert not [p.name for p in tmp_path.iterdir() if ".rebuild-" in p.name]
+
+    def must_not_rebuild(*args: Any) -> Path:
+        raise AssertionError("the artifact was rebuilt")
+
+    monkeypatch.setattr(model_module, "create_artifact", must_not_rebuild)
+    assert resolve_model("efficientnet_lite0", tmp_path) == rebuilt
+    assert resolve_model("efficientnet_lite0", model_artifact.parent) == model_artifact
+
+
+def test_a_rebuild_that_fails_keeps_the_old_artifact(
+    tmp_path: Path, model_artifact: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    old, version = _without_zero_shot_head(model_artifact, tmp_path)
+
+    def offline(*args: Any) -> Path:
+        raise WeightsError("the weights need a download, and this machine is offline")
+
+    monkeypatch.setattr(model_module, "create_artifact", offline)
+    import embedder.export as export_module
+
+    monkeypatch.setattr(export_module, "export_if_missing", lambda path: None)
+    assert resolve_model("efficientnet_lite0", tmp_path) == old
+    assert load_artifact(old).version == version and load_artifact(old).semantic_dim == 0
+    assert "was not rebuilt with one: the weights need a download" in caplog.text
+    assert not [p.name for p in tmp_path.iterdir() if ".rebuild-" in p.name]
 
 
 # --- other families and weight sources ----------------------------------------------------
