@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -42,6 +43,15 @@ class Split:
         held_out = set(self.held_out)
         return [i for i in self.train if i.category not in held_out]
 
+    def fingerprint(self) -> str:
+        """Which image (by category and file name) is in which part: equal fingerprints mean
+        the same split, whatever flags or paths made it."""
+        digest = hashlib.sha256()
+        for name, part in (("train", self.train), ("val", self.val), ("test", self.test)):
+            for entry in sorted(f"{name}/{i.category}/{i.path.name}" for i in part):
+                digest.update(entry.encode() + b"\n")
+        return digest.hexdigest()[:16]
+
     def summary(self) -> dict[str, object]:
         summary: dict[str, object] = {
             "train": len(self.train),
@@ -49,6 +59,7 @@ class Split:
             "test": len(self.test),
             "held_out_categories": list(self.held_out),
             "categories": len({i.category for i in self.train}),
+            "fingerprint": self.fingerprint(),
         }
         if any(i.group is not None for i in self.val + self.test):
             summary["largest_group_share"] = {
@@ -136,9 +147,10 @@ def _stratified_group_folds(
 def _largest_group_share(part: Sequence[LabeledImage]) -> float:
     """How much of a part its largest group makes up: 0.73 means one contributor's photos are
     most of what that part measures."""
-    if not part:
-        return 0.0
-    return round(max(Counter(i.group for i in part).values()) / len(part), 3)
+    sizes = Counter(i.group for i in part if i.group is not None)  # no group: on its own
+    if not sizes:
+        return round(1 / len(part), 3) if part else 0.0
+    return round(max(sizes.values()) / len(part), 3)
 
 
 def _big_groups(groups: Sequence[str], limit: float, keep: float, seed: int) -> set[str]:
@@ -150,8 +162,10 @@ def _big_groups(groups: Sequence[str], limit: float, keep: float, seed: int) -> 
     big: set[str] = set()
     left = len(groups)
     for group in order:
-        if sizes[group] <= limit or left - sizes[group] < keep:
+        if sizes[group] <= limit:
             break
+        if left - sizes[group] < keep:
+            continue  # too big to leave enough to split: it stays, a smaller big one may go
         big.add(group)
         left -= sizes[group]
     return big

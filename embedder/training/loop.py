@@ -78,6 +78,13 @@ def train(
             f"{work_dir} holds a checkpoint of an unfinished run: pass --resume to continue "
             "it, or delete the directory to start over"
         )
+    fingerprint = data.fingerprint()  # of the split as given, before unreadable images go
+    if state is not None and state.get("split") != fingerprint:
+        raise ValueError(
+            f"cannot resume {work_dir}: the data split differs from the interrupted run's "
+            "(other data, labels left out, --seed, --group-column or --max-group-share); "
+            "split as it did, or delete the directory to start over"
+        )
     if state is not None and state["options"] != options.to_dict():
         changed = sorted(k for k, v in options.to_dict().items() if state["options"].get(k) != v)
         raise ValueError(
@@ -141,6 +148,7 @@ def train(
             _principal_directions(network.head, _pooled(trained_rows, tail, device))
         state = {
             "options": options.to_dict(),
+            "split": fingerprint,
             "epoch": 0,
             "history": [],
             "baseline_val": baseline_val.to_dict(),
@@ -224,7 +232,7 @@ def train(
         "base": {"spec": options.base, "version": base_version},
         "options": options.to_dict(),
         "provenance": provenance or {},
-        "split": data.summary(),
+        "split": {**data.summary(), "fingerprint": fingerprint},  # as split, as eval splits
         "held_out_categories": list(data.held_out),
         "trained_categories": classes,
         "problems": problems,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -189,18 +190,13 @@ def run(args: argparse.Namespace) -> None:
         model, frozen = load_models(args.model, args.models_dir, args.runtime)
     except (ValueError, OSError) as exc:
         raise CommandError(f"--model {args.model}: {exc}") from exc
-    trained_held_out = None
-    if args.data is not None and model.path is not None:
-        trained_held_out = check_split_of_training(args, Path(model.path))
+    trained = trained_split(Path(model.path)) if args.data and model.path else None
     cache = EmbeddingCache()
     reports: dict[int, dict[str, Any]] = {}
     for seed in args.seed:
         references, queries, parents, held_out, split, calibration = choose_images(args, seed)
-        if trained_held_out is not None and sorted(held_out) != sorted(trained_held_out):
-            raise CommandError(
-                f"the model held out {', '.join(trained_held_out) or 'nothing'} in training; "
-                f"report the same: --holdout-categories {','.join(trained_held_out)}"
-            )
+        if trained is not None and split is not None:
+            check_split(trained, split, held_out)
         try:
             evaluation = evaluate(
                 references,
@@ -234,43 +230,53 @@ def run(args: argparse.Namespace) -> None:
     write_json({"over_seeds": summary, "seeds": reports}, args.json)
 
 
-def check_split_of_training(args: argparse.Namespace, model_dir: Path) -> list[str] | None:
-    """A model trained by `nearcat train` may only be evaluated on the split it was trained
-    with: on any other, some queries would be images it trained on. Returns the categories it
-    held out of training (None for a model that was not trained here)."""
+@dataclass(frozen=True)
+class TrainedSplit:
+    """The split a model was trained on, as its training.json records it."""
+
+    fingerprint: str
+    held_out: list[str]
+    command: str
+
+
+def trained_split(model_dir: Path) -> TrainedSplit | None:
+    """The split of a model trained by `nearcat train` (None for any other model): it may
+    only be evaluated on that split, since on another some queries are images it trained on.
+    A model trained before splits had fingerprints is refused: its split cannot be checked."""
     record_file = model_dir / "training.json"
     if not record_file.exists():
         return None
     record = json.loads(record_file.read_text())
-    provenance, options = record.get("provenance", {}), record.get("options", {})
-    if "max_group_share" not in provenance:
+    command = record.get("provenance", {}).get("command", "its training command")
+    fingerprint = record.get("split", {}).get("fingerprint")
+    if fingerprint is None:
         raise CommandError(
-            f"{model_dir} was trained on a split made by an earlier version of nearcat, which "
-            "this version cannot reproduce; evaluate it with --references and --queries "
-            "(images it never trained on), or train it again"
+            f"{model_dir} was trained by an earlier version of nearcat, whose split this one "
+            "cannot check or rebuild; evaluate it with --references and --queries (images it "
+            "never trained on), or train it again"
         )
-    trained = {
-        "--seed": [options.get("seed")],
-        "--group-column": provenance.get("group_column"),
-        "--max-group-share": provenance.get("max_group_share"),
-    }
-    asked = {
-        "--seed": args.seed,
-        "--group-column": args.group_column,
-        "--max-group-share": args.max_group_share,
-    }
-    differ = [flag for flag in trained if trained[flag] != asked[flag]]
-    if differ:
-        wanted = " ".join(
-            f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
-            for flag, value in trained.items()
-            if value is not None
+    held_out = [str(c) for c in record.get("held_out_categories", [])]
+    return TrainedSplit(fingerprint, held_out, command)
+
+
+def check_split(trained: TrainedSplit, split: dict[str, Any], held_out: list[str]) -> None:
+    """Refuse an evaluation split other than the model's training split."""
+    if split.get("fingerprint") != trained.fingerprint:
+        raise CommandError(
+            "the model was trained on another split of this data (a different --seed, "
+            "--group-column, --max-group-share, labels left out or data): its queries would "
+            f"include images it trained on. Split as training did: {trained.command}"
+        )
+    if sorted(held_out) != sorted(trained.held_out):
+        same = (
+            f"--holdout-categories {','.join(trained.held_out)}"
+            if trained.held_out
+            else "--holdout 0"
         )
         raise CommandError(
-            f"{model_dir} was trained on another split ({', '.join(differ)} differ): its queries "
-            f"would include images it trained on; split as training did: {wanted}"
+            f"the model held out {', '.join(trained.held_out) or 'nothing'} in training; "
+            f"report the same: {same}"
         )
-    return [str(c) for c in record.get("held_out_categories", [])]
 
 
 def print_over_seeds(summary: dict[str, dict[str, Any]]) -> None:

@@ -50,38 +50,45 @@ def test_train_writes_an_artifact_with_its_training_record(photos: Path, tmp_pat
     assert record["held_out_categories"] == ["dots"]
     assert record["split"]["held_out_categories"] == ["dots"]
     assert record["provenance"]["max_group_share"] == 0.1
+    assert len(record["split"]["fingerprint"]) == 16
 
 
 def test_eval_takes_a_trained_model_only_on_the_split_it_trained_with(
     photos: Path, tmp_path: Path
 ) -> None:
-    import argparse
+    from embedder.datasets import load_dataset
+    from embedder.splits import split_dataset
+    from server.commands.evaluate import check_split, trained_split
 
-    from server.commands.evaluate import check_split_of_training
-
+    images = load_dataset(photos).images
+    trained_on = split_dataset(images, seed=0, holdout=["dots"])
     model = tmp_path / "model"
     model.mkdir()
     record = {
-        "options": {"seed": 0},
-        "provenance": {"group_column": None, "max_group_share": 0.1},
+        "split": trained_on.summary(),
         "held_out_categories": ["dots"],
+        "provenance": {"command": "nearcat train --data photos/ --seed 0"},
     }
     (model / "training.json").write_text(json.dumps(record))
+    trained = trained_split(model)
+    assert trained is not None
 
-    def asked(**flags: object) -> argparse.Namespace:
-        return argparse.Namespace(
-            **{"seed": [0], "group_column": None, "max_group_share": 0.1, **flags}
-        )
+    def split_of(data: list, seed: int) -> dict:  # type: ignore[type-arg]
+        return split_dataset(data, seed=seed, holdout=["dots"]).summary()
 
-    assert check_split_of_training(asked(), model) == ["dots"]
-    with pytest.raises(CommandError, match=r"--seed differ.*--seed 0 --max-group-share 0.1"):
-        check_split_of_training(asked(seed=[0, 1]), model)
-    with pytest.raises(CommandError, match="--group-column, --max-group-share differ"):
-        check_split_of_training(asked(group_column="sender", max_group_share=1.0), model)
-    del record["provenance"]["max_group_share"]  # trained before the split could be capped
+    check_split(trained, split_of(images, 0), ["dots"])  # the same split
+    with pytest.raises(CommandError, match="another split.*nearcat train --data photos/ --seed 0"):
+        check_split(trained, split_of(images, 1), ["dots"])
+    fewer = [i for i in images if i.path.name != "0.jpg"]  # e.g. one more label left out
+    with pytest.raises(CommandError, match="another split"):
+        check_split(trained, split_of(fewer, 0), ["dots"])
+    with pytest.raises(CommandError, match="held out dots in training; .*-categories dots"):
+        check_split(trained, split_of(images, 0), [])
+
+    del record["split"]["fingerprint"]  # trained before splits had fingerprints
     (model / "training.json").write_text(json.dumps(record))
     with pytest.raises(CommandError, match="earlier version of nearcat"):
-        check_split_of_training(asked(), model)
+        trained_split(model)
 
 
 def test_train_refuses_to_overwrite_a_model(photos: Path, tmp_path: Path) -> None:
