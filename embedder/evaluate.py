@@ -807,19 +807,23 @@ SEED_FIGURES: dict[str, tuple[str, ...]] = {
 
 def over_seeds(reports: Mapping[int, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Mean, sample standard deviation, min and max of each headline figure over the splits
-    of several seeds (Evaluation.to_dict() of each): one split's figure can be luck."""
+    of several seeds (Evaluation.to_dict() of each): one split's figure can be luck. `values`
+    names each seed's figure, None where that split has none (e.g. no calibration); `n`
+    counts the others, and sd is None below two."""
     summary: dict[str, dict[str, Any]] = {}
     for name, path in SEED_FIGURES.items():
-        values = [v for report in reports.values() if (v := _dig(report, path)) is not None]
+        by_seed = {str(seed): _dig(report, path) for seed, report in reports.items()}
+        values = [v for v in by_seed.values() if v is not None]
         if not values:
             continue
         summary[name] = _rounded(
             {
                 "mean": float(np.mean(values)),
-                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
                 "min": min(values),
                 "max": max(values),
-                "values": values,
+                "n": len(values),
+                "values": by_seed,
             }
         )
     return summary
@@ -953,7 +957,7 @@ def _confidence(
     else:
         fit_on = leave_one_out_answers(refs, vote)
         source = f"leave-one-out over {len(fit_on)} references (other groups only)"
-    # The server fits its head on the references and its temperature out of fold; here the
+    # The server fits its head on the references and its calibration out of fold; here the
     # validation part plays the images the head was not fitted on.
     head = None
     if held is not None and len(set(refs.labels)) >= 2:

@@ -15,24 +15,20 @@ tempered share.
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from indexer.head import ConfidenceHead, cross_fitted_head
+from indexer.head import ConfidenceHead, cross_fitted_head, least_log_loss
 from indexer.vote import CategoryScore
 
 ECE_BINS = 15
 # Share of in-catalogue images allowed to fall under the open-set threshold.
 UNKNOWN_QUANTILE = 0.01
 MIN_EXAMPLES = 20
-# Temperatures tried by the fit (log-spaced); beyond this range nothing useful happens.
-_TEMPERATURES = np.exp(np.linspace(math.log(0.05), math.log(20.0), 241))
-_EPSILON = 1e-6
 
 
 @dataclass(frozen=True)
@@ -151,20 +147,6 @@ def temper(scores: Sequence[CategoryScore], temperature: float) -> list[Category
 
 def _top_confidences(votes: Sequence[LabelledVote], temperature: float) -> np.ndarray:
     return np.array([temper(v.scores, temperature)[0].score if v.scores else 0.0 for v in votes])
-
-
-def least_log_loss(
-    confidences_at: Callable[[float], np.ndarray], correct: np.ndarray
-) -> tuple[float, float]:
-    """(temperature, log-loss): the temperature whose confidences best predict whether each
-    answer is right."""
-    best_t, best_loss = 1.0, math.inf
-    for t in _TEMPERATURES:
-        p = np.clip(confidences_at(float(t)), _EPSILON, 1 - _EPSILON)
-        loss = -float(np.mean(correct * np.log(p) + (1 - correct) * np.log(1 - p)))
-        if loss < best_loss:
-            best_t, best_loss = float(t), loss
-    return best_t, best_loss
 
 
 def fit_calibration(votes: Sequence[LabelledVote], source: str) -> Calibration:

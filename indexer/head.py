@@ -16,8 +16,9 @@ the catalogue goes back to the vote's share until the next calibration refits it
 from __future__ import annotations
 
 import base64
+import math
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -27,20 +28,30 @@ import numpy as np
 # Regularisation of the logistic regression, and balanced class weights (a small category's
 # references count as much as a big one's): the best of 16 settings by clothing val coverage.
 HEAD_C = 10.0
-FOLDS = 5  # out-of-fold probabilities for the curve, grouped where groups are known
+FOLDS = 5  # out-of-fold probabilities for the calibration, grouped where groups are known
 MIN_PER_CATEGORY = 2
+# The curve needs this many labelled answers, and this many right and wrong ones; with fewer
+# the temperature serves (40 answers all right would make the curve a constant 0.98).
+MIN_CURVE_EXAMPLES = 100
+MIN_CURVE_ERRORS = 5
+# Temperatures tried by the fits (log-spaced); beyond this range nothing useful happens.
+_TEMPERATURES = np.exp(np.linspace(math.log(0.05), math.log(20.0), 241))
+_EPSILON = 1e-6
 
 
 @dataclass(frozen=True)
 class ConfidenceHead:
-    """softmax((W @ unit(v - centre) + b) / temperature) over `categories`; the probability of
-    an answer then goes through `curve`.
+    """softmax(W @ unit(v - centre) + b) over `categories`; an answer's probability then goes
+    through `curve`, or without one is softened by `temperature`.
 
-    The curve is an isotonic map (knots: raw probability -> calibrated), fitted on images the
-    head was not fitted on. Chosen over one temperature by cross-validation on the clothing
-    val parts of five splits (ECE 0.052 against 0.080; docs/benchmarks.md, "Confidence"): a
-    temperature only scales the logits, while the head's errors bunch in the middle of its
-    range. Heads stored before the curve existed have a temperature and no curve.
+    The curve is an isotonic map (knots: raw probability -> how often such answers are right)
+    fitted on images the head was not fitted on. It was chosen over the temperature by
+    cross-validation on the clothing val parts of five splits (ECE 0.052 against 0.080;
+    docs/benchmarks.md, "Confidence"): a temperature only scales the logits, while the head's
+    errors bunch in the middle of its range. With too few labelled images or errors (see
+    `MIN_CURVE_EXAMPLES`) a step curve would say little, so the temperature, fitted on the
+    same images, serves; it is always stored, which is also what versions before the curve
+    read.
     """
 
     categories: tuple[str, ...]
@@ -61,40 +72,44 @@ class ConfidenceHead:
 
     def confidence(self, vectors: np.ndarray, answers: Sequence[str | None]) -> np.ndarray:
         """How likely each answer is right; 0 where the head does not know the category."""
-        raw = self.raw_confidence(vectors, answers)
         if self.curve is None:
-            return raw
+            return self.raw_confidence(vectors, answers, self.temperature)
         known = np.array([a in self.column for a in answers], dtype=bool)
+        raw = self.raw_confidence(vectors, answers)
         return np.where(known, np.interp(raw, *self.curve), 0.0)
 
-    def raw_confidence(self, vectors: np.ndarray, answers: Sequence[str | None]) -> np.ndarray:
-        """The head's probability of each answer, before the curve; 0 for an unknown one."""
-        probabilities = self.probabilities(vectors)
+    def raw_confidence(
+        self, vectors: np.ndarray, answers: Sequence[str | None], temperature: float = 1.0
+    ) -> np.ndarray:
+        """The head's probability of each answer at `temperature`; 0 for an unknown one."""
+        probabilities = _softmax(self.logits(vectors) / temperature)
         column = self.column
         return np.array(
             [probabilities[row, column[a]] if a in column else 0.0 for row, a in enumerate(answers)]
         )
 
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
-        return _softmax(self.logits(vectors) / self.temperature)
+        """Every category's probability, at temperature 1."""
+        return _softmax(self.logits(vectors))
 
     def logits(self, vectors: np.ndarray) -> np.ndarray:
-        """The linear scores before the temperature, (n, categories)."""
+        """The linear scores, (n, categories)."""
         scores: np.ndarray = _centred(vectors, self.centre) @ self.weights.T + self.bias
         return scores
 
     def calibrated(
         self, vectors: np.ndarray, answers: Sequence[str | None], correct: Sequence[bool]
     ) -> ConfidenceHead:
-        """This head with the curve fitted on these labelled images, which it was not fitted
-        on: how often an answer of each raw probability is right."""
+        """This head calibrated on these labelled images, which it was not fitted on."""
         known = [i for i, a in enumerate(answers) if a in self.column]
         if not known:
             return self
-        raw = self.raw_confidence(vectors[known], [answers[i] for i in known])
-        return replace(self, curve=fit_curve(raw, [correct[i] for i in known]))
+        logits = self.logits(vectors[known])
+        columns = np.array([self.column[str(answers[i])] for i in known])
+        return with_calibration(self, logits, columns, [correct[i] for i in known])
 
     def to_json(self) -> dict[str, Any]:
+        curve = {"curve": [k.tolist() for k in self.curve]} if self.curve is not None else {}
         return {
             "categories": list(self.categories),
             "dim": int(self.centre.shape[0]),
@@ -102,7 +117,7 @@ class ConfidenceHead:
             "weights": _encode(self.weights),
             "bias": _encode(self.bias),
             "temperature": self.temperature,
-            **({"curve": [_encode(k) for k in self.curve]} if self.curve is not None else {}),
+            **curve,
         }
 
     @classmethod
@@ -116,8 +131,25 @@ class ConfidenceHead:
             _decode(data["weights"]).reshape(len(categories), dim),
             _decode(data["bias"]),
             float(data["temperature"]),
-            (_decode(curve[0]), _decode(curve[1])) if curve else None,
+            (np.asarray(curve[0], dtype=np.float64), np.asarray(curve[1], dtype=np.float64))
+            if curve
+            else None,
         )
+
+
+def with_calibration(
+    head: ConfidenceHead, logits: np.ndarray, columns: np.ndarray, correct: Sequence[bool]
+) -> ConfidenceHead:
+    """`head` with a temperature, and with enough examples a curve, fitted to predict from
+    these logits whether the answer in each row's column is right."""
+    right = np.asarray(correct, dtype=np.float64)
+    rows = np.arange(len(columns))
+    temperature = least_log_loss(lambda t: _softmax(logits / t)[rows, columns], right)[0]
+    errors = int(len(right) - right.sum())
+    curve = None
+    if len(right) >= MIN_CURVE_EXAMPLES and min(errors, len(right) - errors) >= MIN_CURVE_ERRORS:
+        curve = fit_curve(_softmax(logits)[rows, columns], correct)
+    return replace(head, temperature=temperature, curve=curve)
 
 
 def fit_curve(raw: np.ndarray, correct: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
@@ -128,10 +160,21 @@ def fit_curve(raw: np.ndarray, correct: Sequence[bool]) -> tuple[np.ndarray, np.
     right = np.asarray(correct, dtype=np.float64)
     iso = IsotonicRegression(y_min=0.0, y_max=1.0 - 1.0 / (len(right) + 1), out_of_bounds="clip")
     iso.fit(np.asarray(raw, dtype=np.float64), right)
-    return (
-        np.asarray(iso.X_thresholds_, dtype=np.float32),
-        np.asarray(iso.y_thresholds_, dtype=np.float32),
-    )
+    return np.asarray(iso.X_thresholds_, np.float64), np.asarray(iso.y_thresholds_, np.float64)
+
+
+def least_log_loss(
+    confidences_at: Callable[[float], np.ndarray], correct: np.ndarray
+) -> tuple[float, float]:
+    """(temperature, log-loss): the temperature whose confidences best predict whether each
+    answer is right. Shared by the vote's calibration and the head's."""
+    best_t, best_loss = 1.0, math.inf
+    for t in _TEMPERATURES:
+        p = np.clip(confidences_at(float(t)), _EPSILON, 1 - _EPSILON)
+        loss = -float(np.mean(correct * np.log(p) + (1 - correct) * np.log(1 - p)))
+        if loss < best_loss:
+            best_t, best_loss = float(t), loss
+    return best_t, best_loss
 
 
 def fit_head(vectors: np.ndarray, labels: Sequence[str]) -> ConfidenceHead:
@@ -196,8 +239,7 @@ def cross_fitted_head(
     padded = np.full((len(logits), len(counts)), -np.inf)
     for row, values in zip(padded, logits, strict=True):
         row[: len(values)] = values
-    raw = _softmax(padded)[np.arange(len(columns)), columns]
-    return replace(head, curve=fit_curve(raw, correct))
+    return with_calibration(head, padded, np.array(columns), correct)
 
 
 def _centred(vectors: np.ndarray, centre: np.ndarray) -> np.ndarray:

@@ -478,7 +478,10 @@ def cmd_reindex(args: argparse.Namespace) -> None:
     if args.max_accuracy_drop is not None:
         request.max_accuracy_drop = args.max_accuracy_drop
     if args.metrics:
-        request.metrics_json = read_file(args.metrics).decode()
+        try:
+            request.metrics_json = read_file(args.metrics).decode()
+        except UnicodeDecodeError as exc:
+            raise CommandError(f"{args.metrics} is not UTF-8 text: {exc}") from exc
     started = stub.Reindex(request)
     follow_reindex(stub, started, args.wait)
 

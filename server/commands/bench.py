@@ -13,6 +13,17 @@ on. Numbers are comparable only on the same machine; docs/benchmarks.md records 
 """
 
 
+def at_least_one(text: str) -> int:
+    """argparse type: a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return value
+
+
 def run_index(args: argparse.Namespace) -> None:
     from server.benchmarks import bench_index
 
@@ -130,11 +141,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     serve.add_argument("--data", type=Path, help="folder tree or CSV of images")
     serve.add_argument("--categories", type=int, default=10, help="categories to add")
     serve.add_argument("--references", type=int, default=5, help="references per category")
-    serve.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    serve.add_argument("--clients", type=at_least_one, default=8, help="concurrent clients")
     serve.add_argument("--seconds", type=float, default=20.0, help="length of the load run")
     serve.add_argument(
         "--images-per-call",
-        type=int,
+        type=at_least_one,
         default=1,
         metavar="N",
         help="1: each client sends Classify calls of one image (the default); N > 1: "

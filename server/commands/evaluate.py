@@ -89,7 +89,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         metavar="F",
         help="with --group-column: a group bigger than this share of a query part goes to "
         "train (the references), so no one contributor dominates val or test "
-        "(default: %(default)s; 1 turns it off)",
+        "(default: %(default)s; 1: only a sender bigger than a whole part)",
     )
     held = sources.add_mutually_exclusive_group()
     held.add_argument(
@@ -185,6 +185,8 @@ def run(args: argparse.Namespace) -> None:
 
     if len(args.seed) > 1 and args.data is None:
         raise CommandError("several --seed values split one source: give --data")
+    if len(set(args.seed)) < len(args.seed):
+        raise CommandError(f"--seed: each seed once, got {' '.join(map(str, args.seed))}")
     vote = vote_config(args)
     try:
         model, frozen = load_models(args.model, args.models_dir, args.runtime)
@@ -226,7 +228,7 @@ def run(args: argparse.Namespace) -> None:
         write_json(next(iter(reports.values())), args.json)
         return
     summary = over_seeds(reports)
-    print_over_seeds(summary)
+    print_over_seeds(summary, len(reports))
     write_json({"over_seeds": summary, "seeds": reports}, args.json)
 
 
@@ -279,17 +281,18 @@ def check_split(trained: TrainedSplit, split: dict[str, Any], held_out: list[str
         )
 
 
-def print_over_seeds(summary: dict[str, dict[str, Any]]) -> None:
-    """The headline figures over the seeds' splits: mean ± standard deviation [min, max]."""
-    print(f"-- over {len(next(iter(summary.values()))['values'])} seeds: mean ± sd [min, max]")
+def print_over_seeds(summary: dict[str, dict[str, Any]], seeds: int) -> None:
+    """The headline figures over the seeds' splits: mean ± standard deviation [min, max], and
+    on how many splits when some had no such figure."""
+    print(f"-- over {seeds} seeds: mean ± sd [min, max]")
     for name, f in summary.items():
+        sd = f["sd"] if f["sd"] is not None else float("nan")
+        some = f"  ({f['n']} of {seeds} splits)" if f["n"] < seeds else ""
         if name.startswith("ece"):
-            print(f"{name:<24} {f['mean']:6.3f} ± {f['sd']:.3f} [{f['min']:.3f}, {f['max']:.3f}]")
+            line = f"{f['mean']:6.3f} ± {sd:.3f} [{f['min']:.3f}, {f['max']:.3f}]"
         else:
-            print(
-                f"{name:<24} {f['mean']:6.1%} ± {f['sd'] * 100:.1f} "
-                f"[{f['min']:.1%}, {f['max']:.1%}]"
-            )
+            line = f"{f['mean']:6.1%} ± {sd * 100:.1f} [{f['min']:.1%}, {f['max']:.1%}]"
+        print(f"{name:<24} {line}{some}")
 
 
 def run_zero_shot(args: argparse.Namespace) -> None:

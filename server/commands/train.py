@@ -83,7 +83,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         default=MAX_GROUP_SHARE,
         metavar="F",
         help="a group bigger than this share of val or test goes to train (as `nearcat eval`; "
-        "default: %(default)s, 1 turns it off)",
+        "default: %(default)s; 1: only a group bigger than a whole part)",
     )
     held = data.add_mutually_exclusive_group()
     held.add_argument(

@@ -60,19 +60,33 @@ def nearest_centre(vectors: np.ndarray, labels: list[str], queries: np.ndarray) 
     return [names[i] for i in (queries @ means.T).argmax(axis=1)]
 
 
-def test_the_cross_fitted_curve_calibrates_images_it_never_saw() -> None:
+def test_with_few_references_the_cross_fitted_temperature_calibrates() -> None:
     """Sixty references in 64 dimensions: the regularised head is far less sure than it may be
-    of the vote's (nearly always right) answers. The curve, fitted out of fold, learns that
-    from images the head was not fitted on, and fresh images' confidence follows."""
+    of the vote's (nearly always right) answers. Too few for a curve, so the temperature,
+    fitted out of fold, learns that from images the head was not fitted on."""
     vectors, labels = clusters(15, noise=1.5, flip=0.0, seed=3, dim=64)
     head = cross_fitted_head(vectors, labels, nearest_centre(vectors, labels, vectors))
-    assert head is not None and head.curve is not None
+    assert head is not None and head.curve is None and head.temperature < 1.0
     fresh, truth = clusters(300, noise=1.5, flip=0.0, seed=4, dim=64)
     answers = nearest_centre(vectors, labels, fresh)
     right = [a == t for a, t in zip(answers, truth, strict=True)]
     plain = head.raw_confidence(fresh, answers)
     fitted = head.confidence(fresh, answers)
     assert ece(fitted.tolist(), right) < ece(plain.tolist(), right) - 0.05
+
+
+def test_with_enough_references_the_cross_fitted_curve_calibrates() -> None:
+    """Labels flipped at random: the head cannot know which, so its raw probabilities are too
+    sure; the curve, fitted out of fold on 400 answers, brings them down to the odds."""
+    vectors, labels = clusters(100, noise=1.0, flip=0.2, seed=12, dim=32)
+    head = cross_fitted_head(vectors, labels, nearest_centre(vectors, labels, vectors))
+    assert head is not None and head.curve is not None
+    fresh, truth = clusters(300, noise=1.0, flip=0.2, seed=13, dim=32)
+    answers = nearest_centre(vectors, labels, fresh)
+    right = [a == t for a, t in zip(answers, truth, strict=True)]
+    plain = head.raw_confidence(fresh, answers)
+    fitted = head.confidence(fresh, answers)
+    assert ece(fitted.tolist(), right) < ece(plain.tolist(), right) - 0.02
 
 
 def test_the_curve_is_monotone_and_never_certain() -> None:
@@ -111,7 +125,8 @@ def test_calibration_fits_a_head_when_votes_carry_vectors_and_stores_it() -> Non
     calibration = fit_calibration(votes, "test")
     assert calibration.head is not None and calibration.head.categories == ("a", "b", "c", "d")
     restored = Calibration.from_json(calibration.to_json())
-    assert restored.head is not None and restored.head.curve is not None
+    assert restored.head is not None
+    assert restored.head.temperature == calibration.head.temperature
     np.testing.assert_array_equal(
         restored.head.confidence(vectors, labels), calibration.head.confidence(vectors, labels)
     )
@@ -144,5 +159,23 @@ def test_a_head_stored_with_a_temperature_alone_still_serves() -> None:
     head = ConfidenceHead.from_json(stored)
     assert head.curve is None and head.temperature == 0.5
     np.testing.assert_allclose(
-        head.confidence(vectors, labels), head.raw_confidence(vectors, labels)
+        head.confidence(vectors, labels), head.raw_confidence(vectors, labels, 0.5)
     )
+
+
+def test_a_curve_survives_storage_exactly() -> None:
+    vectors, labels = clusters(10, noise=0.5, flip=0.0, seed=14)
+    raw = np.linspace(0.0, 1.0, 200)
+    head = replace(fit_head(vectors, labels), curve=fit_curve(raw, [bool(r > 0.5) for r in raw]))
+    restored = ConfidenceHead.from_json(head.to_json())
+    assert restored.curve is not None and head.curve is not None
+    for stored, fitted in zip(restored.curve, head.curve, strict=True):
+        np.testing.assert_array_equal(stored, fitted)
+
+
+def test_too_few_labelled_answers_or_errors_keep_the_temperature() -> None:
+    vectors, labels = clusters(30, noise=0.3, flip=0.0, seed=15)
+    head = fit_head(vectors, labels)
+    assert head.calibrated(vectors[:40], labels[:40], [True] * 40).curve is None  # 40 answers
+    all_right = head.calibrated(vectors, labels, [True] * len(labels))  # 120, no error
+    assert all_right.curve is None and all_right.temperature > 0

@@ -81,7 +81,7 @@ def test_bench_serve(tmp_path: Path, model_artifact: Path, images_per_call: int)
         "--images-per-call", str(images_per_call),
     )  # fmt: skip
     load = data["concurrent"]
-    assert load["errors"] == 0 and load["requests"] > 0
+    assert load["errors"] == 0 and load["image_errors"] == 0 and load["requests"] > 0
     assert load["images_per_call"] == images_per_call
     assert load["images_per_s"] == pytest.approx(
         load["requests"] * images_per_call / load["seconds"]
@@ -91,3 +91,11 @@ def test_bench_serve(tmp_path: Path, model_artifact: Path, images_per_call: int)
     assert (data["runtime"], data["device"]) == ("OnnxBackend", "cpu")
     before, after = data["model_only_images_per_s_batch32_before_after"]
     assert data["model_only_images_per_s_batch32"] == max(before, after)
+
+
+def test_bench_serve_wants_at_least_one_image_per_call(capsys: pytest.CaptureFixture[str]) -> None:
+    from server.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "serve", "--images-per-call", "0"])
+    assert "expected a whole number of 1 or more, got '0'" in capsys.readouterr().err

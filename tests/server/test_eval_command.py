@@ -104,9 +104,19 @@ def test_several_seeds_report_each_split_and_the_spread(
     assert sorted(data["seeds"]) == ["0", "1", "2"]
     assert [data["seeds"][s]["split"]["seed"] for s in ("0", "1", "2")] == [0, 1, 2]
     top1 = data["over_seeds"]["top1"]
-    assert top1["values"] == [data["seeds"][s]["top1"] for s in ("0", "1", "2")]
-    assert top1["min"] <= top1["mean"] <= top1["max"] and top1["sd"] >= 0
+    assert top1["values"] == {s: data["seeds"][s]["top1"] for s in ("0", "1", "2")}
+    assert top1["n"] == 3 and top1["min"] <= top1["mean"] <= top1["max"] and top1["sd"] >= 0
     assert (tmp_path / "report" / "seed-1" / "confusion.png").exists()
+
+
+def test_a_figure_missing_from_a_split_is_named_not_averaged_away() -> None:
+    from embedder.evaluate import over_seeds
+
+    calibrated = {"top1": 0.7, "confidence": {"ece_after": 0.04}}
+    summary = over_seeds({0: calibrated, 1: {"top1": 0.8}})
+    assert summary["top1"]["n"] == 2 and summary["top1"]["mean"] == pytest.approx(0.75)
+    after = summary["ece_after_calibration"]
+    assert after["values"] == {"0": 0.04, "1": None} and after["n"] == 1 and after["sd"] is None
 
 
 def test_several_seeds_need_one_source_to_split(
@@ -116,6 +126,9 @@ def test_several_seeds_need_one_source_to_split(
     with pytest.raises(SystemExit):
         run_eval("--references", images, "--queries", images, "--seed", "0", "1")
     assert "several --seed values split one source: give --data" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_eval("--data", images, "--seed", "0", "0")
+    assert "each seed once" in capsys.readouterr().err
 
 
 def test_references_and_queries_with_vote_flags(
