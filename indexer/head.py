@@ -5,7 +5,7 @@ references crowd around an image (the small look-alike categories, or any ArcFac
 a confident vote is not always a right one. A logistic regression over the reference vectors
 weighs the whole catalogue at once; its probability of the vote's answer, mapped through a
 monotone (isotonic) curve fitted on images the head never saw, is the confidence. On the
-clothing benchmark it gives ECE 0.040 and auto-accepts more than the vote's share
+clothing benchmark it gives ECE 0.039 and auto-accepts more than the vote's share
 (docs/benchmarks.md, "Confidence").
 
 The head never changes the answer: the kNN vote stays the classifier. It only speaks while
