@@ -544,6 +544,9 @@ class ConfidenceReport:
                     "examples": self.calibration.examples,
                     "temperature": self.calibration.temperature,
                     "unknown_below": self.calibration.unknown_below,
+                    "head_temperature": (
+                        self.calibration.head.temperature if self.calibration.head else None
+                    ),
                     "head_curve_knots": (
                         len(self.calibration.head.curve[0])
                         if self.calibration.head and self.calibration.head.curve
