@@ -96,7 +96,7 @@ def split_dataset(
     part_size = len(images) / FOLDS
     big = _big_groups(groups, max(1.0, max_group_share * part_size), 3 * part_size, seed)
     pool = [n for n, g in enumerate(groups) if g not in big]
-    # As many folds as keep val and test near part_size; with no big group, FOLDS as before.
+    # As many folds as keep val and test near part_size: FOLDS when no group is too big.
     n_splits = min(FOLDS, round(len(pool) / part_size))
     fold_of = [2] * len(images)  # big groups: train
     pool_folds = _stratified_group_folds(
