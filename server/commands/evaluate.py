@@ -53,7 +53,7 @@ examples:
   nearcat eval --references refs/ --queries queries/ --json eval.json
   nearcat eval --data ../shared/datasets/clothing/images.csv --path-template 'images/{}.jpg' \\
       --exclude-label 'Not sure' --exclude-label Other --exclude-label Skip \\
-      --group-column sender_id --holdout 4 --seed 0 --report reports/eval
+      --group-column sender_id --holdout 4 --seed 0 1 2 3 4 --report reports/eval
   nearcat eval --data photos/ --split val --model var/models/my-finetuned
   nearcat eval --zero-shot --data ../shared/datasets/clothing/images.csv \\
       --path-template 'images/{}.jpg' --exclude-label 'Not sure' --exclude-label Other \\
