@@ -930,10 +930,12 @@ def _with_zero_shot_head(config: ModelConfig, target: Path, meta: dict[str, str]
             try:
                 fresh = create_artifact(config, work / "artifact")
                 _, new = _read_artifact_config(fresh)
-                if new["version"] != meta["version"] or zero_shot_spec(fresh) is None:
+                if new["version"] != meta["version"]:
                     raise ArtifactError(
                         f"the rebuild has version {new['version']}, not {meta['version']}"
                     )
+                if zero_shot_spec(fresh) is None:
+                    raise ArtifactError("the rebuild has no zero-shot head either")
                 target.rename(work / "old")
                 fresh.rename(target)
                 return new
