@@ -82,15 +82,15 @@ class ConfidenceHead:
         self, vectors: np.ndarray, answers: Sequence[str | None], temperature: float = 1.0
     ) -> np.ndarray:
         """The head's probability of each answer at `temperature`; 0 for an unknown one."""
-        probabilities = _softmax(self.logits(vectors) / temperature)
+        probabilities = self.probabilities(vectors, temperature)
         column = self.column
         return np.array(
             [probabilities[row, column[a]] if a in column else 0.0 for row, a in enumerate(answers)]
         )
 
-    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
-        """Every category's probability, at temperature 1."""
-        return _softmax(self.logits(vectors))
+    def probabilities(self, vectors: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+        """Every category's probability, (n, categories)."""
+        return _softmax(self.logits(vectors) / temperature)
 
     def logits(self, vectors: np.ndarray) -> np.ndarray:
         """The linear scores, (n, categories)."""
