@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 ONNX_FILE = "model.onnx"
+TRAINING_FILE = "training.json"  # written by `nearcat train`: data, split, options, metrics
 ZERO_SHOT_FILE = "zeroshot.pt"
 ZERO_SHOT_KEY = "zero_shot"  # config.json: the head's kind, settings, file and sha256
 _ARTIFACT_KEYS = ("version", "weights_sha256", "weights_file")

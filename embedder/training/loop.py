@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from embedder.config import ModelConfig
 from embedder.datasets import LabeledImage
 from embedder.model import (
+    TRAINING_FILE,
     EmbeddingNetwork,
     build_network,
     load_network,
@@ -40,7 +41,6 @@ from embedder.training.loss import build_loss
 from embedder.training.options import TrainOptions
 from embedder.training.validation import SplitAccuracy, selection_score, split_accuracy
 
-TRAINING_FILE = "training.json"
 FEATURES_FILE = "features.pt"
 EMBED_BATCH = 128
 

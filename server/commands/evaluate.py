@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,16 @@ if TYPE_CHECKING:
     from embedder.datasets import LabeledImage
     from embedder.evaluate import Evaluation
     from indexer.vote import VoteConfig
+
+    # references, queries, parents, held-out categories, split summary, calibration images
+    Chosen = tuple[
+        list[LabeledImage],
+        list[LabeledImage],
+        dict[str, str | None],
+        list[str],
+        dict[str, Any] | None,
+        list[LabeledImage],
+    ]
 
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_MODELS_DIR = Path("var/models")
@@ -195,8 +206,8 @@ def run(args: argparse.Namespace) -> None:
     trained = trained_split(Path(model.path)) if args.data and model.path else None
     cache = EmbeddingCache()
     reports: dict[int, dict[str, Any]] = {}
-    for seed in args.seed:
-        references, queries, parents, held_out, split, calibration = choose_images(args, seed)
+    for seed, chosen in zip(args.seed, choose_images(args, args.seed), strict=True):
+        references, queries, parents, held_out, split, calibration = chosen
         if trained is not None and split is not None:
             check_split(trained, split, held_out)
         try:
@@ -245,7 +256,9 @@ def trained_split(model_dir: Path) -> TrainedSplit | None:
     """The split of a model trained by `nearcat train` (None for any other model): it may
     only be evaluated on that split, since on another some queries are images it trained on.
     A model trained before splits had fingerprints is refused: its split cannot be checked."""
-    record_file = model_dir / "training.json"
+    from embedder.model import TRAINING_FILE
+
+    record_file = model_dir / TRAINING_FILE
     if not record_file.exists():
         return None
     record = json.loads(record_file.read_text())
@@ -309,7 +322,7 @@ def run_zero_shot(args: argparse.Namespace) -> None:
     else:
         if len(args.seed) > 1:
             raise CommandError("--zero-shot takes one --seed")
-        references, queries, parents, _, split, _ = choose_images(args, args.seed[0])
+        references, queries, parents, _, split, _ = next(choose_images(args, args.seed))
         labels = sorted({i.category for i in [*references, *queries]})
     try:
         model = load_artifact(resolve_model(args.model, args.models_dir), runtime=args.runtime)
@@ -353,27 +366,21 @@ def vote_config(args: argparse.Namespace) -> VoteConfig:
     return vote
 
 
-def choose_images(
-    args: argparse.Namespace,
-    seed: int,
-) -> tuple[
-    list[LabeledImage],
-    list[LabeledImage],
-    dict[str, str | None],
-    list[str],
-    dict[str, Any] | None,
-    list[LabeledImage],
-]:
-    """(references, queries, parents, held-out categories, split summary, calibration images)
-    from the flags. Calibration is fitted on the validation part when the test part is
-    queried, else (no such part) by leave-one-out over the references."""
+def choose_images(args: argparse.Namespace, seeds: Sequence[int]) -> Iterator[Chosen]:
+    """For each seed: (references, queries, parents, held-out categories, split summary,
+    calibration images) from the flags, the sources read once. Calibration is fitted on the
+    validation part when the test part is queried, else (no such part) by leave-one-out over
+    the references."""
     from embedder.splits import split_dataset
 
     named = [c.strip() for c in (args.holdout_categories or "").split(",") if c.strip()]
-    if args.data is not None:
-        if args.references or args.queries:
-            raise CommandError("give either --data, or --references and --queries, not both")
-        dataset = load_source(args.data, args, "--data")
+    if args.data is None:
+        yield _two_sources(args, named)
+        return
+    if args.references or args.queries:
+        raise CommandError("give either --data, or --references and --queries, not both")
+    dataset = load_source(args.data, args, "--data")
+    for seed in seeds:
         try:
             split = split_dataset(
                 dataset.images,
@@ -388,9 +395,13 @@ def choose_images(
         summary["group_column"] = args.group_column
         summary["max_group_share"] = args.max_group_share
         if args.split == "test":
-            return split.train, split.test, dataset.parents, split.held_out, summary, split.val
-        return split.train, split.val, dataset.parents, split.held_out, summary, []
+            yield split.train, split.test, dataset.parents, split.held_out, summary, split.val
+        else:
+            yield split.train, split.val, dataset.parents, split.held_out, summary, []
 
+
+def _two_sources(args: argparse.Namespace, named: list[str]) -> Chosen:
+    """--references and --queries, as given."""
     if args.references is None or args.queries is None:
         raise CommandError("give --references SRC and --queries SRC, or --data SRC to split one")
     if args.holdout:

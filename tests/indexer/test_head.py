@@ -60,6 +60,20 @@ def nearest_centre(vectors: np.ndarray, labels: list[str], queries: np.ndarray) 
     return [names[i] for i in (queries @ means.T).argmax(axis=1)]
 
 
+def ece_raw_and_served(
+    head: ConfidenceHead,
+    references: tuple[np.ndarray, list[str]],
+    fresh: np.ndarray,
+    truth: list[str],
+) -> tuple[float, float]:
+    """ECE on fresh images of the head's raw probability and of its served confidence, for
+    the answers a nearest-centre vote gives them."""
+    answers = nearest_centre(*references, fresh)
+    right = [a == t for a, t in zip(answers, truth, strict=True)]
+    raw = head.raw_confidence(fresh, answers)
+    return ece(raw.tolist(), right), ece(head.confidence(fresh, answers).tolist(), right)
+
+
 def test_with_few_references_the_cross_fitted_temperature_calibrates() -> None:
     """Sixty references in 64 dimensions: the regularised head is far less sure than it may be
     of the vote's (nearly always right) answers. Too few for a curve, so the temperature,
@@ -67,12 +81,10 @@ def test_with_few_references_the_cross_fitted_temperature_calibrates() -> None:
     vectors, labels = clusters(15, noise=1.5, flip=0.0, seed=3, dim=64)
     head = cross_fitted_head(vectors, labels, nearest_centre(vectors, labels, vectors))
     assert head is not None and head.curve is None and head.temperature < 1.0
-    fresh, truth = clusters(300, noise=1.5, flip=0.0, seed=4, dim=64)
-    answers = nearest_centre(vectors, labels, fresh)
-    right = [a == t for a, t in zip(answers, truth, strict=True)]
-    plain = head.raw_confidence(fresh, answers)
-    fitted = head.confidence(fresh, answers)
-    assert ece(fitted.tolist(), right) < ece(plain.tolist(), right) - 0.05
+    raw, served = ece_raw_and_served(
+        head, (vectors, labels), *clusters(300, noise=1.5, flip=0.0, seed=4, dim=64)
+    )
+    assert served < raw - 0.05
 
 
 def test_with_enough_references_the_cross_fitted_curve_calibrates() -> None:
@@ -81,12 +93,10 @@ def test_with_enough_references_the_cross_fitted_curve_calibrates() -> None:
     vectors, labels = clusters(100, noise=1.0, flip=0.2, seed=12, dim=32)
     head = cross_fitted_head(vectors, labels, nearest_centre(vectors, labels, vectors))
     assert head is not None and head.curve is not None
-    fresh, truth = clusters(300, noise=1.0, flip=0.2, seed=13, dim=32)
-    answers = nearest_centre(vectors, labels, fresh)
-    right = [a == t for a, t in zip(answers, truth, strict=True)]
-    plain = head.raw_confidence(fresh, answers)
-    fitted = head.confidence(fresh, answers)
-    assert ece(fitted.tolist(), right) < ece(plain.tolist(), right) - 0.02
+    raw, served = ece_raw_and_served(
+        head, (vectors, labels), *clusters(300, noise=1.0, flip=0.2, seed=13, dim=32)
+    )
+    assert served < raw - 0.02
 
 
 def test_the_curve_is_monotone_and_never_certain() -> None:
