@@ -40,31 +40,31 @@ class Recalibrator:
     def _loop(self) -> None:
         seen: frozenset[str] | None = None
         since = time.monotonic()
-        failed_for: frozenset[str] | None = None  # do not retry a failed fit on the same set
+        # One refit per settled set of categories, whatever its outcome: a head can stay short
+        # of the set for good (a category known from text prompts alone has no references to
+        # fit on), and refitting again would only repeat a costly leave-one-out.
+        attempted: frozenset[str] | None = None
         while not self._stop.wait(self.poll_s):
             head = self.catalog.calibration.head
             if head is None:
                 continue  # never calibrated with a head: nothing to keep current
-            try:
-                current = frozenset(self.catalog.nameable_categories())
-            except NearcatError:
-                continue
+            current = frozenset(self.catalog.nameable_categories())
             if current != seen:
                 seen, since = current, time.monotonic()
                 continue
-            stale = not head.covers(current)
-            if stale and current != failed_for and time.monotonic() - since >= self.quiet_s:
-                failed_for = None if self._refit() else current
+            settled = time.monotonic() - since >= self.quiet_s
+            if settled and current != attempted and not head.covers(current):
+                attempted = current
+                self._refit()
 
-    def _refit(self) -> bool:
+    def _refit(self) -> None:
         group_by = self.catalog.calibration.extra.get("group_by")
         try:
             calibration = self.catalog.calibrate(group_by)
         except NearcatError as exc:
             log.warning("categories changed, but the calibration could not be refitted: %s", exc)
-            return False
+            return
         log.info(
             "categories changed: calibration refitted by itself (%d categories in the head)",
             len(calibration.head.categories) if calibration.head else 0,
         )
-        return True

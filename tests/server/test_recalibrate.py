@@ -1,0 +1,80 @@
+"""The recalibrator's schedule: when it refits, and that it does not refit for ever.
+
+The refit itself (leave-one-out over real references) is tested end to end in
+tests/integration/test_confidence.py; here a stand-in catalogue counts the refits.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from server.recalibrate import Recalibrator
+
+
+@dataclass
+class _Head:
+    categories: frozenset[str]
+
+    def covers(self, categories: frozenset[str]) -> bool:
+        return set(categories) == set(self.categories)
+
+
+@dataclass
+class _Calibration:
+    head: _Head | None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class _Catalog:
+    """Names `nameable`; a refit fits the head on the categories with references only."""
+
+    def __init__(self, with_references: set[str], prompt_only: set[str]) -> None:
+        self.with_references = with_references
+        self.prompt_only = prompt_only
+        self.calibration = _Calibration(_Head(frozenset({"old"})))
+        self.refits = 0
+
+    def nameable_categories(self) -> set[str]:
+        return self.with_references | self.prompt_only
+
+    def calibrate(self, group_by: str | None) -> _Calibration:
+        self.refits += 1
+        self.calibration = _Calibration(_Head(frozenset(self.with_references)))
+        return self.calibration
+
+
+def _run(catalog: _Catalog, seconds: float) -> None:
+    recalibrator = Recalibrator(catalog, quiet_s=0.05, poll_s=0.01).start()  # type: ignore[arg-type]
+    try:
+        time.sleep(seconds)
+    finally:
+        recalibrator.close()
+
+
+def test_a_changed_category_set_is_refitted_once_it_settles() -> None:
+    catalog = _Catalog({"shirts", "shoes"}, set())
+    _run(catalog, 0.5)
+    assert catalog.refits == 1
+    assert catalog.calibration.head is not None
+    assert catalog.calibration.head.covers(frozenset({"shirts", "shoes"}))
+
+
+def test_a_head_that_cannot_cover_the_set_is_not_refitted_again_and_again() -> None:
+    # A category known from its text prompts alone has no references, so no refit can put
+    # it in the head: one attempt per settled set, not one a second.
+    catalog = _Catalog({"shirts", "shoes"}, {"scarves"})
+    _run(catalog, 0.5)
+    assert catalog.refits == 1
+
+
+def test_a_new_set_after_a_refit_gets_its_own_refit() -> None:
+    catalog = _Catalog({"shirts", "shoes"}, {"scarves"})
+    recalibrator = Recalibrator(catalog, quiet_s=0.05, poll_s=0.01).start()  # type: ignore[arg-type]
+    try:
+        time.sleep(0.3)
+        catalog.with_references.add("hats")
+        time.sleep(0.3)
+    finally:
+        recalibrator.close()
+    assert catalog.refits == 2
