@@ -290,16 +290,28 @@ class Catalog:
         if not missing:
             return
         vectors = self.store.get_vectors(serving.version, missing)
-        unembedded = [i for i in missing if i not in vectors]
+        if vectors:
+            ids = list(vectors)
+            serving.index.add(ids, [stored[i] for i in ids], np.stack([vectors[i] for i in ids]))
+        unembedded = [(i, stored[i]) for i in missing if i not in vectors]
         for start in range(0, len(unembedded), EMBED_BATCH):
-            chunk = unembedded[start : start + EMBED_BATCH]
-            images = [self.store.get_image(i) or b"" for i in chunk]
-            embedded, _ = serving.embed(images, [f"stored reference {i}" for i in chunk])
-            new = dict(zip(chunk, embedded, strict=True))
-            self.store.put_vectors(serving.version, new)
-            vectors.update(new)
-        ids = list(vectors)
-        serving.index.add(ids, [stored[i] for i in ids], np.stack([vectors[i] for i in ids]))
+            self._embed_stored(serving, unembedded[start : start + EMBED_BATCH])
+
+    def _embed_stored(self, serving: Serving, references: Sequence[tuple[str, str]]) -> int:
+        """Embed stored references (id, category) from their stored images, store the vectors
+        and index them; returns how many. One removed meanwhile (its image gone) is skipped:
+        a reindex runs beside live writes and must not fail on a deletion."""
+        images = {i: self.store.get_image(i) for i, _ in references}
+        present = [(i, category) for i, category in references if images[i] is not None]
+        if not present:
+            return 0
+        ids = [i for i, _ in present]
+        vectors, _ = serving.embed(
+            [images[i] or b"" for i in ids], [f"stored reference {i}" for i in ids]
+        )
+        self.store.put_vectors(serving.version, dict(zip(ids, vectors, strict=True)))
+        serving.index.add(ids, [category for _, category in present], vectors)
+        return len(ids)
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -364,11 +376,7 @@ class Catalog:
             if stop is not None and stop.is_set():
                 break
             chunk = missing[start : start + batch_size]
-            images = [self.store.get_image(ref.id) or b"" for ref in chunk]
-            vectors, _ = serving.embed(images, [f"stored reference {r.id}" for r in chunk])
-            self.store.put_vectors(version, {r.id: v for r, v in zip(chunk, vectors, strict=True)})
-            serving.index.add([r.id for r in chunk], [r.category for r in chunk], vectors)
-            embedded += len(chunk)
+            embedded += self._embed_stored(serving, [(r.id, r.category) for r in chunk])
             if on_progress is not None:
                 on_progress(len(ids) + embedded, total)
         return len(ids), embedded

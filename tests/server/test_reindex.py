@@ -225,3 +225,27 @@ def test_switch_brings_the_new_index_level_with_the_store(
         1,
     )
     assert hits[0].reference_id == added.references[0].reference_id
+
+
+def test_a_reference_removed_while_the_new_index_fills_is_skipped(
+    catalog: Catalog, store: Store, second_model: Path
+) -> None:
+    """A merchandiser may delete while a reindex runs: the fill skips what is gone."""
+    pending = catalog.new_serving(*open_model(second_model))
+    victim = catalog.references("dots")[0].id
+
+    def remove_victim_once(done: int, total: int) -> None:
+        if victim in store.all_references():
+            catalog.remove_references([victim])
+
+    catalog.begin_reindex(pending)
+    try:
+        loaded, embedded = catalog.fill(pending, remove_victim_once, batch_size=5)
+        held = pending.index.reference_ids()
+    finally:
+        catalog.end_reindex()
+        pending.close()
+    assert (loaded, embedded) == (0, len(store.all_references()))
+    assert victim not in held
+    assert held == set(store.all_references())
+    assert store.get_vectors(pending.version, [victim]) == {}
