@@ -172,6 +172,8 @@ def _big_groups(groups: Sequence[str], limit: float, keep: float, seed: int) -> 
 
 
 def _held_out(images: Sequence[LabeledImage], holdout: int | Sequence[str], seed: int) -> list[str]:
+    if holdout == 0:  # nothing to pick from, so no category needs enough images
+        return []
     counts = Counter(i.category for i in images)
     if isinstance(holdout, int):
         # Only categories with enough images to be measured are eligible.

@@ -94,3 +94,10 @@ def test_another_seed_gives_another_split() -> None:
     assert len(shared) < 0.6 * len(first.test)  # by chance alone about a seventh is shared
     per_category = Counter(i.category for i in second.test)
     assert max(per_category.values()) - min(per_category.values()) <= 5  # still stratified
+
+
+def test_holding_out_nothing_needs_no_category_big_enough_to_hold_out() -> None:
+    data = images(groups=10)  # about 8 images per category: too few to measure held out
+    assert split_dataset(data, seed=0, holdout=0).held_out == []
+    with pytest.raises(ValueError, match="cannot hold out 1 of 0 categories"):
+        split_dataset(data, seed=0, holdout=1)
