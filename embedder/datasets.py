@@ -125,7 +125,8 @@ def load_csv(
                 if missing <= 5:
                     dataset.problems.append(f"{path} (row for {label!r}) does not exist; skipped")
                 continue
-            group = row[group_column] if group_column else None
+            # A blank cell is no group, not one group "" of every ungrouped image.
+            group = ((row[group_column] or "").strip() or None) if group_column else None
             dataset.images.append(LabeledImage(path, label, group))
             dataset.parents.setdefault(label, None)
     if missing > 5:

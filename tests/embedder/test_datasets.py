@@ -66,6 +66,17 @@ def test_csv_with_template_group_exclusions_and_missing_files(tmp_path: Path) ->
     assert any("c.jpg" in p and "does not exist" in p for p in dataset.problems)
 
 
+def test_a_blank_group_cell_leaves_the_image_ungrouped(tmp_path: Path) -> None:
+    """Not one group "" that would keep every ungrouped image on one side of a split."""
+    for name in "abcd":
+        touch(tmp_path / f"{name}.jpg")
+    (tmp_path / "data.csv").write_text(
+        "image,label,sender_id\na.jpg,Hat,\nb.jpg,Hat,  \nc.jpg,Hat\nd.jpg,Hat, s1 \n"
+    )
+    dataset = load_csv(tmp_path / "data.csv", group_column="sender_id")
+    assert [i.group for i in dataset.images] == [None, None, None, "s1"]
+
+
 def test_csv_column_errors_name_the_columns(tmp_path: Path) -> None:
     (tmp_path / "data.csv").write_text("file,class\n")
     with pytest.raises(ValueError, match="no column 'image'; its columns are file, class"):
