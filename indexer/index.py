@@ -29,6 +29,10 @@ class Hit:
     similarity: float
 
 
+# FAISS warns below 39 training points per IVF list.
+MIN_TRAIN_PER_LIST = 39
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """Which FAISS index serves searches.
@@ -49,18 +53,25 @@ class IndexConfig:
             raise ValueError(f"index kind must be auto, flat or ivf, not {self.kind!r}")
 
     def kind_for(self, size: int) -> str:
+        """The kind that serves `size` vectors. IVF lists are trained on the vectors, so
+        fewer than MIN_TRAIN_PER_LIST are served flat whatever the configured kind."""
+        if size < MIN_TRAIN_PER_LIST:
+            return "flat"
         if self.kind != "auto":
             return self.kind
         return "ivf" if size >= self.ivf_threshold else "flat"
 
 
-# FAISS warns below 39 training points per IVF list.
-MIN_TRAIN_PER_LIST = 39
-
-
 def make_faiss_index(dim: int, config: IndexConfig, training: np.ndarray) -> faiss.Index:
     """An empty id-mapped inner-product index; IVF is trained on `training`."""
     if config.kind_for(len(training)) == "flat":
+        if config.kind == "ivf":
+            log.info(
+                "flat index: %d vectors are too few to train IVF lists on (%d needed); "
+                "IVF once the index is rebuilt with more",
+                len(training),
+                MIN_TRAIN_PER_LIST,
+            )
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     nlist = config.nlist or int(np.sqrt(len(training)))
     nlist = max(1, min(nlist, len(training) // MIN_TRAIN_PER_LIST))

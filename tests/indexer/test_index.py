@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,15 @@ def test_ivf_adds_and_removes_stay_live() -> None:
 def test_unknown_index_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="auto, flat or ivf"):
         IndexConfig(kind="hnsw")
+
+
+@pytest.mark.parametrize("size", [0, 10])
+def test_ivf_with_too_few_vectors_to_train_on_is_flat(
+    size: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="indexer.index")
+    vectors = clustered(size, 8, clusters=2)
+    ids = [reference_id("c", str(i)) for i in range(size)]
+    index = VectorIndex.build(8, ids, ["c"] * size, vectors, IndexConfig("ivf"), use_gpu=False)
+    assert (index.kind, len(index)) == ("flat", size)
+    assert "too few to train IVF" in caplog.text
