@@ -146,21 +146,24 @@ class VectorIndex:
     def add(
         self, reference_ids: Sequence[str], categories: Sequence[str], vectors: np.ndarray
     ) -> None:
+        """Add the references not held yet; of an id given twice, the first is kept (FAISS
+        itself would hold both, and search would return the reference twice)."""
         if len(reference_ids) == 0:
             return
         ids = np.array([faiss_id(r) for r in reference_ids], dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
         with self._lock:
-            fresh = np.array([i not in self._category_of for i in ids])
+            first: dict[int, int] = {}
+            for row, i in enumerate(ids.tolist()):
+                first.setdefault(i, row)
+            fresh = [row for i, row in first.items() if i not in self._category_of]
             ids, vectors = ids[fresh], vectors[fresh]
             self._index.add_with_ids(vectors, ids)
             if self._gpu_index is not None:
                 self._gpu_index.add_with_ids(vectors, ids)
-            for i, category in zip(
-                ids.tolist(), np.asarray(categories)[fresh].tolist(), strict=True
-            ):
-                self._category_of[i] = category
-                self._counts[category] += 1
+            for i, row in zip(ids.tolist(), fresh, strict=True):
+                self._category_of[i] = categories[row]
+                self._counts[categories[row]] += 1
 
     def remove(self, reference_ids: Sequence[str]) -> None:
         ids = np.array([faiss_id(r) for r in reference_ids], dtype=np.int64)

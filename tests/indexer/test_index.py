@@ -52,6 +52,16 @@ def test_adds_and_removes_are_live_and_adding_twice_is_harmless() -> None:
     assert hit.reference_id == a
 
 
+def test_an_id_given_twice_in_one_add_is_held_once() -> None:
+    index = VectorIndex(4, use_gpu=False)
+    a = reference_id("x", "a")
+    index.add([a, a], ["x", "y"], unit(np.array([[1, 0, 0, 0], [0, 1, 0, 0]], float)))
+    assert (len(index), index.count("x"), index.count("y")) == (1, 1, 0)
+    [[hit]] = index.search(unit(np.array([[1, 1, 0, 0]], float)), k=5)
+    assert (hit.reference_id, hit.category) == (a, "x")
+    np.testing.assert_allclose(hit.similarity, np.sqrt(0.5), rtol=1e-5)
+
+
 def test_search_on_an_empty_index_returns_no_hits() -> None:
     assert VectorIndex(4, use_gpu=False).search(np.ones((2, 4), np.float32), k=3) == [[], []]
 
