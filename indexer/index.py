@@ -16,6 +16,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+from faiss.contrib.inspect_tools import get_invlist
 
 from indexer.ids import faiss_id, reference_id_of_faiss
 
@@ -39,8 +40,9 @@ class IndexConfig:
 
     Flat scans every vector: exact, and fast enough up to about a hundred thousand. IVF
     clusters the vectors into `nlist` lists and scans only the `nprobe` nearest lists, for
-    larger sets. The kind is chosen when the index is built from the store (at start-up): a
-    set that grows past the threshold while serving switches at the next start.
+    larger sets. The kind is chosen when the index is built from the store (at start-up) and
+    when a reindex has filled its new index (`VectorIndex.resized`): a set that grows past
+    the threshold while serving switches at the next start or reindex.
     """
 
     kind: str = "auto"  # auto | flat | ivf
@@ -139,6 +141,37 @@ class VectorIndex:
         index.add(reference_ids, categories, vectors)
         log.info("%s index built over %d vectors", index.kind, len(index))
         return index
+
+    def resized(self) -> VectorIndex:
+        """A new index of the kind this one's size calls for, built from its vectors with the
+        same config and GPU use; itself when it is that kind already. The kind is chosen at
+        build time, so an index filled by adds (a reindex's starts from no vectors) stays
+        flat however large it grows until resized. The new index holds what this one held
+        at the call: adds and removes made meanwhile must be made again on it."""
+        with self._lock:
+            if self.config.kind_for(len(self)) == self.kind:
+                return self
+            ids, vectors = self._contents()
+            categories = [self._category_of[i] for i in ids.tolist()]
+        return VectorIndex.build(
+            self.dim,
+            [reference_id_of_faiss(i) for i in ids.tolist()],
+            categories,
+            vectors,
+            self.config,
+            use_gpu=self._gpu_resources is not None,
+        )
+
+    def _contents(self) -> tuple[np.ndarray, np.ndarray]:
+        """The FAISS ids held and their vectors, read back from the CPU index."""
+        if isinstance(self._index, faiss.IndexIDMap2):
+            ids = faiss.vector_to_array(self._index.id_map)
+            return ids, self._index.index.reconstruct_n(0, len(ids))
+        ivf = faiss.extract_index_ivf(self._index)
+        lists = [get_invlist(ivf.invlists, n) for n in range(ivf.nlist)]
+        ids = np.concatenate([i for i, _ in lists])
+        codes = np.concatenate([c for _, c in lists])  # IVFFlat codes are the float32 vectors
+        return ids, codes.view(np.float32).reshape(len(ids), self.dim)
 
     def __len__(self) -> int:
         return int(self._index.ntotal)

@@ -119,3 +119,31 @@ def test_ivf_with_too_few_vectors_to_train_on_is_flat(
     index = VectorIndex.build(8, ids, ["c"] * size, vectors, IndexConfig("ivf"), use_gpu=False)
     assert (index.kind, len(index)) == ("flat", size)
     assert "too few to train IVF" in caplog.text
+
+
+def test_an_index_filled_by_adds_is_resized_to_the_kind_its_size_calls_for() -> None:
+    vectors = clustered(2000, 16, clusters=10)
+    ids = [reference_id("c", str(i)) for i in range(2000)]
+    categories = [f"cat{i % 3}" for i in range(2000)]
+    config = IndexConfig(kind="auto", ivf_threshold=1000)
+    filled = VectorIndex(16, config, use_gpu=False)  # as a reindex's fill starts: empty
+    filled.add(ids, categories, vectors)
+    assert filled.kind == "flat"
+    ivf = filled.resized()
+    assert (ivf.kind, len(ivf), ivf.config) == ("ivf", 2000, config)
+    assert {c: ivf.count(c) for c in ivf.categories()} == {
+        c: filled.count(c) for c in filled.categories()
+    }
+    assert ivf.resized() is ivf
+    queries = vectors[:20]
+    assert [h[0].reference_id for h in ivf.search(queries, 1)] == ids[:20]
+    assert [h[0].category for h in ivf.search(queries, 1)] == categories[:20]
+
+    ivf.remove(ids[100:])  # shrunk below the threshold: flat again, with the same vectors
+    flat = ivf.resized()
+    assert (flat.kind, len(flat)) == ("flat", 100)
+    expected = np.argsort(-(queries @ vectors[:100].T), axis=1)[:, :5]
+    for row, want in zip(flat.search(queries, 5), expected, strict=True):
+        assert [(h.reference_id, h.category) for h in row] == [
+            (ids[i], categories[i]) for i in want
+        ]
