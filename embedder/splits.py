@@ -44,8 +44,8 @@ class Split:
         return [i for i in self.train if i.category not in held_out]
 
     def fingerprint(self) -> str:
-        """Which image (by category and file name) is in which part: equal fingerprints mean
-        the same split, whatever flags or paths made it."""
+        """Which image (by category and file name) is in which part, whatever flags or paths
+        made it. Not which categories are held out: compare `held_out` for that."""
         digest = hashlib.sha256()
         for name, part in (("train", self.train), ("val", self.val), ("test", self.test)):
             for entry in sorted(f"{name}/{i.category}/{i.path.name}" for i in part):

@@ -85,6 +85,15 @@ def train(
             "(other data, labels left out, --seed, --group-column or --max-group-share); "
             "split as it did, or delete the directory to start over"
         )
+    held_out = sorted(data.held_out)  # the fingerprint covers the parts, not this choice
+    # (a checkpoint written before held_out was recorded cannot tell: it resumes as before)
+    if state is not None and state.get("held_out", held_out) != held_out:
+        before, now = (", ".join(c) or "nothing" for c in (state["held_out"], held_out))
+        raise ValueError(
+            f"cannot resume {work_dir}: the interrupted run held out {before}, this one {now} "
+            "(--holdout, --holdout-categories or --seed); hold out the same, or delete the "
+            "directory to start over"
+        )
     if state is not None and state["options"] != options.to_dict():
         changed = sorted(k for k, v in options.to_dict().items() if state["options"].get(k) != v)
         raise ValueError(
@@ -149,6 +158,7 @@ def train(
         state = {
             "options": options.to_dict(),
             "split": fingerprint,
+            "held_out": held_out,
             "epoch": 0,
             "history": [],
             "baseline_val": baseline_val.to_dict(),

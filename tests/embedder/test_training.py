@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,10 @@ def test_a_killed_run_resumes_after_its_last_finished_epoch(
     changed = TrainOptions(base=str(tiny_base), embedding_dim=16, epochs=4, **FAST)
     with pytest.raises(ValueError, match="epochs"):
         train(tiny_split, changed, out, work_dir=work, resume=True, log=lambda line: None)
+    # Same parts (and fingerprint), another category held out: another run.
+    other_held_out = replace(tiny_split, held_out=["checkers"])
+    with pytest.raises(ValueError, match="held out dots, this one checkers"):
+        train(other_held_out, options, out, work_dir=work, resume=True, log=lambda line: None)
 
     lines: list[str] = []
     result = train(tiny_split, options, out, work_dir=work, resume=True, log=lines.append)
