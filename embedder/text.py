@@ -242,10 +242,13 @@ class ClipTextTower:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         cleaned = check_texts(texts)
+        # The network is the served one, which may sit on a GPU: tokens go to it, vectors back.
+        device = next(self._clip.parameters()).device
         with torch.inference_mode():
-            vectors = self._clip.encode_text(self._tokenizer(cleaned))  # type: ignore[operator]
+            tokens = self._tokenizer(cleaned).to(device)
+            vectors = self._clip.encode_text(tokens)  # type: ignore[operator]
             vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
-        return np.asarray(vectors.numpy(), dtype=np.float32)
+        return np.asarray(vectors.cpu().numpy(), dtype=np.float32)
 
     def image_queries(self, text_vectors: np.ndarray) -> np.ndarray | None:
         return np.asarray(text_vectors, dtype=np.float32) if self._same_space else None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import open_clip
@@ -16,6 +18,7 @@ from embedder import ModelConfig, PreprocessConfig, create_artifact, load_artifa
 from embedder.export import export_artifact, generated_images
 from embedder.model import ZERO_SHOT_FILE, Embedder, load_network, write_artifact
 from embedder.text import (
+    ClipTextTower,
     ImageNetConseTower,
     SentenceEncoder,
     class_weights,
@@ -232,3 +235,26 @@ def test_clip_text_tower_shares_the_image_space(tmp_path: Path, projection_dim: 
             assert queries is not None and np.allclose(queries, texts)
         else:
             assert queries is None
+
+
+class _ClipElsewhere(torch.nn.Module):
+    """A CLIP whose weights are on another device than the CPU ("meta" stands in for a GPU):
+    it takes tokens only there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(4, device="meta"))
+        self.logit_scale = torch.tensor(math.log(100.0))
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        assert tokens.device == self.weight.device, f"tokens on {tokens.device}"
+        return torch.ones(len(tokens), 4)
+
+
+def test_clip_text_tower_sends_the_tokens_to_the_network_s_device() -> None:
+    """The served network may be on a GPU while the tokenizer makes CPU tensors."""
+    served = SimpleNamespace(
+        semantic_dim=4, version="v", config=SimpleNamespace(projection_dim=None)
+    )
+    tower = ClipTextTower(served, _ClipElsewhere(), TINY_CLIP_ARCH)  # type: ignore[arg-type]
+    np.testing.assert_allclose(tower.encode(["a red shirt"]), [[0.5] * 4])
