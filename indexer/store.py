@@ -129,13 +129,36 @@ class Store:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _transaction(self, body: Callable[[Any], T], *watch: str) -> T:
-        """Run body(pipe) under WATCH until it commits; body calls pipe.multi() before writing."""
-        try:
-            result: T = self._redis.transaction(body, *watch, value_from_callable=True)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise Unavailable(f"the store is unreachable ({exc}); retry shortly") from exc
-        return result
+    def _transaction(self, body: Callable[[Any], T], watch: Sequence[str], if_applied: str) -> T:
+        """Run body(pipe) under WATCH and commit it; body calls pipe.multi() before writing.
+
+        Only a conflict (a watched key changed, so EXEC wrote nothing) runs body again.
+        redis-py's `transaction()` also reruns it after a connection lost during EXEC, which
+        it reports as a WatchError too; the rerun then sees this call's own write, if it was
+        applied, and fails. Here that is Unavailable, saying (`if_applied`) what a retry of
+        the call answers when it was."""
+        with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(*watch)
+                    result = body(pipe)
+                except (redis.WatchError, redis.ConnectionError, redis.TimeoutError) as exc:
+                    raise Unavailable(
+                        f"the store is unreachable ({_connection_error(exc) or exc}); "
+                        "nothing was written; retry shortly"
+                    ) from exc
+                try:
+                    pipe.execute()
+                except (redis.WatchError, redis.ConnectionError, redis.TimeoutError) as exc:
+                    lost = _connection_error(exc)
+                    if lost is None:
+                        continue
+                    raise Unavailable(
+                        f"the connection to the store was lost before it confirmed the write "
+                        f"({lost}): it may or may not have been applied. Retrying is safe: "
+                        f"{if_applied}"
+                    ) from exc
+                return result
 
     def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -390,7 +413,9 @@ class Store:
             category = Category(name, parent, dict(metadata), created, len(new), list(prompts))
             return category, duplicate
 
-        return self._transaction(body, *watch)
+        return self._transaction(
+            body, watch, f"if it was, the retry fails with AlreadyExists (category {name!r})"
+        )
 
     def add_references(
         self, category: str, references: Sequence[NewReference], model_version: str
@@ -419,7 +444,9 @@ class Store:
                 )
             return duplicate
 
-        return self._transaction(body, *watch)
+        return self._transaction(
+            body, watch, "if it was, the retry reports these references as duplicates"
+        )
 
     def remove_references(self, reference_ids: Sequence[str]) -> list[Reference]:
         """Remove references atomically; any unknown id fails the whole call."""
@@ -441,7 +468,9 @@ class Store:
             self._log_change(pipe, "remove_references", references=",".join(unique_ids))
             return removed
 
-        return self._transaction(body, *watch)
+        return self._transaction(
+            body, watch, "if it was, the retry fails with NotFound for these references"
+        )
 
     def delete_category(self, name: str) -> list[Reference]:
         """Delete a leaf category and all its references; returns the references removed."""
@@ -470,7 +499,9 @@ class Store:
             self._log_change(pipe, "delete_category", category=name, references=",".join(ids))
             return removed
 
-        return self._transaction(body, *watch)
+        return self._transaction(
+            body, watch, f"if it was, the retry fails with NotFound (category {name!r})"
+        )
 
     def _delete_references(
         self, pipe: Any, references: Sequence[Reference], versions: Sequence[str]
@@ -496,6 +527,15 @@ def split_duplicates(
             new.append(ref)
             seen.add(ref.id)
     return new, duplicate
+
+
+def _connection_error(exc: BaseException) -> BaseException | None:
+    """The lost connection or timeout behind exc; None for a watched key that changed,
+    which redis-py also reports as a WatchError."""
+    for error in (exc, exc.__context__):
+        if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+            return error
+    return None
 
 
 def _reference_from_hash(fields: dict[bytes, bytes]) -> Reference:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
-from indexer.errors import AlreadyExists, FailedPrecondition, NotFound
+from indexer.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from indexer.ids import image_sha256, reference_id
 from indexer.store import NewReference, Store
 
@@ -141,3 +147,113 @@ def test_concurrent_adds_keep_exact_counts(store: Store) -> None:
     for t in threads:
         t.join()
     assert store.get_category("Shoes").reference_count == 40  # type: ignore[union-attr]
+
+
+class ExecReplyDropper:
+    """A TCP proxy to the test Valkey that, once armed, passes the next EXEC on and hangs up
+    instead of passing its reply back: the write is applied, the writer never hears so."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self.armed = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream = socket.socket(socket.AF_UNIX)
+        upstream.connect(self.socket_path)
+        exec_sent = False
+        with client, upstream:
+            while True:
+                readable, _, _ = select.select([client, upstream], [], [])
+                if client in readable:
+                    data = client.recv(65536)
+                    if not data:
+                        return
+                    upstream.sendall(data)
+                    if self.armed.is_set() and b"$4\r\nEXEC\r\n" in data:
+                        self.armed.clear()
+                        exec_sent = True
+                if upstream in readable:
+                    data = upstream.recv(65536)
+                    if not data or exec_sent:  # the reply to EXEC: hang up instead
+                        return
+                    client.sendall(data)
+
+
+@pytest.fixture
+def lossy(valkey: redis.Redis, store: Store) -> Iterator[tuple[Store, ExecReplyDropper]]:
+    """`store`'s keys reached through an ExecReplyDropper, with nearcat's retry policy."""
+    proxy = ExecReplyDropper(valkey.connection_pool.connection_kwargs["path"])
+    client = redis.Redis(
+        port=proxy.port,
+        socket_timeout=10.0,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+    )
+    yield Store(client, prefix=store._prefix), proxy
+    client.close()
+    proxy.close()
+
+
+def test_a_lost_reply_to_create_category_is_unavailable_and_its_retry_already_exists(
+    store: Store, lossy: tuple[Store, ExecReplyDropper]
+) -> None:
+    through_proxy, proxy = lossy
+    ref = new_ref("Shoes", b"a")
+    proxy.armed.set()
+    with pytest.raises(Unavailable, match="may or may not have been applied.*AlreadyExists"):
+        through_proxy.create_category("Shoes", None, {}, [ref], VERSION)
+    assert store.reference_ids("Shoes") == [ref.id]  # it was applied
+    with pytest.raises(AlreadyExists):
+        through_proxy.create_category("Shoes", None, {}, [ref], VERSION)
+
+
+def test_a_lost_reply_to_remove_references_is_unavailable_and_its_retry_not_found(
+    store: Store, lossy: tuple[Store, ExecReplyDropper]
+) -> None:
+    through_proxy, proxy = lossy
+    ref = new_ref("Shoes", b"a")
+    store.create_category("Shoes", None, {}, [ref], VERSION)
+    proxy.armed.set()
+    with pytest.raises(Unavailable, match="may or may not have been applied.*NotFound"):
+        through_proxy.remove_references([ref.id])
+    assert store.reference_ids("Shoes") == []  # it was applied
+    with pytest.raises(NotFound):
+        through_proxy.remove_references([ref.id])
+
+
+def test_a_write_that_loses_a_race_runs_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two adds of the same image at once: the one whose EXEC comes second wrote nothing,
+    runs again, and reports the image as a duplicate."""
+    store.create_category("Shoes", None, {}, [], VERSION)
+    ref = new_ref("Shoes", b"a")
+    write = store._write_references
+    calls = []
+
+    def racing_write(*args: object) -> None:
+        calls.append(args)
+        if len(calls) == 1:  # between this add's WATCH and its EXEC
+            assert Store(store._redis, store._prefix).add_references("Shoes", [ref], VERSION) == [
+                False
+            ]
+        write(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_write_references", racing_write)
+    assert store.add_references("Shoes", [ref], VERSION) == [True]
+    assert len(calls) == 2
+    assert store.reference_ids("Shoes") == [ref.id]
