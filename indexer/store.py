@@ -39,6 +39,24 @@ T = TypeVar("T")
 
 CHANGE_STREAM_MAXLEN = 1_000_000
 
+# put_vectors in one step, so that no removal can come between the check and the write.
+# KEYS: the version's vector hash, vector_versions, then each reference's hash.
+# ARGV: the version, then each reference's id and vector, in the order of KEYS.
+PUT_VECTORS_SCRIPT = """
+local stored = {}
+for k = 3, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 1 then
+    local id = ARGV[2 * k - 4]
+    redis.call('HSET', KEYS[1], id, ARGV[2 * k - 3])
+    table.insert(stored, id)
+  end
+end
+if #stored > 0 then
+  redis.call('SADD', KEYS[2], ARGV[1])
+end
+return stored
+"""
+
 
 @dataclass(frozen=True)
 class Category:
@@ -103,6 +121,7 @@ class Store:
         # synchronous without decode_responses, so every reply is bytes.
         self._redis: Any = client
         self._prefix = prefix
+        self._put_vectors_script = client.register_script(PUT_VECTORS_SCRIPT)
 
     # -- key names -----------------------------------------------------------------------
 
@@ -339,19 +358,23 @@ class Store:
         missing = [i for batch in self.iter_vectors(model_version) for i in batch.missing_ids]
         return [r for r in self.get_references(missing) if r is not None]
 
-    def put_vectors(self, model_version: str, vectors: dict[str, np.ndarray]) -> None:
-        """Store vectors for existing references (re-embedding for a new model version)."""
+    def put_vectors(self, model_version: str, vectors: dict[str, np.ndarray]) -> list[str]:
+        """Store vectors for existing references (re-embedding for a new model version);
+        returns the ids stored. A reference removed meanwhile gets none: its vector would be
+        left behind, as no removal will come for it again."""
         if not vectors:
-            return
-        mapping = {i: np.asarray(v, dtype="<f4").tobytes() for i, v in vectors.items()}
-
-        def write() -> None:
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.hset(self._vectors_key(model_version), mapping=mapping)
-            pipe.sadd(self._key("vector_versions"), model_version)
-            pipe.execute()
-
-        self._call(write)
+            return []
+        ids = list(vectors)
+        keys = [
+            self._vectors_key(model_version),
+            self._key("vector_versions"),
+            *(self._ref_key(i) for i in ids),
+        ]
+        args: list[str | bytes] = [model_version]
+        for i in ids:
+            args += [i, np.asarray(vectors[i], dtype="<f4").tobytes()]
+        stored = self._call(lambda: self._put_vectors_script(keys=keys, args=args))
+        return [i.decode() for i in stored]
 
     def get_calibration(self, model_version: str) -> dict[str, Any] | None:
         data = self._call(lambda: self._redis.get(self._key("calibration", model_version)))
@@ -451,7 +474,8 @@ class Store:
     def remove_references(self, reference_ids: Sequence[str]) -> list[Reference]:
         """Remove references atomically; any unknown id fails the whole call."""
         unique_ids = list(dict.fromkeys(reference_ids))
-        watch = [self._ref_key(i) for i in unique_ids]
+        # vector_versions: a version first stored meanwhile must lose these references too.
+        watch = [self._key("vector_versions"), *(self._ref_key(i) for i in unique_ids)]
 
         def body(pipe: Any) -> list[Reference]:
             found = [pipe.hgetall(self._ref_key(i)) for i in unique_ids]
@@ -474,7 +498,12 @@ class Store:
 
     def delete_category(self, name: str) -> list[Reference]:
         """Delete a leaf category and all its references; returns the references removed."""
-        watch = [self._category_key(name), self._refs_key(name), self._children_key(name)]
+        watch = [
+            self._category_key(name),
+            self._refs_key(name),
+            self._children_key(name),
+            self._key("vector_versions"),
+        ]
 
         def body(pipe: Any) -> list[Reference]:
             fields = pipe.hgetall(self._category_key(name))

@@ -257,3 +257,38 @@ def test_a_write_that_loses_a_race_runs_again(
     assert store.add_references("Shoes", [ref], VERSION) == [True]
     assert len(calls) == 2
     assert store.reference_ids("Shoes") == [ref.id]
+
+
+def test_put_vectors_skips_a_removed_reference(store: Store) -> None:
+    refs = [new_ref("Shoes", b"a"), new_ref("Shoes", b"b")]
+    store.create_category("Shoes", None, {}, refs, VERSION)
+    store.remove_references([refs[0].id])
+    vectors = {r.id: np.ones(4, np.float32) for r in refs}
+    stored = store.put_vectors("model-b", vectors)
+    assert store.get_vectors("model-b", [r.id for r in refs]).keys() == {refs[1].id}
+    assert stored == [refs[1].id]
+    assert store.put_vectors("model-b", {refs[0].id: np.ones(4, np.float32)}) == []
+
+
+@pytest.mark.parametrize("removal", ["remove_references", "delete_category"])
+def test_a_removal_also_removes_vectors_of_a_version_stored_meanwhile(
+    store: Store, monkeypatch: pytest.MonkeyPatch, removal: str
+) -> None:
+    ref = new_ref("Shoes", b"a")
+    store.create_category("Shoes", None, {}, [ref], VERSION)
+    delete = store._delete_references
+    calls = []
+
+    def racing_delete(*args: object) -> None:
+        calls.append(args)
+        if len(calls) == 1:  # a reindex to model-b stores its first vector meanwhile
+            Store(store._redis, store._prefix).put_vectors("model-b", {ref.id: np.ones(4)})
+        delete(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_delete_references", racing_delete)
+    if removal == "remove_references":
+        store.remove_references([ref.id])
+    else:
+        store.delete_category("Shoes")
+    assert store.get_vectors("model-b", [ref.id]) == {}
+    assert len(calls) == 2
