@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent import futures
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,13 @@ def open_store(settings: Settings) -> StoreHandle:
             socket_connect_timeout=3.0,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         )
-        client.ping()
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise StoreUnreachable(
+                f"cannot reach the store at {settings.redis_url}: {exc}; check the URL and that "
+                "the server is up, or leave --redis-url out to use the embedded one"
+            ) from exc
         warn_if_not_durable(client)
         return StoreHandle(client, settings.redis_url, client.close)
     embedded = EmbeddedValkey(settings.data_dir)
@@ -76,8 +83,20 @@ def open_store(settings: Settings) -> StoreHandle:
     return StoreHandle(client, f"embedded Valkey in {embedded.store_dir}", embedded.stop)
 
 
+class StoreUnreachable(ConnectionError):
+    """--redis-url does not answer at start-up."""
+
+
 def warn_if_not_durable(client: redis.Redis) -> None:
-    config = client.config_get("append*")
+    try:
+        config = client.config_get("append*")
+    except redis.ResponseError as exc:  # managed services and ACLs often refuse CONFIG
+        log.warning(
+            "cannot check the external store's durability (CONFIG GET refused: %s); make sure "
+            "it runs with appendonly yes and appendfsync always",
+            exc,
+        )
+        return
     if config.get("appendonly") != "yes" or config.get("appendfsync") != "always":
         log.warning(
             "the external store runs with appendonly=%s appendfsync=%s: acknowledged writes "
@@ -222,6 +241,7 @@ class RunningServer:
         metrics: Metrics | None = None,
         tokens: TokenTable | None = None,
         reindexer: Reindexer | None = None,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.metrics = metrics or Metrics(DriftMonitor(settings.drift_window))
         self.health = health.HealthServicer()
@@ -231,6 +251,9 @@ class RunningServer:
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
+                # gRPC shares a port with another process by default (SO_REUSEPORT), so a
+                # second server on a busy port would start and silently take half its calls.
+                ("grpc.so_reuseport", 0),
             ],
         )
         pb_grpc.add_NearcatServicer_to_server(NearcatServicer(catalog, reindexer), self.server)
@@ -239,15 +262,16 @@ class RunningServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         address = f"{settings.host}:{settings.port}"
-        if settings.tls_cert and settings.tls_key:
-            credentials = server_credentials(
-                settings.tls_cert, settings.tls_key, settings.tls_client_ca
-            )
-            self.port = self.server.add_secure_port(address, credentials)
-        else:
-            self.port = self.server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {settings.host}:{settings.port}: is it in use?")
+        try:
+            if credentials is not None:
+                self.port = self.server.add_secure_port(address, credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:  # how grpc says the address cannot be bound
+            raise PortInUse(
+                f"cannot listen on {address}: the port is in use or the address is not this "
+                "machine's; stop the other server or choose another --port"
+            ) from exc
         self.server.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -258,6 +282,10 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
+class PortInUse(OSError):
+    """The server's address cannot be bound."""
+
+
 def cli_command() -> str:
     """How the user can call `nearcat`: by name when on PATH, else by the venv's path."""
     if shutil.which("nearcat"):
@@ -266,24 +294,41 @@ def cli_command() -> str:
 
 
 def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
-    stop_requested = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop_requested.set())
+    """Run until SIGTERM or SIGINT, then stop gracefully.
 
+    A signal during start-up (loading the model, embedding references) abandons the start;
+    whatever was started by then is closed again, in reverse order.
+    """
+    stop_requested = threading.Event()
+
+    def request_stop(*_: object) -> None:
+        if not stop_requested.is_set() and serving.is_set():
+            stop_requested.set()
+        else:
+            raise KeyboardInterrupt  # still starting: abandon it
+
+    serving = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+
+    # Files first: a typo should fail in a second, not after minutes of embedding.
     tokens = load_tokens(settings.auth_tokens_file, settings.auth_tokens)
+    credentials = (
+        server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        if settings.tls_cert and settings.tls_key
+        else None
+    )
     metrics = Metrics(DriftMonitor(settings.drift_window))
-    store = open_store(settings)
-    stop_metrics: Callable[[], None] = lambda: None  # noqa: E731
-    try:
+    with ExitStack() as started:  # closed in reverse order, however serve() ends
+        store = open_store(settings)
+        started.callback(store.close)
         catalog, reindexer = build_catalog(settings, store.client, on_batch=metrics.observe_batch)
+        started.callback(catalog.close)
+        started.callback(reindexer.close)  # an unfinished reindex resumes at the next start
         metrics.watch(catalog, reindexer)
-        recalibrator = (
-            Recalibrator(catalog, settings.recalibrate_after_s).start()
-            if settings.recalibrate_after_s > 0
-            else None
-        )
-        running = RunningServer(settings, catalog, metrics, tokens, reindexer)
+        if settings.recalibrate_after_s > 0:
+            started.callback(Recalibrator(catalog, settings.recalibrate_after_s).start().close)
+        running = RunningServer(settings, catalog, metrics, tokens, reindexer, credentials)
         status = catalog.status()
         address = f"{settings.host}:{running.port}"
         announce(f"nearcat listening on {address}")
@@ -292,7 +337,7 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
             f"{status.category_count} categories, store: {store.description}"
         )
         security = [
-            ("mutual TLS" if settings.tls_client_ca else "TLS") if settings.tls_cert else "no TLS",
+            ("mutual TLS" if settings.tls_client_ca else "TLS") if credentials else "no TLS",
             f"auth on ({len(tokens)} tokens)" if tokens else "no auth",
         ]
         if settings.rate_limit > 0:
@@ -300,6 +345,7 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
         announce("  " + ", ".join(security))
         if settings.metrics_port is not None:
             metrics_port, stop_metrics = metrics.serve_http(settings.host, settings.metrics_port)
+            started.callback(stop_metrics)
             announce(f"  metrics on http://{settings.host}:{metrics_port}/metrics")
         nearcat = cli_command()
         announce(
@@ -307,14 +353,8 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
             f"       {nearcat} classify photo.jpg --server {address}\n"
             "  stop with Ctrl-C (in-flight calls finish first)"
         )
+        serving.set()
         stop_requested.wait()
         log.info("stopping: letting in-flight calls finish (up to %.0fs)", settings.grace_seconds)
         running.stop(settings.grace_seconds)
-        stop_metrics()
-        if recalibrator is not None:
-            recalibrator.close()
-        reindexer.close()  # an unfinished reindex resumes at the next start
-        catalog.close()
-    finally:
-        store.close()
     log.info("stopped")

@@ -97,7 +97,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from embedder import ArtifactError
-    from server.app import serve
+    from server.app import PortInUse, StoreUnreachable, serve
     from server.auth import TokenError
     from server.logging_setup import configure_logging
     from server.tls import TlsError
@@ -108,7 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         serve(settings, announce=lambda line: print(line, flush=True))
     except ArtifactError as exc:  # e.g. a model file that fails its checksum
         raise CommandError(f"cannot serve the model: {exc}") from exc
-    except (TokenError, TlsError) as exc:
+    except (TokenError, TlsError, PortInUse, StoreUnreachable) as exc:
         raise CommandError(str(exc)) from exc
 
 
@@ -778,6 +778,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except grpc.RpcError as exc:
         print(f"nearcat: the server answered {exc.code().name}: {exc.details()}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("nearcat: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

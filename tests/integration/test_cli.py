@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,3 +189,62 @@ def test_clothing_accuracy_is_clearly_above_chance(tmp_path: Path, model_artifac
         f"top-1 {accuracy:.1%} (chance {chance:.1%})"
     )
     assert accuracy >= 2.5 * chance
+
+
+def test_a_second_server_on_a_busy_port_is_refused(
+    server: ServerProcess, tmp_path: Path, model_artifact: Path
+) -> None:
+    # gRPC would otherwise share the port (SO_REUSEPORT) and take half the first one's calls.
+    port = server.address.rsplit(":", 1)[1]
+    result = nearcat(
+        "serve",
+        "--port",
+        port,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--model",
+        str(model_artifact),
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_external_store_that_does_not_answer_is_named(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    result = nearcat("serve", "--port", "0", "--redis-url", url, check=False)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot reach the store at {url}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_stop_signal_during_start_up_abandons_it_cleanly(
+    tmp_path: Path, model_artifact: Path
+) -> None:
+    """SIGTERM while the server is still starting (store up, model loading) stops it there:
+    no half-started server, the embedded store closed, no traceback."""
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--port", "0"]
+            + ["--data-dir", str(tmp_path / "data"), "--model", str(model_artifact)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while b"embedded Valkey started" not in log_path.read_bytes():
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=120)
+    finally:
+        process.kill()
+    text = log_path.read_text()
+    assert code == 130, text
+    assert "nearcat: interrupted" in text and "Traceback" not in text
+    assert "listening" not in text
