@@ -54,10 +54,6 @@ class EmbeddedValkey:
         self._lock_file: IO[str] | None = None
         self._server: ValkeyServer | None = None
 
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket_path}"
-
     def start(self) -> redis.Redis:
         """Take the data dir, start Valkey on a Unix socket in it, return a client."""
         self.store_dir.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,13 @@
 """The store: Redis/Valkey holds every category, reference, image and vector.
 
 It is the single source of truth. The FAISS index is derived from it and can always be
-rebuilt from it without re-embedding. Every mutation is one MULTI/EXEC transaction (all or
-nothing), guarded by WATCH against concurrent writers, and appends one entry to the change
-stream. With the embedded Valkey (`appendfsync always`) a transaction is on disk before the
+rebuilt from it without re-embedding. Every mutation is atomic (all or nothing). Those of
+the catalogue (create_category, add_references, remove_references, delete_category) are each
+one MULTI/EXEC transaction, guarded by WATCH against concurrent writers, and append one entry
+to the change stream (add_references only when it adds something). The others are not on the
+stream: put_vectors is one Lua script (so it can check each reference still exists),
+switch_model one MULTI/EXEC without WATCH, and put_calibration, put_reindex and seed_model one
+command each. With the embedded Valkey (`appendfsync always`) a write is on disk before the
 call returns.
 
 Keys, under a prefix (default ``nearcat``):
@@ -222,9 +226,6 @@ class Store:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def ping(self) -> None:
-        self._call(self._redis.ping)
-
     def category_names(self) -> list[str]:
         names = self._call(lambda: self._redis.smembers(self._key("categories")))
         return sorted(n.decode() for n in names)
@@ -252,10 +253,6 @@ class Store:
     def list_categories(self) -> list[Category]:
         categories = (self.get_category(name) for name in self.category_names())
         return [c for c in categories if c is not None]
-
-    def child_names(self, name: str) -> list[str]:
-        children = self._call(lambda: self._redis.smembers(self._children_key(name)))
-        return sorted(c.decode() for c in children)
 
     def reference_ids(self, category: str) -> list[str]:
         ids = self._call(lambda: self._redis.smembers(self._refs_key(category)))
@@ -352,11 +349,6 @@ class Store:
             pipe.execute()
 
         self._call(write)
-
-    def references_missing_vectors(self, model_version: str) -> list[Reference]:
-        """References that have no vector for model_version yet (e.g. after a model change)."""
-        missing = [i for batch in self.iter_vectors(model_version) for i in batch.missing_ids]
-        return [r for r in self.get_references(missing) if r is not None]
 
     def put_vectors(self, model_version: str, vectors: dict[str, np.ndarray]) -> list[str]:
         """Store vectors for existing references (re-embedding for a new model version);

@@ -86,4 +86,3 @@ def test_round_trips_through_json() -> None:
     calibration = fit_calibration(votes(0.9, 0.8), "generated")
     assert Calibration.from_json(calibration.to_json()) == calibration
     assert Calibration.from_json({}) == Calibration()
-    assert not Calibration().fitted and calibration.fitted
