@@ -23,6 +23,7 @@ from pytorch_metric_learning.samplers import MPerClassSampler
 from torch import nn
 from torch.utils.data import DataLoader
 
+from embedder.atomic import replace_file
 from embedder.config import ModelConfig
 from embedder.datasets import LabeledImage
 from embedder.model import (
@@ -495,10 +496,14 @@ def _features(
     fingerprint = hashlib.sha256(json.dumps(key).encode()).hexdigest()
     path = work_dir / FEATURES_FILE
     if path.is_file():
-        cached: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-        if cached.get("fingerprint") == fingerprint:
-            log(f"using cached features from {path}")
-            return cached
+        try:
+            cached: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # cut short: EOFError, RuntimeError or OSError, by where
+            log(f"warning: {path} cannot be read ({exc}); caching the features again")
+        else:
+            if cached.get("fingerprint") == fingerprint:
+                log(f"using cached features from {path}")
+                return cached
     started = time.monotonic()
 
     def run(images: Sequence[LabeledImage], augment: bool, seed: int, desc: str) -> CachedViews:
@@ -519,7 +524,7 @@ def _features(
     }
     count = len(data.train) + len(data.val) + len(data.test) + len(trainable) * cached_views
     log(f"cached frozen features of {count} views in {time.monotonic() - started:.0f} s")
-    torch.save(cache, path)
+    replace_file(path, lambda f: torch.save(cache, f))  # a kill mid-write leaves no half file
     return cache
 
 

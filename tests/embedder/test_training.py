@@ -167,6 +167,23 @@ def test_a_killed_run_resumes_after_its_last_finished_epoch(
     assert load_checkpoint(work) is None  # finished: the next run here starts afresh
 
 
+def test_a_truncated_feature_cache_is_cached_again(
+    tiny_base: Path, tiny_split: Split, tmp_path: Path
+) -> None:
+    """A run killed while writing features.pt left part of it: the next run warns and caches
+    the features again, and the file it writes is whole."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "features.pt").write_bytes(b"PK\x03\x04 the start of a zip archive")
+    options = TrainOptions(base=str(tiny_base), embedding_dim=16, epochs=1, freeze_epochs=0, **FAST)
+    lines: list[str] = []
+    train(tiny_split, options, tmp_path / "model", work_dir=work, log=lines.append)
+    assert any(line.startswith("warning: ") and "cannot be read" in line for line in lines)
+    assert any(line.startswith("cached frozen features") for line in lines)
+    assert torch.load(work / "features.pt", weights_only=False)["fingerprint"]
+    assert not [p.name for p in work.iterdir() if p.name.startswith(".")]  # no temporary file
+
+
 def test_early_stopping_ends_a_run_that_stops_improving(
     tiny_base: Path, tiny_split: Split, tmp_path: Path
 ) -> None:
