@@ -130,6 +130,9 @@ def train(
     else:
         views = [cache["train"].features[trainable], *(v.features for v in cache["augmented"])]
 
+    # Caching features draws random numbers and reading them from the cache does not: the
+    # loss's weights start from the seed either way, so one seed gives one run.
+    _seed_everything(options.seed)
     loss_fn = build_loss(options, len(classes)).to(device)
     batch_size = min(options.batch_size, options.m_per_class * len(classes))
     batch_size -= batch_size % options.m_per_class

@@ -184,6 +184,19 @@ def test_a_truncated_feature_cache_is_cached_again(
     assert not [p.name for p in work.iterdir() if p.name.startswith(".")]  # no temporary file
 
 
+def test_a_seed_gives_the_same_run_whether_the_features_were_cached_or_not(
+    tiny_base: Path, tiny_split: Split, tmp_path: Path
+) -> None:
+    """Reading features.pt skips the random draws of caching them: the loss's weights must
+    not start from what is left of the generator after those."""
+    options = TrainOptions(base=str(tiny_base), embedding_dim=16, epochs=1, freeze_epochs=0, **FAST)
+    work, lines = tmp_path / "work", []
+    first = train(tiny_split, options, tmp_path / "first", work_dir=work, log=lambda line: None)
+    second = train(tiny_split, options, tmp_path / "second", work_dir=work, log=lines.append)
+    assert any("using cached features" in line for line in lines)
+    assert second.metadata["history"] == first.metadata["history"]
+
+
 def test_early_stopping_ends_a_run_that_stops_improving(
     tiny_base: Path, tiny_split: Split, tmp_path: Path
 ) -> None:
