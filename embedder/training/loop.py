@@ -532,15 +532,19 @@ def _features(
 
 
 def _drop_unreadable(data: Split, cache: dict[str, Any]) -> tuple[Split, list[str]]:
-    """The split without images that failed to decode (and their cached rows)."""
+    """The split without images that failed to decode (and their cached rows). A training
+    image whose plain or any augmented view failed goes from every view: one mask for all
+    keeps their rows aligned with each other and with the labels."""
+    held_out = set(data.held_out)
+    trainable = torch.tensor([i.category not in held_out for i in data.train], dtype=torch.bool)
+    train_ok = cache["train"].ok.clone()
+    for view in cache["augmented"]:
+        train_ok[trainable] &= view.ok
     problems: list[str] = []
     parts: dict[str, list[LabeledImage]] = {}
-    trainable_ok = torch.ones(len(data.trainable()), dtype=torch.bool)
-    for view in cache["augmented"]:
-        trainable_ok &= view.ok
     for part in ("train", "val", "test"):
         images: list[LabeledImage] = getattr(data, part)
-        ok = cache[part].ok
+        ok = train_ok if part == "train" else cache[part].ok
         problems += [
             f"{i.path} could not be decoded; skipped"
             for i, good in zip(images, ok.tolist(), strict=True)
@@ -548,6 +552,7 @@ def _drop_unreadable(data: Split, cache: dict[str, Any]) -> tuple[Split, list[st
         ]
         parts[part] = [i for i, good in zip(images, ok.tolist(), strict=True) if good]
         cache[part] = CachedViews(cache[part].features[ok], ok[ok])
+    trainable_ok = train_ok[trainable]
     if not bool(trainable_ok.all()):
         cache["augmented"] = [
             CachedViews(view.features[trainable_ok], view.ok[trainable_ok])

@@ -18,7 +18,8 @@ from embedder.model import load_network
 from embedder.splits import Split
 from embedder.training import TrainOptions, train
 from embedder.training.checkpoint import load_checkpoint
-from embedder.training.loop import _principal_directions
+from embedder.training.features import CachedViews
+from embedder.training.loop import _drop_unreadable, _principal_directions
 from embedder.training.loss import build_loss
 from embedder.training.validation import SplitAccuracy, selection_score
 from tests.helpers import KINDS, make_image
@@ -195,6 +196,30 @@ def test_a_seed_gives_the_same_run_whether_the_features_were_cached_or_not(
     second = train(tiny_split, options, tmp_path / "second", work_dir=work, log=lines.append)
     assert any("using cached features" in line for line in lines)
     assert second.metadata["history"] == first.metadata["history"]
+
+
+def test_an_image_unreadable_in_any_view_leaves_every_view_so_rows_stay_aligned() -> None:
+    """b's plain view failed, d's augmented one: both go from both views, or the augmented
+    rows of the images after them would be trained with another image's label."""
+    a, b, c, d = (
+        LabeledImage(Path(f"{n}.jpg"), cat) for n, cat in zip("abcd", "xyhx", strict=True)
+    )
+    data = Split([a, b, c, d], [a], [a], held_out=["h"])  # c is held out: no augmented view
+
+    def views(rows: list[float], ok: list[bool]) -> CachedViews:
+        return CachedViews(torch.tensor(rows)[:, None], torch.tensor(ok))
+
+    cache = {
+        "train": views([0, 1, 2, 3], [True, False, True, True]),
+        "val": views([0], [True]),
+        "test": views([0], [True]),
+        "augmented": [views([10, 11, 13], [True, True, False])],  # a, b, d
+    }
+    kept, problems = _drop_unreadable(data, cache)
+    assert kept.train == [a, c] and kept.trainable() == [a]
+    assert cache["train"].features.flatten().tolist() == [0, 2]
+    assert cache["augmented"][0].features.flatten().tolist() == [10]
+    assert len(problems) == 2 and "b.jpg" in problems[0] and "d.jpg" in problems[1]
 
 
 def test_early_stopping_ends_a_run_that_stops_improving(
