@@ -309,9 +309,10 @@ class Catalog:
         vectors, _ = serving.embed(
             [images[i] or b"" for i in ids], [f"stored reference {i}" for i in ids]
         )
-        self.store.put_vectors(serving.version, dict(zip(ids, vectors, strict=True)))
-        serving.index.add(ids, [category for _, category in present], vectors)
-        return len(ids)
+        stored = set(self.store.put_vectors(serving.version, dict(zip(ids, vectors, strict=True))))
+        kept = [n for n, i in enumerate(ids) if i in stored]  # removed since: not indexed
+        serving.index.add([ids[n] for n in kept], [present[n][1] for n in kept], vectors[kept])
+        return len(kept)
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -379,6 +380,9 @@ class Catalog:
             embedded += self._embed_stored(serving, [(r.id, r.category) for r in chunk])
             if on_progress is not None:
                 on_progress(len(ids) + embedded, total)
+        # A fill that embedded most of its vectors began as a flat index over the few stored
+        # ones (none, in a fresh reindex); give it the kind its size calls for.
+        serving.index = serving.index.resized()
         return len(ids), embedded
 
     # -- classification ------------------------------------------------------------------

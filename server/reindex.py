@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedder import ArtifactError
-from embedder.model import artifact_version, resolve_model
+from embedder.model import resolve_model
 from embedder.registry import ModelRegistry
 from indexer.calibration import LabelledVote
 from indexer.errors import FailedPrecondition, InvalidArgument, NearcatError
@@ -130,8 +130,12 @@ class Reindexer:
         if not 0 <= drop <= 1:
             raise InvalidArgument(f"max_accuracy_drop must be between 0 and 1, got {drop}")
         with self._lock:
+            self._refuse_if_running()  # at once, before copying or building anything
+        # Outside the lock: registering may copy an artifact or build a named model, and
+        # `status` must keep answering meanwhile.
+        version = self._register(model, metrics)
+        with self._lock:
             self._refuse_if_running()
-            version = self._register(model, metrics)
             current = self.catalog.serving.version
             if version == current:
                 raise FailedPrecondition(f"model {version} is already the one served")
@@ -199,12 +203,11 @@ class Reindexer:
             if metrics:
                 self.registry.record_metrics(model, metrics)
             return model
-        try:
+        try:  # checksums verified here, before anything starts
             path = resolve_model(model, self.models_dir)
-            artifact_version(path)  # a readable artifact config, before anything starts
+            return self.registry.register(path, {"eval": metrics} if metrics else None).version
         except (ValueError, FileNotFoundError, ArtifactError) as exc:
             raise InvalidArgument(f"cannot use model {model!r}: {exc}") from exc
-        return self.registry.register(path, {"eval": metrics} if metrics else None).version
 
     def _launch(self, job: ReindexJob) -> None:
         self._job = job

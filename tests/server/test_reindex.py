@@ -7,6 +7,8 @@ tests/integration/test_reindex.py.
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from embedder import load_artifact
 from embedder.registry import ModelRegistry
 from embedder.text import load_text_tower
+from indexer.index import IndexConfig
 from indexer.store import Store
 from server.catalog import Catalog, Prediction, ReferenceInput
 from server.reindex import ReindexConfig, Reindexer, ReindexJob, ReindexState
@@ -174,6 +177,13 @@ def test_a_second_reindex_while_one_runs_and_bad_models_are_refused(
 
     with pytest.raises(InvalidArgument, match="neither a model artifact"):
         reindexer.start(str(tmp_path / "nothing-here"))
+    tampered = tmp_path / "tampered"
+    shutil.copytree(second_model, tampered)
+    weights = json.loads((tampered / "config.json").read_text())["weights_file"]
+    with open(tampered / weights, "ab") as changed:
+        changed.write(b"x")
+    with pytest.raises(InvalidArgument, match="cannot use model .*is corrupt or was modified"):
+        reindexer.start(str(tampered))
     with pytest.raises(FailedPrecondition, match="already the one served"):
         reindexer.start(catalog.serving.version)
     with pytest.raises(FailedPrecondition, match="no previous model version"):
@@ -249,3 +259,22 @@ def test_a_reference_removed_while_the_new_index_fills_is_skipped(
     assert victim not in held
     assert held == set(store.all_references())
     assert store.get_vectors(pending.version, [victim]) == {}
+
+
+def test_a_reindexed_catalogue_gets_the_index_kind_its_size_calls_for(
+    catalog: Catalog, store: Store, second_model: Path
+) -> None:
+    """A reindex fills its index from no stored vectors; at the end it is rebuilt as the
+    kind its size calls for (IVF past the threshold), not left flat."""
+    for kind in ("stripes", "dots"):
+        catalog.add_references(kind, [ReferenceInput(make_image(kind, 300 + s)) for s in range(8)])
+    catalog.index_config = IndexConfig(ivf_threshold=20)
+    pending = catalog.new_serving(*open_model(second_model))
+    try:
+        assert pending.index.kind == "flat"
+        loaded, embedded = catalog.fill(pending)
+        assert (loaded, embedded) == (0, len(store.all_references()))
+        assert pending.index.kind == "ivf"
+        assert pending.index.reference_ids() == set(store.all_references())
+    finally:
+        pending.close()
