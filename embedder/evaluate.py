@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 from tqdm import tqdm
@@ -510,12 +510,20 @@ def threshold_for_precision(answers: Sequence[Answer], target: float) -> float:
     return min((p.threshold for p in reaching), default=1.000001)
 
 
-def at_threshold(answers: Sequence[Answer], threshold: float) -> dict[str, float]:
+class Accepted(TypedDict):
+    """What auto-accepting every answer at or above `threshold` gives."""
+
+    threshold: float
+    coverage: float  # share of the answers accepted
+    precision: float | None  # how often those are right; None when none is (not 1.0)
+
+
+def at_threshold(answers: Sequence[Answer], threshold: float) -> Accepted:
     accepted = [a for a in answers if a.confidence >= threshold]
     return {
         "threshold": threshold,
         "coverage": len(accepted) / len(answers),
-        "precision": sum(a.hit(1) for a in accepted) / len(accepted) if accepted else 1.0,
+        "precision": sum(a.hit(1) for a in accepted) / len(accepted) if accepted else None,
     }
 
 
@@ -531,7 +539,7 @@ class ConfidenceReport:
     automation: list[AutomationPoint]  # on the queries, with the served confidence
     # Auto-accept threshold chosen on the calibration data for AUTOMATION_PRECISION, and what
     # it gives on the queries; and the default bands' shares.
-    chosen: dict[str, float]
+    chosen: Accepted
     bands: dict[str, dict[str, float]]
     # With the tempered vote share as the confidence, when a head served the figures above.
     vote_only: dict[str, Any] | None = None
@@ -811,8 +819,9 @@ SEED_FIGURES: dict[str, tuple[str, ...]] = {
 def over_seeds(reports: Mapping[int, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Mean, sample standard deviation, min and max of each headline figure over the splits
     of several seeds (Evaluation.to_dict() of each): one split's figure can be luck. `values`
-    names each seed's figure, None where that split has none (e.g. no calibration); `n`
-    counts the others, and sd is None below two."""
+    names each seed's figure, None where that split has none (e.g. no calibration, or no
+    precision because nothing was auto-accepted); `n` counts the others, and sd is None
+    below two."""
     summary: dict[str, dict[str, Any]] = {}
     for name, path in SEED_FIGURES.items():
         by_seed = {str(seed): _dig(report, path) for seed, report in reports.items()}

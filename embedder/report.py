@@ -15,6 +15,7 @@ import numpy as np
 
 from embedder.evaluate import (
     AUTOMATION_PRECISION,
+    Accepted,
     AutomationPoint,
     Evaluation,
     MethodResult,
@@ -294,7 +295,7 @@ def _confidence_lines(evaluation: Evaluation) -> list[str]:
         "",
         f"Auto-accept threshold for {AUTOMATION_PRECISION:.0%} precision, chosen on the "
         f"calibration data: {chosen['threshold']:.3f}; on the queries it auto-accepts "
-        f"{chosen['coverage']:.1%} at {chosen['precision']:.1%} precision.",
+        f"{_accepted(chosen)}.",
         *_vote_only_lines(c.vote_only),
         "",
         "| band | share | accuracy |",
@@ -310,9 +311,14 @@ def _vote_only_lines(vote_only: dict[str, Any] | None) -> list[str]:
     vote = vote_only["threshold_chosen_on_calibration_data"]
     return [
         "The confidence is the confidence head's probability of the vote's answer, as served; "
-        "with the vote's calibrated share instead the same choice auto-accepts "
-        f"{vote['coverage']:.1%} at {vote['precision']:.1%} precision."
+        f"with the vote's calibrated share instead the same choice auto-accepts {_accepted(vote)}."
     ]
+
+
+def _accepted(at: Accepted) -> str:
+    if at["precision"] is None:
+        return "nothing"
+    return f"{at['coverage']:.1%} at {at['precision']:.1%} precision"
 
 
 def _leakage_sentence(evaluation: Evaluation) -> str:

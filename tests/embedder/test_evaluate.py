@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from embedder.evaluate import (
     EmbeddedImages,
     EmbeddingCache,
     Evaluation,
+    at_threshold,
+    confidence_report,
     embed_images,
     evaluate,
     expected_calibration_error,
@@ -28,6 +31,7 @@ from embedder.evaluate import (
     knn_answers,
     linear_probe_answers,
     macro_top1,
+    over_seeds,
     per_category,
     reliability_bins,
     score,
@@ -35,7 +39,7 @@ from embedder.evaluate import (
     worst_categories,
 )
 from embedder.model import Embedder, create_artifact, load_artifact
-from embedder.report import confusion_matrix, write_report
+from embedder.report import confusion_matrix, summary_markdown, write_report
 from indexer.head import fit_head
 from indexer.vote import VoteConfig
 from tests.helpers import make_image
@@ -297,6 +301,25 @@ def test_report_writes_readable_plots_and_summary(evaluation: Evaluation, tmp_pa
     summary = written[2].read_text()
     assert "](confusion.png)" in summary and "](reliability.png)" in summary
     assert "leakage" in summary.lower() and "copy.jpg" in summary
+
+
+def test_a_threshold_that_accepts_nothing_has_no_precision(
+    evaluation: Evaluation, tmp_path: Path
+) -> None:
+    """Not 1.0: nothing accepted is nothing right either. The seed summary leaves it out and
+    the report says nothing was accepted."""
+    assert at_threshold(ANSWERS, 0.8) == {"threshold": 0.8, "coverage": 0.5, "precision": 1.0}
+    assert at_threshold(ANSWERS, 0.95)["precision"] is None
+
+    doubtful = [Answer("a", ("b", "a"), (0.55, 0.45))] * 4  # every query below the threshold
+    report = confidence_report(doubtful, ANSWERS * 5, "hand-made answers")
+    assert report.chosen["coverage"] == 0.0 and report.chosen["precision"] is None
+    summary = summary_markdown(replace(evaluation, confidence=report))
+    assert "on the queries it auto-accepts nothing." in summary
+    write_report(replace(evaluation, confidence=report), tmp_path)
+
+    seeds = {0: {"confidence": report.to_dict()}, 1: {}}
+    assert "auto_accepted_precision" not in over_seeds(seeds)
 
 
 def test_confusion_matrix_counts() -> None:
