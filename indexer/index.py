@@ -214,6 +214,11 @@ class VectorIndex:
         with self._lock:
             return {reference_id_of_faiss(i) for i in self._category_of}
 
+    def reference_ids_of(self, category: str) -> set[str]:
+        """The ids held for one category (a scan: for repairs, not for every call)."""
+        with self._lock:
+            return {reference_id_of_faiss(i) for i, c in self._category_of.items() if c == category}
+
     def categories(self) -> set[str]:
         """The categories with at least one vector in the index."""
         with self._lock:

@@ -717,15 +717,20 @@ class Catalog:
             if prompts:
                 s.require_text()
             if self.store.get_category(name) is not None:  # fail before the costly embedding
+                self._follow_store(s, name)
                 raise AlreadyExists(
                     f"category {name!r} already exists; use AddReferences to add images to it"
                 )
             draft = Category(name, parent or None, {}, 0, 0, list(prompts))
             text_vectors = s.prompt_vectors([draft]) if prompts else []
             prepared = self._prepare(name, references, deadline)
-            category, duplicate = self.store.create_category(
-                name, parent or None, metadata or {}, prepared, s.version, prompts
-            )
+            try:
+                category, duplicate = self.store.create_category(
+                    name, parent or None, metadata or {}, prepared, s.version, prompts
+                )
+            except AlreadyExists:
+                self._follow_store(s, name)
+                raise
             self._parents[name] = parent or None
             if text_vectors:
                 s.remember_prompts([category], text_vectors)
@@ -761,14 +766,23 @@ class Catalog:
         if not reference_ids:
             raise InvalidArgument("no reference ids given")
         with self._gate.write(), self._use() as s:
-            removed = self.store.remove_references(reference_ids)
+            try:
+                removed = self.store.remove_references(reference_ids)
+            except NotFound:  # perhaps removed by an attempt whose reply was lost
+                gone = self.store.get_references(reference_ids)
+                s.index.remove([i for i, ref in zip(reference_ids, gone, strict=True) if not ref])
+                raise
             s.index.remove([r.id for r in removed])
         return len(removed)
 
     def delete_category(self, name: str) -> int:
         validate_category_name(name)
         with self._gate.write(), self._use() as s:
-            removed = self.store.delete_category(name)
+            try:
+                removed = self.store.delete_category(name)
+            except NotFound:  # perhaps deleted by an attempt whose reply was lost
+                self._follow_store(s, name)
+                raise
             s.index.remove([r.id for r in removed])
             self._parents.pop(name, None)
             s.drop_text(name)
@@ -806,6 +820,31 @@ class Catalog:
         )
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _follow_store(self, s: Serving, name: str) -> None:
+        """Bring what this server holds of category `name` (its vectors in the index, its
+        parent, its prompts) level with the store.
+
+        For a write whose reply was lost: the store applied it, the caller saw UNAVAILABLE,
+        and the retry answers AlreadyExists or NotFound; the index must still follow.
+        """
+        category = self.store.get_category(name)
+        if category is None:
+            if s.index.count(name):
+                s.index.remove(sorted(s.index.reference_ids_of(name)))
+            self._parents.pop(name, None)
+            s.drop_text(name)
+            return
+        self._parents[name] = category.parent
+        s.set_texts([category])
+        if s.index.count(name) == category.reference_count:
+            return
+        stored = set(self.store.reference_ids(name))
+        held = s.index.reference_ids_of(name)
+        s.index.remove(sorted(held - stored))
+        vectors = self.store.get_vectors(s.version, sorted(stored - held))
+        if vectors:
+            s.index.add(list(vectors), [name] * len(vectors), np.stack(list(vectors.values())))
 
     def _index_new(self, s: Serving, category: str, references: Sequence[NewReference]) -> None:
         # Duplicates too, once each: a write that committed while its reply was lost (store

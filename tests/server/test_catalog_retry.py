@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from embedder import ModelConfig, PreprocessConfig, create_artifact, load_artifact
+from indexer.errors import AlreadyExists, NotFound
 from indexer.store import Store
 from server.catalog import Catalog, ReferenceInput
 from tests.helpers import make_image
@@ -37,3 +41,45 @@ def test_a_retried_write_that_had_committed_is_indexed(store: Store, tmp_path: P
         assert hits[0].reference_id == prepared[0].id
     finally:
         catalog.close()
+
+
+@pytest.fixture
+def catalog(store: Store, tmp_path: Path) -> Iterator[Catalog]:
+    embedder = load_artifact(create_artifact(TINY, tmp_path / "model"), runtime="torch")
+    catalog = Catalog(store, embedder)
+    yield catalog
+    catalog.close()
+
+
+def test_a_retried_create_that_had_committed_is_indexed(catalog: Catalog, store: Store) -> None:
+    images = [ReferenceInput(make_image("dots", seed)) for seed in range(3)]
+    catalog.add_category("Patterns")
+    prepared = catalog._prepare("dots", images, None)
+    # The first attempt committed; its reply was lost (the store alone does it here).
+    store.create_category("dots", "Patterns", {}, prepared, catalog.serving.version)
+    with pytest.raises(AlreadyExists):
+        catalog.add_category("dots", parent="Patterns", references=images)  # the retry
+    assert catalog.index.reference_ids() == {r.id for r in prepared}
+    assert catalog.path("dots") == ["Patterns", "dots"]
+
+
+def test_a_retried_removal_that_had_committed_leaves_the_index(
+    catalog: Catalog, store: Store
+) -> None:
+    added = catalog.add_category("dots", references=[ReferenceInput(make_image("dots", 1))])
+    gone = added.references[0].reference_id
+    store.remove_references([gone])  # committed, reply lost
+    with pytest.raises(NotFound):
+        catalog.remove_references([gone])
+    assert gone not in catalog.index.reference_ids()
+
+
+def test_a_retried_delete_that_had_committed_leaves_the_index(
+    catalog: Catalog, store: Store
+) -> None:
+    catalog.add_category("dots", references=[ReferenceInput(make_image("dots", 1))])
+    catalog.add_category("stripes", references=[ReferenceInput(make_image("stripes", 1))])
+    store.delete_category("dots")  # committed, reply lost
+    with pytest.raises(NotFound):
+        catalog.delete_category("dots")
+    assert catalog.index.categories() == {"stripes"}
