@@ -930,7 +930,11 @@ def _with_zero_shot_head(config: ModelConfig, target: Path, meta: dict[str, str]
                 if zero_shot_spec(fresh) is None:
                     raise ArtifactError("the rebuild has no zero-shot head either")
                 target.rename(work / "old")
-                fresh.rename(target)
+                try:
+                    fresh.rename(target)
+                except OSError:
+                    (work / "old").rename(target)  # back before `work` is deleted with it
+                    raise
                 return new
             finally:
                 shutil.rmtree(work, ignore_errors=True)

@@ -511,6 +511,32 @@ def test_a_rebuild_that_fails_keeps_the_old_artifact(
     assert not [p.name for p in tmp_path.iterdir() if ".rebuild-" in p.name]
 
 
+def test_a_rebuild_that_cannot_be_moved_into_place_puts_the_old_artifact_back(
+    tmp_path: Path, model_artifact: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The old directory is moved aside before the new one moves in: when that last rename
+    fails, the old one must come back before the rebuild's directory is deleted."""
+    old, version = _without_zero_shot_head(model_artifact, tmp_path)
+    monkeypatch.setattr(
+        model_module, "create_artifact", lambda config, path: shutil.copytree(model_artifact, path)
+    )
+    import embedder.export as export_module
+
+    monkeypatch.setattr(export_module, "export_if_missing", lambda path: None)
+    rename = Path.rename
+
+    def failing_for_the_rebuild(self: Path, target: Path) -> Path:
+        if self.name == "artifact" and ".rebuild-" in self.parent.name:
+            raise OSError("the disk is full")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_for_the_rebuild)
+    assert resolve_model("efficientnet_lite0", tmp_path) == old
+    assert load_artifact(old).version == version and load_artifact(old).semantic_dim == 0
+    assert "was not rebuilt with one: the disk is full" in caplog.text
+    assert not [p.name for p in tmp_path.iterdir() if ".rebuild-" in p.name]
+
+
 # --- other families and weight sources ----------------------------------------------------
 
 
