@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,9 @@ COMMAND_MODULES: list[str] = [
 DEFAULT_SERVER = os.environ.get("NEARCAT_SERVER", "127.0.0.1:50051")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 IMPORT_BATCH = 16
+# Bytes of images per AddReferences call: well under the message limit, whatever the photos.
+IMPORT_BATCH_BYTES = MAX_MESSAGE_BYTES // 4
+RATE_LIMIT_RETRIES = 20
 CLASSIFY_BATCH = 32
 GROUP_METADATA = "group"  # reference metadata key that `import` stores a CSV's group in
 # nearcat.v1.Decision numbers -> names, without importing the generated code at start-up
@@ -153,7 +158,37 @@ def connect(args: argparse.Namespace) -> Any:
         ) from None
     if args.token:
         channel = _with_token(channel, args.token)
-    return pb_grpc.NearcatStub(channel)
+    return pb_grpc.NearcatStub(_waiting_out_rate_limits(channel))
+
+
+def _waiting_out_rate_limits(channel: Any) -> Any:
+    """The channel, sending a rate-limited call again after the wait the server names (its
+    retry-after-ms), a few times: a long import slows down instead of failing half-way."""
+    import grpc
+
+    class WaitOutRateLimit(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            for _ in range(RATE_LIMIT_RETRIES):
+                outcome = continuation(details, request)
+                if outcome.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    return outcome
+                wait_ms = _retry_after_ms(outcome)
+                if wait_ms is None:  # exhausted otherwise, e.g. a message too large
+                    return outcome
+                time.sleep(wait_ms / 1000)
+            return outcome
+
+    return grpc.intercept_channel(channel, WaitOutRateLimit())
+
+
+def _retry_after_ms(call: Any) -> int | None:
+    """The wait a rate-limited call's trailing metadata asks for, if any."""
+    from server.ratelimit import RETRY_AFTER_KEY
+
+    for key, value in call.trailing_metadata() or ():
+        if key == RETRY_AFTER_KEY:
+            return int(value)
+    return None
 
 
 def _path(value: str | None) -> Path | None:
@@ -186,7 +221,6 @@ def read_file(path: str | Path) -> bytes:
 def cmd_import(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from indexer.ids import image_sha256, reference_id
     from server.commands.sources import load_source
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
@@ -198,27 +232,21 @@ def cmd_import(args: argparse.Namespace) -> None:
         if name not in existing:
             stub.AddCategory(pb.AddCategoryRequest(name=name, parent=dataset.parents[name] or ""))
 
-    added = skipped = failed = 0
+    counts: Counter[str] = Counter()
     groups = dataset.by_category()
     with tqdm(total=len(dataset.images), unit="img", desc="importing") as bar:
         for category, images in groups.items():
             request = pb.GetCategoryRequest(name=category, include_references=True)
             stored_ids = {r.id for r in stub.GetCategory(request).references}
-            for start in range(0, len(images), args.batch_size):
-                batch = []
-                for image in images[start : start + args.batch_size]:
-                    data = image.path.read_bytes()
-                    if reference_id(category, image_sha256(data)) in stored_ids:
-                        skipped += 1
-                    else:
-                        batch.append((image, data))
-                if batch:
-                    ok, bad = send_references(stub, category, batch)
-                    added += ok
-                    failed += len(bad)
-                    for path, reason in bad:
-                        tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)
-                bar.update(min(args.batch_size, len(images) - start))
+            new = _new_images(images, category, stored_ids, counts, bar)
+            for batch in _batches(new, args.batch_size, IMPORT_BATCH_BYTES):
+                ok, bad = send_references(stub, category, batch)
+                counts["added"] += ok
+                counts["failed"] += len(bad)
+                for path, reason in bad:
+                    tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)
+                bar.update(len(batch))
+    added, skipped, failed = counts["added"], counts["skipped"], counts["failed"]
     print(
         f"imported {added} new references into {len(groups)} categories; "
         f"{skipped} already there, {failed} failed"
@@ -300,11 +328,57 @@ def cmd_search(args: argparse.Namespace) -> None:
             print(f"  {r.similarity:6.3f}  {r.category}  {r.reference_id}")
 
 
+def _new_images(
+    images: Sequence[LabeledImage],
+    category: str,
+    stored_ids: set[str],
+    counts: Counter[str],
+    bar: Any,
+) -> Iterator[tuple[LabeledImage, bytes]]:
+    """The images not stored yet, with their bytes. An unreadable file is reported and
+    skipped (a long import goes on); one already stored is counted and skipped."""
+    from tqdm import tqdm
+
+    from indexer.ids import image_sha256, reference_id
+
+    for image in images:
+        try:
+            data = image.path.read_bytes()
+        except OSError as exc:
+            tqdm.write(f"skipped {image.path}: cannot read it ({exc.strerror})", sys.stderr)
+            counts["failed"] += 1
+            bar.update(1)
+            continue
+        if reference_id(category, image_sha256(data)) in stored_ids:
+            counts["skipped"] += 1
+            bar.update(1)
+            continue
+        yield image, data
+
+
+def _batches(
+    items: Iterable[tuple[LabeledImage, bytes]], max_images: int, max_bytes: int
+) -> Iterator[list[tuple[LabeledImage, bytes]]]:
+    """Consecutive batches of at most `max_images` images and (unless one image alone is
+    larger) `max_bytes` bytes: a folder of big photos must not exceed the message limit."""
+    batch: list[tuple[LabeledImage, bytes]] = []
+    size = 0
+    for image, data in items:
+        if batch and (len(batch) >= max_images or size + len(data) > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append((image, data))
+        size += len(data)
+    if batch:
+        yield batch
+
+
 def send_references(
     stub: Any, category: str, batch: Sequence[tuple[LabeledImage, bytes]]
 ) -> tuple[int, list[tuple[Path, str]]]:
-    """Send a batch; if the server refuses it (one bad image fails a batch whole), send the
-    images one by one so only the bad ones are left out. Returns (added, [(path, reason)])."""
+    """Send a batch; if the server refuses it (one bad image fails a batch whole, or the
+    batch is too big), send the images one by one so only the bad ones are left out.
+    Returns (added, [(path, reason)])."""
     import grpc
 
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
@@ -320,7 +394,10 @@ def send_references(
     try:
         return stub.AddReferences(request(batch)).added, []
     except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+        if exc.code() not in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,  # e.g. larger than the server takes
+        ):
             raise
         if len(batch) == 1:
             return 0, [(batch[0][0].path, exc.details())]

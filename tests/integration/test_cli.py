@@ -248,3 +248,22 @@ def test_a_stop_signal_during_start_up_abandons_it_cleanly(
     assert code == 130, text
     assert "nearcat: interrupted" in text and "Traceback" not in text
     assert "listening" not in text
+
+
+def test_import_waits_out_the_servers_rate_limit(tmp_path: Path, model_artifact: Path) -> None:
+    """A rate-limited server answers RESOURCE_EXHAUSTED with the wait; import waits and goes
+    on instead of failing half-way."""
+    tree = tmp_path / "photos"
+    (tree / "dots").mkdir(parents=True)
+    for seed in range(6):
+        (tree / "dots" / f"{seed}.jpg").write_bytes(make_image("dots", seed))
+    limited = ServerProcess(
+        tmp_path / "data", model_artifact, ["--rate-limit", "2", "--rate-burst", "2"]
+    ).start()
+    try:
+        result = nearcat(
+            "import", str(tree), "--server", limited.address, "--batch-size", "1", "--no-calibrate"
+        )
+    finally:
+        limited.stop()
+    assert "imported 6 new references" in result.stdout and "0 failed" in result.stdout
