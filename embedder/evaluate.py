@@ -641,11 +641,7 @@ def confidence_report(
     bins_after = reliability_bins([a.confidence for a in after], [a.hit(1) for a in after])
     return ConfidenceReport(
         calibration=calibration,
-        ece_before=expected_calibration_error(
-            reliability_bins(
-                [a.confidence for a in query_answers], [a.hit(1) for a in query_answers]
-            )
-        ),
+        ece_before=ece([a.confidence for a in query_answers], [a.hit(1) for a in query_answers]),
         ece_after=expected_calibration_error(bins_after),
         reliability_after=bins_after,
         automation=automation_curve(after),

@@ -25,11 +25,11 @@ def default_providers() -> list[str]:
     return [CPU_PROVIDER]
 
 
-def session_options(num_threads: int | None = None, spin: bool = False) -> ort.SessionOptions:
+def session_options(num_threads: int | None = None) -> ort.SessionOptions:
     """One op at a time, each spread over every core this process may use, fully optimised.
 
     A CNN is a chain of ops, so inter-op parallelism only adds thread hand-offs. Idle worker
-    threads spin only if `spin`. EfficientNet-Lite0, 2 cores, batch 1: 7.6-8.3 ms spinning vs
+    threads do not spin. EfficientNet-Lite0, 2 cores, batch 1: 7.6-8.3 ms spinning vs
     9.3-9.4 ms not when the cores are quiet, but 17-25 ms vs 11-16 ms beside one busy thread
     (as the server's image decoding is); batch 32 the same either way.
     """
@@ -38,7 +38,7 @@ def session_options(num_threads: int | None = None, spin: bool = False) -> ort.S
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -56,12 +56,11 @@ class OnnxBackend:
         path: Path,
         num_threads: int | None = None,
         providers: list[str] | None = None,
-        spin: bool = False,
     ) -> None:
         try:
             self.session = ort.InferenceSession(
                 str(path),
-                session_options(num_threads, spin),
+                session_options(num_threads),
                 providers=providers or default_providers(),
             )
         except Exception as exc:  # ORT's errors (InvalidProtobuf, Fail, ...) share no base

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_DIM = 384
 _MAX_TOKENS = 256  # the sentence model's max_seq_length
+_ENCODE_BATCH = 64  # texts per forward pass of the sentence model
 
 
 class TextTower(Protocol):
@@ -80,7 +81,7 @@ class SentenceEncoder:
 
     dim = MINILM_DIM
 
-    def __init__(self, path: Path | None = None, batch_size: int = 64):
+    def __init__(self, path: Path | None = None):
         from transformers import AutoModel, AutoTokenizer
 
         if path is None:
@@ -90,13 +91,12 @@ class SentenceEncoder:
         self.path = Path(path)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True).eval()
-        self.batch_size = batch_size
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         cleaned = check_texts(texts)
         out = np.empty((len(cleaned), self.dim), dtype=np.float32)
-        for start in range(0, len(cleaned), self.batch_size):
-            chunk = cleaned[start : start + self.batch_size]
+        for start in range(0, len(cleaned), _ENCODE_BATCH):
+            chunk = cleaned[start : start + _ENCODE_BATCH]
             tokens = self.tokenizer(
                 chunk, padding=True, truncation=True, max_length=_MAX_TOKENS, return_tensors="pt"
             )
@@ -166,7 +166,6 @@ class ImageNetConseTower:
         spec: dict[str, Any],
         head_state: dict[str, torch.Tensor],
         embedding_head: bool,
-        encoder: SentenceEncoder | None = None,
     ):
         self.dim = int(spec["dim"])
         self.logit_scale = LOGIT_SCALE
@@ -187,11 +186,10 @@ class ImageNetConseTower:
             if embedding_head
             else weight / np.linalg.norm(weight, axis=1, keepdims=True).clip(1e-12)
         )
-        self._encoder = encoder
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         cleaned = check_texts(texts)
-        encoder = self._encoder or sentence_encoder()
+        encoder = sentence_encoder()
         prompts = np.zeros((len(cleaned), encoder.dim), dtype=np.float32)
         for template in PROMPT_TEMPLATES:
             prompts += encoder.encode([template.format(text) for text in cleaned])

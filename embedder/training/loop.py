@@ -230,8 +230,6 @@ def train(
             f"loss {loss:.3f}  val {_describe(val)}  score {score:.4f}"
             + ("  best" if improved else f"  (no better for {state['stale']})")
         )
-    else:
-        stopped_early = state["stale"] >= options.patience and state["epoch"] < options.epochs
 
     network.load_state_dict(state["best_state"])
     final_val = accuracy("val", network.head)
