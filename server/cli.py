@@ -664,15 +664,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--tls-cert",
-            default=os.environ.get("NEARCAT_TLS_CERT"),
+            default=os.environ.get("NEARCAT_CLIENT_TLS_CERT"),
             metavar="PEM",
-            help="client certificate for mutual TLS (env NEARCAT_TLS_CERT)",
+            help="client certificate for mutual TLS (env NEARCAT_CLIENT_TLS_CERT; "
+            "NEARCAT_TLS_CERT is the server's own certificate)",
         )
         sub.add_argument(
             "--tls-key",
-            default=os.environ.get("NEARCAT_TLS_KEY"),
+            default=os.environ.get("NEARCAT_CLIENT_TLS_KEY"),
             metavar="PEM",
-            help="key of --tls-cert (env NEARCAT_TLS_KEY)",
+            help="key of --tls-cert (env NEARCAT_CLIENT_TLS_KEY)",
         )
         return sub
 

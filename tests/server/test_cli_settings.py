@@ -34,3 +34,18 @@ def test_invalid_values_name_the_flag() -> None:
         settings_for("--port", "not-a-number")
     with pytest.raises(CommandError, match="--k"):
         settings_for("--k", "0")
+
+
+def test_the_servers_tls_env_vars_do_not_make_client_commands_use_tls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # In the server's container NEARCAT_TLS_CERT/KEY name the server's certificate; `nearcat
+    # status` there must not present it as a client certificate.
+    monkeypatch.setenv("NEARCAT_TLS_CERT", "/certs/server.pem")
+    monkeypatch.setenv("NEARCAT_TLS_KEY", "/certs/server.key")
+    args = build_parser().parse_args(["status"])
+    assert args.tls_cert is None and args.tls_key is None
+    monkeypatch.setenv("NEARCAT_CLIENT_TLS_CERT", "/certs/client.pem")
+    monkeypatch.setenv("NEARCAT_CLIENT_TLS_KEY", "/certs/client.key")
+    args = build_parser().parse_args(["status"])
+    assert (args.tls_cert, args.tls_key) == ("/certs/client.pem", "/certs/client.key")
