@@ -9,6 +9,7 @@ waiting pays.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from time import monotonic
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -135,8 +138,8 @@ class MicroBatcher:
             batch = self._take_batch()
             if not batch:
                 return  # closed and drained
-            pixels = np.concatenate([job.pixels for job in batch])
             try:
+                pixels = np.concatenate([job.pixels for job in batch])
                 vectors = self._model(pixels)
             except Exception as exc:  # every waiting caller gets the failure
                 for job in batch:
@@ -151,4 +154,7 @@ class MicroBatcher:
                 self._images += len(pixels)
                 self._largest = max(self._largest, len(pixels))
             if self._on_batch is not None:
-                self._on_batch(len(pixels))
+                try:
+                    self._on_batch(len(pixels))
+                except Exception:  # metrics must never stop the one thread that runs the model
+                    log.exception("the batch observer failed")

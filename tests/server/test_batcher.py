@@ -93,3 +93,15 @@ def test_a_model_failure_reaches_every_caller_of_that_batch() -> None:
     batcher.close()
     with pytest.raises(RuntimeError, match="stopped"):
         batcher.run(tagged(1, 0))
+
+
+def test_a_failing_batch_observer_does_not_stop_the_model_worker() -> None:
+    def observer(size: int) -> None:
+        raise RuntimeError("metrics exploded")
+
+    batcher = MicroBatcher(slow_model([], delay=0), on_batch=observer)
+    try:
+        for tag in (1.0, 2.0):  # the second call would wait for ever on a dead worker
+            assert batcher.run(tagged(1, tag)).tolist() == [[tag]]
+    finally:
+        batcher.close()
