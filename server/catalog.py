@@ -107,9 +107,16 @@ class LabelScore:
 
 
 @dataclass(frozen=True)
+class ZeroShot:
+    labels: list[LabelScore]  # best first
+    model_version: str  # the version that answered (a reindex may switch right after)
+
+
+@dataclass(frozen=True)
 class TextSearch:
     categories: list[ScoredCategory]  # by how well their prompts (or names) match the text
     references: list[Hit]  # nearest reference images to the text, when the model can say
+    model_version: str
 
 
 @dataclass(frozen=True)
@@ -554,7 +561,7 @@ class Catalog:
 
     # -- text ----------------------------------------------------------------------------
 
-    def zero_shot(self, image: bytes, labels: Sequence[str]) -> list[LabelScore]:
+    def zero_shot(self, image: bytes, labels: Sequence[str]) -> ZeroShot:
         """Rank free-text labels for one image, no references needed; best first."""
         with self._use() as s:
             text = s.require_text()
@@ -572,7 +579,7 @@ class Catalog:
                 _, semantics = s.embed_decoded([decoded])
         shares = text_shares(text, semantics[0], label_vectors)[0]
         ranked = sorted(zip(labels, shares.tolist(), strict=True), key=lambda p: -p[1])
-        return [LabelScore(label, score) for label, score in ranked]
+        return ZeroShot([LabelScore(label, score) for label, score in ranked], s.version)
 
     def search_by_text(self, query: str, top_n: int = 5, k: int | None = None) -> TextSearch:
         """Categories whose text matches the query, and the reference images nearest to it."""
@@ -596,7 +603,7 @@ class Catalog:
                 ]
             queries = text.image_queries(vector)
             references = s.index.search(queries, k)[0] if queries is not None else []
-            return TextSearch(categories, references)
+            return TextSearch(categories, references, s.version)
 
     # -- calibration ---------------------------------------------------------------------
 

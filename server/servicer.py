@@ -333,10 +333,10 @@ class NearcatServicer(pb_grpc.NearcatServicer):
     def ZeroShot(
         self, request: pb.ZeroShotRequest, context: grpc.ServicerContext
     ) -> pb.ZeroShotResponse:
-        labels = self.catalog.zero_shot(request.image, list(request.labels))
+        answer = self.catalog.zero_shot(request.image, list(request.labels))
         return pb.ZeroShotResponse(
-            labels=[pb.LabelScore(label=s.label, score=s.score) for s in labels],
-            model_version=self.catalog.serving.version,
+            labels=[pb.LabelScore(label=s.label, score=s.score) for s in answer.labels],
+            model_version=answer.model_version,
         )
 
     @rpc
@@ -347,7 +347,7 @@ class NearcatServicer(pb_grpc.NearcatServicer):
         return pb.SearchByTextResponse(
             categories=_scores(found.categories),
             references=_neighbors(found.references),
-            model_version=self.catalog.serving.version,
+            model_version=found.model_version,
         )
 
     @rpc
