@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     )
     key_prefix: str = Field("nearcat", description="prefix of every key nearcat writes")
     model: str = Field(
-        "efficientnet_lite0", description="registered model name or model artifact directory"
+        "efficientnet_lite0",
+        description="registered model name or model artifact directory; serves a new store, "
+        "whereas a store that has served before keeps its model until `nearcat reindex`",
     )
     runtime: Literal["auto", "onnx", "torch"] = Field(
         "auto",

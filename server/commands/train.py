@@ -22,7 +22,8 @@ DEFAULT_MODELS_DIR = Path("var/models")
 
 DESCRIPTION = """\
 Fine-tune an embedding model with ArcFace metric learning and write the result as a model
-artifact that `nearcat serve --model MODEL_DIR` and `nearcat eval --model MODEL_DIR` load.
+artifact that `nearcat eval --model MODEL_DIR` evaluates and `nearcat reindex --model
+MODEL_DIR` switches a running server to (`nearcat serve --model MODEL_DIR` for a new store).
 
 The data is split like `nearcat eval --data` does (stratified, grouped by --group-column,
 same --seed and --holdout give the same split). Held-out categories are never trained on:
@@ -265,7 +266,10 @@ def run(args: argparse.Namespace) -> None:
         )
     except (ValueError, FileExistsError, FileNotFoundError, ArtifactError, WeightsError) as exc:
         raise CommandError(str(exc)) from exc
-    print(f"wrote {result.artifact} (serve it with: nearcat serve --model {result.artifact})")
+    print(
+        f"wrote {result.artifact}; switch a running server to it with: nearcat reindex "
+        f"--model {result.artifact} (the model path as the server sees it)"
+    )
 
 
 def _blocks(value: str) -> int | Literal["all"]:
