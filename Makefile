@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup run test lint protos clean
 
-setup: $(STAMP)  ## create .venv and install nearcat with its dev tools (CPU)
+setup: $(STAMP)  ## create .venv and install nearcat with its dev tools
 
 # Re-installs only when pyproject.toml changes, so `make setup` is cheap to re-run.
 $(STAMP): pyproject.toml
