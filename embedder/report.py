@@ -17,6 +17,7 @@ from embedder.evaluate import (
     AUTOMATION_PRECISION,
     Accepted,
     AutomationPoint,
+    ConfidenceReport,
     Evaluation,
     MethodResult,
     ReliabilityBin,
@@ -46,18 +47,29 @@ def write_report(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     written = [confusion, reliability]
     if evaluation.confidence is not None:
         confidence = evaluation.confidence
+        served = served_confidence(confidence)
         plot_reliability(
-            confidence.reliability_after,
-            confidence.ece_after,
-            out_dir / CALIBRATED_FILE,
-            f"calibrated (temperature {confidence.calibration.temperature:.2f})",
+            confidence.reliability_after, confidence.ece_after, out_dir / CALIBRATED_FILE, served
         )
         plot_automation(
-            confidence.automation, confidence.chosen["threshold"], out_dir / AUTOMATION_FILE
+            confidence.automation,
+            confidence.chosen["threshold"],
+            out_dir / AUTOMATION_FILE,
+            served,
         )
         written += [out_dir / CALIBRATED_FILE, out_dir / AUTOMATION_FILE]
     summary.write_text(summary_markdown(evaluation))
     return [*written, summary]
+
+
+def served_confidence(confidence: ConfidenceReport) -> str:
+    """What the figures after calibration were measured on: the confidence head's probability
+    when one was fitted (its curve, or its temperature), else the tempered vote share."""
+    head = confidence.calibration.head
+    if head is None:
+        return f"vote share at temperature {confidence.calibration.temperature:.2f}"
+    how = "isotonic curve" if head.curve is not None else f"temperature {head.temperature:.2f}"
+    return f"confidence head, {how}"
 
 
 def confusion_matrix(
@@ -172,7 +184,9 @@ def plot_reliability(
     plt.close(fig)
 
 
-def plot_automation(points: Sequence[AutomationPoint], chosen: float, path: Path) -> None:
+def plot_automation(
+    points: Sequence[AutomationPoint], chosen: float, path: Path, what: str
+) -> None:
     """Share auto-accepted against how often the auto-accepted are right, as the threshold
     moves; the threshold chosen on calibration data is marked."""
     import matplotlib.pyplot as plt
@@ -195,7 +209,7 @@ def plot_automation(points: Sequence[AutomationPoint], chosen: float, path: Path
     ax.set_ylim(min(0.5, min((p.precision for p in points), default=0.5)), 1.01)
     ax.set_xlabel("share of images auto-accepted")
     ax.set_ylabel("precision of the auto-accepted")
-    ax.set_title("Automation curve (calibrated confidence, queries)")
+    ax.set_title(f"Automation curve on the queries ({what})")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import embedder.report as report_module
 from embedder.config import ModelConfig, PreprocessConfig
 from embedder.datasets import LabeledImage, load_folder_tree
 from embedder.evaluate import (
@@ -320,6 +321,33 @@ def test_a_threshold_that_accepts_nothing_has_no_precision(
 
     seeds = {0: {"confidence": report.to_dict()}, 1: {}}
     assert "auto_accepted_precision" not in over_seeds(seeds)
+
+
+def test_the_calibrated_plots_name_the_confidence_they_show(
+    evaluation: Evaluation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a confidence head the figures after calibration are the head's: the plots must
+    not call them the vote share at the calibration's temperature."""
+    rng = np.random.default_rng(0)
+    centres = {"a": [5.0, 0, 0], "b": [0, 5.0, 0]}
+    labels = [c for c in centres for _ in range(12)]
+    vectors = [list(np.add(centres[c], rng.normal(0, 1.0, 3))) for c in labels]
+    images = embedded(labels, vectors, [f"c{n}" for n in range(len(labels))])
+    fit_on = [Answer(c, (c, "b" if c == "a" else "a"), (0.8, 0.2)) for c in labels]
+    fit_on[::5] = [Answer(a.truth, a.categories[::-1], (0.6, 0.4)) for a in fit_on[::5]]
+    head = fit_head(images.vectors, labels)
+    with_head = confidence_report(fit_on, fit_on, "answers", head=(head, images, images))
+    without = confidence_report(fit_on, fit_on, "answers")
+    assert with_head.calibration.head is not None and with_head.calibration.head.curve is None
+
+    titles: list[object] = []  # the last argument: the label, or the path for the kNN plot
+    monkeypatch.setattr(report_module, "plot_reliability", lambda *args: titles.append(args[-1]))
+    monkeypatch.setattr(report_module, "plot_automation", lambda *args: titles.append(args[-1]))
+    for report in (with_head, without):
+        write_report(replace(evaluation, confidence=report), tmp_path)
+    head_temperature = with_head.calibration.head.temperature
+    assert titles[1:3] == [f"confidence head, temperature {head_temperature:.2f}"] * 2
+    assert titles[4:] == [f"vote share at temperature {without.calibration.temperature:.2f}"] * 2
 
 
 def test_confusion_matrix_counts() -> None:
