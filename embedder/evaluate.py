@@ -65,7 +65,8 @@ class Answer:
     truth: str
     categories: tuple[str, ...]
     scores: tuple[float, ...]
-    # Cosine similarity of the nearest reference (kNN answers; 1.0 where not applicable).
+    # Cosine similarity of the nearest reference, for kNN answers (-1.0 when the search found
+    # none); 1.0 where it does not apply (the probe, zero-shot).
     nearest: float = 1.0
 
     @property

@@ -1,9 +1,12 @@
 """ArcFace metric learning for the embedding network: `train(split, options, out_dir)`.
 
-The backbone's early blocks stay frozen and are run once per image (and per cached augmented
-view); only the last blocks and a projection head train on those cached features, which is
-what makes training practical on a 2-core CPU. Validation measures kNN accuracy separately on
-trained and held-out categories, so fine-tuning cannot silently give up the open-set promise.
+By default the backbone's early blocks stay frozen and are run once per image (and per cached
+augmented view); only the last blocks and a projection head train on those cached features,
+which is what makes training practical on a 2-core CPU. On a GPU, `augment="online"` draws a
+fresh augmented view of every image each epoch (the frozen blocks then run on every batch),
+and `trainable_blocks="all"` trains the whole backbone, stem included. Validation measures
+kNN accuracy separately on trained and held-out categories, so fine-tuning cannot silently
+give up the open-set promise.
 """
 
 from embedder.training.loop import TrainResult, train
