@@ -173,7 +173,7 @@ def _check_metadata(metadata: dict[str, str], where: str) -> None:
 
 def _check_deadline(deadline: float | None, before: str) -> None:
     if deadline is not None and time.monotonic() > deadline:
-        raise DeadlineExceeded(f"deadline passed before {before}; nothing was written")
+        raise DeadlineExceeded(f"deadline passed before {before}")
 
 
 class Catalog:
@@ -887,7 +887,7 @@ class Catalog:
         vectors, _ = self._serving.embed(images, labels)
         pending = self._pending
         other = pending.embed(images, labels)[0] if pending is not None else None
-        _check_deadline(deadline, "writing the references")
+        _check_deadline(deadline, "writing the references; nothing was written")
         prepared = []
         for i, (ref, vector) in enumerate(zip(references, vectors, strict=True)):
             sha = image_sha256(ref.image)

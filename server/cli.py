@@ -476,8 +476,11 @@ def print_result(path: str, item: Any, model_version: str, as_json: bool) -> Non
             )
         )
         return
-    best = result.categories[0]
     decision = DECISIONS[result.decision].replace("_", "-")
+    if not result.categories:  # no reference near enough to say anything
+        print(f"{path}: no category ({decision})")
+        return
+    best = result.categories[0]
     # The decision follows the confidence: the answer's probability, or the confidence head's
     # when one is current (indexer/head.py), shown apart when it differs.
     sure = f"{best.score:.2f}"
