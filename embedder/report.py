@@ -309,7 +309,7 @@ def _confidence_lines(evaluation: Evaluation) -> list[str]:
         "",
         f"Auto-accept threshold for {AUTOMATION_PRECISION:.0%} precision, chosen on the "
         f"calibration data: {chosen['threshold']:.3f}; on the queries it auto-accepts "
-        f"{_accepted(chosen)}.",
+        f"{accepted_text(chosen)}.",
         *_vote_only_lines(c.vote_only),
         "",
         "| band | share | accuracy |",
@@ -325,11 +325,13 @@ def _vote_only_lines(vote_only: dict[str, Any] | None) -> list[str]:
     vote = vote_only["threshold_chosen_on_calibration_data"]
     return [
         "The confidence is the confidence head's probability of the vote's answer, as served; "
-        f"with the vote's calibrated share instead the same choice auto-accepts {_accepted(vote)}."
+        "with the vote's calibrated share instead the same choice auto-accepts "
+        f"{accepted_text(vote)}."
     ]
 
 
-def _accepted(at: Accepted) -> str:
+def accepted_text(at: Accepted) -> str:
+    """How many a threshold auto-accepts and how often rightly; "nothing" when none."""
     if at["precision"] is None:
         return "nothing"
     return f"{at['coverage']:.1%} at {at['precision']:.1%} precision"

@@ -417,6 +417,8 @@ def _two_sources(args: argparse.Namespace, named: list[str]) -> Chosen:
 
 def print_summary(evaluation: Evaluation) -> None:
     """A table of the model against the baselines, then held-out, worst categories, warnings."""
+    from embedder.report import accepted_text
+
     rows = [("model kNN", evaluation.knn)] + list(evaluation.baselines.items())
     print(
         f"{evaluation.model_version}: {evaluation.references} references, "
@@ -440,14 +442,13 @@ def print_summary(evaluation: Evaluation) -> None:
         c = evaluation.confidence
         print(
             f"calibration ({c.calibration.source}): ECE {c.ece_before:.3f} -> {c.ece_after:.3f}; "
-            f"auto-accept at >= {c.chosen['threshold']:.3f}: {c.chosen['coverage']:.1%} of "
-            f"images, {c.chosen['precision']:.1%} right"
+            f"auto-accept at >= {c.chosen['threshold']:.3f}: {accepted_text(c.chosen)}"
         )
         if c.vote_only is not None:
             vote = c.vote_only["threshold_chosen_on_calibration_data"]
             print(
-                f"  (confidence from the confidence head; with the vote's share instead: "
-                f"{vote['coverage']:.1%} of images, {vote['precision']:.1%} right)"
+                "  (confidence from the confidence head; with the vote's share instead: "
+                f"{accepted_text(vote)})"
             )
     worst = ", ".join(
         f"{name} {metrics.per_category[name].top1:.0%}" for name in metrics.worst_categories

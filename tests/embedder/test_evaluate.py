@@ -43,6 +43,7 @@ from embedder.model import Embedder, create_artifact, load_artifact
 from embedder.report import confusion_matrix, summary_markdown, write_report
 from indexer.head import fit_head
 from indexer.vote import VoteConfig
+from server.commands.evaluate import print_summary
 from tests.helpers import make_image
 
 # -- metrics on hand-built answers ---------------------------------------------------------
@@ -305,7 +306,7 @@ def test_report_writes_readable_plots_and_summary(evaluation: Evaluation, tmp_pa
 
 
 def test_a_threshold_that_accepts_nothing_has_no_precision(
-    evaluation: Evaluation, tmp_path: Path
+    evaluation: Evaluation, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Not 1.0: nothing accepted is nothing right either. The seed summary leaves it out and
     the report says nothing was accepted."""
@@ -321,6 +322,9 @@ def test_a_threshold_that_accepts_nothing_has_no_precision(
 
     seeds = {0: {"confidence": report.to_dict()}, 1: {}}
     assert "auto_accepted_precision" not in over_seeds(seeds)
+
+    print_summary(replace(evaluation, confidence=report))  # the command's printout too
+    assert ": nothing" in capsys.readouterr().out
 
 
 def test_the_calibrated_plots_name_the_confidence_they_show(
