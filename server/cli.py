@@ -92,12 +92,17 @@ def load_settings(args: argparse.Namespace) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
+            _setting_name(str(e["loc"][0])) + f": {e['msg']}"
             if e["loc"]
             else str(e["msg"]).removeprefix("Value error, ")
             for e in exc.errors()
         )
         raise CommandError(f"invalid setting: {problems}") from None
+
+
+def _setting_name(field: str) -> str:
+    """A setting as a person may have given it: the flag, or its environment variable."""
+    return f"--{field.replace('_', '-')} (or NEARCAT_{field.upper()})"
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -30,7 +30,7 @@ def test_env_vars_override_defaults_and_flags_override_env(monkeypatch: pytest.M
 
 
 def test_invalid_values_name_the_flag() -> None:
-    with pytest.raises(CommandError, match="--port"):
+    with pytest.raises(CommandError, match=r"--port \(or NEARCAT_PORT\)"):
         settings_for("--port", "not-a-number")
     with pytest.raises(CommandError, match="--k"):
         settings_for("--k", "0")
