@@ -20,6 +20,13 @@ def reference_id(category: str, image_sha: str) -> str:
     return f"{int.from_bytes(digest[:8], 'big') & (2**63 - 1):016x}"
 
 
+def is_reference_id(value: str) -> bool:
+    """Whether `value` has the form of a reference id (a client may send anything)."""
+    return (
+        len(value) == 16 and all(c in "0123456789abcdef" for c in value) and value[0] < "8"
+    )  # 63 bits: FAISS ids are int64
+
+
 def faiss_id(reference_id: str) -> int:
     return int(reference_id, 16)
 

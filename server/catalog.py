@@ -32,7 +32,7 @@ from indexer.errors import (
     NotFound,
 )
 from indexer.head import ConfidenceHead
-from indexer.ids import image_sha256, reference_id
+from indexer.ids import image_sha256, is_reference_id, reference_id
 from indexer.index import Hit, IndexConfig, VectorIndex
 from indexer.store import Category, NewReference, Reference, Store
 from indexer.taxonomy import LevelScore, level_scores, path_of
@@ -776,8 +776,9 @@ class Catalog:
             try:
                 removed = self.store.remove_references(reference_ids)
             except NotFound:  # perhaps removed by an attempt whose reply was lost
-                gone = self.store.get_references(reference_ids)
-                s.index.remove([i for i, ref in zip(reference_ids, gone, strict=True) if not ref])
+                ids = [i for i in reference_ids if is_reference_id(i)]
+                gone = self.store.get_references(ids)
+                s.index.remove([i for i, ref in zip(ids, gone, strict=True) if ref is None])
                 raise
             s.index.remove([r.id for r in removed])
         return len(removed)

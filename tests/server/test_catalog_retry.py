@@ -83,3 +83,11 @@ def test_a_retried_delete_that_had_committed_leaves_the_index(
     with pytest.raises(NotFound):
         catalog.delete_category("dots")
     assert catalog.index.categories() == {"stripes"}
+
+
+def test_removing_malformed_ids_is_not_found_not_a_crash(catalog: Catalog) -> None:
+    catalog.add_category("dots", references=[ReferenceInput(make_image("dots", 1))])
+    for ids in ([""], ["not-hex"], ["0" * 17], ["a" + "0" * 15]):
+        with pytest.raises(NotFound):
+            catalog.remove_references(ids)
+    assert len(catalog.index) == 1
