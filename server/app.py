@@ -300,14 +300,18 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
     whatever was started by then is closed again, in reverse order.
     """
     stop_requested = threading.Event()
+    serving = threading.Event()
 
     def request_stop(*_: object) -> None:
-        if not stop_requested.is_set() and serving.is_set():
+        # Signals often come twice (Ctrl-C under `make run` reaches nearcat, then make
+        # forwards a SIGTERM): only the first signal during start-up interrupts it, and no
+        # signal cuts a graceful stop short.
+        if serving.is_set() or stop_requested.is_set():
             stop_requested.set()
-        else:
-            raise KeyboardInterrupt  # still starting: abandon it
+            return
+        stop_requested.set()
+        raise KeyboardInterrupt  # still starting: abandon it
 
-    serving = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
 

@@ -241,6 +241,7 @@ def test_a_stop_signal_during_start_up_abandons_it_cleanly(
             assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.05)
         process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)  # a second one must not cut the clean-up short
         code = process.wait(timeout=120)
     finally:
         process.kill()
@@ -267,3 +268,17 @@ def test_import_waits_out_the_servers_rate_limit(tmp_path: Path, model_artifact:
     finally:
         limited.stop()
     assert "imported 6 new references" in result.stdout and "0 failed" in result.stdout
+
+
+def test_a_repeated_stop_signal_still_stops_gracefully(
+    tmp_path: Path, model_artifact: Path
+) -> None:
+    """Ctrl-C under `make run` reaches nearcat and make forwards a SIGTERM too: the second
+    signal must not cut the graceful stop (in-flight calls finishing) short."""
+    process = ServerProcess(tmp_path / "data", model_artifact).start()
+    assert process.process is not None
+    process.process.send_signal(signal.SIGINT)
+    process.process.send_signal(signal.SIGTERM)
+    assert process.process.wait(timeout=60) == 0, process.log()
+    assert "stopping: letting in-flight calls finish" in process.log()
+    assert "interrupted" not in process.log()
