@@ -1,11 +1,14 @@
 """Files replaced whole: a reader, or a run killed mid-write, sees the old content or the new,
-never part of it, and two writers of one file never share a temporary file."""
+never part of it, and two writers of one file never share a temporary file. And a lock for
+read-modify-write across processes."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -38,5 +41,17 @@ def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (an existing file or directory) until the block ends;
+    other processes taking it wait."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(fd)

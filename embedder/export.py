@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import io
 import json
 import logging
@@ -29,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from timm.layers import Conv2dSame
 from torch import nn
 
-from embedder.atomic import FILE_MODE, fsync_dir, replace_text
+from embedder.atomic import FILE_MODE, exclusive, fsync_dir, replace_text
 from embedder.config import ModelConfig
 from embedder.images import ImageDecodeError
 from embedder.model import (
@@ -341,9 +340,5 @@ def _artifact_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on the artifact directory: one export at a time per artifact."""
     if not path.is_dir():
         _read_artifact_config(path)  # raises the usual "does not exist" error
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive(path):
         yield
-    finally:
-        os.close(fd)

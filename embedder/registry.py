@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedder.atomic import replace_text
+from embedder.atomic import exclusive, replace_text
 from embedder.model import CONFIG_FILE, ArtifactError, verify_artifact
 
 ENTRY_FILE = "registry.json"
@@ -75,12 +75,14 @@ class ModelRegistry:
         )
 
     def record_metrics(self, version: str, metrics: dict[str, Any]) -> RegisteredModel:
-        """Merge `metrics` (e.g. {"validation": {...}}) into the version's entry."""
-        entry = self.get(version)
-        merged = {**entry.metrics, **metrics}
-        _write_json(
-            entry.path / ENTRY_FILE, _entry_json(entry.source, entry.registered_at_ms, merged)
-        )
+        """Merge `metrics` (e.g. {"validation": {...}}) into the version's entry; two
+        processes recording at once both keep theirs."""
+        with exclusive(self.get(version).path):
+            entry = self.get(version)
+            merged = {**entry.metrics, **metrics}
+            _write_json(
+                entry.path / ENTRY_FILE, _entry_json(entry.source, entry.registered_at_ms, merged)
+            )
         return self.get(version)
 
     def _copy_in(self, artifact: Path, target: Path) -> None:

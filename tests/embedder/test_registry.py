@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import multiprocessing
+import time
 from pathlib import Path
-
-import pytest
+from typing import Any
 
 from embedder import ModelConfig, PreprocessConfig, create_artifact
 from embedder.registry import ModelRegistry
@@ -18,25 +18,33 @@ TINY = ModelConfig(
     preprocess=PreprocessConfig(input_size=64),
     weights="random",
 )
+RECORDS = 100
 
 
-def test_two_writers_of_an_entry_never_share_a_temporary_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A second server records metrics while the first is mid-write: neither write fails, and
-    the entry is the last one renamed into place, whole."""
+def _record_many(root: str, version: str, writer: str, go: Any) -> None:
+    registry = ModelRegistry(Path(root))
+    go.wait()  # both processes started: record at the same time
+    for n in range(RECORDS):
+        registry.record_metrics(version, {f"{writer}-{n}": n})
+
+
+def test_two_processes_recording_metrics_at_once_lose_nothing(tmp_path: Path) -> None:
+    """Two servers record metrics into one entry at the same time: every record is kept
+    (read, merge and write happen under one lock), and no temporary file is left behind."""
     registry = ModelRegistry(tmp_path / "registry")
     version = registry.register(create_artifact(TINY, tmp_path / "tiny")).version
-    real_fsync = os.fsync
-    interrupted: list[int] = []
-
-    def fsync_while_another_writes(fd: int) -> None:
-        if not interrupted:
-            interrupted.append(fd)
-            registry.record_metrics(version, {"second": 2})
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync_while_another_writes)
-    registry.record_metrics(version, {"first": 1})
-    assert registry.get(version).metrics == {"first": 1}
-    assert not list((registry.root / version).glob(".*"))  # no temporary file left behind
+    context = multiprocessing.get_context("spawn")
+    go = context.Event()
+    writers = [
+        context.Process(target=_record_many, args=(str(registry.root), version, name, go))
+        for name in ("first", "second")
+    ]
+    for writer in writers:
+        writer.start()
+    time.sleep(3)  # both importing done, waiting at the start line
+    go.set()
+    for writer in writers:
+        writer.join(timeout=120)
+        assert writer.exitcode == 0
+    assert len(registry.get(version).metrics) == 2 * RECORDS
+    assert not list((registry.root / version).glob(".*"))
