@@ -214,6 +214,11 @@ class VectorIndex:
         with self._lock:
             return {reference_id_of_faiss(i) for i in self._category_of}
 
+    def holds(self, reference_ids: Sequence[str]) -> list[str]:
+        """Those of these (well-formed) reference ids that the index holds."""
+        with self._lock:
+            return [i for i in reference_ids if faiss_id(i) in self._category_of]
+
     def reference_ids_of(self, category: str) -> set[str]:
         """The ids held for one category (a scan: for repairs, not for every call)."""
         with self._lock:

@@ -720,30 +720,29 @@ class Catalog:
             raise InvalidArgument(f"{len(prompts)} prompts; the limit is {MAX_PROMPTS}")
         for i, prompt in enumerate(prompts):
             _check_text(prompt, f"prompt {i}")
-        with self._gate.write(), self._use() as s:
-            if prompts:
-                s.require_text()
-            if self.store.get_category(name) is not None:  # fail before the costly embedding
-                self._follow_store(s, name)
-                raise AlreadyExists(
-                    f"category {name!r} already exists; use AddReferences to add images to it"
-                )
-            draft = Category(name, parent or None, {}, 0, 0, list(prompts))
-            text_vectors = s.prompt_vectors([draft]) if prompts else []
-            prepared = self._prepare(name, references, deadline)
-            try:
+        try:
+            with self._gate.write(), self._use() as s:
+                if prompts:
+                    s.require_text()
+                if self.store.get_category(name) is not None:  # before the costly embedding
+                    raise AlreadyExists(
+                        f"category {name!r} already exists; use AddReferences to add images to it"
+                    )
+                draft = Category(name, parent or None, {}, 0, 0, list(prompts))
+                text_vectors = s.prompt_vectors([draft]) if prompts else []
+                prepared = self._prepare(name, references, deadline)
                 category, duplicate = self.store.create_category(
                     name, parent or None, metadata or {}, prepared, s.version, prompts
                 )
-            except AlreadyExists:
-                self._follow_store(s, name)
-                raise
-            self._parents[name] = parent or None
-            if text_vectors:
-                s.remember_prompts([category], text_vectors)
-            else:
-                s.forget_text_matrix()
-            self._index_new(s, name, prepared)
+                self._parents[name] = parent or None
+                if text_vectors:
+                    s.remember_prompts([category], text_vectors)
+                else:
+                    s.forget_text_matrix()
+                self._index_new(s, name, prepared)
+        except AlreadyExists:  # perhaps created by an attempt whose reply was lost
+            self._follow_store(name)
+            raise
         return AddResult(category, _added(prepared, duplicate))
 
     def add_references(
@@ -772,28 +771,26 @@ class Catalog:
     def remove_references(self, reference_ids: Sequence[str]) -> int:
         if not reference_ids:
             raise InvalidArgument("no reference ids given")
-        with self._gate.write(), self._use() as s:
-            try:
+        try:
+            with self._gate.write(), self._use() as s:
                 removed = self.store.remove_references(reference_ids)
-            except NotFound:  # perhaps removed by an attempt whose reply was lost
-                ids = [i for i in reference_ids if is_reference_id(i)]
-                gone = self.store.get_references(ids)
-                s.index.remove([i for i, ref in zip(ids, gone, strict=True) if ref is None])
-                raise
-            s.index.remove([r.id for r in removed])
+                s.index.remove([r.id for r in removed])
+        except NotFound:  # perhaps removed by an attempt whose reply was lost
+            self._drop_unstored([i for i in reference_ids if is_reference_id(i)])
+            raise
         return len(removed)
 
     def delete_category(self, name: str) -> int:
         validate_category_name(name)
-        with self._gate.write(), self._use() as s:
-            try:
+        try:
+            with self._gate.write(), self._use() as s:
                 removed = self.store.delete_category(name)
-            except NotFound:  # perhaps deleted by an attempt whose reply was lost
-                self._follow_store(s, name)
-                raise
-            s.index.remove([r.id for r in removed])
-            self._parents.pop(name, None)
-            s.drop_text(name)
+                s.index.remove([r.id for r in removed])
+                self._parents.pop(name, None)
+                s.drop_text(name)
+        except NotFound:  # perhaps deleted by an attempt whose reply was lost
+            self._follow_store(name)
+            raise
         return len(removed)
 
     # -- reads ---------------------------------------------------------------------------
@@ -829,30 +826,54 @@ class Catalog:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _follow_store(self, s: Serving, name: str) -> None:
+    def _follow_store(self, name: str) -> None:
         """Bring what this server holds of category `name` (its vectors in the index, its
         parent, its prompts) level with the store.
 
         For a write whose reply was lost: the store applied it, the caller saw UNAVAILABLE,
-        and the retry answers AlreadyExists or NotFound; the index must still follow.
+        and the retry answers AlreadyExists or NotFound; the index must still follow. Writes
+        are held back meanwhile (the comparison must not see one half done), but only when a
+        quick look finds this server behind: a plain AlreadyExists costs no more than before.
         """
+        if not self._behind_store(name):
+            return
+        with self._gate.switch(), self._use() as s:
+            category = self.store.get_category(name)
+            held = s.index.reference_ids_of(name)
+            if category is None:
+                s.index.remove(sorted(held))
+                self._parents.pop(name, None)
+                s.drop_text(name)
+                return
+            self._parents[name] = category.parent
+            s.set_texts([category])
+            stored = set(self.store.reference_ids(name))
+            s.index.remove(sorted(held - stored))
+            vectors = self.store.get_vectors(s.version, sorted(stored - held))
+            if vectors:
+                s.index.add(list(vectors), [name] * len(vectors), np.stack(list(vectors.values())))
+
+    def _behind_store(self, name: str) -> bool:
         category = self.store.get_category(name)
-        if category is None:
-            if s.index.count(name):
-                s.index.remove(sorted(s.index.reference_ids_of(name)))
-            self._parents.pop(name, None)
-            s.drop_text(name)
-            return
-        self._parents[name] = category.parent
-        s.set_texts([category])
-        if s.index.count(name) == category.reference_count:
-            return
-        stored = set(self.store.reference_ids(name))
-        held = s.index.reference_ids_of(name)
-        s.index.remove(sorted(held - stored))
-        vectors = self.store.get_vectors(s.version, sorted(stored - held))
-        if vectors:
-            s.index.add(list(vectors), [name] * len(vectors), np.stack(list(vectors.values())))
+        with self._use() as s:
+            if category is None:
+                return bool(s.index.count(name)) or name in self._parents
+            return (
+                s.index.count(name) != category.reference_count
+                or self._parents.get(name, "") != category.parent
+                or (bool(category.prompts) and s.text is not None and name not in s.prompted)
+            )
+
+    def _drop_unstored(self, reference_ids: Sequence[str]) -> None:
+        """Drop from the index those of these references the store no longer has (removed by
+        an attempt whose reply was lost); writes are held back only when one is held."""
+        with self._use() as s:
+            if not s.index.holds(reference_ids):
+                return
+        with self._gate.switch(), self._use() as s:
+            held = s.index.holds(reference_ids)
+            found = self.store.get_references(held)
+            s.index.remove([i for i, ref in zip(held, found, strict=True) if ref is None])
 
     def _index_new(self, s: Serving, category: str, references: Sequence[NewReference]) -> None:
         # Duplicates too, once each: a write that committed while its reply was lost (store
