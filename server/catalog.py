@@ -906,6 +906,7 @@ class Catalog:
             _check_metadata(ref.metadata, f"reference {i}")
         images = [r.image for r in references]
         labels = [f"reference {i}" for i in range(len(references))]
+        _check_deadline(deadline, "embedding; nothing was written")  # queued past it
         vectors, _ = self._serving.embed(images, labels)
         pending = self._pending
         other = pending.embed(images, labels)[0] if pending is not None else None

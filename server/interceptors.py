@@ -174,8 +174,9 @@ class _WithDefaultDeadline:
 
 class DefaultDeadlineInterceptor(grpc.ServerInterceptor):
     """Calls that come without a deadline get one; a caller's own deadline is kept as it is.
-    Classify, AddCategory and AddReferences check it before embedding and before writing, so
-    a backlog sheds work nobody waits for; other calls (Calibrate, Reindex) run to the end."""
+    Classify checks it before embedding, AddCategory and AddReferences before embedding and
+    before writing, so a backlog sheds work nobody waits for; other calls (Calibrate,
+    Reindex) run to the end."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
