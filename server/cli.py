@@ -181,7 +181,7 @@ def _waiting_out_rate_limits(channel: Any) -> Any:
                 if wait_ms is None:  # exhausted otherwise, e.g. a message too large
                     return outcome
                 time.sleep(wait_ms / 1000)
-            return outcome
+            return continuation(details, request)  # the last try, whatever it answers
 
     return grpc.intercept_channel(channel, WaitOutRateLimit())
 
@@ -399,11 +399,10 @@ def send_references(
     try:
         return stub.AddReferences(request(batch)).added, []
     except grpc.RpcError as exc:
-        if exc.code() not in (
-            grpc.StatusCode.INVALID_ARGUMENT,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,  # e.g. larger than the server takes
-        ):
-            raise
+        limited = _retry_after_ms(exc) is not None
+        too_large = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not limited
+        if exc.code() != grpc.StatusCode.INVALID_ARGUMENT and not too_large:
+            raise  # a rate limit that outlasted the waits, too, ends the import
         if len(batch) == 1:
             return 0, [(batch[0][0].path, exc.details())]
     results = [send_references(stub, category, [item]) for item in batch]
