@@ -89,6 +89,7 @@ class EmbeddedValkey:
                 self._server.stop(timeout=10.0)
             finally:
                 self._server = None
+            log.info("embedded Valkey stopped", extra={"socket": str(self.socket_path)})
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None

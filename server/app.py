@@ -173,7 +173,8 @@ def build_catalog(
     settings: Settings, client: redis.Redis, on_batch: Callable[[int], None] | None = None
 ) -> tuple[Catalog, Reindexer]:
     """The catalogue on the store's active model, its index loaded, and the reindexer (an
-    interrupted reindex resumed)."""
+    interrupted reindex resumed). Interrupted half-way (a stop signal during the minutes of
+    embedding), it closes what it started."""
     store = Store(client, settings.key_prefix)
     registry = ModelRegistry(settings.data_dir / "models" / "registry")
     open_model = model_opener(settings)
@@ -193,7 +194,11 @@ def build_catalog(
         text,
         settings.prompt_weight,
     )
-    catalog.load(progress=True)
+    try:
+        catalog.load(progress=True)
+    except BaseException:
+        catalog.close()
+        raise
     reindexer = Reindexer(
         catalog,
         registry,
@@ -206,7 +211,12 @@ def build_catalog(
             settings.reindex_group_by,
         ),
     )
-    reindexer.resume()
+    try:
+        reindexer.resume()
+    except BaseException:
+        reindexer.close()
+        catalog.close()
+        raise
     return catalog, reindexer
 
 
@@ -333,6 +343,8 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
         if settings.recalibrate_after_s > 0:
             started.callback(Recalibrator(catalog, settings.recalibrate_after_s).start().close)
         running = RunningServer(settings, catalog, metrics, tokens, reindexer, credentials)
+        started.callback(running.stop, 0)  # no-op after the graceful stop below
+        serving.set()  # calls are taken from here on: a stop signal now stops gracefully
         status = catalog.status()
         address = f"{settings.host}:{running.port}"
         announce(f"nearcat listening on {address}")
@@ -357,8 +369,10 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
             f"       {nearcat} classify photo.jpg --server {address}\n"
             "  stop with Ctrl-C (in-flight calls finish first)"
         )
-        serving.set()
-        stop_requested.wait()
+        # In short waits: a signal may land on another thread, and Python runs its handler
+        # only when the main thread wakes; one long wait could sleep through a SIGTERM.
+        while not stop_requested.wait(0.5):
+            pass
         log.info("stopping: letting in-flight calls finish (up to %.0fs)", settings.grace_seconds)
         running.stop(settings.grace_seconds)
     log.info("stopped")

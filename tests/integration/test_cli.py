@@ -241,14 +241,18 @@ def test_a_stop_signal_during_start_up_abandons_it_cleanly(
             assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.05)
         process.send_signal(signal.SIGTERM)
-        process.send_signal(signal.SIGTERM)  # a second one must not cut the clean-up short
+        time.sleep(0.3)  # apart, or Python runs the handler once for both
+        process.send_signal(signal.SIGINT)  # a second one must not cut the clean-up short
         code = process.wait(timeout=120)
     finally:
         process.kill()
     text = log_path.read_text()
-    assert code == 130, text
+    # 130 from nearcat; or killed by the second signal once the interpreter had already
+    # restored default handlers on its way out, after the clean-up below.
+    assert code in (130, -signal.SIGINT), text
     assert "nearcat: interrupted" in text and "Traceback" not in text
     assert "listening" not in text
+    assert "embedded Valkey stopped" in text  # the store was closed, not left running
 
 
 def test_import_waits_out_the_servers_rate_limit(tmp_path: Path, model_artifact: Path) -> None:
