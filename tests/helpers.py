@@ -8,12 +8,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from embedder.config import ModelConfig, PreprocessConfig
 from server.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOTHING = ROOT.parent / "shared" / "datasets" / "clothing"
 KINDS = ("stripes", "checkers", "dots")
-__all__ = ["CLOTHING", "KINDS", "ROOT", "ServerProcess", "make_image"]
+__all__ = ["CLOTHING", "KINDS", "ROOT", "ServerProcess", "make_image", "tiny_model_config"]
+
+
+def tiny_model_config(name: str, **overrides: object) -> ModelConfig:
+    """A randomly initialised 64-pixel EfficientNet-shaped model: an artifact in seconds."""
+    fields: dict[str, object] = {
+        "name": name,
+        "family": "timm",
+        "architecture": "test_efficientnet",
+        "embedding_dim": 256,
+        "preprocess": PreprocessConfig(input_size=64),
+        "weights": "random",
+    }
+    return ModelConfig(**{**fields, **overrides})  # type: ignore[arg-type]
 
 
 def make_image(kind: str, seed: int, size: int = 160, fmt: str = "JPEG") -> bytes:

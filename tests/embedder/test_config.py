@@ -18,15 +18,9 @@ from embedder.config import (
     load_config_file,
     register_config,
 )
+from tests.helpers import tiny_model_config
 
-TINY = ModelConfig(
-    name="test-config-tiny",
-    family="timm",
-    architecture="test_efficientnet",
-    embedding_dim=256,
-    preprocess=PreprocessConfig(input_size=64),
-    weights="random",
-)
+TINY = tiny_model_config("test-config-tiny")
 
 
 def test_packaged_configs_are_registered() -> None:

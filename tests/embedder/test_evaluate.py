@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 import embedder.report as report_module
-from embedder.config import ModelConfig, PreprocessConfig
 from embedder.datasets import LabeledImage, load_folder_tree
 from embedder.evaluate import (
     Answer,
@@ -44,7 +43,7 @@ from embedder.report import confusion_matrix, summary_markdown, write_report
 from indexer.head import fit_head
 from indexer.vote import VoteConfig
 from server.commands.evaluate import print_summary
-from tests.helpers import make_image
+from tests.helpers import make_image, tiny_model_config
 
 # -- metrics on hand-built answers ---------------------------------------------------------
 
@@ -373,14 +372,7 @@ def test_cache_embeds_each_file_once_per_model(tree: Path, frozen: Embedder) -> 
 def test_another_model_is_compared_with_the_frozen_backbone(
     tree: Path, frozen: Embedder, evaluation: Evaluation, tmp_path: Path
 ) -> None:
-    tiny = ModelConfig(
-        name="test-tiny-timm",
-        family="timm",
-        architecture="test_efficientnet",
-        embedding_dim=256,
-        preprocess=PreprocessConfig(input_size=64),
-        weights="random",
-    )
+    tiny = tiny_model_config("test-tiny-timm")
     model = load_artifact(create_artifact(tiny, tmp_path / "tiny"))
     references = load_folder_tree(tree / "references")
     queries = load_folder_tree(tree / "queries")

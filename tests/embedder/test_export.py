@@ -32,17 +32,9 @@ from embedder.export import ExportError, export_artifact, generated_images
 from embedder.model import TorchBackend
 from embedder.onnx_backend import OnnxBackend
 from server.cli import main
-from tests.helpers import KINDS, make_image
+from tests.helpers import KINDS, make_image, tiny_model_config
 
-TINY_HEAD = ModelConfig(
-    name="test-tiny-head",
-    family="timm",
-    architecture="test_efficientnet",
-    embedding_dim=256,
-    preprocess=PreprocessConfig(input_size=64),
-    weights="random",
-    projection_dim=16,
-)
+TINY_HEAD = tiny_model_config("test-tiny-head", projection_dim=16)
 TINY_VIT_ARCH = "nearcat-export-tiny-vit"
 
 

@@ -44,20 +44,14 @@ from embedder.model import (
     load_pretrained,
     map_state_dict_by_order,
 )
+from tests.helpers import tiny_model_config
 
 CLOTHING = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "clothing"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TINY_CLIP_ARCH = "nearcat-test-tiny-vit"
 
-TINY_TIMM = ModelConfig(
-    name="test-tiny-timm",
-    family="timm",
-    architecture="test_efficientnet",
-    embedding_dim=256,
-    preprocess=PreprocessConfig(input_size=64),
-    weights="random",
-)
+TINY_TIMM = tiny_model_config("test-tiny-timm")
 TINY_CLIP = ModelConfig(
     name="test-tiny-clip",
     family="open_clip",

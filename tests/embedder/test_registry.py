@@ -7,17 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from embedder import ModelConfig, PreprocessConfig, create_artifact
+from embedder import create_artifact
 from embedder.registry import ModelRegistry
+from tests.helpers import tiny_model_config
 
-TINY = ModelConfig(
-    name="test-registry-tiny",
-    family="timm",
-    architecture="test_efficientnet",
-    embedding_dim=256,
-    preprocess=PreprocessConfig(input_size=64),
-    weights="random",
-)
+TINY = tiny_model_config("test-registry-tiny")
 RECORDS = 100
 
 

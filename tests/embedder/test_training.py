@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from embedder import ModelConfig, PreprocessConfig, create_artifact, load_artifact
+from embedder import create_artifact, load_artifact
 from embedder.datasets import LabeledImage
 from embedder.model import load_network
 from embedder.splits import Split
@@ -22,16 +22,9 @@ from embedder.training.features import CachedViews
 from embedder.training.loop import _drop_unreadable, _principal_directions
 from embedder.training.loss import build_loss
 from embedder.training.validation import SplitAccuracy, selection_score
-from tests.helpers import KINDS, make_image
+from tests.helpers import KINDS, make_image, tiny_model_config
 
-TINY = ModelConfig(
-    name="test-train-tiny",
-    family="timm",
-    architecture="test_efficientnet",
-    embedding_dim=256,
-    preprocess=PreprocessConfig(input_size=64),
-    weights="random",
-)
+TINY = tiny_model_config("test-train-tiny")
 FAST = {"trainable_blocks": 1, "cached_views": 1, "workers": 0, "batch_size": 8, "k": 3}
 
 

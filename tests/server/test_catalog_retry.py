@@ -7,20 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from embedder import ModelConfig, PreprocessConfig, create_artifact, load_artifact
+from embedder import create_artifact, load_artifact
 from indexer.errors import AlreadyExists, NotFound
 from indexer.store import Store
 from server.catalog import Catalog, ReferenceInput
-from tests.helpers import make_image
+from tests.helpers import make_image, tiny_model_config
 
-TINY = ModelConfig(
-    name="test-tiny-timm",
-    family="timm",
-    architecture="test_efficientnet",
-    embedding_dim=256,
-    preprocess=PreprocessConfig(input_size=64),
-    weights="random",
-)
+TINY = tiny_model_config("test-tiny-timm")
 
 
 def test_a_retried_write_that_had_committed_is_indexed(store: Store, tmp_path: Path) -> None:

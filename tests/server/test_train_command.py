@@ -7,18 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from embedder import ModelConfig, PreprocessConfig, create_artifact, load_artifact
+from embedder import create_artifact, load_artifact
 from server.cli import CommandError, build_parser
-from tests.helpers import KINDS, make_image
+from tests.helpers import KINDS, make_image, tiny_model_config
 
-TINY = ModelConfig(
-    name="test-train-command",
-    family="timm",
-    architecture="test_efficientnet",
-    embedding_dim=256,
-    preprocess=PreprocessConfig(input_size=64),
-    weights="random",
-)
+TINY = tiny_model_config("test-train-command")
 
 
 @pytest.fixture(scope="module")
