@@ -11,7 +11,7 @@ import random
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -289,10 +289,12 @@ class Catalog:
     def sync_index(self, serving: Serving) -> None:
         """Bring `serving.index` level with the store's references: drop the removed ones,
         add those missing (with their stored vector, or embedded now when they have none)."""
-        stored = self.store.all_references()
-        held = serving.index.reference_ids()
-        stale = [i for i in held if i not in stored]
-        serving.index.remove(stale)
+        self._level(serving, self.store.all_references(), serving.index.reference_ids())
+
+    def _level(self, serving: Serving, stored: Mapping[str, str], held: set[str]) -> None:
+        """Make the index, which holds `held`, hold exactly `stored` (id -> category): drop
+        the rest, add the missing with their stored vector, or embedded now without one."""
+        serving.index.remove(sorted(held - stored.keys()))
         missing = [i for i in stored if i not in held]
         if not missing:
             return
@@ -839,19 +841,14 @@ class Catalog:
             return
         with self._gate.switch(), self._use() as s:
             category = self.store.get_category(name)
-            held = s.index.reference_ids_of(name)
+            stored = self.store.reference_ids(name) if category is not None else []
+            self._level(s, dict.fromkeys(stored, name), s.index.reference_ids_of(name))
             if category is None:
-                s.index.remove(sorted(held))
                 self._parents.pop(name, None)
                 s.drop_text(name)
-                return
-            self._parents[name] = category.parent
-            s.set_texts([category])
-            stored = set(self.store.reference_ids(name))
-            s.index.remove(sorted(held - stored))
-            vectors = self.store.get_vectors(s.version, sorted(stored - held))
-            if vectors:
-                s.index.add(list(vectors), [name] * len(vectors), np.stack(list(vectors.values())))
+            else:
+                self._parents[name] = category.parent
+                s.set_texts([category])
 
     def _behind_store(self, name: str) -> bool:
         category = self.store.get_category(name)
