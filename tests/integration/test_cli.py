@@ -281,8 +281,11 @@ def test_a_repeated_stop_signal_still_stops_gracefully(
     signal must not cut the graceful stop (in-flight calls finishing) short."""
     process = ServerProcess(tmp_path / "data", model_artifact).start()
     assert process.process is not None
-    process.process.send_signal(signal.SIGINT)
-    process.process.send_signal(signal.SIGTERM)
-    assert process.process.wait(timeout=60) == 0, process.log()
+    try:
+        process.process.send_signal(signal.SIGINT)
+        process.process.send_signal(signal.SIGTERM)
+        assert process.process.wait(timeout=60) == 0, process.log()
+    finally:
+        process.kill()  # a server that did not stop must not outlive the test
     assert "stopping: letting in-flight calls finish" in process.log()
     assert "interrupted" not in process.log()
