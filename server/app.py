@@ -51,15 +51,18 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Nearcat"].full_name
 
 @dataclass
 class StoreHandle:
-    """A connected store and how to let go of it."""
+    """A connected store, and what to call it in the start-up banner."""
 
     client: redis.Redis
     description: str
-    close: Callable[[], None]
 
 
-def open_store(settings: Settings) -> StoreHandle:
-    """The external Redis/Valkey at --redis-url, or an embedded Valkey under the data dir."""
+def open_store(settings: Settings, started: ExitStack) -> StoreHandle:
+    """The external Redis/Valkey at --redis-url, or an embedded Valkey under the data dir.
+
+    Its clean-up joins `started` before the store starts, so a stop signal at any moment of
+    the start still closes the embedded Valkey (a child process that would outlive us).
+    """
     if settings.redis_url:
         # Two quick retries ride out a dropped connection (e.g. the store restarting); a store
         # that stays down fails the call with UNAVAILABLE within a second.
@@ -69,6 +72,7 @@ def open_store(settings: Settings) -> StoreHandle:
             socket_connect_timeout=3.0,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         )
+        started.callback(client.close)
         try:
             client.ping()
         except redis.RedisError as exc:
@@ -77,10 +81,10 @@ def open_store(settings: Settings) -> StoreHandle:
                 "the server is up, or leave --redis-url out to use the embedded one"
             ) from exc
         warn_if_not_durable(client)
-        return StoreHandle(client, settings.redis_url, client.close)
+        return StoreHandle(client, settings.redis_url)
     embedded = EmbeddedValkey(settings.data_dir)
-    client = embedded.start()
-    return StoreHandle(client, f"embedded Valkey in {embedded.store_dir}", embedded.stop)
+    started.callback(embedded.stop)  # a no-op for whatever did not start yet
+    return StoreHandle(embedded.start(), f"embedded Valkey in {embedded.store_dir}")
 
 
 class StoreUnreachable(ConnectionError):
@@ -334,8 +338,7 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
     )
     metrics = Metrics(DriftMonitor(settings.drift_window))
     with ExitStack() as started:  # closed in reverse order, however serve() ends
-        store = open_store(settings)
-        started.callback(store.close)
+        store = open_store(settings, started)
         catalog, reindexer = build_catalog(settings, store.client, on_batch=metrics.observe_batch)
         started.callback(catalog.close)
         started.callback(reindexer.close)  # an unfinished reindex resumes at the next start
