@@ -26,9 +26,12 @@ def test_an_interrupt_just_after_valkey_came_up_still_stops_it(
 
     monkeypatch.setattr(EmbeddedValkey, "client", interrupted)
     settings = Settings(data_dir=tmp_path)
-    with caplog.at_level(logging.INFO, logger="indexer.embedded"):
-        with pytest.raises(KeyboardInterrupt), ExitStack() as started:
-            open_store(settings, started)
+    with (
+        caplog.at_level(logging.INFO, logger="indexer.embedded"),
+        pytest.raises(KeyboardInterrupt),
+        ExitStack() as started,
+    ):
+        open_store(settings, started)
     assert "embedded Valkey started" in caplog.text
     assert "embedded Valkey stopped" in caplog.text
     monkeypatch.undo()
