@@ -7,6 +7,7 @@ tests/integration/test_confidence.py; here a stand-in catalogue counts the refit
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server.recalibrate import Recalibrator
@@ -44,17 +45,27 @@ class _Catalog:
         return self.calibration
 
 
-def _run(catalog: _Catalog, seconds: float) -> None:
-    recalibrator = Recalibrator(catalog, quiet_s=0.05, poll_s=0.01).start()  # type: ignore[arg-type]
-    try:
-        time.sleep(seconds)
-    finally:
-        recalibrator.close()
+def _until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Wait for a refit by what it did, not by a fixed sleep: a loaded CI machine can
+    leave the recalibrator's thread unscheduled for longer than a quiet period."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the recalibrator did not refit in time"
+        time.sleep(0.01)
+
+
+def _recalibrator(catalog: _Catalog) -> Recalibrator:
+    return Recalibrator(catalog, quiet_s=0.05, poll_s=0.01).start()  # type: ignore[arg-type]
 
 
 def test_a_changed_category_set_is_refitted_once_it_settles() -> None:
     catalog = _Catalog({"shirts", "shoes"}, set())
-    _run(catalog, 0.5)
+    recalibrator = _recalibrator(catalog)
+    try:
+        _until(lambda: catalog.refits >= 1)
+        time.sleep(0.5)  # dozens of polls: a settled, covered set is not refitted again
+    finally:
+        recalibrator.close()
     assert catalog.refits == 1
     assert catalog.calibration.head is not None
     assert catalog.calibration.head.covers(frozenset({"shirts", "shoes"}))
@@ -64,16 +75,22 @@ def test_a_head_that_cannot_cover_the_set_is_not_refitted_again_and_again() -> N
     # A category known from its text prompts alone has no references, so no refit can put
     # it in the head: one attempt per settled set, not one a second.
     catalog = _Catalog({"shirts", "shoes"}, {"scarves"})
-    _run(catalog, 0.5)
+    recalibrator = _recalibrator(catalog)
+    try:
+        _until(lambda: catalog.refits >= 1)
+        time.sleep(0.5)
+    finally:
+        recalibrator.close()
     assert catalog.refits == 1
 
 
 def test_a_new_set_after_a_refit_gets_its_own_refit() -> None:
     catalog = _Catalog({"shirts", "shoes"}, {"scarves"})
-    recalibrator = Recalibrator(catalog, quiet_s=0.05, poll_s=0.01).start()  # type: ignore[arg-type]
+    recalibrator = _recalibrator(catalog)
     try:
-        time.sleep(0.3)
+        _until(lambda: catalog.refits >= 1)
         catalog.with_references.add("hats")
+        _until(lambda: catalog.refits >= 2)
         time.sleep(0.3)
     finally:
         recalibrator.close()
