@@ -11,10 +11,12 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +52,10 @@ examples:
   nearcat import data/images.csv --path-template 'images/{}.jpg'
   nearcat classify shoe.jpg shirt.png --json
   nearcat categories
+  nearcat add-references Shoes new1.jpg new2.jpg # more examples for a category
+  nearcat show-category Shoes                    # its reference images, with their ids
+  nearcat remove-references 5d41402abc4b2a76     # a wrong example out again
+  nearcat delete-category "Straw hats" --yes
   nearcat calibrate --group-by group             # refit confidence on the references
   nearcat add-category "Straw hats" --prompt "a photo of a straw hat"   # classifiable at once
   nearcat zero-shot photo.jpg --label sneakers --label boots
@@ -303,8 +309,9 @@ def cmd_add_category(args: argparse.Namespace) -> None:
     request = pb.AddCategoryRequest(
         name=args.name, parent=args.parent or "", prompts=args.prompt, references=references
     )
-    category = connect(args).AddCategory(request).category
-    what = [f"{category.reference_count} reference images"]
+    with _bad_image_named(args.images):
+        category = connect(args).AddCategory(request).category
+    what = [_reference_images(category.reference_count)]
     if category.prompts:
         what.append(f"prompts: {'; '.join(category.prompts)}")
     print(f"added {' > '.join(category.path)} ({', '.join(what)})")
@@ -509,18 +516,7 @@ def cmd_categories(args: argparse.Namespace) -> None:
     categories = connect(args).ListCategories(pb.ListCategoriesRequest()).categories
     if args.json:
         for c in categories:
-            print(
-                json.dumps(
-                    {
-                        "name": c.name,
-                        "parent": c.parent or None,
-                        "path": list(c.path),
-                        "reference_count": c.reference_count,
-                        "metadata": dict(c.metadata),
-                        "prompts": list(c.prompts),
-                    }
-                )
-            )
+            print(json.dumps(_category_fields(c)))
         return
     if not categories:
         print("no categories yet: add some with `nearcat import FOLDER`")
@@ -529,6 +525,115 @@ def cmd_categories(args: argparse.Namespace) -> None:
     for c in sorted(categories, key=lambda c: list(c.path)):
         prompts = f"  prompts: {'; '.join(c.prompts)}" if c.prompts else ""
         print(f"{' > '.join(c.path):<{width}}  {c.reference_count:>6} references{prompts}")
+
+
+def _category_fields(category: Any) -> dict[str, Any]:
+    return {
+        "name": category.name,
+        "parent": category.parent or None,
+        "path": list(category.path),
+        "reference_count": category.reference_count,
+        "metadata": dict(category.metadata),
+        "prompts": list(category.prompts),
+        "created_at_ms": category.created_at_ms,
+    }
+
+
+def cmd_show_category(args: argparse.Namespace) -> None:
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    request = pb.GetCategoryRequest(name=args.name, include_references=True)
+    answer = connect(args).GetCategory(request)
+    category, references = answer.category, answer.references
+    if args.json:
+        listed = [
+            {
+                "id": r.id,
+                "sha256": r.sha256,
+                "metadata": dict(r.metadata),
+                "created_at_ms": r.created_at_ms,
+            }
+            for r in references
+        ]
+        print(json.dumps({**_category_fields(category), "references": listed}))
+        return
+    print(" > ".join(category.path))
+    count = _reference_images(category.reference_count)
+    print(f"  created {_when(category.created_at_ms)}, {count}")
+    if category.prompts:
+        print(f"  prompts: {'; '.join(category.prompts)}")
+    for key, value in sorted(category.metadata.items()):
+        print(f"  {key}: {value}")
+    for r in sorted(references, key=lambda r: r.created_at_ms):
+        print(f"  {r.id}  {_when(r.created_at_ms)}  {r.metadata.get('source', '')}".rstrip())
+    if references:
+        print("remove a wrong one with `nearcat remove-references ID`")
+
+
+def _reference_images(count: int) -> str:
+    return f"{count} reference image{'' if count == 1 else 's'}"
+
+
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000))
+
+
+def cmd_add_references(args: argparse.Namespace) -> None:
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    references = [
+        pb.ReferenceImage(image=read_file(path), metadata={"source": str(path)})
+        for path in args.images
+    ]
+    request = pb.AddReferencesRequest(category=args.category, references=references)
+    with _bad_image_named(args.images):
+        answer = connect(args).AddReferences(request)
+    for path, added in zip(args.images, answer.references, strict=True):
+        if added.duplicate:
+            print(f"{path}: already a reference of {args.category} ({added.reference_id})")
+    print(
+        f"added {_reference_images(answer.added)} to {' > '.join(answer.category.path)}, "
+        f"which now has {answer.category.reference_count}"
+    )
+
+
+@contextmanager
+def _bad_image_named(paths: Sequence[str]) -> Iterator[None]:
+    """Around a call that sends these files as references: the server names a bad image by
+    its position ("reference 2: ..."); the user wants its file name."""
+    import grpc
+
+    try:
+        yield
+    except grpc.RpcError as exc:
+        found = re.match(r"reference (\d+): (.*)", exc.details() or "", re.DOTALL)
+        if exc.code() != grpc.StatusCode.INVALID_ARGUMENT or found is None:
+            raise
+        raise CommandError(f"{paths[int(found[1])]}: {found[2]}") from None
+
+
+def cmd_remove_references(args: argparse.Namespace) -> None:
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    request = pb.RemoveReferencesRequest(reference_ids=args.ids)
+    removed = connect(args).RemoveReferences(request).removed
+    print(f"removed {_reference_images(removed)}")
+
+
+def cmd_delete_category(args: argparse.Namespace) -> None:
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    stub = connect(args)
+    category = stub.GetCategory(pb.GetCategoryRequest(name=args.name)).category
+    what = f"{' > '.join(category.path)} and its {_reference_images(category.reference_count)}"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CommandError(f"deleting {what} cannot be undone; add --yes to confirm")
+        if input(f"delete {what}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return
+    removed = stub.DeleteCategory(pb.DeleteCategoryRequest(name=args.name)).references_removed
+    print(f"deleted {args.name} ({_reference_images(removed)} removed)")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -728,6 +833,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     categories.add_argument("--json", action="store_true", help="one JSON object per line")
     categories.set_defaults(run=cmd_categories)
+
+    show = client_command(
+        "show-category",
+        "one category: its path, prompts and reference images",
+        "Show one category: its path, metadata and text prompts, and each reference image "
+        "with its id, when it was added and where it came from. The ids are what "
+        "`nearcat remove-references` takes.",
+    )
+    show.add_argument("name", help="category name")
+    show.add_argument("--json", action="store_true", help="one JSON object")
+    show.set_defaults(run=cmd_show_category)
+
+    add_refs = client_command(
+        "add-references",
+        "add reference images to an existing category",
+        "Add example photos to a category, which classifies by them from the next call. All "
+        "or nothing: if one file is not a usable image, nothing is added and the file is "
+        "named. A photo already in the category is reported, not stored twice. For whole "
+        "folders, use `nearcat import`.",
+    )
+    add_refs.add_argument("category", help="existing category name")
+    add_refs.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG or WebP files")
+    add_refs.set_defaults(run=cmd_add_references)
+
+    remove_refs = client_command(
+        "remove-references",
+        "remove reference images by id",
+        "Remove reference images, e.g. a wrong photo seen as evidence in `nearcat classify "
+        "--json`; `nearcat show-category` lists the ids. An unknown id removes nothing.",
+    )
+    remove_refs.add_argument("ids", nargs="+", metavar="ID", help="reference ids")
+    remove_refs.set_defaults(run=cmd_remove_references)
+
+    delete = client_command(
+        "delete-category",
+        "delete a category and its reference images",
+        "Delete a category with all its reference images and prompts; it is no longer an "
+        "answer from the next call. Asks first (--yes to skip the question, as scripts must). "
+        "A category with child categories cannot be deleted: delete the children first.",
+    )
+    delete.add_argument("name", help="category name")
+    delete.add_argument("--yes", action="store_true", help="delete without asking")
+    delete.set_defaults(run=cmd_delete_category)
 
     calibrate_cmd = client_command(
         "calibrate",

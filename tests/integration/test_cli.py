@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from server.cli import main
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 from tests.helpers import CLOTHING, KINDS, ROOT, ServerProcess, make_image
 
@@ -27,6 +29,7 @@ def nearcat(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         text=True,
         cwd=ROOT,
         timeout=600,
+        stdin=subprocess.DEVNULL,  # never a terminal, whoever runs the tests
     )
     if check and result.returncode != 0:
         raise AssertionError(f"nearcat {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -53,6 +56,10 @@ def server(
         "status",
         "calibrate",
         "add-category",
+        "add-references",
+        "show-category",
+        "remove-references",
+        "delete-category",
         "zero-shot",
         "search",
     ],
@@ -124,6 +131,56 @@ def test_classify_reports_a_bad_file_and_exits_1(server: ServerProcess, tmp_path
     result = nearcat("classify", str(bad), "--server", server.address, check=False)
     assert result.returncode == 1
     assert "INVALID_ARGUMENT" in result.stdout
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_category_kept_by_hand(
+    server: ServerProcess,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A merchandiser's round: create, add examples (one already there, one not a photo),
+    look, take a wrong one out, delete; each step's outcome shows in the next."""
+    at = ("--server", server.address)
+    photos = [tmp_path / f"scarf-{seed}.jpg" for seed in range(3)]
+    for seed, path in enumerate(photos):
+        path.write_bytes(make_image("dots", 500 + seed))
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a photo")
+    nearcat("add-category", "Scarves", str(photos[0]), *at)
+
+    refused = nearcat("add-references", "Scarves", str(photos[1]), str(notes), *at, check=False)
+    assert refused.returncode == 2 and f"nearcat: {notes}: " in refused.stderr
+    added = nearcat("add-references", "Scarves", *map(str, photos), *at).stdout
+    assert f"{photos[0]}: already a reference of Scarves" in added
+    assert "added 2 reference images to Scarves, which now has 3" in added
+
+    shown = json.loads(nearcat("show-category", "Scarves", "--json", *at).stdout)
+    assert shown["reference_count"] == 3
+    sources = {r["metadata"]["source"]: r["id"] for r in shown["references"]}
+    assert set(sources) == set(map(str, photos))
+    wrong = sources[str(photos[2])]
+    assert wrong in nearcat("show-category", "Scarves", *at).stdout
+    assert "removed 1 reference image" in nearcat("remove-references", wrong, *at).stdout
+    again = nearcat("remove-references", wrong, *at, check=False)
+    assert again.returncode == 2 and "NOT_FOUND" in again.stderr
+
+    unconfirmed = nearcat("delete-category", "Scarves", *at, check=False)
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    monkeypatch.setattr(sys, "stdin", _Terminal("n\n"))
+    main(["delete-category", "Scarves", *at])  # asked at a terminal, answered no
+    assert "nothing deleted" in capsys.readouterr().out
+    kept = json.loads(nearcat("show-category", "Scarves", "--json", *at).stdout)
+    assert kept["reference_count"] == 2
+    deleted = nearcat("delete-category", "Scarves", "--yes", *at).stdout
+    assert "deleted Scarves (2 reference images removed)" in deleted
+    gone = nearcat("show-category", "Scarves", *at, check=False)
+    assert gone.returncode == 2 and "NOT_FOUND" in gone.stderr
 
 
 def test_import_a_csv_with_groups_calibrates_without_letting_a_group_vote_for_itself(
