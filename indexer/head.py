@@ -207,12 +207,20 @@ def cross_fitted_head(
     """A head on all the labelled vectors, its curve fitted on out-of-fold probabilities of
     `answers` (the vote's answer for each vector), so it is judged only on images it was not
     fitted on. Folds keep a group (e.g. one sender's photos) together.
-    None when a category has too few references for a fit to mean anything."""
+
+    A category with too few references for a fit to mean anything (a new one with its first
+    photo) is left out: the head does not speak for it, but still does for the others.
+    None when fewer than two categories are left."""
     from sklearn.model_selection import GroupKFold
 
-    labels = list(labels)
     counts = Counter(labels)
-    if len(counts) < 2 or min(counts.values()) < MIN_PER_CATEGORY:
+    rows = [i for i, label in enumerate(labels) if counts[label] >= MIN_PER_CATEGORY]
+    vectors = np.asarray(vectors)[rows]
+    labels = [labels[i] for i in rows]
+    answers = [answers[i] for i in rows]
+    groups = [groups[i] for i in rows] if groups is not None else None
+    counts = Counter(labels)
+    if len(counts) < 2:
         return None
     group_of = [
         g if g is not None else f"row-{n}"

@@ -95,8 +95,8 @@ class Prediction:
     # itself is not: "certainly Shoes, maybe Sneakers".
     confident_ancestor: LevelScore | None = None
     model_version: str = ""  # the version that answered: one per call, never a mix
-    # How likely the answer is right: the confidence head's probability of it while the head
-    # covers the catalogue's categories, else the answer's calibrated score.
+    # How likely the answer is right: the confidence head's probability of it, discounted by
+    # the evidence for categories the head does not know; else the answer's calibrated score.
     confidence: float = 0.0
 
 
@@ -422,7 +422,7 @@ class Catalog:
                 vectors, semantics = s.embed_decoded(decoded)
             neighbours = iter(s.index.search(vectors, k))
             rows = iter(zip(vectors, semantics, strict=True))
-            head = s.calibration.head if self._head_current(s) else None  # once per call
+            head = s.calibration.head  # once per call
             return [
                 self._predict(s, head, next(neighbours), *next(rows), top_n)
                 if isinstance(d, np.ndarray)
@@ -446,7 +446,7 @@ class Catalog:
         if not scores:
             return Prediction([], hits, Decision.UNKNOWN, model_version=s.version)
         top = scores[0]
-        confidence = self._confidence(s, head, top, vector)
+        confidence = self._confidence(s, head, scores, vector)
         if s.index.count(top.category):
             decision = self.decisions.decide(
                 top.category, confidence, hits[0].similarity, s.calibration.unknown_below
@@ -473,8 +473,9 @@ class Catalog:
 
     def head_current(self) -> bool:
         """Whether the calibration's confidence head was fitted on exactly the categories an
-        answer can name now (those with references or text prompts); it stops speaking once
-        one comes or goes, until refitted: it cannot judge a category it has never seen."""
+        answer can name now (those with references or text prompts). Once one comes or goes
+        it is due a refit: it cannot judge a category it has never seen, so it speaks only
+        for the evidence the categories it knows hold (see `_confidence`)."""
         with self._use() as s:
             return self._head_current(s)
 
@@ -494,13 +495,18 @@ class Catalog:
 
     @staticmethod
     def _confidence(
-        s: Serving, head: ConfidenceHead | None, top: CategoryScore, vector: np.ndarray
+        s: Serving, head: ConfidenceHead | None, scores: list[CategoryScore], vector: np.ndarray
     ) -> float:
-        """The current confidence head's probability of the answer; without one (or for a
-        category known from text alone) the answer's calibrated score."""
-        if head is None or not s.index.count(top.category):
+        """The confidence head's probability of the answer, times the share of the answer's
+        probability held by categories the head was fitted on: a category added since, or
+        too thin to fit, takes its share of the evidence out of the head's say (all of it
+        when it is the answer). Without a head, or for a category known from text alone,
+        the answer's calibrated score."""
+        top = scores[0]
+        if head is None or top.category not in head.column or not s.index.count(top.category):
             return top.score
-        return float(head.confidence(vector[None], [top.category])[0])
+        known = sum(c.score for c in scores if c.category in head.column)
+        return known * float(head.confidence(vector[None], [top.category])[0])
 
     def _confident_ancestor(
         self, decision: Decision, answer: str, levels: list[LevelScore]

@@ -111,11 +111,13 @@ def test_the_curve_is_monotone_and_never_certain() -> None:
     assert head.confidence(vectors[:1], ["unheard of"])[0] == 0.0  # not the curve's floor
 
 
-def test_too_few_references_give_no_head() -> None:
+def test_a_category_too_thin_to_fit_is_left_out_and_the_rest_keep_their_head() -> None:
     vectors, labels = clusters(5, noise=0.3, flip=0.0, seed=5)
-    labels[0] = "alone"
-    assert cross_fitted_head(vectors, labels, labels) is None
-    assert cross_fitted_head(vectors[:4], ["a"] * 4, ["a"] * 4) is None
+    labels[0] = "alone"  # a new category with its first photo
+    head = cross_fitted_head(vectors, labels, labels)
+    assert head is not None and head.covers(set(labels) - {"alone"})
+    assert head.confidence(vectors[:1], ["alone"])[0] == 0.0
+    assert cross_fitted_head(vectors[:4], ["a"] * 4, ["a"] * 4) is None  # one category: none
 
 
 def test_it_speaks_only_for_exactly_its_categories() -> None:

@@ -126,6 +126,7 @@ def test_calibrate_keeps_a_group_from_voting_for_itself(server: ServerProcess, s
     votes (right). Nothing else changes, so the grouped fit gets exactly one more right."""
     stub = server.stub()  # a fresh channel: the server restarted in the test above
     assert stub.GetStatus(pb.GetStatusRequest()).calibration.head_current
+    known_alone = classify(stub, twin("checkers", 3), top_n=20)
     # A category known from text alone is one the head never saw: it falls silent.
     stub.AddCategory(pb.AddCategoryRequest(name="Zigzags", prompts=["zigzag pattern"]))
     assert not stub.GetStatus(pb.GetStatusRequest()).calibration.head_current
@@ -134,10 +135,13 @@ def test_calibrate_keeps_a_group_from_voting_for_itself(server: ServerProcess, s
     shared = pb.ReferenceImage(image=make_image("checkers", 50), metadata={"group": "g"})
     near = pb.ReferenceImage(image=make_image("checkers", 50, size=176), metadata={"group": "h"})
     stub.AddCategory(pb.AddCategoryRequest(name="Left", references=[shared, near]))
-    # A new category: the head fitted without it stops speaking until the next calibration.
+    # A new category: the head, fitted without it, is due a refit, and until then it speaks
+    # only for the share of an answer's evidence that the categories it knows hold.
     assert not stub.GetStatus(pb.GetStatusRequest()).calibration.head_current
-    answer = classify(stub, twin("checkers", 3))
-    assert answer.confidence == pytest.approx(answer.categories[0].score)
+    answer = classify(stub, twin("checkers", 3), top_n=20, k=20)
+    assert answer.categories[0].category == "checkers"
+    newcomer = {c.category: c.score for c in answer.categories}["Left"]  # checkers too
+    assert answer.confidence == pytest.approx((1 - newcomer) * known_alone.confidence, rel=1e-4)
     stub.AddCategory(pb.AddCategoryRequest(name="Right", references=[shared, *refs("dots", [51])]))
     plain = stub.Calibrate(pb.CalibrateRequest()).calibration
     grouped = stub.Calibrate(pb.CalibrateRequest(group_by_metadata="group")).calibration
@@ -145,6 +149,11 @@ def test_calibrate_keeps_a_group_from_voting_for_itself(server: ServerProcess, s
     right_plain = round(plain.accuracy * plain.examples)
     assert round(grouped.accuracy * grouped.examples) == right_plain + 1
     assert "excluding the same 'group'" in grouped.source
+
+    # A category with its first photo is too thin for the head, which keeps the others.
+    stub.AddCategory(pb.AddCategoryRequest(name="Single", references=refs("stripes", [60])))
+    refitted = stub.Calibrate(pb.CalibrateRequest()).calibration
+    assert refitted.head_categories == grouped.head_categories == 7
 
 
 def test_calibrate_needs_two_categories(tmp_path: Path, model_artifact: Path) -> None:
