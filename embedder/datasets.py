@@ -131,6 +131,11 @@ def load_csv(
             dataset.parents.setdefault(label, None)
     if missing > 5:
         dataset.problems.append(f"... {missing} missing image files in all")
+    if missing and not dataset.images:
+        dataset.problems.append(
+            f"no image of {csv_path} exists: does --path-template (now {path_template!r}) "
+            "say how its path column becomes a file path, e.g. 'images/{}.jpg'?"
+        )
     return dataset
 
 

@@ -397,7 +397,8 @@ class Store:
         def body(pipe: Any) -> tuple[Category, list[bool]]:
             if pipe.exists(self._category_key(name)):
                 raise AlreadyExists(
-                    f"category {name!r} already exists; use AddReferences to add images to it"
+                    f"category {name!r} already exists; use AddReferences "
+                    "(`nearcat add-references`) to add images to it"
                 )
             if parent and not pipe.exists(self._category_key(parent)):
                 raise NotFound(f"parent category {parent!r} does not exist; create it first")

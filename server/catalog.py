@@ -156,7 +156,10 @@ def validate_category_name(name: str, what: str = "category name") -> None:
     if name != name.strip():
         raise InvalidArgument(f"{what} {name!r} has leading or trailing spaces; remove them")
     if ">" in name:
-        raise InvalidArgument(f"{what} {name!r} contains '>', which is reserved for paths")
+        raise InvalidArgument(
+            f"{what} {name!r} contains '>', which is reserved for paths; give the category's "
+            f"own name, e.g. {name.rsplit('>', 1)[-1].strip()!r}"
+        )
     if any(unicodedata.category(ch).startswith("C") for ch in name):
         raise InvalidArgument(f"{what} {name!r} contains control or unprintable characters")
 
@@ -734,7 +737,8 @@ class Catalog:
                     s.require_text()
                 if self.store.get_category(name) is not None:  # before the costly embedding
                     raise AlreadyExists(
-                        f"category {name!r} already exists; use AddReferences to add images to it"
+                        f"category {name!r} already exists; use AddReferences "
+                        "(`nearcat add-references`) to add images to it"
                     )
                 draft = Category(name, parent or None, {}, 0, 0, list(prompts))
                 text_vectors = s.prompt_vectors([draft]) if prompts else []

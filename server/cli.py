@@ -140,6 +140,8 @@ def connect(args: argparse.Namespace) -> Any:
     from server.tls import TlsError, channel_credentials
 
     target = args.server
+    if ":" not in target:
+        raise CommandError(f"--server {target} has no port: give HOST:PORT, e.g. {target}:50051")
     options = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -159,7 +161,8 @@ def connect(args: argparse.Namespace) -> Any:
         grpc.channel_ready_future(channel).result(timeout=10)
     except grpc.FutureTimeoutError:
         hint = (
-            "check --tls-ca (and for mutual TLS --tls-cert/--tls-key) match the server's"
+            "check --tls-ca (and for mutual TLS --tls-cert/--tls-key) match the server's, "
+            "or drop the TLS flags if it serves without TLS"
             if tls
             else "if it serves TLS, pass --tls or --tls-ca"
         )

@@ -64,6 +64,15 @@ def test_csv_with_template_group_exclusions_and_missing_files(tmp_path: Path) ->
         ("a.jpg", "Shoes", "s1")
     ]
     assert any("c.jpg" in p and "does not exist" in p for p in dataset.problems)
+    assert not any("--path-template" in p for p in dataset.problems)  # some images were found
+
+
+def test_a_csv_none_of_whose_images_exist_points_at_the_path_template(tmp_path: Path) -> None:
+    touch(tmp_path / "images/a.jpg")
+    (tmp_path / "data.csv").write_text("image,label\na,Shoes\n")
+    dataset = load_csv(tmp_path / "data.csv")  # the ids are not paths by themselves
+    assert dataset.images == []
+    assert any("--path-template" in p and "images/{}.jpg" in p for p in dataset.problems)
 
 
 def test_a_blank_group_cell_leaves_the_image_ungrouped(tmp_path: Path) -> None:

@@ -77,6 +77,8 @@ def test_unreachable_server_says_what_to_do() -> None:
     result = nearcat("categories", "--server", "127.0.0.1:9", check=False)
     assert result.returncode == 2
     assert "nearcat serve" in result.stderr
+    portless = nearcat("categories", "--server", "127.0.0.1", check=False)
+    assert portless.returncode == 2 and "give HOST:PORT" in portless.stderr
 
 
 def test_import_a_folder_tree_then_classify(server: ServerProcess, tmp_path: Path) -> None:
@@ -153,6 +155,10 @@ def test_a_category_kept_by_hand(
     notes = tmp_path / "notes.jpg"
     notes.write_text("not a photo")
     nearcat("add-category", "Scarves", str(photos[0]), *at)
+    as_path = nearcat("add-category", "Wraps", "--parent", "Clothing > Scarves", *at, check=False)
+    assert as_path.returncode == 2 and "e.g. 'Scarves'" in as_path.stderr
+    again = nearcat("add-category", "Scarves", str(photos[1]), *at, check=False)
+    assert again.returncode == 2 and "nearcat add-references" in again.stderr
 
     refused = nearcat("add-references", "Scarves", str(photos[1]), str(notes), *at, check=False)
     assert refused.returncode == 2 and f"nearcat: {notes}: " in refused.stderr
