@@ -20,7 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from embedder import ArtifactError
+from embedder import ArtifactError, WeightsError
 from embedder.model import resolve_model
 from embedder.registry import ModelRegistry
 from indexer.calibration import LabelledVote
@@ -206,7 +206,7 @@ class Reindexer:
         try:  # checksums verified here, before anything starts
             path = resolve_model(model, self.models_dir)
             return self.registry.register(path, {"eval": metrics} if metrics else None).version
-        except (ValueError, FileNotFoundError, ArtifactError) as exc:
+        except (ValueError, FileNotFoundError, ArtifactError, WeightsError) as exc:
             raise InvalidArgument(f"cannot use model {model!r}: {exc}") from exc
 
     def _launch(self, job: ReindexJob) -> None:

@@ -170,6 +170,25 @@ def test_a_reindex_that_loses_accuracy_is_refused(
     assert stored is not None and stored["state"] == "refused"
 
 
+def test_a_model_whose_weights_cannot_be_downloaded_is_refused_with_the_way_out(
+    reindexer: Reindexer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registered hub model on an offline machine: the download fails inside building its
+    artifact; the caller gets INVALID_ARGUMENT saying so, not an internal error."""
+    from embedder import WeightsError
+    from indexer.errors import InvalidArgument
+
+    def offline(model: str, models_dir: Path) -> Path:
+        raise WeightsError(
+            "could not download timm weights for convnext_tiny (tag 'default'): no network; "
+            "this machine may be offline: pass a local checkpoint with weights 'file:PATH'"
+        )
+
+    monkeypatch.setattr("server.reindex.resolve_model", offline)
+    with pytest.raises(InvalidArgument, match="cannot use model 'convnext_tiny'.*'file:PATH'"):
+        reindexer.start("convnext_tiny")
+
+
 def test_a_second_reindex_while_one_runs_and_bad_models_are_refused(
     catalog: Catalog, reindexer: Reindexer, second_model: Path, tmp_path: Path
 ) -> None:
