@@ -114,6 +114,11 @@ class Calibration:
     extra: dict[str, Any] = field(default_factory=dict)
     head: ConfidenceHead | None = None
 
+    @property
+    def fitted(self) -> bool:
+        """Whether its probabilities were fitted on labelled images, rather than raw shares."""
+        return self.examples > 0
+
     def apply(self, scores: Sequence[CategoryScore]) -> list[CategoryScore]:
         """The vote's shares as calibrated probabilities, same order, summing to 1."""
         return temper(scores, self.temperature)

@@ -46,27 +46,43 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class DecisionPolicy:
-    """Global thresholds with per-category overrides."""
+    """Global thresholds with per-category overrides.
+
+    Before a calibration is fitted, scores are raw vote shares, not probabilities (in a
+    catalogue of one category every image scores 1.0), so nothing is auto-accepted: such an
+    answer is at most flagged, unless `auto_accept_uncalibrated` says to trust them.
+    """
 
     default: Thresholds = field(default_factory=Thresholds)
     per_category: Mapping[str, Thresholds] = field(default_factory=dict)
+    auto_accept_uncalibrated: bool = False
 
     def thresholds(self, category: str) -> Thresholds:
         return self.per_category.get(category, self.default)
 
     def decide(
-        self, category: str, probability: float, nearest_similarity: float, unknown_below: float
+        self,
+        category: str,
+        probability: float,
+        nearest_similarity: float,
+        unknown_below: float,
+        calibrated: bool = True,
     ) -> Decision:
         if nearest_similarity < unknown_below:
             return Decision.UNKNOWN
-        return self.thresholds(category).band(probability)
+        decision = self.thresholds(category).band(probability)
+        if decision == Decision.AUTO_ACCEPT and not (calibrated or self.auto_accept_uncalibrated):
+            return Decision.FLAG
+        return decision
 
     @classmethod
-    def load(cls, default: Thresholds, path: Path | None) -> DecisionPolicy:
+    def load(
+        cls, default: Thresholds, path: Path | None, auto_accept_uncalibrated: bool = False
+    ) -> DecisionPolicy:
         """`default`, overridden per category by a JSON file of the form
         {"Shoes": {"auto_accept": 0.9, "flag": 0.7}, ...} (a missing key keeps the default)."""
         if path is None:
-            return cls(default)
+            return cls(default, auto_accept_uncalibrated=auto_accept_uncalibrated)
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -85,4 +101,4 @@ class DecisionPolicy:
                 auto_accept=float(values.get("auto_accept", default.auto_accept)),
                 flag=float(values.get("flag", default.flag)),
             )
-        return cls(default, per_category)
+        return cls(default, per_category, auto_accept_uncalibrated)

@@ -193,7 +193,9 @@ def build_catalog(
             settings.index_kind, settings.ivf_threshold, settings.ivf_nlist, settings.ivf_nprobe
         ),
         DecisionPolicy.load(
-            Thresholds(settings.auto_accept, settings.flag), settings.thresholds_file
+            Thresholds(settings.auto_accept, settings.flag),
+            settings.thresholds_file,
+            settings.auto_accept_uncalibrated,
         ),
         text,
         settings.prompt_weight,

@@ -452,7 +452,11 @@ class Catalog:
         confidence = self._confidence(s, head, scores, vector)
         if s.index.count(top.category):
             decision = self.decisions.decide(
-                top.category, confidence, hits[0].similarity, s.calibration.unknown_below
+                top.category,
+                confidence,
+                hits[0].similarity,
+                s.calibration.unknown_below,
+                calibrated=s.calibration.fitted,
             )
         else:
             # Known from text alone: zero-shot scores are not calibrated (a closed set of a

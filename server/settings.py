@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         description="probability from which it is accepted but flagged; "
         "below: human review with the top-3",
     )
+    auto_accept_uncalibrated: bool = Field(
+        False,
+        description="auto-accept before a calibration was fitted (`nearcat import` or "
+        "`nearcat calibrate` fits one from 20 references in 2 categories); raw vote shares "
+        "are not probabilities, so by default such answers are at most flagged",
+    )
     thresholds_file: Path | None = Field(
         None,
         description='JSON of per-category thresholds, e.g. {"Shoes": {"auto_accept": 0.9}}',

@@ -31,6 +31,14 @@ def test_far_from_every_reference_is_unknown_however_sure() -> None:
     assert policy.decide("any", 0.99, 0.3, unknown_below=0.3) == Decision.AUTO_ACCEPT
 
 
+def test_before_a_calibration_nothing_is_auto_accepted_unless_told_to() -> None:
+    uncalibrated = {"nearest_similarity": 0.9, "unknown_below": -1.0, "calibrated": False}
+    assert DecisionPolicy().decide("any", 1.0, **uncalibrated) == Decision.FLAG
+    assert DecisionPolicy().decide("any", 0.5, **uncalibrated) == Decision.REVIEW
+    trusting = DecisionPolicy(auto_accept_uncalibrated=True)
+    assert trusting.decide("any", 1.0, **uncalibrated) == Decision.AUTO_ACCEPT
+
+
 def test_per_category_thresholds_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "thresholds.json"
     path.write_text(json.dumps({"Shoes": {"auto_accept": 0.7}, "Hats": {"flag": 0.5}}))

@@ -117,7 +117,8 @@ def test_import_a_folder_tree_then_classify(server: ServerProcess, tmp_path: Pat
     assert answers[0]["categories"][0]["path"] == ["Patterns", "stripes"]
     assert answers[0]["neighbors"][0]["category"] == "stripes"
     for answer in answers:
-        assert answer["decision"] in {"auto_accept", "flag", "review", "unknown"}
+        # not calibrated: its scores are raw vote shares, so nothing is auto-accepted
+        assert answer["decision"] in {"flag", "review", "unknown"}
         # not calibrated (too few references), so no confidence head: the top probability
         assert answer["confidence"] == answer["categories"][0]["score"]
         assert answer["levels"][0]["category"] == "Patterns"

@@ -23,7 +23,9 @@ def server(
     data = tmp_path_factory.mktemp("confidence") / "data"
     thresholds = data.parent / "thresholds.json"
     thresholds.write_text(json.dumps({"Dots A": {"auto_accept": 0.45, "flag": 0.3}}))
-    process = ServerProcess(data, model_artifact, ["--thresholds-file", str(thresholds)]).start()
+    # Its bands are tested on raw vote shares first, as if they were calibrated.
+    trusting = ["--thresholds-file", str(thresholds), "--auto-accept-uncalibrated", "true"]
+    process = ServerProcess(data, model_artifact, trusting).start()
     yield process
     assert process.stop() == 0, process.log()
 
