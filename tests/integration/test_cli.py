@@ -136,6 +136,20 @@ def test_classify_reports_a_bad_file_and_exits_1(server: ServerProcess, tmp_path
     assert "INVALID_ARGUMENT" in result.stdout
 
 
+def test_a_reader_that_goes_away_is_not_an_error(server: ServerProcess) -> None:
+    """`nearcat categories | head -1`: the reader may close the pipe before nearcat writes."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "categories", "--server", server.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # long before it has connected and printed
+    code = process.wait(timeout=120)
+    assert code == 141 and process.stderr.read() == b""
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
