@@ -201,7 +201,8 @@ def build_catalog(
         settings.prompt_weight,
     )
     try:
-        catalog.load(progress=True)
+        # Bars are for a person at a terminal; a log collector reading stderr wants JSON lines.
+        catalog.load(progress=sys.stderr.isatty())
     except BaseException:
         catalog.close()
         raise
@@ -330,6 +331,10 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
+    if not sys.stderr.isatty():  # no "Loading weights" bars from the text model in the log
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
     # Files first: a typo should fail in a second, not after minutes of embedding.
     tokens = load_tokens(settings.auth_tokens_file, settings.auth_tokens)

@@ -333,6 +333,36 @@ def test_a_stop_signal_during_start_up_abandons_it_cleanly(
     assert "embedded Valkey stopped" in text  # the store was closed, not left running
 
 
+def test_a_server_without_a_terminal_logs_json_lines_only(
+    tmp_path: Path, model_artifact: Path
+) -> None:
+    """What a log collector reads from stderr: one JSON object per line, no progress bars
+    (the text model's "Loading weights", the index's "embedding")."""
+    out_path, err_path = tmp_path / "out.txt", tmp_path / "err.jsonl"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--port", "0"]
+            + ["--data-dir", str(tmp_path / "data"), "--model", str(model_artifact)],
+            stdout=out,
+            stderr=err,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while b"listening" not in out_path.read_bytes():
+            assert process.poll() is None and time.monotonic() < deadline, err_path.read_text()
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    lines = err_path.read_text().splitlines()
+    assert any("index ready" in line for line in lines)
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+
+
 def test_import_waits_out_the_servers_rate_limit(tmp_path: Path, model_artifact: Path) -> None:
     """A rate-limited server answers RESOURCE_EXHAUSTED with the wait; import waits and goes
     on instead of failing half-way."""
