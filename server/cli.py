@@ -687,8 +687,6 @@ def cmd_rollback(args: argparse.Namespace) -> None:
 
 def follow_reindex(stub: Any, status: Any, wait: bool) -> None:
     """Show a progress bar until the job ends; exit 1 unless it switched."""
-    import time
-
     from tqdm import tqdm
 
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
@@ -703,10 +701,9 @@ def follow_reindex(stub: Any, status: Any, wait: bool) -> None:
         while status.state in running:
             bar.total = status.total or bar.total
             bar.n = status.done
-            bar.set_description(
-                "validating" if status.state == pb.REINDEX_VALIDATING else "embedding"
-            )
-            bar.refresh()
+            stage = "validating" if status.state == pb.REINDEX_VALIDATING else "embedding"
+            bar.set_description(stage, refresh=False)
+            bar.refresh()  # once per poll
             time.sleep(REINDEX_POLL_SECONDS)
             status = stub.GetReindexStatus(pb.GetReindexStatusRequest())
         bar.n = status.done
