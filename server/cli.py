@@ -648,7 +648,22 @@ def cmd_status(args: argparse.Namespace) -> None:
     fields = MessageToDict(
         status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
-    print(json.dumps(fields, indent=2))
+    print(json.dumps(_int64_as_numbers(fields, status.DESCRIPTOR), indent=2))
+
+
+def _int64_as_numbers(fields: dict[str, Any], descriptor: Any) -> dict[str, Any]:
+    """Protobuf's JSON writes 64-bit integers as strings ("index_size": "15"), for
+    JavaScript's sake; people and Python scripts want numbers."""
+    from google.protobuf.descriptor import FieldDescriptor as Field
+
+    wide = {Field.TYPE_INT64, Field.TYPE_UINT64, Field.TYPE_SINT64, Field.TYPE_FIXED64}
+    for field in descriptor.fields:
+        value = fields.get(field.name)
+        if field.type in wide and isinstance(value, str):
+            fields[field.name] = int(value)
+        elif field.message_type is not None and isinstance(value, dict):
+            _int64_as_numbers(value, field.message_type)
+    return fields
 
 
 # -- reindex and rollback ------------------------------------------------------------------
