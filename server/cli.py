@@ -74,12 +74,12 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        default = field.default
+        shown = "" if field.default is None else f"default: {field.default}; "
         parser.add_argument(
             flag,
             dest=name,
             default=None,
-            help=f"{field.description} (default: {default}; env NEARCAT_{name.upper()})",
+            help=f"{field.description} ({shown}env NEARCAT_{name.upper()})",
         )
 
 
@@ -504,7 +504,8 @@ def print_result(path: str, item: Any, model_version: str, as_json: bool) -> Non
     if result.HasField("confident_ancestor"):
         ancestor = result.confident_ancestor
         print(
-            f"    surely {ancestor.category} ({ancestor.score:.2f}); the finer category is unsure"
+            f"    sure of its parent {ancestor.category} ({ancestor.score:.2f}), "
+            "less of the category itself"
         )
     for other in result.categories[1:]:
         print(f"    {' > '.join(other.path)}  ({other.score:.2f})")

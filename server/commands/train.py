@@ -47,7 +47,7 @@ examples:
       --exclude-label 'Not sure' --exclude-label Other --exclude-label Skip \\
       --group-column sender_id --holdout 4 --out var/models/clothing-arcface
   nearcat train ... --resume          # continue a killed run from its last finished epoch
-  nearcat train ... --device cuda --trainable-blocks all --augment online --workers 12 \
+  nearcat train ... --device cuda --trainable-blocks all --augment online --workers 12 \\
       --epochs 30 --freeze-epochs 2    # whole network on a GPU, head first
 """
 
