@@ -8,7 +8,7 @@ import logging
 from prometheus_client import generate_latest
 
 from server.drift import DriftMonitor
-from server.logging_setup import JsonFormatter
+from server.logging_setup import JsonFormatter, TextFormatter
 from server.metrics import Metrics, decision_of, predictions_in
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
@@ -62,3 +62,12 @@ def test_json_log_lines_carry_extra_fields_and_exceptions() -> None:
 
         record.exc_info = sys.exc_info()
     assert "ValueError: boom" in json.loads(JsonFormatter().format(record))["exc"]
+
+
+def test_text_log_lines_carry_extra_fields_too() -> None:
+    record = logging.makeLogRecord(
+        {"name": "nearcat.access", "levelname": "INFO", "msg": "rpc %s", "args": ("Classify",)}
+    )
+    record.request_id, record.duration_ms = "abc", 12.5
+    line = TextFormatter().format(record)
+    assert line.endswith("nearcat.access: rpc Classify  request_id=abc duration_ms=12.5")
