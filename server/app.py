@@ -174,7 +174,10 @@ def _version_if_known(spec: str, models_dir: Path) -> str | None:
 
 
 def build_catalog(
-    settings: Settings, client: redis.Redis, on_batch: Callable[[int], None] | None = None
+    settings: Settings,
+    client: redis.Redis,
+    on_batch: Callable[[int], None] | None = None,
+    progress: bool = False,
 ) -> tuple[Catalog, Reindexer]:
     """The catalogue on the store's active model, its index loaded, and the reindexer (an
     interrupted reindex resumed). Interrupted half-way (a stop signal during the minutes of
@@ -201,8 +204,7 @@ def build_catalog(
         settings.prompt_weight,
     )
     try:
-        # Bars are for a person at a terminal; a log collector reading stderr wants JSON lines.
-        catalog.load(progress=sys.stderr.isatty())
+        catalog.load(progress=progress)
     except BaseException:
         catalog.close()
         raise
@@ -331,7 +333,10 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
-    if not sys.stderr.isatty():  # no "Loading weights" bars from the text model in the log
+    # Progress bars are for a person at a terminal; a log collector wants JSON lines only
+    # (nor the text model's "Loading weights" bar).
+    progress = sys.stderr.isatty()
+    if not progress:
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
@@ -346,7 +351,9 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
     metrics = Metrics(DriftMonitor(settings.drift_window))
     with ExitStack() as started:  # closed in reverse order, however serve() ends
         store = open_store(settings, started)
-        catalog, reindexer = build_catalog(settings, store.client, on_batch=metrics.observe_batch)
+        catalog, reindexer = build_catalog(
+            settings, store.client, on_batch=metrics.observe_batch, progress=progress
+        )
         started.callback(catalog.close)
         started.callback(reindexer.close)  # an unfinished reindex resumes at the next start
         metrics.watch(catalog, reindexer)
