@@ -143,12 +143,12 @@ class Serving:
             self.remember_prompts(todo, self.prompt_vectors(todo))
 
     def prompt_vectors(self, categories: Sequence[Category]) -> list[np.ndarray]:
-        """One unit vector per category: the mean of its prompts' vectors (a prompt ensemble)."""
+        """One vector per category from its prompts (a prompt ensemble, see `_ensemble`)."""
         texts = [c.prompts for c in categories]
         flat = self.encode_text([t for group in texts for t in group])
         vectors, start = [], 0
         for group in texts:
-            vectors.append(_unit(flat[start : start + len(group)].mean(axis=0)))
+            vectors.append(_ensemble(flat[start : start + len(group)]))
             start += len(group)
         return vectors
 
@@ -195,9 +195,18 @@ class Serving:
         self.batcher.close()
 
 
-def _unit(vector: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(vector))
-    return (vector / norm if norm > 0 else vector).astype(np.float32)
+def _ensemble(vectors: np.ndarray) -> np.ndarray:
+    """The prompts' mean direction at their mean length; one prompt is its own vector.
+
+    At the tower's own scale, like the category names it competes with in the text softmax:
+    the packaged tower's vectors are class weightings of length 0.04-0.17, and a prompt
+    vector stretched to unit length outscored every name 6-26 times, so a category known
+    from a prompt alone took most other categories' images (60% on clothing's val part).
+    """
+    mean = vectors.mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    length = float(np.linalg.norm(vectors, axis=1).mean())
+    return (mean * (length / norm) if norm > 0 else mean).astype(np.float32)
 
 
 class SwitchGate:

@@ -52,6 +52,23 @@ def test_a_prompt_only_category_is_classifiable_at_once(server: ServerProcess) -
     stub.DeleteCategory(pb.DeleteCategoryRequest(name="Umbrellas"))
 
 
+def test_a_prompt_weighs_what_the_same_words_weigh_as_a_name(server: ServerProcess) -> None:
+    """A category's prompts and another's name compete in one text softmax, so they must be
+    on one scale: the packaged tower's vectors are short class weightings, and a prompt
+    stretched to unit length outscored every name (a prompt-only category then took most
+    other categories' images)."""
+    stub = server.stub()
+    stub.AddCategory(pb.AddCategoryRequest(name="Kilts"))  # known by its name alone
+    stub.AddCategory(pb.AddCategoryRequest(name="Tartan skirts", prompts=["Kilts"]))
+    try:
+        request = pb.SearchByTextRequest(text="a kilt", top_n=20, k=1)
+        found = {c.category: c.score for c in stub.SearchByText(request).categories}
+        assert found["Tartan skirts"] == pytest.approx(found["Kilts"], rel=1e-4)
+    finally:
+        stub.DeleteCategory(pb.DeleteCategoryRequest(name="Tartan skirts"))
+        stub.DeleteCategory(pb.DeleteCategoryRequest(name="Kilts"))
+
+
 @pytest.mark.parametrize(
     ("prompts", "message"),
     [([""], "prompt 0 is empty"), (["x" * 301], "the limit is 300"), (["ok"] * 33, "limit is 32")],
