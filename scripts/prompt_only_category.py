@@ -46,6 +46,7 @@ from indexer.vote import VoteConfig, knn_vote  # noqa: E402
 from server.catalog import MAX_K, Catalog  # noqa: E402
 from server.cli import build_parser  # noqa: E402
 from server.commands.evaluate import DEFAULT_MODEL, DEFAULT_MODELS_DIR, choose_images  # noqa: E402
+from server.commands.sources import add_csv_arguments  # noqa: E402
 from server.serving import Serving  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
@@ -204,24 +205,12 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, required=True, metavar="CSV", help="the labelled images' CSV"
     )
-    parser.add_argument(
-        "--path-template",
-        default="{}",
-        metavar="TEMPLATE",
-        help="image path relative to the CSV, {} the path column's value, e.g. 'images/{}.jpg'",
-    )
+    add_csv_arguments(parser)
     parser.add_argument(
         "--group-column",
         metavar="COLUMN",
         help="CSV column whose rows stay on one side of the split (e.g. the sender), so one "
         "source's photos are never both references and queries",
-    )
-    parser.add_argument(
-        "--exclude-label",
-        action="append",
-        default=[],
-        metavar="LABEL",
-        help="a label to leave out (repeatable)",
     )
     parser.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
     parser.add_argument(
@@ -266,6 +255,7 @@ def main() -> None:
 
     eval_args = ["eval", "--data", str(args.data), "--split", "val"]
     eval_args += ["--path-template", args.path_template, "--seed", str(args.seed)]
+    eval_args += ["--path-column", args.path_column, "--label-column", args.label_column]
     eval_args += ["--holdout", str(args.holdout)]
     eval_args += ["--group-column", args.group_column] if args.group_column else []
     for label in args.exclude_label:

@@ -305,10 +305,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 def cmd_add_category(args: argparse.Namespace) -> None:
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
-    references = [
-        pb.ReferenceImage(image=read_file(path), metadata={"source": str(path)})
-        for path in args.images
-    ]
+    references = _file_references(args.images)
     request = pb.AddCategoryRequest(
         name=args.name, parent=args.parent or "", prompts=args.prompt, references=references
     )
@@ -585,10 +582,7 @@ def _when(ms: int) -> str:
 def cmd_add_references(args: argparse.Namespace) -> None:
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
-    references = [
-        pb.ReferenceImage(image=read_file(path), metadata={"source": str(path)})
-        for path in args.images
-    ]
+    references = _file_references(args.images)
     request = pb.AddReferencesRequest(category=args.category, references=references)
     with _bad_image_named(args.images):
         answer = connect(args).AddReferences(request)
@@ -599,6 +593,13 @@ def cmd_add_references(args: argparse.Namespace) -> None:
         f"added {_reference_images(answer.added)} to {' > '.join(answer.category.path)}, "
         f"which now has {answer.category.reference_count}"
     )
+
+
+def _file_references(paths: Sequence[str]) -> list[Any]:
+    """Reference images from files, each remembering the file it came from."""
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    return [pb.ReferenceImage(image=read_file(p), metadata={"source": str(p)}) for p in paths]
 
 
 @contextmanager
