@@ -34,7 +34,7 @@ from indexer.calibration import (
     reliability_bins,
 )
 from indexer.decision import Thresholds
-from indexer.head import ConfidenceHead, fit_head
+from indexer.head import ConfidenceHead, cross_fitted_head, fit_head
 from indexer.ids import image_sha256, reference_id
 from indexer.index import Hit, VectorIndex
 from indexer.vote import CategoryScore, VoteConfig, knn_vote
@@ -390,26 +390,28 @@ def _voted(truth: str, hits: Sequence[Hit], vote: VoteConfig) -> Answer:
 
 def leave_one_out_answers(
     references: EmbeddedImages, vote: VoteConfig, extra: int = 100
-) -> list[Answer]:
+) -> tuple[list[int], list[Answer]]:
     """Each reference classified by the others, never by an image of its own group (e.g. the
-    same sender's photos) nor by an identical file: calibration data without new images."""
+    same sender's photos) nor by an identical file: calibration data without new images.
+    Returns the rows of the references that got an answer, and their answers."""
     ids = [reference_id(c, sha) for c, sha in zip(references.labels, references.shas, strict=True)]
     index = VectorIndex.build(
         references.vectors.shape[1], ids, references.labels, references.vectors
     )
     group_of = {i: image.group or i for i, image in zip(ids, references.images, strict=True)}
     sha_of = dict(zip(ids, references.shas, strict=True))
-    answers = []
+    rows, answers = [], []
     found = index.search(references.vectors, vote.k + extra)
-    for own, image, hits in zip(ids, references.images, found, strict=True):
+    for row, (own, image, hits) in enumerate(zip(ids, references.images, found, strict=True)):
         others = [
             h
             for h in hits
             if group_of[h.reference_id] != group_of[own] and sha_of[h.reference_id] != sha_of[own]
         ][: vote.k]
         if others:
+            rows.append(row)
             answers.append(_voted(image.category, others, vote))
-    return answers
+    return rows, answers
 
 
 def linear_probe_answers(references: EmbeddedImages, queries: EmbeddedImages) -> list[Answer]:
@@ -440,14 +442,39 @@ def linear_probe_answers(references: EmbeddedImages, queries: EmbeddedImages) ->
     return answers
 
 
-def head_answers(
+def _scores(answer: Answer) -> list[CategoryScore]:
+    return [CategoryScore(c, s) for c, s in zip(answer.categories, answer.scores, strict=True)]
+
+
+def _with_scores(answer: Answer, scores: Sequence[CategoryScore]) -> Answer:
+    return replace(
+        answer,
+        categories=tuple(s.category for s in scores),
+        scores=tuple(s.score for s in scores),
+    )
+
+
+def blended_answers(
     head: ConfidenceHead, answers: Sequence[Answer], queries: EmbeddedImages
 ) -> list[Answer]:
-    """The answers as the server gives them with a current confidence head: the vote's top
-    category, with the head's probability of it as the confidence."""
-    confidences = head.confidence(queries.vectors, [a.predicted for a in answers])
+    """The votes with the head blended in, as the server serves them (indexer.head)."""
+    rows = head.probabilities(queries.vectors)
     return [
-        replace(a, categories=a.categories[:1], scores=(float(c),))
+        _with_scores(a, head.blend(_scores(a), row)) for a, row in zip(answers, rows, strict=True)
+    ]
+
+
+def head_answers(head: ConfidenceHead, answers: Sequence[Answer]) -> list[Answer]:
+    """Blended answers as the server gives them with a current head: the blend's top
+    category, with the head's curve of its probability as the confidence (0 for a category
+    the head was not fitted on: never auto-accepted on its word)."""
+    confidences = head.confidence(np.array([a.confidence for a in answers]))
+    return [
+        replace(
+            a,
+            categories=a.categories[:1],
+            scores=(float(c) if a.predicted in head.column else 0.0,),
+        )
         for a, c in zip(answers, confidences, strict=True)
     ]
 
@@ -542,8 +569,8 @@ class ConfidenceReport:
     # it gives on the queries; and the default bands' shares.
     chosen: Accepted
     bands: dict[str, dict[str, float]]
-    # With the tempered vote share as the confidence, when a head served the figures above.
-    vote_only: dict[str, Any] | None = None
+    # With the tempered share as the confidence, when the head's curve served the figures above.
+    tempered_share: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _rounded(
@@ -562,7 +589,7 @@ class ConfidenceReport:
                         else None
                     ),
                 },
-                "confidence": "confidence head" if self.vote_only else "tempered vote share",
+                "confidence": "head curve" if self.tempered_share else "tempered vote share",
                 "ece_before": self.ece_before,
                 "ece_after": self.ece_after,
                 "reliability_after": [vars(b) for b in self.reliability_after],
@@ -573,7 +600,7 @@ class ConfidenceReport:
                     "curve": [vars(p) for p in _thinned(self.automation)],
                 },
                 "bands": self.bands,
-                "vote_only": self.vote_only,
+                "tempered_share": self.tempered_share,
             }
         )
 
@@ -610,34 +637,31 @@ def confidence_report(
     calibration_answers: Sequence[Answer],
     source: str,
     thresholds: Thresholds | None = None,
-    head: tuple[ConfidenceHead, EmbeddedImages, EmbeddedImages] | None = None,
+    head: ConfidenceHead | None = None,
 ) -> ConfidenceReport:
     """Fit on `calibration_answers` (never the queries), then measure on `query_answers`.
 
-    `head`: a confidence head fitted on the references, with the embedded queries and
-    calibration images; its curve is fitted on the calibration answers, and its confidence
-    is then the one measured, as the server serves it.
+    `head`: the head fitted on the references, already blended into both sets of answers; its
+    curve is fitted on the calibration answers, and its confidence is then the one measured,
+    as the server serves it.
     """
     calibration = fit_calibration(labelled_votes(calibration_answers), source)
     after = calibrated(query_answers, calibration)
     fit_after = calibrated(calibration_answers, calibration)
-    vote_only = None
+    tempered_share = None
     if head is not None:
-        plain_head, queries, calibration_images = head
-        fitted = plain_head.calibrated(
-            calibration_images.vectors,
-            [a.predicted for a in calibration_answers],
-            [a.hit(1) for a in calibration_answers],
+        fitted = head.calibrated(
+            [a.confidence for a in calibration_answers], [a.hit(1) for a in calibration_answers]
         )
         calibration = replace(calibration, head=fitted)
-        vote_only = {
+        tempered_share = {
             "ece_after": ece([a.confidence for a in after], [a.hit(1) for a in after]),
             "threshold_chosen_on_calibration_data": at_threshold(
                 after, threshold_for_precision(fit_after, AUTOMATION_PRECISION)
             ),
         }
-        after = head_answers(fitted, query_answers, queries)
-        fit_after = head_answers(fitted, calibration_answers, calibration_images)
+        after = head_answers(fitted, query_answers)
+        fit_after = head_answers(fitted, calibration_answers)
     chosen = threshold_for_precision(fit_after, AUTOMATION_PRECISION)
     bins_after = reliability_bins([a.confidence for a in after], [a.hit(1) for a in after])
     return ConfidenceReport(
@@ -648,7 +672,7 @@ def confidence_report(
         automation=automation_curve(after),
         chosen=at_threshold(after, chosen),
         bands=band_shares(after, thresholds or Thresholds()),
-        vote_only=vote_only,
+        tempered_share=tempered_share,
     )
 
 
@@ -802,6 +826,7 @@ SEED_FIGURES: dict[str, tuple[str, ...]] = {
     "ece": ("ece",),
     "held_out_top1": ("held_out", "held_out", "top1"),
     "seen_top1": ("held_out", "seen", "top1"),
+    "vote_only_top1": ("baselines", "vote_only", "top1"),
     "linear_probe_top1": ("baselines", "linear_probe", "top1"),
     "ece_after_calibration": ("confidence", "ece_after"),
     "auto_accepted": (
@@ -893,18 +918,32 @@ def evaluate(
     if not qs.images:
         raise ValueError("none of the query images could be read")
 
-    answers = knn_answers(refs, qs, vote)
-    confidence = _confidence(model, refs, qs, answers, calibration_queries, cache, vote, thresholds)
-    knn = MethodResult(
-        f"{model.config.name} kNN", model.version, answers, score(answers, parents, held_out)
+    votes = knn_answers(refs, qs, vote)
+    answers, confidence = _served(
+        refs, qs, votes, calibration_queries, model, cache, vote, thresholds
     )
+    blended = answers is not votes  # the head was fitted and blended in
+    knn = MethodResult(
+        f"{model.config.name} kNN" + (" blended with the head" if blended else ""),
+        model.version,
+        answers,
+        score(answers, parents, held_out),
+    )
+    baselines: dict[str, MethodResult] = {}
+    if blended:
+        baselines["vote_only"] = MethodResult(
+            f"{model.config.name} kNN vote alone (no head)",
+            model.version,
+            votes,
+            score(votes, parents, held_out),
+        )
     if frozen is None:
         frozen_refs, frozen_qs = refs, qs
         frozen_knn = MethodResult(
-            f"{model.config.name} kNN (the model is the frozen backbone)",
+            f"{model.config.name} kNN vote (the model is the frozen backbone)",
             model.version,
-            knn.answers,
-            knn.metrics,
+            votes,
+            baselines["vote_only"].metrics if blended else knn.metrics,
             same_as_model=True,
         )
         frozen_version = model.version
@@ -919,7 +958,7 @@ def evaluate(
             frozen_answers,
             score(frozen_answers, parents, held_out),
         )
-    baselines = {"frozen_knn": frozen_knn}
+    baselines["frozen_knn"] = frozen_knn
     if len(set(frozen_refs.labels)) >= 2:
         probe_answers = linear_probe_answers(frozen_refs, frozen_qs)
         baselines["linear_probe"] = MethodResult(
@@ -948,34 +987,51 @@ def evaluate(
     )
 
 
-def _confidence(
-    model: Embedder,
+def _served(
     refs: EmbeddedImages,
     qs: EmbeddedImages,
-    answers: Sequence[Answer],
+    votes: list[Answer],
     calibration_queries: Sequence[LabeledImage],
+    model: Embedder,
     cache: EmbeddingCache,
     vote: VoteConfig,
     thresholds: Thresholds | None,
-) -> ConfidenceReport | None:
-    held = None
+) -> tuple[list[Answer], ConfidenceReport | None]:
+    """The answers as a calibrated server gives them, and how sure they are.
+
+    With a validation part, the head is fitted on the references and blended into the votes
+    of both parts, and its curve is fitted on the validation part. Without one, as the server
+    does: each reference is voted on by the others (leave-one-out, other groups only), and the
+    head is cross-fitted on the references, its curve on those votes blended out of fold."""
+    head, answers = None, votes
     if calibration_queries:
         held, _ = embed_images(model, calibration_queries, cache, EMBED_BATCH, "calibration")
         fit_on = knn_answers(refs, held, vote)
         source = f"{len(fit_on)} validation queries"
+        if len(set(refs.labels)) >= 2:
+            head = fit_head(refs.vectors, refs.labels)
+            answers = blended_answers(head, votes, qs)
+            fit_on = blended_answers(head, fit_on, held)
     else:
-        fit_on = leave_one_out_answers(refs, vote)
+        rows, fit_on = leave_one_out_answers(refs, vote)
         source = f"leave-one-out over {len(fit_on)} references (other groups only)"
-    # The server fits its head on the references and its calibration out of fold; here the
-    # validation part plays the images the head was not fitted on.
-    head = None
-    if held is not None and len(set(refs.labels)) >= 2:
-        head = (fit_head(refs.vectors, refs.labels), qs, held)
+        fit = cross_fitted_head(
+            refs.vectors[rows],
+            [a.truth for a in fit_on],
+            [_scores(a) for a in fit_on],
+            [refs.images[row].group for row in rows],
+        )
+        if fit is not None:
+            head = fit.head
+            answers = blended_answers(head, votes, qs)
+            fit_on = [
+                _with_scores(a, blended) for a, blended in zip(fit_on, fit.blended, strict=True)
+            ]
     try:
-        return confidence_report(answers, fit_on, source, thresholds, head)
-    except ValueError as exc:  # too few images to fit on
+        return answers, confidence_report(answers, fit_on, source, thresholds, head)
+    except ValueError as exc:  # too few images to fit on: no calibration, so no head either
         log.warning("no calibration: %s", exc)
-        return None
+        return votes, None
 
 
 # -- zero-shot from category names ---------------------------------------------------------

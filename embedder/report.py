@@ -63,8 +63,8 @@ def write_report(evaluation: Evaluation, out_dir: Path) -> list[Path]:
 
 
 def served_confidence(confidence: ConfidenceReport) -> str:
-    """What the figures after calibration were measured on: the confidence head's probability
-    when one was fitted (its curve, or its temperature), else the tempered vote share."""
+    """What the figures after calibration were measured on: the head's curve (or temperature)
+    of the blended answer's probability when a head was fitted, else the tempered vote share."""
     head = confidence.calibration.head
     if head is None:
         return f"vote share at temperature {confidence.calibration.temperature:.2f}"
@@ -310,7 +310,7 @@ def _confidence_lines(evaluation: Evaluation) -> list[str]:
         f"Auto-accept threshold for {AUTOMATION_PRECISION:.0%} precision, chosen on the "
         f"calibration data: {chosen['threshold']:.3f}; on the queries it auto-accepts "
         f"{accepted_text(chosen)}.",
-        *_vote_only_lines(c.vote_only),
+        *_tempered_share_lines(c.tempered_share),
         "",
         "| band | share | accuracy |",
         "|---|---|---|",
@@ -319,14 +319,14 @@ def _confidence_lines(evaluation: Evaluation) -> list[str]:
     return lines
 
 
-def _vote_only_lines(vote_only: dict[str, Any] | None) -> list[str]:
-    if vote_only is None:
+def _tempered_share_lines(tempered_share: dict[str, Any] | None) -> list[str]:
+    if tempered_share is None:
         return []
-    vote = vote_only["threshold_chosen_on_calibration_data"]
+    share = tempered_share["threshold_chosen_on_calibration_data"]
     return [
-        "The confidence is the confidence head's probability of the vote's answer, as served; "
-        "with the vote's calibrated share instead the same choice auto-accepts "
-        f"{accepted_text(vote)}."
+        "The answers blend the kNN vote with the head, and the confidence is the head's curve "
+        "of the blend's probability, as served; with the blend's tempered share instead the "
+        f"same choice auto-accepts {accepted_text(share)}."
     ]
 
 

@@ -8,13 +8,14 @@ never changes; only how sure the answer says it is.
 The same fit also chooses the open-set threshold: an image whose nearest reference is less
 similar than almost every labelled image's nearest reference was (the `UNKNOWN_QUANTILE`
 lowest share) is called unknown rather than forced into a category. And when the labelled
-images carry their vectors (the stored references), it fits the confidence head
-(indexer.head), whose probability of the vote's answer is a sharper confidence than the
-tempered share.
+images carry their vectors (the stored references), it first fits the head (indexer.head),
+which is blended into every vote; the temperature is then fitted on the blended shares, as
+they are served, and the head's curve of the blend's answer is the confidence.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -22,13 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from indexer.head import ConfidenceHead, cross_fitted_head, least_log_loss
+from indexer.head import ConfidenceHead, CrossFit, cross_fitted_head, least_log_loss
 from indexer.vote import CategoryScore
 
 ECE_BINS = 15
 # Share of in-catalogue images allowed to fall under the open-set threshold.
 UNKNOWN_QUANTILE = 0.01
 MIN_EXAMPLES = 20
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,8 @@ class LabelledVote:
 
 @dataclass(frozen=True)
 class Calibration:
-    """How vote shares become probabilities, and when an image is too far to classify.
+    """How (blended) vote shares become probabilities, and when an image is too far to
+    classify.
 
     The identity (temperature 1, no open-set threshold) until fitted.
     """
@@ -132,7 +136,11 @@ class Calibration:
     def from_json(cls, data: dict[str, Any]) -> Calibration:
         known = {f: data[f] for f in cls.__dataclass_fields__ if f in data}
         if known.get("head") is not None:
-            known["head"] = ConfidenceHead.from_json(known["head"])
+            try:
+                known["head"] = ConfidenceHead.from_json(known["head"])
+            except ValueError as exc:
+                log.warning("stored calibration: %s with `nearcat calibrate`", exc)
+                known["head"] = None
         return cls(**known)
 
 
@@ -151,13 +159,18 @@ def _top_confidences(votes: Sequence[LabelledVote], temperature: float) -> np.nd
 
 
 def fit_calibration(votes: Sequence[LabelledVote], source: str) -> Calibration:
-    """The temperature that best predicts whether the top category is right (least log-loss),
-    and the open-set threshold from the nearest similarities of these in-catalogue images."""
+    """The head (when the images carry vectors), then the temperature that best predicts
+    whether the top category of the blended vote is right (least log-loss), and the open-set
+    threshold from the nearest similarities of these in-catalogue images."""
     if len(votes) < MIN_EXAMPLES:
         raise ValueError(
             f"{len(votes)} labelled images are too few to calibrate on; "
             f"at least {MIN_EXAMPLES} are needed"
         )
+    vote_accuracy = float(np.mean([v.correct for v in votes]))
+    fit = _head(votes)
+    if fit is not None:  # served shares are blended: fit the temperature on those
+        votes = [replace(v, scores=blended) for v, blended in zip(votes, fit.blended, strict=True)]
     correct = np.array([v.correct for v in votes], dtype=np.float64)
     best_t, best_loss = least_log_loss(lambda t: _top_confidences(votes, t), correct)
     nearest = np.array([v.nearest_similarity for v in votes])
@@ -169,18 +182,22 @@ def fit_calibration(votes: Sequence[LabelledVote], source: str) -> Calibration:
         ece_after=ece(_top_confidences(votes, best_t).tolist(), correct.astype(bool).tolist()),
         source=source,
         fitted_at_ms=int(time.time() * 1000),
-        extra={"log_loss": best_loss, "accuracy": float(correct.mean())},
-        head=_head(votes),
+        extra={
+            "log_loss": best_loss,
+            "accuracy": float(correct.mean()),
+            "vote_accuracy": vote_accuracy,
+        },
+        head=fit.head if fit is not None else None,
     )
 
 
-def _head(votes: Sequence[LabelledVote]) -> ConfidenceHead | None:
-    """The confidence head, when every labelled image came with its vector."""
+def _head(votes: Sequence[LabelledVote]) -> CrossFit | None:
+    """The head, cross-fitted, when every labelled image came with its vector."""
     if not votes or any(v.vector is None for v in votes):
         return None
     return cross_fitted_head(
         np.stack([v.vector for v in votes if v.vector is not None]),
         [v.truth for v in votes],
-        [v.scores[0].category if v.scores else None for v in votes],
+        [v.scores for v in votes],
         [v.group for v in votes],
     )

@@ -424,10 +424,14 @@ class Catalog:
                 _check_deadline(deadline, "embedding")
                 vectors, semantics = s.embed_decoded(decoded)
             neighbours = iter(s.index.search(vectors, k))
-            rows = iter(zip(vectors, semantics, strict=True))
-            head = s.calibration.head  # once per call
+            head = s.calibration.head  # once per call, as are its probabilities
+            head_rows = vectors  # unused without a head
+            if head is not None and len(vectors):
+                head_rows = head.probabilities(vectors)
+            rows = iter(zip(vectors, semantics, head_rows, strict=True))
+            present = s.index.categories() if head is not None else set()
             return [
-                self._predict(s, head, next(neighbours), *next(rows), top_n)
+                self._predict(s, head, present, next(neighbours), *next(rows), top_n)
                 if isinstance(d, np.ndarray)
                 else d
                 for d in decoded
@@ -437,19 +441,24 @@ class Catalog:
         self,
         s: Serving,
         head: ConfidenceHead | None,
+        present: set[str],
         hits: list[Hit],
         vector: np.ndarray,
         semantic: np.ndarray,
+        head_row: np.ndarray,
         top_n: int,
     ) -> Prediction:
         scores = knn_vote(hits, self.vote, MAX_K)  # every category that got a vote
+        if head is not None:
+            scores = head.blend(scores, head_row, present)
         if s.prompted and s.text is not None:
             scores = self._with_text_evidence(s, scores, semantic)
+        blended = scores[0].score if scores else 0.0
         scores = s.calibration.apply(scores)
         if not scores:
             return Prediction([], hits, Decision.UNKNOWN, model_version=s.version)
         top = scores[0]
-        confidence = self._confidence(s, head, scores, vector)
+        confidence = self._confidence(s, head, scores, blended)
         if s.index.count(top.category):
             decision = self.decisions.decide(
                 top.category,
@@ -502,18 +511,18 @@ class Catalog:
 
     @staticmethod
     def _confidence(
-        s: Serving, head: ConfidenceHead | None, scores: list[CategoryScore], vector: np.ndarray
+        s: Serving, head: ConfidenceHead | None, scores: list[CategoryScore], blended: float
     ) -> float:
-        """The confidence head's probability of the answer, times the share of the answer's
-        probability held by categories the head was fitted on: a category added since, or
-        too thin to fit, takes its share of the evidence out of the head's say (all of it
-        when it is the answer). Without a head, or for a category known from text alone,
-        the answer's calibrated score."""
+        """The head's curve of the answer's `blended` probability, times the share of the
+        answer's probability held by categories the head was fitted on: a category added
+        since, or too thin to fit, takes its share of the evidence out of the head's say (all
+        of it when it is the answer). Without a head, or for a category known from text
+        alone, the answer's calibrated score."""
         top = scores[0]
         if head is None or top.category not in head.column or not s.index.count(top.category):
             return top.score
         known = sum(c.score for c in scores if c.category in head.column)
-        return known * float(head.confidence(vector[None], [top.category])[0])
+        return known * float(head.confidence(np.array([blended]))[0])
 
     def _confident_ancestor(
         self, decision: Decision, answer: str, levels: list[LevelScore]

@@ -132,6 +132,7 @@ def _classification(prediction: Prediction) -> pb.Classification:
 
 
 def _calibration(calibration: Calibration, head_current: bool) -> pb.Calibration:
+    extra = calibration.extra
     return pb.Calibration(
         temperature=calibration.temperature,
         unknown_below=calibration.unknown_below,
@@ -140,7 +141,10 @@ def _calibration(calibration: Calibration, head_current: bool) -> pb.Calibration
         ece_after=calibration.ece_after or 0.0,
         source=calibration.source,
         fitted_at_ms=calibration.fitted_at_ms,
-        accuracy=calibration.extra.get("accuracy", 0.0),
+        accuracy=extra.get("accuracy", 0.0),
+        vote_accuracy=calibration.extra.get(
+            "vote_accuracy", calibration.extra.get("accuracy", 0.0)
+        ),
         head_categories=len(calibration.head.categories) if calibration.head else 0,
         head_current=head_current,
     )

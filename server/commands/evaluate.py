@@ -444,11 +444,11 @@ def print_summary(evaluation: Evaluation) -> None:
             f"calibration ({c.calibration.source}): ECE {c.ece_before:.3f} -> {c.ece_after:.3f}; "
             f"auto-accept at >= {c.chosen['threshold']:.3f}: {accepted_text(c.chosen)}"
         )
-        if c.vote_only is not None:
-            vote = c.vote_only["threshold_chosen_on_calibration_data"]
+        if c.tempered_share is not None:
+            share = c.tempered_share["threshold_chosen_on_calibration_data"]
             print(
-                "  (confidence from the confidence head; with the vote's share instead: "
-                f"{accepted_text(vote)})"
+                "  (confidence from the head's curve; with the tempered share instead: "
+                f"{accepted_text(share)})"
             )
     worst = ", ".join(
         f"{name} {metrics.per_category[name].top1:.0%}" for name in metrics.worst_categories

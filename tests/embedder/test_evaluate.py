@@ -21,6 +21,7 @@ from embedder.evaluate import (
     EmbeddingCache,
     Evaluation,
     at_threshold,
+    blended_answers,
     confidence_report,
     embed_images,
     evaluate,
@@ -162,21 +163,25 @@ def test_linear_probe_separates_separable_vectors() -> None:
     assert all(math.isclose(sum(a.scores), 1.0, rel_tol=1e-6) for a in answers)
 
 
-def test_head_answers_keep_the_votes_answer_with_the_heads_confidence() -> None:
+def test_the_head_is_blended_into_the_votes_and_its_curve_is_the_confidence() -> None:
     rng = np.random.default_rng(0)
     centres = {"a": [5.0, 0, 0], "b": [0, 5.0, 0], "c": [0, 0, 5.0]}
     labels = [c for c in centres for _ in range(10)]
     vectors = np.array([np.add(centres[c], rng.normal(0, 0.5, 3)) for c in labels])
     head = fit_head(vectors, labels)
     queries = embedded(["a", "a", "a"], [centres["a"]] * 3, ["q1", "q2", "q3"])
-    knn = [
-        Answer("a", ("a", "b"), (0.6, 0.4)),  # right: the head agrees
-        Answer("a", ("b", "a"), (0.9, 0.1)),  # wrong: the head gives "b" little
+    votes = [
+        Answer("a", ("a", "b"), (0.6, 0.4)),  # right, and the head agrees
+        Answer("a", ("b", "a"), (0.6, 0.4)),  # wrong: the head, sure of "a", turns it
         Answer("a", ("new",), (1.0,)),  # a category the head was not fitted on
     ]
-    served = head_answers(head, knn, queries)
-    assert [r.categories for r in served] == [("a",), ("b",), ("new",)]
-    assert served[0].confidence > 0.5 > served[1].confidence
+    blended = blended_answers(head, votes, queries)
+    assert [b.predicted for b in blended] == ["a", "a", "new"]
+    assert blended[0].confidence > 0.6 and blended[2].scores == (1.0,)
+    assert all(math.isclose(sum(b.scores), 1.0, rel_tol=1e-6) for b in blended)
+    served = head_answers(replace(head, temperature=0.5), blended)
+    assert [s.categories for s in served] == [("a",), ("a",), ("new",)]
+    assert served[0].confidence > blended[0].confidence  # T < 1 sharpens
     assert served[2].confidence == 0.0  # never auto-accepted on the head's word
 
 
@@ -263,7 +268,8 @@ def test_leakage_finds_the_copied_file(evaluation: Evaluation) -> None:
 
 def test_baselines_reuse_the_frozen_model(evaluation: Evaluation) -> None:
     frozen = evaluation.baselines["frozen_knn"]
-    assert frozen.same_as_model and frozen.metrics == evaluation.knn.metrics
+    vote = evaluation.baselines.get("vote_only", evaluation.knn)  # the model's vote alone
+    assert frozen.same_as_model and frozen.metrics == vote.metrics
     probe = evaluation.baselines["linear_probe"].metrics
     assert probe.queries == evaluation.queries and 0.0 <= probe.top1 <= 1.0
 
@@ -339,7 +345,7 @@ def test_the_calibrated_plots_name_the_confidence_they_show(
     fit_on = [Answer(c, (c, "b" if c == "a" else "a"), (0.8, 0.2)) for c in labels]
     fit_on[::5] = [Answer(a.truth, a.categories[::-1], (0.6, 0.4)) for a in fit_on[::5]]
     head = fit_head(images.vectors, labels)
-    with_head = confidence_report(fit_on, fit_on, "answers", head=(head, images, images))
+    with_head = confidence_report(fit_on, fit_on, "answers", head=head)
     without = confidence_report(fit_on, fit_on, "answers")
     assert with_head.calibration.head is not None and with_head.calibration.head.curve is None
 

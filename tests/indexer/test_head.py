@@ -1,4 +1,4 @@
-"""The confidence head: fit, its curve from unseen images, storage, and when it may speak."""
+"""The head: fit, its blend into the vote, its curve from unseen images, storage."""
 
 from __future__ import annotations
 
@@ -34,9 +34,8 @@ def test_the_head_is_sure_where_categories_are_apart() -> None:
     head = fit_head(vectors, labels)
     assert head.categories == ("a", "b", "c", "d")
     fresh, truth = clusters(10, noise=0.3, flip=0.0, seed=1)
-    confidence = head.confidence(fresh, truth)
-    assert confidence.min() > 0.9
-    assert head.confidence(fresh[:1], ["unheard of"])[0] == 0.0  # it cannot vouch for it
+    probabilities = head.probabilities(fresh)
+    assert min(row[head.column[t]] for row, t in zip(probabilities, truth, strict=True)) > 0.9
 
 
 def test_two_categories_give_the_same_probabilities_as_sklearn() -> None:
@@ -53,11 +52,20 @@ def test_two_categories_give_the_same_probabilities_as_sklearn() -> None:
     np.testing.assert_allclose(head.probabilities(vectors), expected, atol=1e-4)
 
 
-def nearest_centre(vectors: np.ndarray, labels: list[str], queries: np.ndarray) -> list[str]:
-    """A stand-in for the kNN vote: the category whose mean vector is closest."""
+def centre_votes(
+    vectors: np.ndarray, labels: list[str], queries: np.ndarray
+) -> list[list[CategoryScore]]:
+    """A stand-in for the kNN vote: shares by closeness to each category's mean vector."""
     names = sorted(set(labels))
     means = np.stack([vectors[[c == n for c in labels]].mean(axis=0) for n in names])
-    return [names[i] for i in (queries @ means.T).argmax(axis=1)]
+    logits = queries @ means.T / 0.1
+    shares = np.exp(logits - logits.max(axis=1, keepdims=True))
+    shares /= shares.sum(axis=1, keepdims=True)
+    return [
+        sorted((CategoryScore(n, float(p)) for n, p in zip(names, row, strict=True)),
+               key=lambda c: -c.score)
+        for row in shares
+    ]  # fmt: skip
 
 
 def ece_raw_and_served(
@@ -66,37 +74,78 @@ def ece_raw_and_served(
     fresh: np.ndarray,
     truth: list[str],
 ) -> tuple[float, float]:
-    """ECE on fresh images of the head's raw probability and of its served confidence, for
-    the answers a nearest-centre vote gives them."""
-    answers = nearest_centre(*references, fresh)
-    right = [a == t for a, t in zip(answers, truth, strict=True)]
-    raw = head.raw_confidence(fresh, answers)
-    return ece(raw.tolist(), right), ece(head.confidence(fresh, answers).tolist(), right)
+    """ECE on fresh images of the blend's probability of its answer and of the served
+    confidence (the head's curve or temperature of it)."""
+    blended = [
+        head.blend(votes, row)
+        for votes, row in zip(
+            centre_votes(*references, fresh), head.probabilities(fresh), strict=True
+        )
+    ]
+    raw = np.array([b[0].score for b in blended])
+    right = [b[0].category == t for b, t in zip(blended, truth, strict=True)]
+    return ece(raw.tolist(), right), ece(head.confidence(raw).tolist(), right)
 
 
 def test_with_few_references_the_cross_fitted_temperature_calibrates() -> None:
-    """Sixty references in 64 dimensions: the regularised head is far less sure than it may be
-    of the vote's (nearly always right) answers. Too few for a curve, so the temperature,
-    fitted out of fold, learns that from images the head was not fitted on."""
+    """Sixty references in 64 dimensions: the blend is far less sure than it may be of its
+    (nearly always right) answers. Too few for a curve, so the temperature, fitted out of
+    fold, learns that from images the head was not fitted on."""
     vectors, labels = clusters(15, noise=1.5, flip=0.0, seed=3, dim=64)
-    head = cross_fitted_head(vectors, labels, nearest_centre(vectors, labels, vectors))
-    assert head is not None and head.curve is None and head.temperature < 1.0
+    fit = cross_fitted_head(vectors, labels, centre_votes(vectors, labels, vectors))
+    assert fit is not None and fit.head.curve is None and fit.head.temperature < 1.0
     raw, served = ece_raw_and_served(
-        head, (vectors, labels), *clusters(300, noise=1.5, flip=0.0, seed=4, dim=64)
+        fit.head, (vectors, labels), *clusters(300, noise=1.5, flip=0.0, seed=4, dim=64)
     )
     assert served < raw - 0.05
 
 
 def test_with_enough_references_the_cross_fitted_curve_calibrates() -> None:
-    """Labels flipped at random: the head cannot know which, so its raw probabilities are too
-    sure; the curve, fitted out of fold on 400 answers, brings them down to the odds."""
+    """Labels flipped at random: no model can know which, so the blend is too sure; the
+    curve, fitted out of fold on 400 answers, brings it down to the odds."""
     vectors, labels = clusters(100, noise=1.0, flip=0.2, seed=12, dim=32)
-    head = cross_fitted_head(vectors, labels, nearest_centre(vectors, labels, vectors))
-    assert head is not None and head.curve is not None
+    fit = cross_fitted_head(vectors, labels, centre_votes(vectors, labels, vectors))
+    assert fit is not None and fit.head.curve is not None
     raw, served = ece_raw_and_served(
-        head, (vectors, labels), *clusters(300, noise=1.0, flip=0.2, seed=13, dim=32)
+        fit.head, (vectors, labels), *clusters(300, noise=1.0, flip=0.2, seed=13, dim=32)
     )
     assert served < raw - 0.02
+
+
+def scores(**shares: float) -> list[CategoryScore]:
+    return [CategoryScore(c, p) for c, p in shares.items()]
+
+
+def as_dict(ranked: list[CategoryScore]) -> dict[str, float]:
+    return {s.category: s.score for s in ranked}
+
+
+def two_category_head(p_a: float) -> tuple[ConfidenceHead, np.ndarray]:
+    """A head over a and b, and a probability row giving a `p_a`."""
+    head = fit_head(*clusters(10, noise=0.3, flip=0.0, seed=16))
+    head = replace(head, categories=("a", "b"), weights=head.weights[:2], bias=head.bias[:2])
+    return head, np.array([p_a, 1 - p_a])
+
+
+def test_the_blend_is_half_vote_half_head_and_can_change_the_answer() -> None:
+    head, row = two_category_head(0.9)
+    blended = head.blend(scores(a=0.3, b=0.7), row)
+    assert [s.category for s in blended] == ["a", "b"]  # the head outweighs a weak vote
+    assert as_dict(blended) == pytest.approx({"a": 0.5 * 0.3 + 0.5 * 0.9, "b": 0.5 * 0.7 + 0.05})
+
+
+def test_a_category_the_head_never_saw_keeps_its_vote_and_a_deleted_one_gets_nothing() -> None:
+    head, row = two_category_head(0.9)
+    blended = as_dict(head.blend(scores(new=0.4, a=0.3, b=0.3), row))
+    assert blended["new"] == pytest.approx(0.4)  # added since the fit: its vote, untouched
+    assert blended["a"] == pytest.approx(0.5 * 0.3 + 0.5 * 0.6 * 0.9)  # the 0.6 a and b hold
+    assert sum(blended.values()) == pytest.approx(1.0)
+    # b deleted since the fit: the head's say goes to a alone, b gets nothing.
+    assert as_dict(head.blend(scores(a=0.6, new=0.4), row, present={"a", "new"})) == (
+        pytest.approx({"a": 0.6, "new": 0.4})
+    )
+    # Every vote on categories the head does not know: the vote as it was.
+    assert head.blend(scores(new=1.0), row) == scores(new=1.0)
 
 
 def test_the_curve_is_monotone_and_never_certain() -> None:
@@ -107,17 +156,17 @@ def test_the_curve_is_monotone_and_never_certain() -> None:
     assert head.curve is not None
     _, y = head.curve
     assert np.all(np.diff(y) >= 0) and y.max() < 1.0 and y.min() == 0.0
-    vectors, labels = clusters(3, noise=0.3, flip=0.0, seed=10)
-    assert head.confidence(vectors[:1], ["unheard of"])[0] == 0.0  # not the curve's floor
+    assert head.confidence(np.array([0.2, 0.9])).tolist() == [0.0, pytest.approx(y.max())]
 
 
 def test_a_category_too_thin_to_fit_is_left_out_and_the_rest_keep_their_head() -> None:
     vectors, labels = clusters(5, noise=0.3, flip=0.0, seed=5)
     labels[0] = "alone"  # a new category with its first photo
-    head = cross_fitted_head(vectors, labels, labels)
-    assert head is not None and head.covers(set(labels) - {"alone"})
-    assert head.confidence(vectors[:1], ["alone"])[0] == 0.0
-    assert cross_fitted_head(vectors[:4], ["a"] * 4, ["a"] * 4) is None  # one category: none
+    votes = centre_votes(vectors, labels, vectors)
+    fit = cross_fitted_head(vectors, labels, votes)
+    assert fit is not None and fit.head.covers(set(labels) - {"alone"})
+    assert fit.blended[0] == votes[0]  # its own vote is left as it was
+    assert cross_fitted_head(vectors[:4], ["a"] * 4, votes[:4]) is None  # one category: none
 
 
 def test_it_speaks_only_for_exactly_its_categories() -> None:
@@ -139,16 +188,44 @@ def test_calibration_fits_a_head_when_votes_carry_vectors_and_stores_it() -> Non
     restored = Calibration.from_json(calibration.to_json())
     assert restored.head is not None
     assert restored.head.temperature == calibration.head.temperature
-    np.testing.assert_array_equal(
-        restored.head.confidence(vectors, labels), calibration.head.confidence(vectors, labels)
-    )
+    assert restored.head.weight == calibration.head.weight
+    raw = np.linspace(0.0, 1.0, 11)
+    np.testing.assert_array_equal(restored.head.confidence(raw), calibration.head.confidence(raw))
     without = fit_calibration([LabelledVote(v.scores, v.truth, 0.8) for v in votes], "test")
     assert without.head is None and Calibration.from_json(without.to_json()).head is None
 
 
-@pytest.mark.parametrize("stored", [{}, {"temperature": 0.5}])
-def test_calibrations_stored_before_the_head_load_without_one(stored: dict[str, float]) -> None:
-    assert Calibration.from_json(stored).head is None
+def test_the_temperature_is_fitted_on_the_blended_votes_it_will_temper() -> None:
+    """A vote that often leans the wrong way, a head that knows better: the calibration is
+    fitted on what is served, the blend, whose answers are right more often."""
+    vectors, labels = clusters(40, noise=0.5, flip=0.0, seed=17)
+    rng = np.random.default_rng(0)
+    wrong = {"a": "b", "b": "c", "c": "d", "d": "a"}
+    votes = [
+        LabelledVote(
+            scores(**{wrong[c]: 0.55, c: 0.45}) if rng.random() < 0.4 else scores(**{c: 1.0}),
+            c,
+            0.8,
+            v,
+            f"g{i % 10}",
+        )
+        for i, (v, c) in enumerate(zip(vectors, labels, strict=True))
+    ]
+    vote_accuracy = np.mean([v.correct for v in votes])
+    calibration = fit_calibration(votes, "test")
+    assert vote_accuracy < 0.7 and calibration.extra["accuracy"] > vote_accuracy + 0.2
+
+
+def test_a_head_stored_before_the_blend_is_dropped_until_refitted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its curve read the head's own probability, not the blend's: it would mislead."""
+    vectors, labels = clusters(10, noise=0.5, flip=0.0, seed=18)
+    stored = fit_head(vectors, labels).to_json()
+    del stored["weight"]
+    restored = Calibration.from_json({"temperature": 0.5, "examples": 100, "head": stored})
+    assert restored.head is None and restored.temperature == 0.5
+    assert "nearcat calibrate" in caplog.text
 
 
 def test_a_category_that_one_fold_lacks_does_not_break_the_fit() -> None:
@@ -159,19 +236,18 @@ def test_a_category_that_one_fold_lacks_does_not_break_the_fit() -> None:
     vectors = np.vstack([vectors, vectors[:2] * -1])
     labels += ["small", "small"]
     groups += ["g-small", "g-small"]
-    head = cross_fitted_head(vectors, labels, labels, groups)
-    assert head is not None and "small" in head.categories
+    fit = cross_fitted_head(vectors, labels, centre_votes(vectors, labels, vectors), groups)
+    assert fit is not None and "small" in fit.head.categories
 
 
-def test_a_head_stored_with_a_temperature_alone_still_serves() -> None:
-    """Calibrations stored before the curve: their head has a temperature and no curve."""
+def test_a_head_with_a_temperature_alone_softens_the_odds() -> None:
+    """Too few answers for a curve: the blend's probability p is tempered as the odds
+    p : 1 - p are, p^(1/T) / (p^(1/T) + (1 - p)^(1/T))."""
     vectors, labels = clusters(10, noise=0.5, flip=0.0, seed=11)
-    stored = replace(fit_head(vectors, labels), temperature=0.5).to_json()
-    assert "curve" not in stored
-    head = ConfidenceHead.from_json(stored)
-    assert head.curve is None and head.temperature == 0.5
+    head = ConfidenceHead.from_json(replace(fit_head(vectors, labels), temperature=2.0).to_json())
+    assert head.curve is None and head.temperature == 2.0
     np.testing.assert_allclose(
-        head.confidence(vectors, labels), head.raw_confidence(vectors, labels, 0.5)
+        head.confidence(np.array([0.5, 0.8])), [0.5, 0.8**0.5 / (0.8**0.5 + 0.2**0.5)]
     )
 
 
@@ -186,8 +262,10 @@ def test_a_curve_survives_storage_exactly() -> None:
 
 
 def test_too_few_labelled_answers_or_errors_keep_the_temperature() -> None:
-    vectors, labels = clusters(30, noise=0.3, flip=0.0, seed=15)
-    head = fit_head(vectors, labels)
-    assert head.calibrated(vectors[:40], labels[:40], [True] * 40).curve is None  # 40 answers
-    all_right = head.calibrated(vectors, labels, [True] * len(labels))  # 120, no error
+    head = fit_head(*clusters(30, noise=0.3, flip=0.0, seed=15))
+    raw = np.linspace(0.3, 1.0, 120)
+    assert head.calibrated(raw[:40], [True] * 40).curve is None  # 40 answers
+    all_right = head.calibrated(raw, [True] * len(raw))  # 120, no error
     assert all_right.curve is None and all_right.temperature > 0
+    some_wrong = head.calibrated(raw, [bool(r > 0.4) for r in raw])
+    assert some_wrong.curve is not None

@@ -362,7 +362,7 @@ class CalibrateRequest(_message.Message):
     def __init__(self, group_by_metadata: _Optional[str] = ...) -> None: ...
 
 class Calibration(_message.Message):
-    __slots__ = ("temperature", "unknown_below", "examples", "ece_before", "ece_after", "source", "fitted_at_ms", "accuracy", "head_categories", "head_current")
+    __slots__ = ("temperature", "unknown_below", "examples", "ece_before", "ece_after", "source", "fitted_at_ms", "accuracy", "head_categories", "head_current", "vote_accuracy")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_BELOW_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -373,6 +373,7 @@ class Calibration(_message.Message):
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     HEAD_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     HEAD_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    VOTE_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     unknown_below: float
     examples: int
@@ -383,7 +384,8 @@ class Calibration(_message.Message):
     accuracy: float
     head_categories: int
     head_current: bool
-    def __init__(self, temperature: _Optional[float] = ..., unknown_below: _Optional[float] = ..., examples: _Optional[int] = ..., ece_before: _Optional[float] = ..., ece_after: _Optional[float] = ..., source: _Optional[str] = ..., fitted_at_ms: _Optional[int] = ..., accuracy: _Optional[float] = ..., head_categories: _Optional[int] = ..., head_current: _Optional[bool] = ...) -> None: ...
+    vote_accuracy: float
+    def __init__(self, temperature: _Optional[float] = ..., unknown_below: _Optional[float] = ..., examples: _Optional[int] = ..., ece_before: _Optional[float] = ..., ece_after: _Optional[float] = ..., source: _Optional[str] = ..., fitted_at_ms: _Optional[int] = ..., accuracy: _Optional[float] = ..., head_categories: _Optional[int] = ..., head_current: _Optional[bool] = ..., vote_accuracy: _Optional[float] = ...) -> None: ...
 
 class CalibrateResponse(_message.Message):
     __slots__ = ("calibration",)
