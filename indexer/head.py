@@ -10,8 +10,8 @@ probability of its answer, mapped through a monotone (isotonic) curve fitted on 
 head never saw, is the confidence.
 
 The head is refitted with every calibration, so it may lag the catalogue: a category added
-since (or too thin to fit) keeps its share of the vote untouched, a deleted one gets nothing.
-Nearest neighbours stay the classifier a new category joins at once.
+since (or too thin to fit) keeps its share of the vote untouched, so it competes at once
+through its nearest neighbours; a deleted one gets nothing.
 """
 
 from __future__ import annotations
