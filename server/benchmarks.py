@@ -548,6 +548,22 @@ def _drive(
     }
 
 
+def _calibrate(stub: Any) -> int:
+    """Calibrate, as a catalogue is after `nearcat import`, so answers blend in the head; the
+    head's categories, 0 when there are too few references to calibrate."""
+    import grpc
+
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    try:
+        fitted = stub.Calibrate(pb.CalibrateRequest(), timeout=300).calibration
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            raise
+        return 0
+    return int(fitted.head_categories)
+
+
 def bench_serve(
     model: str,
     models_dir: Any,
@@ -593,6 +609,7 @@ def bench_serve(
                     ),
                     timeout=120,
                 )
+            head_categories = _calibrate(stub)
             _drive(stub, images, clients, 2, images_per_call)  # warm-up
             progress(
                 f"{clients} concurrent clients, {images_per_call} image(s) per call, "
@@ -619,6 +636,7 @@ def bench_serve(
         "runtime": type(embedder.backend).__name__,
         "device": device,
         "references": sum(len(r) for r in references.values()),
+        "head_categories": head_categories,
         "model_only_images_per_s_batch32": model_rate,
         "model_only_images_per_s_batch32_before_after": [before, after],
         "model_only_ms_batch1": model_batch1_ms,
