@@ -34,7 +34,7 @@ from indexer.calibration import (
     reliability_bins,
 )
 from indexer.decision import Thresholds
-from indexer.head import ConfidenceHead, cross_fitted_head, fit_head
+from indexer.head import ConfidenceHead, cross_fitted_head, fit_head, fittable
 from indexer.ids import image_sha256, reference_id
 from indexer.index import Hit, VectorIndex
 from indexer.vote import CategoryScore, VoteConfig, knn_vote
@@ -464,19 +464,19 @@ def blended_answers(
     ]
 
 
-def head_answers(head: ConfidenceHead, answers: Sequence[Answer]) -> list[Answer]:
-    """Blended answers as the server gives them with a current head: the blend's top
-    category, with the head's curve of its probability as the confidence (0 for a category
-    the head was not fitted on: never auto-accepted on its word)."""
-    confidences = head.confidence(np.array([a.confidence for a in answers]))
-    return [
-        replace(
-            a,
-            categories=a.categories[:1],
-            scores=(float(c) if a.predicted in head.column else 0.0,),
-        )
-        for a, c in zip(answers, confidences, strict=True)
-    ]
+def head_answers(
+    head: ConfidenceHead, answers: Sequence[Answer], calibrated_answers: Sequence[Answer]
+) -> list[Answer]:
+    """The answers as the server gives them with a head: the blend's top category, with the
+    head's word on it as the confidence (`ConfidenceHead.served_confidence`), or where it
+    has none the calibrated score. `answers` are the blended ones, `calibrated_answers` the
+    same after the calibration's temperature."""
+    out = []
+    for answer, calibrated in zip(answers, calibrated_answers, strict=True):
+        said = head.served_confidence(_scores(answer), _scores(calibrated))
+        confidence = calibrated.confidence if said is None else said
+        out.append(replace(answer, categories=answer.categories[:1], scores=(confidence,)))
+    return out
 
 
 # -- confidence ----------------------------------------------------------------------------
@@ -638,21 +638,25 @@ def confidence_report(
     source: str,
     thresholds: Thresholds | None = None,
     head: ConfidenceHead | None = None,
+    head_calibrated: bool = False,
 ) -> ConfidenceReport:
     """Fit on `calibration_answers` (never the queries), then measure on `query_answers`.
 
     `head`: the head fitted on the references, already blended into both sets of answers; its
-    curve is fitted on the calibration answers, and its confidence is then the one measured,
-    as the server serves it.
+    curve is fitted on the calibration answers (unless `head_calibrated`: it was fitted out of
+    fold already), and its confidence is then the one measured, as the server serves it.
     """
     calibration = fit_calibration(labelled_votes(calibration_answers), source)
     after = calibrated(query_answers, calibration)
     fit_after = calibrated(calibration_answers, calibration)
     tempered_share = None
     if head is not None:
-        fitted = head.calibrated(
-            [a.confidence for a in calibration_answers], [a.hit(1) for a in calibration_answers]
-        )
+        fitted = head
+        if not head_calibrated:
+            fitted = head.calibrated(
+                [a.confidence for a in calibration_answers],
+                [a.hit(1) for a in calibration_answers],
+            )
         calibration = replace(calibration, head=fitted)
         tempered_share = {
             "ece_after": ece([a.confidence for a in after], [a.hit(1) for a in after]),
@@ -660,8 +664,8 @@ def confidence_report(
                 after, threshold_for_precision(fit_after, AUTOMATION_PRECISION)
             ),
         }
-        after = head_answers(fitted, query_answers)
-        fit_after = head_answers(fitted, calibration_answers)
+        after = head_answers(fitted, query_answers, after)
+        fit_after = head_answers(fitted, calibration_answers, fit_after)
     chosen = threshold_for_precision(fit_after, AUTOMATION_PRECISION)
     bins_after = reliability_bins([a.confidence for a in after], [a.hit(1) for a in after])
     return ConfidenceReport(
@@ -944,7 +948,7 @@ def evaluate(
             model.version,
             votes,
             baselines["vote_only"].metrics if blended else knn.metrics,
-            same_as_model=True,
+            same_as_model=not blended,  # with a head, it is the vote_only row
         )
         frozen_version = model.version
     else:
@@ -1008,8 +1012,9 @@ def _served(
         held, _ = embed_images(model, calibration_queries, cache, EMBED_BATCH, "calibration")
         fit_on = knn_answers(refs, held, vote)
         source = f"{len(fit_on)} validation queries"
-        if len(set(refs.labels)) >= 2:
-            head = fit_head(refs.vectors, refs.labels)
+        rows = fittable(refs.labels)  # as the server: a category of one photo is too thin
+        if len({refs.labels[row] for row in rows}) >= 2:
+            head = fit_head(refs.vectors[rows], [refs.labels[row] for row in rows])
             answers = blended_answers(head, votes, qs)
             fit_on = blended_answers(head, fit_on, held)
     else:
@@ -1028,7 +1033,10 @@ def _served(
                 _with_scores(a, blended) for a, blended in zip(fit_on, fit.blended, strict=True)
             ]
     try:
-        return answers, confidence_report(answers, fit_on, source, thresholds, head)
+        report = confidence_report(
+            answers, fit_on, source, thresholds, head, head_calibrated=not calibration_queries
+        )
+        return answers, report
     except ValueError as exc:  # too few images to fit on: no calibration, so no head either
         log.warning("no calibration: %s", exc)
         return votes, None

@@ -33,6 +33,9 @@ MIN_EXAMPLES = 20
 
 log = logging.getLogger(__name__)
 
+# Set in `extra` when a stored head could not be used and is due a refit.
+HEAD_DROPPED = "head_dropped"
+
 
 @dataclass(frozen=True)
 class ReliabilityBin:
@@ -139,8 +142,10 @@ class Calibration:
             try:
                 known["head"] = ConfidenceHead.from_json(known["head"])
             except ValueError as exc:
-                log.warning("stored calibration: %s with `nearcat calibrate`", exc)
+                log.warning("stored calibration: %s (the server does so by itself)", exc)
                 known["head"] = None
+                # server.recalibrate refits a dropped head once the categories are settled.
+                known["extra"] = {**known.get("extra", {}), HEAD_DROPPED: True}
         return cls(**known)
 
 

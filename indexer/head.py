@@ -95,7 +95,10 @@ class ConfidenceHead:
         if known <= 0.0:
             return list(scores)
         head = np.array([probabilities[self.column[c]] for c in held], dtype=np.float64)
-        head /= max(float(head.sum()), _EPSILON)
+        total = float(head.sum())
+        if total <= 0.0:  # the head is sure of categories that are gone: it has no say
+            return list(scores)
+        head /= total
         mixed = dict(vote)
         for category, p in zip(held, head, strict=True):
             mixed[category] = (1 - self.weight) * vote.get(category, 0.0) + (
@@ -103,6 +106,23 @@ class ConfidenceHead:
             )
         ranked = sorted(mixed.items(), key=lambda item: (-item[1], item[0]))
         return [CategoryScore(c, p) for c, p in ranked if p > 0.0]
+
+    def served_confidence(
+        self, blended: Sequence[CategoryScore], calibrated: Sequence[CategoryScore]
+    ) -> float | None:
+        """How likely the answer (the top of both lists, one before and one after the
+        calibration's temperature) is right; None when the head was not fitted on it.
+
+        The curve reads the answer's share of the blend among the categories the head knows,
+        as it was fitted; categories it does not know (added since, or too thin to fit) then
+        take their calibrated share out of its say: where a new category holds 30% of the
+        evidence, the confidence shrinks by 30%."""
+        answer = blended[0].category if blended else None
+        if answer not in self.column:
+            return None
+        held = sum(c.score for c in blended if c.category in self.column)
+        known = sum(c.score for c in calibrated if c.category in self.column)
+        return known * float(self.confidence(np.array([blended[0].score / held]))[0])
 
     def confidence(self, blended: np.ndarray) -> np.ndarray:
         """How likely answers are right whose blended probabilities are `blended`."""
@@ -153,7 +173,7 @@ class ConfidenceHead:
         """The stored head; ValueError for one stored before heads were blended (no
         `weight`), whose curve reads another quantity: it must be refitted."""
         if "weight" not in data:
-            raise ValueError("a confidence head from before blending; refit it")
+            raise ValueError("a head stored before heads were blended into the answer; refit it")
         categories = tuple(data["categories"])
         dim = int(data["dim"])
         curve = data.get("curve")
@@ -237,16 +257,15 @@ def cross_fitted_head(
 
     A category with too few references for a fit to mean anything (a new one with its first
     photo) is left out: the head does not speak for it, but still does for the others.
-    None when fewer than two categories are left."""
+    None when fewer than two categories are left, or the rows are all one group."""
     from sklearn.model_selection import GroupKFold
 
-    counts = Counter(labels)
-    rows = [i for i, label in enumerate(labels) if counts[label] >= MIN_PER_CATEGORY]
-    if len({labels[i] for i in rows}) < 2:
-        return None
+    rows = fittable(labels)
     group_of = [
         groups[i] if groups is not None and groups[i] is not None else f"row-{i}" for i in rows
     ]
+    if len({labels[i] for i in rows}) < 2 or len(set(group_of)) < 2:
+        return None  # nothing to tell apart, or no image the head could be judged on
     kept = np.asarray(vectors)[rows]
     kept_labels = [labels[i] for i in rows]
     blended = [list(v) for v in votes]
@@ -265,7 +284,19 @@ def cross_fitted_head(
                 answers.append(blended[row][0].score)
                 correct.append(blended[row][0].category == labels[row])
     head = fit_head(kept, kept_labels)
+    # The rows too thin to fit are blended as the served head will blend such a photo.
+    thin = sorted(set(range(len(labels))) - set(rows))
+    if thin:
+        thin_rows = head.probabilities(np.asarray(vectors)[thin])
+        for row, probabilities in zip(thin, thin_rows, strict=True):
+            blended[row] = head.blend(votes[row], probabilities)
     return CrossFit(head.calibrated(answers, correct), blended)
+
+
+def fittable(labels: Sequence[str]) -> list[int]:
+    """The rows whose category has enough references for a head to learn anything from."""
+    counts = Counter(labels)
+    return [i for i, label in enumerate(labels) if counts[label] >= MIN_PER_CATEGORY]
 
 
 def _centred(vectors: np.ndarray, centre: np.ndarray) -> np.ndarray:

@@ -95,8 +95,9 @@ class Prediction:
     # itself is not: "certainly Shoes, maybe Sneakers".
     confident_ancestor: LevelScore | None = None
     model_version: str = ""  # the version that answered: one per call, never a mix
-    # How likely the answer is right: the confidence head's probability of it, discounted by
-    # the evidence for categories the head does not know; else the answer's calibrated score.
+    # How likely the answer is right: the head's curve of the blend's probability of it,
+    # discounted by the evidence for categories the head does not know; else the answer's
+    # calibrated score.
     confidence: float = 0.0
 
 
@@ -453,12 +454,12 @@ class Catalog:
             scores = head.blend(scores, head_row, present)
         if s.prompted and s.text is not None:
             scores = self._with_text_evidence(s, scores, semantic)
-        blended = scores[0].score if scores else 0.0
-        scores = s.calibration.apply(scores)
+        blended = scores
+        scores = s.calibration.apply(blended)
         if not scores:
             return Prediction([], hits, Decision.UNKNOWN, model_version=s.version)
         top = scores[0]
-        confidence = self._confidence(s, head, scores, blended)
+        confidence = self._confidence(s, head, blended, scores)
         if s.index.count(top.category):
             decision = self.decisions.decide(
                 top.category,
@@ -511,18 +512,21 @@ class Catalog:
 
     @staticmethod
     def _confidence(
-        s: Serving, head: ConfidenceHead | None, scores: list[CategoryScore], blended: float
+        s: Serving,
+        head: ConfidenceHead | None,
+        blended: list[CategoryScore],
+        scores: list[CategoryScore],
     ) -> float:
-        """The head's curve of the answer's `blended` probability, times the share of the
-        answer's probability held by categories the head was fitted on: a category added
-        since, or too thin to fit, takes its share of the evidence out of the head's say (all
-        of it when it is the answer). Without a head, or for a category known from text
-        alone, the answer's calibrated score."""
+        """The head's word on the answer (`ConfidenceHead.served_confidence`: its curve,
+        discounted by the evidence on categories it was not fitted on), from the scores
+        `blended` before the calibration's temperature and `scores` after. Without a head,
+        for a category it was not fitted on, or one known from text alone, the answer's
+        calibrated score."""
         top = scores[0]
-        if head is None or top.category not in head.column or not s.index.count(top.category):
+        said = head.served_confidence(blended, scores) if head is not None else None
+        if said is None or not s.index.count(top.category):
             return top.score
-        known = sum(c.score for c in scores if c.category in head.column)
-        return known * float(head.confidence(np.array([blended]))[0])
+        return said
 
     def _confident_ancestor(
         self, decision: Decision, answer: str, levels: list[LevelScore]

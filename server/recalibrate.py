@@ -1,10 +1,12 @@
 """Refit the calibration by itself once the catalogue's categories have changed and settled.
 
-The confidence head only speaks for the categories it was fitted on (indexer/head.py). A
-merchandiser adding a category would otherwise silence it until someone ran `nearcat
-calibrate`. This thread watches the categories an answer can name. When they differ from the
-head's and have not changed for `quiet_s` seconds, it refits the calibration, as it was last
-fitted (the same group key). An import of many categories thus refits once, at its end.
+The head only knows the categories it was fitted on (indexer/head.py): a category added since
+competes by its vote alone and takes its share out of the head's say, until someone runs
+`nearcat calibrate`. This thread watches the categories an answer can name. When they differ
+from the head's and have not changed for `quiet_s` seconds, it refits the calibration, as it
+was last fitted (the same group key). An import of many categories thus refits once, at its
+end. A stored head that could not be loaded (one from before the blend) is refitted the same
+way, once the categories have been quiet for `quiet_s` after the start.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import threading
 import time
 
+from indexer.calibration import HEAD_DROPPED
 from indexer.errors import NearcatError
 from server.catalog import Catalog
 
@@ -45,15 +48,16 @@ class Recalibrator:
         # fit on), and refitting again would only repeat a costly leave-one-out.
         attempted: frozenset[str] | None = None
         while not self._stop.wait(self.poll_s):
-            head = self.catalog.calibration.head
-            if head is None:
+            calibration = self.catalog.calibration
+            head = calibration.head
+            if head is None and not calibration.extra.get(HEAD_DROPPED):
                 continue  # never calibrated with a head: nothing to keep current
             current = frozenset(self.catalog.nameable_categories())
             if current != seen:
                 seen, since = current, time.monotonic()
                 continue
             settled = time.monotonic() - since >= self.quiet_s
-            if settled and current != attempted and not head.covers(current):
+            if settled and current != attempted and (head is None or not head.covers(current)):
                 attempted = current
                 self._refit()
 

@@ -179,10 +179,10 @@ def test_the_head_is_blended_into_the_votes_and_its_curve_is_the_confidence() ->
     assert [b.predicted for b in blended] == ["a", "a", "new"]
     assert blended[0].confidence > 0.6 and blended[2].scores == (1.0,)
     assert all(math.isclose(sum(b.scores), 1.0, rel_tol=1e-6) for b in blended)
-    served = head_answers(replace(head, temperature=0.5), blended)
+    served = head_answers(replace(head, temperature=0.5), blended, blended)
     assert [s.categories for s in served] == [("a",), ("a",), ("new",)]
     assert served[0].confidence > blended[0].confidence  # T < 1 sharpens
-    assert served[2].confidence == 0.0  # never auto-accepted on the head's word
+    assert served[2].confidence == 1.0  # not the head's to judge: its score, as served
 
 
 def test_leakage_flags_identical_and_near_identical_only() -> None:

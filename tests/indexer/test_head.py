@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from indexer.calibration import Calibration, LabelledVote, ece, fit_calibration
+from indexer.calibration import HEAD_DROPPED, Calibration, LabelledVote, ece, fit_calibration
 from indexer.head import ConfidenceHead, cross_fitted_head, fit_curve, fit_head
 from indexer.vote import CategoryScore
 
@@ -148,6 +148,18 @@ def test_a_category_the_head_never_saw_keeps_its_vote_and_a_deleted_one_gets_not
     assert head.blend(scores(new=1.0), row) == scores(new=1.0)
 
 
+def test_a_head_sure_of_a_deleted_category_leaves_the_vote_alone() -> None:
+    head, _ = two_category_head(0.5)
+    gone = np.array([1e-300, 1.0])  # all but certain of b, which is gone
+    blended = head.blend(scores(a=0.7, new=0.3), gone, present={"a", "new"})
+    assert sum(s.score for s in blended) == pytest.approx(1.0)
+    assert as_dict(blended) == pytest.approx({"a": 0.7, "new": 0.3})
+    underflow = np.array([0.0, 1.0])
+    assert head.blend(scores(a=0.7, new=0.3), underflow, present={"a", "new"}) == scores(
+        a=0.7, new=0.3
+    )
+
+
 def test_the_curve_is_monotone_and_never_certain() -> None:
     raw = np.linspace(0.0, 1.0, 200)
     right = [bool(r > 0.3) for r in raw]  # every answer above 0.3 was right
@@ -165,7 +177,11 @@ def test_a_category_too_thin_to_fit_is_left_out_and_the_rest_keep_their_head() -
     votes = centre_votes(vectors, labels, vectors)
     fit = cross_fitted_head(vectors, labels, votes)
     assert fit is not None and fit.head.covers(set(labels) - {"alone"})
-    assert fit.blended[0] == votes[0]  # its own vote is left as it was
+    # Its own vote is blended as a served photo would be: the head, which never saw "alone",
+    # leaves that category's share as it was.
+    assert fit.blended[0] == fit.head.blend(votes[0], fit.head.probabilities(vectors[:1])[0])
+    share = {c.category: c.score for c in votes[0]}["alone"]
+    assert {c.category: c.score for c in fit.blended[0]}["alone"] == pytest.approx(share)
     assert cross_fitted_head(vectors[:4], ["a"] * 4, votes[:4]) is None  # one category: none
 
 
@@ -214,6 +230,16 @@ def test_the_temperature_is_fitted_on_the_blended_votes_it_will_temper() -> None
     vote_accuracy = np.mean([v.correct for v in votes])
     calibration = fit_calibration(votes, "test")
     assert vote_accuracy < 0.7 and calibration.extra["accuracy"] > vote_accuracy + 0.2
+    assert calibration.extra["vote_accuracy"] == pytest.approx(vote_accuracy)
+    # The temperature is the one for the blended shares: fitted on the votes alone it differs.
+    plain = fit_calibration([LabelledVote(v.scores, v.truth, 0.8) for v in votes], "test")
+    assert plain.temperature != calibration.temperature
+
+
+@pytest.mark.parametrize("stored", [{}, {"temperature": 0.5}])
+def test_calibrations_stored_before_the_head_load_without_one(stored: dict[str, float]) -> None:
+    calibration = Calibration.from_json(stored)
+    assert calibration.head is None and HEAD_DROPPED not in calibration.extra
 
 
 def test_a_head_stored_before_the_blend_is_dropped_until_refitted(
@@ -225,7 +251,16 @@ def test_a_head_stored_before_the_blend_is_dropped_until_refitted(
     del stored["weight"]
     restored = Calibration.from_json({"temperature": 0.5, "examples": 100, "head": stored})
     assert restored.head is None and restored.temperature == 0.5
-    assert "nearcat calibrate" in caplog.text
+    assert restored.extra[HEAD_DROPPED]  # server.recalibrate refits it
+    assert "refit it" in caplog.text
+
+
+def test_one_group_alone_gives_no_head() -> None:
+    """Every reference from one sender: no image the head could be judged on out of fold."""
+    vectors, labels = clusters(10, noise=0.5, flip=0.0, seed=19)
+    votes = centre_votes(vectors, labels, vectors)
+    assert cross_fitted_head(vectors, labels, votes, ["one sender"] * len(labels)) is None
+    assert cross_fitted_head(vectors, labels, votes, [None] * len(labels)) is not None
 
 
 def test_a_category_that_one_fold_lacks_does_not_break_the_fit() -> None:

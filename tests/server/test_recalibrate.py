@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from indexer.calibration import HEAD_DROPPED
 from server.recalibrate import Recalibrator
 
 
@@ -24,7 +25,7 @@ class _Head:
 @dataclass
 class _Calibration:
     head: _Head | None
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
 
 class _Catalog:
@@ -95,3 +96,28 @@ def test_a_new_set_after_a_refit_gets_its_own_refit() -> None:
     finally:
         recalibrator.close()
     assert catalog.refits == 2
+
+
+def test_a_dropped_head_is_refitted_once_the_categories_settle() -> None:
+    """A stored head from before the blend is dropped on load (indexer.calibration): the
+    server fits a new one by itself instead of serving the vote alone until someone acts."""
+    catalog = _Catalog({"shirts", "shoes"}, set())
+    catalog.calibration = _Calibration(None, {HEAD_DROPPED: True})
+    recalibrator = _recalibrator(catalog)
+    try:
+        _until(lambda: catalog.refits >= 1)
+        time.sleep(0.3)
+    finally:
+        recalibrator.close()
+    assert catalog.refits == 1 and catalog.calibration.head is not None
+
+
+def test_a_catalogue_never_calibrated_with_a_head_is_left_alone() -> None:
+    catalog = _Catalog({"shirts", "shoes"}, set())
+    catalog.calibration = _Calibration(None)
+    recalibrator = _recalibrator(catalog)
+    try:
+        time.sleep(0.3)  # dozens of polls
+    finally:
+        recalibrator.close()
+    assert catalog.refits == 0

@@ -32,13 +32,17 @@ def scores(**shares: float) -> list[CategoryScore]:
 
 def test_the_confidence_is_the_curve_of_the_blended_probability() -> None:
     s = serving({"a": 5, "b": 5})
-    assert Catalog._confidence(s, head_over("a", "b"), scores(a=0.9, b=0.1), 0.8) == 0.4
+    blended, calibrated = scores(a=0.8, b=0.2), scores(a=0.9, b=0.1)
+    assert Catalog._confidence(s, head_over("a", "b"), blended, calibrated) == 0.4
 
 
 def test_a_category_the_head_never_saw_takes_its_share_out_of_the_heads_say() -> None:
+    """The curve reads a's share among the categories the head knows, 0.6 of 0.8; then the
+    new category's calibrated 0.3 comes out of the head's say."""
     s = serving({"a": 5, "b": 5, "new": 2})
-    confidence = Catalog._confidence(s, head_over("a", "b"), scores(a=0.6, new=0.3, b=0.1), 0.8)
-    assert confidence == pytest.approx((0.6 + 0.1) * 0.4)
+    blended, calibrated = scores(a=0.6, new=0.2, b=0.2), scores(a=0.6, new=0.3, b=0.1)
+    confidence = Catalog._confidence(s, head_over("a", "b"), blended, calibrated)
+    assert confidence == pytest.approx((0.6 + 0.1) * (0.6 / 0.8) / 2)
 
 
 @pytest.mark.parametrize(
@@ -48,6 +52,13 @@ def test_a_category_the_head_never_saw_takes_its_share_out_of_the_heads_say() ->
 def test_without_the_heads_word_the_answer_keeps_its_calibrated_score(
     references: dict[str, int], answer: str
 ) -> None:
-    ranked = [CategoryScore(answer, 0.7), CategoryScore("a", 0.3)]
-    assert Catalog._confidence(serving(references), head_over("a", "b"), ranked, 0.9) == 0.7
-    assert Catalog._confidence(serving(references), None, ranked, 0.9) == 0.7
+    blended = [CategoryScore(answer, 0.6), CategoryScore("a", 0.4)]
+    calibrated = [CategoryScore(answer, 0.7), CategoryScore("a", 0.3)]
+    assert Catalog._confidence(serving(references), head_over("a", "b"), blended, calibrated) == 0.7
+    assert Catalog._confidence(serving(references), None, blended, calibrated) == 0.7
+
+
+def test_an_answer_known_to_the_head_but_without_references_keeps_its_score() -> None:
+    """Its photos deleted, prompts added: the head's word on its old photos does not count."""
+    blended, calibrated = scores(a=0.6, b=0.4), scores(a=0.7, b=0.3)
+    assert Catalog._confidence(serving({"b": 5}), head_over("a", "b"), blended, calibrated) == 0.7
