@@ -389,3 +389,33 @@ def test_another_model_is_compared_with_the_frozen_backbone(
     # the same frozen vectors as the frozen model's own evaluation
     assert baseline.metrics.top1 == evaluation.knn.metrics.top1
     assert other.leakage.identical == 1
+
+
+def test_with_enough_images_to_calibrate_the_answers_are_the_blend_and_the_vote_a_baseline(
+    tmp_path: Path, frozen: Embedder
+) -> None:
+    """30 references: enough to calibrate, so the head is fitted and blended in, as a
+    calibrated server serves; the vote alone is the `vote_only` baseline, and the frozen
+    baseline (the same vectors) is that vote, not the model's blended answers."""
+    for part, seeds in (
+        ("references", range(10)),
+        ("val", range(200, 207)),
+        ("test", range(100, 104)),
+    ):
+        write_tree(tmp_path / part, seeds)
+    references, val, test = (load_folder_tree(tmp_path / p) for p in ("references", "val", "test"))
+    for calibration in (val.images, []):  # the head fitted on the references; cross-fitted
+        evaluation = evaluate(
+            references.images, test.images, frozen, calibration_queries=calibration
+        )
+        assert evaluation.confidence is not None
+        assert evaluation.confidence.calibration.head is not None
+        assert "blended with the head" in evaluation.knn.description
+        vote, frozen_knn = evaluation.baselines["vote_only"], evaluation.baselines["frozen_knn"]
+        assert frozen_knn.metrics == vote.metrics and not frozen_knn.same_as_model
+        for blended in evaluation.knn.answers:  # every category the head knows has a say
+            assert set(blended.categories) == {"stripes", "checkers", "dots"}
+            assert sum(blended.scores) == pytest.approx(1.0)
+        data = evaluation.to_dict()
+        assert data["confidence"]["tempered_share"] is not None
+        assert data["baselines"]["vote_only"]["top1"] == pytest.approx(vote.metrics.top1, abs=1e-4)
