@@ -131,7 +131,10 @@ def plot_confusion(evaluation: Evaluation, path: Path) -> None:
 
 
 def plot_reliability(
-    bins: Sequence[ReliabilityBin], ece: float, path: Path, what: str = "top-1 vote score"
+    bins: Sequence[ReliabilityBin],
+    ece: float,
+    path: Path,
+    what: str = "top-1 score before calibration",
 ) -> None:
     """Accuracy against confidence per bin (with query counts), and how queries spread."""
     import matplotlib.pyplot as plt

@@ -2,8 +2,9 @@
 
 A kNN vote's shares are sharper or flatter than the real odds of being right, depending on the
 model, the catalogue and the vote temperature. One temperature T, fitted on labelled images
-the index has not seen, fixes that: p_c is proportional to share_c ** (1 / T). The ranking
-never changes; only how sure the answer says it is.
+the index has not seen, fixes that: p_c is proportional to share_c ** (1 / T). The
+temperature never changes the ranking (the head's blend, below, may); only how sure the
+answer says it is.
 
 The same fit also chooses the open-set threshold: an image whose nearest reference is less
 similar than almost every labelled image's nearest reference was (the `UNKNOWN_QUANTILE`
@@ -127,7 +128,7 @@ class Calibration:
         return self.examples > 0
 
     def apply(self, scores: Sequence[CategoryScore]) -> list[CategoryScore]:
-        """The vote's shares as calibrated probabilities, same order, summing to 1."""
+        """The (blended) shares as calibrated probabilities, same order, summing to 1."""
         return temper(scores, self.temperature)
 
     def to_json(self) -> dict[str, Any]:

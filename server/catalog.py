@@ -53,9 +53,10 @@ MAX_PROMPT_LENGTH = 300
 MAX_LABELS = 256
 EMBED_BATCH = 32
 REVIEW_CANDIDATES = 3  # a person reviewing an uncertain image picks from this many
-# References sampled for the leave-one-out fit and the confidence head. The head gains from
-# more (clothing, val-chosen threshold: 52.8% auto-accepted with a head on 2,000 references,
-# 56.8% on 3,426). Calibrating all 5,096 clothing references took 48 s on 2 cores.
+# References sampled for the leave-one-out fit and the head. The head gains from more
+# (clothing, the split before the sender cap, before the blend; val-chosen threshold: 52.8%
+# auto-accepted with a head on 2,000 references, 56.8% on 3,426). Calibrating all 5,096
+# clothing references took 48 s on 2 cores.
 CALIBRATION_EXAMPLES = 5000
 # Extra neighbours fetched in the leave-one-out fit, so that k remain after dropping the image
 # itself and its group (e.g. the same sender's other photos).

@@ -493,8 +493,8 @@ def print_result(path: str, item: Any, model_version: str, as_json: bool) -> Non
         print(f"{path}: no category ({decision})")
         return
     best = result.categories[0]
-    # The decision follows the confidence: the answer's probability, or the confidence head's
-    # when one is current (indexer/head.py), shown apart when it differs.
+    # The decision follows the confidence: the answer's probability, or the head's word on it
+    # (indexer/head.py), shown apart when it differs.
     sure = f"{best.score:.2f}"
     if abs(result.confidence - best.score) >= 0.005:
         sure += f"; confidence {result.confidence:.2f}"

@@ -38,9 +38,10 @@ SKIPPED_SHOWN = 10
 
 DESCRIPTION = """\
 Measure how well a model classifies images by their nearest references, without a server:
-embed the references, build the index, classify every query with the server's own kNN vote,
-and report top-1/top-3, per-category and per-taxonomy-level accuracy, calibration (ECE),
-held-out vs seen categories, the same metrics for two baselines (the frozen
+embed the references, build the index, classify every query as a calibrated server does (its
+kNN vote blended with the head the calibration fits on the references), and report
+top-1/top-3, per-category and per-taxonomy-level accuracy, calibration (ECE), held-out vs
+seen categories, the same metrics for the baselines (the vote alone, the frozen
 efficientnet_lite0 backbone with kNN, and a linear probe on its features), and a leakage
 check for queries whose identical or near-identical twin is among the references.
 
