@@ -32,6 +32,11 @@ from indexer.vote import CategoryScore
 # (test not looked at): 0.4 / 0.5 / 0.6 gave top-1 75.3 / 75.6 / 75.7% against the vote's
 # 70.0% and the head's own 74.7%; the round middle was kept.
 BLEND_WEIGHT = 0.5
+# The share of the blend its least likely categories may hold and still be left out of it,
+# and the most of the head's categories a blend keeps (beyond those the vote named): a head
+# unsure among hundreds of categories would otherwise cost hundreds of scores per image.
+TAIL = 1e-3
+MAX_BLENDED = 64
 # Regularisation of the logistic regression, and balanced class weights (a small category's
 # references count as much as a big one's): the best of 16 settings by clothing val coverage.
 HEAD_C = 10.0
@@ -80,35 +85,53 @@ class ConfidenceHead:
         """True while the catalogue has exactly the categories the head was fitted on."""
         return set(categories) == self.column.keys()
 
+    def held(self, present: Collection[str]) -> np.ndarray:
+        """Which of its categories are still `present`, as `blend` takes it (once per call)."""
+        return np.array([c in present for c in self.categories], dtype=bool)
+
     def blend(
         self,
         scores: Sequence[CategoryScore],
         probabilities: np.ndarray,
-        present: Collection[str] | None = None,
+        held: np.ndarray | None = None,
     ) -> list[CategoryScore]:
         """A vote's shares with this head's `probabilities` (one row) mixed in, best first.
 
-        Only the share the vote gave categories the head knows (and that are still
-        `present`) is redistributed, `weight` of it by the head: a category the head has not
-        seen keeps its vote, so a new category competes at once, and one deleted since the
-        fit gets nothing. The scores still sum to 1."""
-        held = [c for c in self.categories if present is None or c in present]
-        vote = {s.category: s.score for s in scores}
-        known = sum(vote.get(c, 0.0) for c in held)
-        if known <= 0.0:
-            return list(scores)
-        head = np.array([probabilities[self.column[c]] for c in held], dtype=np.float64)
+        Only the share the vote gave categories the head knows (and that are still `held`,
+        see `held()`; None: all) is redistributed, `weight` of it by the head: a category the
+        head has not seen keeps its vote, so a new category competes at once, and one deleted
+        since the fit gets nothing. The head's long tail (the categories holding its last
+        `TAIL` of the blend, and any beyond the `MAX_BLENDED` likeliest, except those the vote
+        named) is left out, so a catalogue of hundreds of categories does not cost hundreds
+        of scores per image; the scores are then renormalised to sum to 1. Calibration fits
+        on blends made the same way."""
+        head = np.where(held, probabilities, 0.0) if held is not None else probabilities
+        head = np.asarray(head, dtype=np.float64)
         total = float(head.sum())
         if total <= 0.0:  # the head is sure of categories that are gone: it has no say
             return list(scores)
-        head /= total
-        mixed = dict(vote)
-        for category, p in zip(held, head, strict=True):
-            mixed[category] = (1 - self.weight) * vote.get(category, 0.0) + (
-                self.weight * known * float(p)
-            )
-        ranked = sorted(mixed.items(), key=lambda item: (-item[1], item[0]))
-        return [CategoryScore(c, p) for c, p in ranked if p > 0.0]
+        vote = np.zeros(len(self.categories))
+        others: list[CategoryScore] = []  # categories the head does not know (or are gone)
+        for score in scores:
+            j = self.column.get(score.category)
+            if j is None or (held is not None and not held[j]):
+                others.append(score)
+            else:
+                vote[j] = score.score
+        known = float(vote.sum())
+        if known <= 0.0:
+            return list(scores)
+        mixed = (1 - self.weight) * vote + self.weight * known * head / total
+        order = np.argsort(-mixed, kind="stable")
+        cut = min(
+            int(np.searchsorted(np.cumsum(mixed[order]), (1 - TAIL) * known)) + 1, MAX_BLENDED
+        )
+        kept = set(order[:cut].tolist()) | set(np.flatnonzero(vote).tolist())
+        ranked = [CategoryScore(self.categories[j], float(mixed[j])) for j in kept]
+        ranked += others
+        norm = sum(c.score for c in ranked)
+        ranked.sort(key=lambda c: (-c.score, c.category))
+        return [CategoryScore(c.category, c.score / norm) for c in ranked if c.score > 0.0]
 
     def served_confidence(
         self, blended: Sequence[CategoryScore], calibrated: Sequence[CategoryScore]

@@ -431,9 +431,9 @@ class Catalog:
             if head is not None and len(vectors):
                 head_rows = head.probabilities(vectors)
             rows = iter(zip(vectors, semantics, head_rows, strict=True))
-            present = s.index.categories() if head is not None else set()
+            held = head.held(s.index.categories()) if head is not None else None
             return [
-                self._predict(s, head, present, next(neighbours), *next(rows), top_n)
+                self._predict(s, head, held, next(neighbours), *next(rows), top_n)
                 if isinstance(d, np.ndarray)
                 else d
                 for d in decoded
@@ -443,7 +443,7 @@ class Catalog:
         self,
         s: Serving,
         head: ConfidenceHead | None,
-        present: set[str],
+        held: np.ndarray | None,
         hits: list[Hit],
         vector: np.ndarray,
         semantic: np.ndarray,
@@ -452,7 +452,7 @@ class Catalog:
     ) -> Prediction:
         scores = knn_vote(hits, self.vote, MAX_K)  # every category that got a vote
         if head is not None:
-            scores = head.blend(scores, head_row, present)
+            scores = head.blend(scores, head_row, held)
         if s.prompted and s.text is not None:
             scores = self._with_text_evidence(s, scores, semantic)
         blended = scores

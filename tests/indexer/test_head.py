@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from indexer.calibration import HEAD_DROPPED, Calibration, LabelledVote, ece, fit_calibration
-from indexer.head import ConfidenceHead, cross_fitted_head, fit_curve, fit_head
+from indexer.head import MAX_BLENDED, ConfidenceHead, cross_fitted_head, fit_curve, fit_head
 from indexer.vote import CategoryScore
 
 
@@ -141,7 +141,7 @@ def test_a_category_the_head_never_saw_keeps_its_vote_and_a_deleted_one_gets_not
     assert blended["a"] == pytest.approx(0.5 * 0.3 + 0.5 * 0.6 * 0.9)  # the 0.6 a and b hold
     assert sum(blended.values()) == pytest.approx(1.0)
     # b deleted since the fit: the head's say goes to a alone, b gets nothing.
-    assert as_dict(head.blend(scores(a=0.6, new=0.4), row, present={"a", "new"})) == (
+    assert as_dict(head.blend(scores(a=0.6, new=0.4), row, head.held({"a", "new"}))) == (
         pytest.approx({"a": 0.6, "new": 0.4})
     )
     # Every vote on categories the head does not know: the vote as it was.
@@ -151,11 +151,11 @@ def test_a_category_the_head_never_saw_keeps_its_vote_and_a_deleted_one_gets_not
 def test_a_head_sure_of_a_deleted_category_leaves_the_vote_alone() -> None:
     head, _ = two_category_head(0.5)
     gone = np.array([1e-300, 1.0])  # all but certain of b, which is gone
-    blended = head.blend(scores(a=0.7, new=0.3), gone, present={"a", "new"})
+    blended = head.blend(scores(a=0.7, new=0.3), gone, head.held({"a", "new"}))
     assert sum(s.score for s in blended) == pytest.approx(1.0)
     assert as_dict(blended) == pytest.approx({"a": 0.7, "new": 0.3})
     underflow = np.array([0.0, 1.0])
-    assert head.blend(scores(a=0.7, new=0.3), underflow, present={"a", "new"}) == scores(
+    assert head.blend(scores(a=0.7, new=0.3), underflow, head.held({"a", "new"})) == scores(
         a=0.7, new=0.3
     )
 
@@ -304,3 +304,31 @@ def test_too_few_labelled_answers_or_errors_keep_the_temperature() -> None:
     assert all_right.curve is None and all_right.temperature > 0
     some_wrong = head.calibrated(raw, [bool(r > 0.4) for r in raw])
     assert some_wrong.curve is not None
+
+
+def test_the_heads_long_tail_is_left_out_but_never_a_category_the_vote_named() -> None:
+    """Hundreds of categories must not cost hundreds of scores per image: those holding the
+    blend's last TAIL are dropped, unless the vote named them."""
+    names = [f"c{i:03}" for i in range(300)]
+    head = ConfidenceHead(
+        tuple(names), np.zeros(2, np.float32), np.zeros((300, 2), np.float32),
+        np.zeros(300, np.float32),
+    )  # fmt: skip
+    row = np.full(300, 1e-7)
+    row[:3] = [0.6, 0.3, (1 - 0.9) - 297e-7]  # three likely categories, a long flat tail
+    blended = head.blend(scores(c299=0.8, c001=0.2), row)
+    assert {c.category for c in blended} == {"c000", "c001", "c002", "c299"}
+    assert sum(c.score for c in blended) == pytest.approx(1.0)
+    assert blended[0].category == "c299"  # 0.4 from the vote, against c000's 0.3
+
+
+def test_a_head_unsure_among_hundreds_keeps_only_its_likeliest() -> None:
+    names = [f"c{i:03}" for i in range(300)]
+    head = ConfidenceHead(
+        tuple(names), np.zeros(2, np.float32), np.zeros((300, 2), np.float32),
+        np.zeros(300, np.float32),
+    )  # fmt: skip
+    flat = np.full(300, 1 / 300)
+    blended = head.blend(scores(c299=1.0), flat)
+    assert len(blended) == MAX_BLENDED and blended[0].category == "c299"
+    assert sum(c.score for c in blended) == pytest.approx(1.0)
