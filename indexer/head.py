@@ -62,8 +62,8 @@ class ConfidenceHead:
     cross-validation on the clothing val parts of five splits, before the blend, on the
     head's own probability (ECE 0.052 against 0.080; docs/benchmarks.md, "Confidence"): the
     head's errors bunch in the middle of its range. On the blend, the test parts gave the
-    curve ECE 0.038 ± 0.004 and the blend's tempered share 0.038 ± 0.013 (auto-accepting
-    35.1% and 36.7%): the curve was kept for its steadier calibration.
+    curve ECE 0.038 ± 0.005 and the blend's tempered share 0.037 ± 0.013 (auto-accepting
+    37.6% and 36.6%): the curve was kept for its steadier calibration.
     With too few labelled images or errors (see `MIN_CURVE_EXAMPLES`) a step curve would say
     little, so the temperature, fitted on the same images, serves.
     """
