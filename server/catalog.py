@@ -430,7 +430,7 @@ class Catalog:
             head_rows = vectors  # unused without a head
             if head is not None and len(vectors):
                 head_rows = head.probabilities(vectors)
-            rows = iter(zip(vectors, semantics, head_rows, strict=True))
+            rows = iter(zip(semantics, head_rows, strict=True))
             held = head.held(s.index.categories()) if head is not None else None
             return [
                 self._predict(s, head, held, next(neighbours), *next(rows), top_n)
@@ -445,7 +445,6 @@ class Catalog:
         head: ConfidenceHead | None,
         held: np.ndarray | None,
         hits: list[Hit],
-        vector: np.ndarray,
         semantic: np.ndarray,
         head_row: np.ndarray,
         top_n: int,
