@@ -1032,11 +1032,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("nearcat: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except ImportError as exc:
+        # A stop signal while a compiled module initialises (onnxruntime, loading the model)
+        # surfaces as that module's "initialization failed", caused by the interrupt.
+        if not _caused_by_interrupt(exc):
+            raise
+        print("nearcat: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except BrokenPipeError:
         # The reader went away (`nearcat show-category X | head`): not an error to report.
         # Point stdout at /dev/null so flushing it at exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell reports it
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of `exc`."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 if __name__ == "__main__":
