@@ -652,11 +652,10 @@ def confidence_report(
     tempered_share = None
     if head is not None:
         fitted = head
-        if not head_calibrated:
-            fitted = head.calibrated(
-                [a.confidence for a in calibration_answers],
-                [a.hit(1) for a in calibration_answers],
-            )
+        if not head_calibrated:  # on the answers the head can vouch for, as the server's
+            shares = [(head.answer_share(_scores(a)), a.hit(1)) for a in calibration_answers]
+            vouched = [(share, right) for share, right in shares if share is not None]
+            fitted = head.calibrated([s for s, _ in vouched], [r for _, r in vouched])
         calibration = replace(calibration, head=fitted)
         tempered_share = {
             "ece_after": ece([a.confidence for a in after], [a.hit(1) for a in after]),

@@ -143,12 +143,18 @@ class ConfidenceHead:
         as it was fitted; categories it does not know (added since, or too thin to fit) then
         take their calibrated share out of its say: where a new category holds 30% of the
         evidence, the confidence shrinks by 30%."""
-        answer = blended[0].category if blended else None
-        if answer not in self.column:
+        share = self.answer_share(blended)
+        if share is None:
             return None
-        held = sum(c.score for c in blended if c.category in self.column)
         known = sum(c.score for c in calibrated if c.category in self.column)
-        return known * float(self.confidence(np.array([blended[0].score / held]))[0])
+        return known * float(self.confidence(np.array([share]))[0])
+
+    def answer_share(self, blended: Sequence[CategoryScore]) -> float | None:
+        """The answer's share of the blend among the categories this head knows: what its
+        curve reads. None when the answer is not one of them."""
+        if not blended or blended[0].category not in self.column:
+            return None
+        return blended[0].score / sum(c.score for c in blended if c.category in self.column)
 
     def confidence(self, blended: np.ndarray) -> np.ndarray:
         """How likely answers are right whose blended probabilities are `blended`."""
@@ -305,9 +311,9 @@ def cross_fitted_head(
         for probabilities, i in zip(fold.probabilities(kept[test]), test, strict=True):
             row = rows[i]
             blended[row] = fold.blend(votes[row], probabilities)
-            # A category missing from this fold's head cannot vouch for an answer.
-            if blended[row] and blended[row][0].category in fold.column:
-                answers.append(blended[row][0].score)
+            share = fold.answer_share(blended[row])  # None: this fold's head cannot vouch
+            if share is not None:
+                answers.append(share)
                 correct.append(blended[row][0].category == labels[row])
     head = fit_head(kept, kept_labels)
     # The rows too thin to fit are blended as the served head will blend such a photo.

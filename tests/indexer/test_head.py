@@ -332,3 +332,10 @@ def test_a_head_unsure_among_hundreds_keeps_only_its_likeliest() -> None:
     blended = head.blend(scores(c299=1.0), flat)
     assert len(blended) == MAX_BLENDED and blended[0].category == "c299"
     assert sum(c.score for c in blended) == pytest.approx(1.0)
+
+
+def test_the_curve_reads_the_answers_share_among_the_categories_the_head_knows() -> None:
+    head, _ = two_category_head(0.5)
+    assert head.answer_share(scores(a=0.6, new=0.2, b=0.2)) == pytest.approx(0.75)
+    assert head.answer_share(scores(new=0.6, a=0.4)) is None  # not the head's to judge
+    assert head.answer_share([]) is None
