@@ -485,31 +485,11 @@ AUTOMATION_PRECISION = 0.98  # auto-accepted answers must be at least this often
 
 
 def labelled_votes(answers: Sequence[Answer]) -> list[LabelledVote]:
-    return [
-        LabelledVote(
-            [CategoryScore(c, s) for c, s in zip(a.categories, a.scores, strict=True)],
-            a.truth,
-            a.nearest,
-        )
-        for a in answers
-    ]
+    return [LabelledVote(_scores(a), a.truth, a.nearest) for a in answers]
 
 
 def calibrated(answers: Sequence[Answer], calibration: Calibration) -> list[Answer]:
-    out = []
-    for a in answers:
-        scores = calibration.apply(
-            [CategoryScore(c, s) for c, s in zip(a.categories, a.scores, strict=True)]
-        )
-        out.append(
-            Answer(
-                a.truth,
-                tuple(s.category for s in scores),
-                tuple(s.score for s in scores),
-                a.nearest,
-            )
-        )
-    return out
+    return [_with_scores(a, calibration.apply(_scores(a))) for a in answers]
 
 
 @dataclass(frozen=True)

@@ -105,8 +105,9 @@ class ConfidenceHead:
         named) is left out, so a catalogue of hundreds of categories does not cost hundreds
         of scores per image; the scores are then renormalised to sum to 1. Calibration fits
         on blends made the same way."""
-        head = np.where(held, probabilities, 0.0) if held is not None else probabilities
-        head = np.asarray(head, dtype=np.float64)
+        head = np.asarray(
+            probabilities if held is None else np.where(held, probabilities, 0.0), float
+        )
         total = float(head.sum())
         if total <= 0.0:  # the head is sure of categories that are gone: it has no say
             return list(scores)

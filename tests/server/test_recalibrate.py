@@ -59,15 +59,22 @@ def _recalibrator(catalog: _Catalog) -> Recalibrator:
     return Recalibrator(catalog, quiet_s=0.05, poll_s=0.01).start()  # type: ignore[arg-type]
 
 
-def test_a_changed_category_set_is_refitted_once_it_settles() -> None:
-    catalog = _Catalog({"shirts", "shoes"}, set())
+def _refits_after_a_first(catalog: _Catalog, then_s: float) -> int:
+    """Run the recalibrator until it has refitted once, then `then_s` more (dozens of
+    polls); how many refits it made in all."""
     recalibrator = _recalibrator(catalog)
     try:
         _until(lambda: catalog.refits >= 1)
-        time.sleep(0.5)  # dozens of polls: a settled, covered set is not refitted again
+        time.sleep(then_s)
     finally:
         recalibrator.close()
-    assert catalog.refits == 1
+    return catalog.refits
+
+
+def test_a_changed_category_set_is_refitted_once_it_settles() -> None:
+    catalog = _Catalog({"shirts", "shoes"}, set())
+    # A settled, covered set is not refitted again.
+    assert _refits_after_a_first(catalog, then_s=0.5) == 1
     assert catalog.calibration.head is not None
     assert catalog.calibration.head.covers(frozenset({"shirts", "shoes"}))
 
@@ -76,13 +83,7 @@ def test_a_head_that_cannot_cover_the_set_is_not_refitted_again_and_again() -> N
     # A category known from its text prompts alone has no references, so no refit can put
     # it in the head: one attempt per settled set, not one a second.
     catalog = _Catalog({"shirts", "shoes"}, {"scarves"})
-    recalibrator = _recalibrator(catalog)
-    try:
-        _until(lambda: catalog.refits >= 1)
-        time.sleep(0.5)
-    finally:
-        recalibrator.close()
-    assert catalog.refits == 1
+    assert _refits_after_a_first(catalog, then_s=0.5) == 1
 
 
 def test_a_new_set_after_a_refit_gets_its_own_refit() -> None:
@@ -103,13 +104,8 @@ def test_a_dropped_head_is_refitted_once_the_categories_settle() -> None:
     server fits a new one by itself instead of serving the vote alone until someone acts."""
     catalog = _Catalog({"shirts", "shoes"}, set())
     catalog.calibration = _Calibration(None, {HEAD_DROPPED: True})
-    recalibrator = _recalibrator(catalog)
-    try:
-        _until(lambda: catalog.refits >= 1)
-        time.sleep(0.3)
-    finally:
-        recalibrator.close()
-    assert catalog.refits == 1 and catalog.calibration.head is not None
+    assert _refits_after_a_first(catalog, then_s=0.3) == 1
+    assert catalog.calibration.head is not None
 
 
 def test_a_catalogue_never_calibrated_with_a_head_is_left_alone() -> None:
