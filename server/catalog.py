@@ -650,9 +650,10 @@ class Catalog:
                 f", excluding the same {group_by!r}" if group_by else ""
             )
             try:
-                calibration = self.keep_calibration(s, votes, how, group_by)
+                calibration = fit_calibration(votes, how)
             except ValueError as exc:
                 raise FailedPrecondition(f"{exc}; add more references first") from exc
+            calibration = self.keep_calibration(s, calibration, group_by)
         log.info(
             "calibrated: temperature %.3f, unknown below %.3f, ECE %.3f -> %.3f (%s)",
             calibration.temperature,
@@ -664,11 +665,10 @@ class Catalog:
         return calibration
 
     def keep_calibration(
-        self, s: Serving, votes: Sequence[LabelledVote], how: str, group_by: str | None
+        self, s: Serving, calibration: Calibration, group_by: str | None
     ) -> Calibration:
-        """Fit on these leave-one-out votes, store it for `s`'s version and serve it.
-        ValueError when there are too few votes to fit on."""
-        calibration = fit_calibration(votes, how)
+        """Store this calibration, fitted on leave-one-out votes, for `s`'s version and serve
+        it."""
         # Kept so that a refit after the categories change (server.recalibrate) is alike.
         calibration = replace(calibration, extra={**calibration.extra, "group_by": group_by})
         self.store.put_calibration(s.version, calibration.to_json())

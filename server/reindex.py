@@ -10,7 +10,6 @@ model worker of its own (server.serving), and the catalogue swaps the two in one
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from embedder import ArtifactError, WeightsError
 from embedder.model import resolve_model
 from embedder.registry import ModelRegistry
-from indexer.calibration import LabelledVote
+from indexer.calibration import Calibration, LabelledVote, fit_calibration
 from indexer.errors import FailedPrecondition, InvalidArgument, NearcatError
 
 if TYPE_CHECKING:
@@ -281,9 +280,10 @@ class Reindexer:
         self.catalog.fill(pending, progress, self.config.batch_size, self._stop)
 
     def _validate(self, job: ReindexJob, pending: Serving) -> bool:
-        """Leave-one-out kNN accuracy of the serving and the new version on the same sampled
-        references; False (refused) when the new one is worse by more than the margin. Also
-        fits the new version's calibration on its votes."""
+        """Leave-one-out accuracy of the answer each version would serve (its vote, blended
+        with a head cross-fitted on the same votes, as a calibration fits it) on the same
+        sampled references; False (refused) when the new one is worse by more than the margin.
+        The new version keeps the calibration fitted here."""
         job.state = ReindexState.VALIDATING
         self._save(job)
         group_by = self.config.group_by or None
@@ -295,7 +295,10 @@ class Reindexer:
         except FailedPrecondition as exc:
             job.message = f"not validated ({exc})"
             return True
-        job.accuracy_before, job.accuracy_after = _accuracy(before), _accuracy(after)
+        how = f"reindex validation over {len(after)} references"
+        fitted_before, fitted_after = _fitted(before, how), _fitted(after, how)
+        blended = _blend_accuracies(fitted_before, fitted_after)
+        job.accuracy_before, job.accuracy_after = blended or (_accuracy(before), _accuracy(after))
         job.validation_examples = len(after)
         self.registry.record_metrics(
             job.target,
@@ -304,9 +307,16 @@ class Reindexer:
                     "accuracy": job.accuracy_after,
                     "previous_version": job.previous,
                     "previous_accuracy": job.accuracy_before,
+                    "vote_accuracy": _accuracy(after),
+                    "previous_vote_accuracy": _accuracy(before),
                     "examples": job.validation_examples,
-                    "method": "leave-one-out kNN over the stored references"
-                    + (f", excluding the same {group_by!r}" if group_by else ""),
+                    "method": "leave-one-out over the stored references"
+                    + (f", excluding the same {group_by!r}" if group_by else "")
+                    + (
+                        "; the vote blended with a cross-fitted head, as served"
+                        if blended
+                        else "; the kNN vote (too few references for a head)"
+                    ),
                     "at_ms": int(time.time() * 1000),
                 }
             },
@@ -326,12 +336,27 @@ class Reindexer:
             log.warning("reindex to %s %s", job.target, job.message)
             return False
         job.message = f"switched: {figures}"
-        with contextlib.suppress(
-            ValueError
-        ):  # too few to fit on: the new version goes uncalibrated
-            how = f"reindex validation over {len(after)} references"
-            self.catalog.keep_calibration(pending, after, how, group_by)
+        if fitted_after is not None:  # else too few to fit on: the new version goes uncalibrated
+            self.catalog.keep_calibration(pending, fitted_after, group_by)
         return True
+
+
+def _fitted(votes: list[LabelledVote], how: str) -> Calibration | None:
+    """The calibration these leave-one-out votes give, None when they are too few."""
+    try:
+        return fit_calibration(votes, how)
+    except ValueError:
+        return None
+
+
+def _blend_accuracies(
+    before: Calibration | None, after: Calibration | None
+) -> tuple[float, float] | None:
+    """Both versions' accuracy of the vote blended with their head, None unless both have
+    one: the two are compared on the same kind of answer."""
+    if before is None or after is None or before.head is None or after.head is None:
+        return None
+    return before.extra["accuracy"], after.extra["accuracy"]
 
 
 def _accuracy(votes: list[LabelledVote]) -> float:

@@ -19,6 +19,7 @@ import pytest
 from embedder import load_artifact
 from embedder.registry import ModelRegistry
 from embedder.text import load_text_tower
+from indexer.calibration import Calibration
 from indexer.index import IndexConfig
 from indexer.store import Store
 from server.catalog import Catalog, Prediction, ReferenceInput
@@ -111,8 +112,14 @@ def test_reindex_switches_to_the_new_version_and_rollback_returns(
     entry = reindexer.registry.get(new)
     assert entry.metrics["eval"] == {"top1": 0.9}
     assert entry.metrics["validation"]["accuracy"] == pytest.approx(job.accuracy_after)
-    # The new version was calibrated on its validation votes.
-    assert store.get_calibration(new) is not None
+    # The versions were compared on the answer they serve (the vote blended with the head),
+    # and the new version keeps the calibration fitted on its validation votes.
+    validation = entry.metrics["validation"]
+    assert "blended with a cross-fitted head" in validation["method"]
+    calibration = Calibration.from_json(store.get_calibration(new) or {})
+    assert calibration.head is not None
+    assert validation["accuracy"] == pytest.approx(calibration.extra["accuracy"])
+    assert validation["vote_accuracy"] == pytest.approx(calibration.extra["vote_accuracy"])
 
     back = reindexer.rollback()
     assert back.target == old and back.rollback
