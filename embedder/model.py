@@ -689,6 +689,13 @@ def load_artifact(
     if runtime == "auto":
         onnx_can_run = "onnx_file" in meta and (device != "cuda" or _onnx_has_cuda())
         runtime = "onnx" if onnx_can_run else "torch"
+        if "onnx_file" not in meta:
+            log.info(
+                "%s has no ONNX export: running it with PyTorch (`nearcat export %s` adds "
+                "one, which ONNX Runtime runs 2-3x faster on a CPU)",
+                path,
+                path,
+            )
     if runtime == "torch":
         if device == "cuda" and not torch.cuda.is_available():
             raise ArtifactError(

@@ -74,11 +74,14 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        shown = "" if field.default is None else f"default: {field.default}; "
+        switch = field.annotation is bool  # a value, not a bare switch: env vars read alike
+        default = str(field.default).lower() if switch else field.default
+        shown = "" if field.default is None else f"default: {default}; "
         parser.add_argument(
             flag,
             dest=name,
             default=None,
+            metavar="true|false" if switch else None,
             help=f"{field.description} ({shown}env NEARCAT_{name.upper()})",
         )
 
@@ -297,7 +300,7 @@ def calibrate(stub: Any, group_by: str) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    calibrate(connect(args), args.group_by or "")
+    calibrate(connect(args), args.group_by)
 
 
 # -- text ----------------------------------------------------------------------------------
@@ -906,8 +909,11 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate_cmd.add_argument(
         "--group-by",
         metavar="KEY",
-        help="reference metadata key whose references must not vote for each other "
-        f"(imports store a CSV's group column as {GROUP_METADATA!r})",
+        default=GROUP_METADATA,
+        help="reference metadata key whose references must not vote for each other, so "
+        "one sender's look-alike photos do not make the fit over-confident (default: "
+        "%(default)r, where `nearcat import --group-column` stores it; references without "
+        "the key are not grouped; '' for no grouping)",
     )
     calibrate_cmd.set_defaults(run=cmd_calibrate)
 

@@ -13,12 +13,21 @@ if TYPE_CHECKING:
 
 def add_csv_arguments(parser: Any) -> None:
     """How a CSV source names its images and labels; folder trees need none of these."""
-    parser.add_argument("--path-column", default="image", help="CSV column with the image path")
-    parser.add_argument("--label-column", default="label", help="CSV column with the category")
+    parser.add_argument(
+        "--path-column",
+        default="image",
+        help="CSV column with the image path (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--label-column",
+        default="label",
+        help="CSV column with the category (default: %(default)s)",
+    )
     parser.add_argument(
         "--path-template",
         default="{}",
-        help="turns the path column into a path relative to the CSV, e.g. 'images/{}.jpg'",
+        help="turns the path column into a path relative to the CSV, e.g. 'images/{}.jpg' "
+        "(default: %(default)s, the column is the path)",
     )
     parser.add_argument(
         "--exclude-label", action="append", default=[], help="CSV label to skip (repeatable)"

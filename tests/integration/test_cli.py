@@ -222,6 +222,10 @@ def test_import_a_csv_with_groups_calibrates_without_letting_a_group_vote_for_it
     refs = stub.GetCategory(pb.GetCategoryRequest(name="Dots (csv)", include_references=True))
     assert {r.metadata["group"] for r in refs.references} == {f"sender-{i}" for i in range(4)}
     assert stub.GetStatus(pb.GetStatusRequest()).calibration.examples > 0
+    # A later plain `nearcat calibrate` keeps the grouping the import stored; '' drops it.
+    at = ["--server", server.address]
+    assert "excluding the same 'group'" in nearcat("calibrate", *at).stdout
+    assert "excluding" not in nearcat("calibrate", "--group-by", "", *at).stdout
 
 
 @pytest.mark.dataset
