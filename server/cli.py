@@ -1035,10 +1035,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except grpc.RpcError as exc:
         print(f"nearcat: the server answered {exc.code().name}: {exc.details()}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("nearcat: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-    except ImportError as exc:
+    except (KeyboardInterrupt, ImportError) as exc:
         # A stop signal while a compiled module initialises (onnxruntime, loading the model)
         # surfaces as that module's "initialization failed", caused by the interrupt.
         if not _caused_by_interrupt(exc):

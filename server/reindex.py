@@ -297,8 +297,9 @@ class Reindexer:
             return True
         how = f"reindex validation over {len(after)} references"
         fitted_before, fitted_after = _fitted(before, how), _fitted(after, how)
+        votes_right = _accuracy(before), _accuracy(after)
         blended = _blend_accuracies(fitted_before, fitted_after)
-        job.accuracy_before, job.accuracy_after = blended or (_accuracy(before), _accuracy(after))
+        job.accuracy_before, job.accuracy_after = blended or votes_right
         job.validation_examples = len(after)
         self.registry.record_metrics(
             job.target,
@@ -307,8 +308,8 @@ class Reindexer:
                     "accuracy": job.accuracy_after,
                     "previous_version": job.previous,
                     "previous_accuracy": job.accuracy_before,
-                    "vote_accuracy": _accuracy(after),
-                    "previous_vote_accuracy": _accuracy(before),
+                    "vote_accuracy": votes_right[1],
+                    "previous_vote_accuracy": votes_right[0],
                     "examples": job.validation_examples,
                     "method": "leave-one-out over the stored references"
                     + (f", excluding the same {group_by!r}" if group_by else "")
