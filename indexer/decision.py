@@ -1,9 +1,10 @@
 """What to do with a prediction: accept it, accept and flag it, or send it to a person.
 
-Bands on the calibrated probability of the top category (defaults from the issue that asked
-for them: auto-accept at 0.95, flag from 0.80), configurable globally and per category, plus
-`unknown` when the image is farther from every reference than the catalogue's own images are
-(the open-set threshold fitted with the calibration).
+Bands on the answer's calibrated probability: auto-accept from the threshold the labelled
+evidence earned (indexer.calibration; none earned, none accepted), flag from `flag` (0.80),
+else review; per-category overrides from a file; `unknown` when the image is farther from
+every reference than the catalogue's own images are (the open-set threshold fitted with the
+calibration).
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from indexer.calibration import Calibration
 
 
 class Decision(StrEnum):
@@ -24,33 +29,29 @@ class Decision(StrEnum):
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Probability at or above which a prediction is auto-accepted, or accepted and flagged."""
+    """A category's own bands: the probability from which it is auto-accepted (None: the
+    calibration's earned threshold) and from which it is accepted and flagged."""
 
-    auto_accept: float = 0.95
+    auto_accept: float | None = None
     flag: float = 0.80
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.flag <= self.auto_accept <= 1.0:
+        top = 1.0 if self.auto_accept is None else self.auto_accept
+        if not 0.0 <= self.flag <= top <= 1.0:
             raise ValueError(
                 f"thresholds must satisfy 0 <= flag <= auto_accept <= 1; "
                 f"got flag={self.flag}, auto_accept={self.auto_accept}"
             )
 
-    def band(self, probability: float) -> Decision:
-        if probability >= self.auto_accept:
-            return Decision.AUTO_ACCEPT
-        if probability >= self.flag:
-            return Decision.FLAG
-        return Decision.REVIEW
-
 
 @dataclass(frozen=True)
 class DecisionPolicy:
-    """Global thresholds with per-category overrides.
+    """The default bands with per-category overrides.
 
     Before a calibration is fitted, scores are raw vote shares, not probabilities (in a
     catalogue of one category every image scores 1.0), so nothing is auto-accepted: such an
-    answer is at most flagged, unless `auto_accept_uncalibrated` says to trust them.
+    answer is at most flagged, unless `auto_accept_uncalibrated` says to trust shares at or
+    above the calibration's target precision.
     """
 
     default: Thresholds = field(default_factory=Thresholds)
@@ -60,20 +61,28 @@ class DecisionPolicy:
     def thresholds(self, category: str) -> Thresholds:
         return self.per_category.get(category, self.default)
 
+    def auto_accept_at(self, category: str, calibration: Calibration) -> float | None:
+        """The probability from which `category` is auto-accepted; None: never."""
+        own = self.thresholds(category).auto_accept
+        if own is not None:
+            return own
+        if not calibration.fitted:
+            return calibration.bound.precision if self.auto_accept_uncalibrated else None
+        return calibration.auto_accept_at
+
     def decide(
-        self,
-        category: str,
-        probability: float,
-        nearest_similarity: float,
-        unknown_below: float,
-        calibrated: bool = True,
+        self, category: str, probability: float, nearest_similarity: float, calibration: Calibration
     ) -> Decision:
-        if nearest_similarity < unknown_below:
+        if nearest_similarity < calibration.unknown_below:
             return Decision.UNKNOWN
-        decision = self.thresholds(category).band(probability)
-        if decision == Decision.AUTO_ACCEPT and not (calibrated or self.auto_accept_uncalibrated):
+        auto = self.auto_accept_at(category, calibration)
+        if auto is not None and probability >= auto:
+            if calibration.fitted or self.auto_accept_uncalibrated:
+                return Decision.AUTO_ACCEPT
             return Decision.FLAG
-        return decision
+        if probability >= self.thresholds(category).flag:
+            return Decision.FLAG
+        return Decision.REVIEW
 
     @classmethod
     def load(
@@ -97,8 +106,9 @@ class DecisionPolicy:
                     f"{path}: {name!r} must map to {{'auto_accept': p, 'flag': p}}"
                     + (f"; unknown keys {sorted(unknown)}" if unknown else "")
                 )
+            auto = values.get("auto_accept", default.auto_accept)
             per_category[name] = Thresholds(
-                auto_accept=float(values.get("auto_accept", default.auto_accept)),
+                auto_accept=None if auto is None else float(auto),
                 flag=float(values.get("flag", default.flag)),
             )
         return cls(default, per_category, auto_accept_uncalibrated)

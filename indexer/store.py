@@ -108,6 +108,27 @@ class VectorBatch:
 
 
 @dataclass(frozen=True)
+class LabelledPhoto:
+    """A photo a person labelled, to be stored as labelled traffic (not a reference)."""
+
+    id: str
+    label: str
+    source: str  # where the label came from, e.g. "calibrate:labelled/" or "review"
+    sha256: str
+    image: bytes
+    at_ms: int = 0
+
+
+@dataclass(frozen=True)
+class StoredLabel:
+    id: str
+    label: str
+    source: str
+    at_ms: int
+    vector: np.ndarray | None
+
+
+@dataclass(frozen=True)
 class ModelVersions:
     active: str
     previous: str | None
@@ -120,12 +141,34 @@ def _now_ms() -> int:
 class Store:
     """Typed access to the nearcat keys of one Redis/Valkey database."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "nearcat") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "nearcat",
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
+        """`before_commit`, if given, runs inside every write between its WATCH and its EXEC:
+        the seam where tests make another writer race it."""
         # Any: redis-py types replies as unions of bytes, str and awaitables; this client is
         # synchronous without decode_responses, so every reply is bytes.
         self._redis: Any = client
         self._prefix = prefix
+        self._before_commit = before_commit
         self._put_vectors_script = client.register_script(PUT_VECTORS_SCRIPT)
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def key_pattern(self) -> str:
+        """A SCAN pattern matching every key of this store."""
+        return self._key("*")
+
+    def changes(self) -> list[dict[str, str]]:
+        """The change stream (every add, remove and delete), oldest first."""
+        entries = self._call(lambda: self._redis.xrange(self._key("changes")))
+        return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
 
     # -- key names -----------------------------------------------------------------------
 
@@ -165,6 +208,8 @@ class Store:
                 try:
                     pipe.watch(*watch)
                     result = body(pipe)
+                    if self._before_commit is not None:
+                        self._before_commit()
                 except (redis.WatchError, redis.ConnectionError, redis.TimeoutError) as exc:
                     raise Unavailable(
                         f"the store is unreachable ({_connection_error(exc) or exc}); "
@@ -378,6 +423,84 @@ class Store:
         """Replace the calibration of a model's votes (one SET: atomic, durable on return)."""
         payload = json.dumps(calibration, sort_keys=True)
         self._call(lambda: self._redis.set(self._key("calibration", model_version), payload))
+
+    # -- labelled traffic ----------------------------------------------------------------
+
+    def add_labelled(
+        self, items: Sequence[LabelledPhoto], model_version: str, vectors: Sequence[np.ndarray]
+    ) -> int:
+        """Store photos a person labelled (not references) with their vectors of
+        `model_version`, in one transaction; returns how many were new. The image bytes are
+        kept so that a new model version can embed them; an id already stored keeps its
+        first label and source, and gets this version's vector."""
+        if not items:
+            return 0
+        ids = self._key("labelled")
+
+        def body(pipe: Any) -> int:
+            known = set(pipe.smembers(ids))
+            pipe.multi()
+            new = 0
+            for item, vector in zip(items, vectors, strict=True):
+                if item.id.encode() not in known:
+                    new += 1
+                    pipe.sadd(ids, item.id)
+                    pipe.hset(
+                        self._key("lab", item.id),
+                        mapping={
+                            "label": item.label,
+                            "source": item.source,
+                            "sha256": item.sha256,
+                            "at_ms": str(item.at_ms or _now_ms()),
+                        },
+                    )
+                    pipe.set(self._key("limg", item.id), item.image)
+                pipe.hset(
+                    self._key("lvec", model_version),
+                    item.id,
+                    np.asarray(vector, dtype="<f4").tobytes(),
+                )
+            return new
+
+        return self._transaction(body, [ids], "labelled photos stored")
+
+    def labelled(self, model_version: str) -> list[StoredLabel]:
+        """Every stored labelled photo, with its vector of `model_version` (None: not
+        embedded by that version yet), oldest first."""
+
+        def read() -> tuple[list[bytes], list[dict[bytes, bytes]], list[bytes | None]]:
+            ids = sorted(self._redis.smembers(self._key("labelled")))
+            pipe = self._redis.pipeline(transaction=False)
+            for i in ids:
+                pipe.hgetall(self._key("lab", i.decode()))
+            fields = pipe.execute()
+            blobs = self._redis.hmget(self._key("lvec", model_version), ids) if ids else []
+            return ids, fields, blobs
+
+        ids, fields, blobs = self._call(read)
+        out = [
+            StoredLabel(
+                id=i.decode(),
+                label=f[b"label"].decode(),
+                source=f[b"source"].decode(),
+                at_ms=int(f[b"at_ms"]),
+                vector=np.frombuffer(b, dtype="<f4").astype(np.float32) if b is not None else None,
+            )
+            for i, f, b in zip(ids, fields, blobs, strict=True)
+            if f
+        ]
+        return sorted(out, key=lambda x: (x.at_ms, x.id))
+
+    def get_labelled_image(self, labelled_id: str) -> bytes | None:
+        data = self._call(lambda: self._redis.get(self._key("limg", labelled_id)))
+        return bytes(data) if data is not None else None
+
+    def put_labelled_vectors(self, model_version: str, vectors: dict[str, np.ndarray]) -> None:
+        """Vectors of another model version for stored labelled photos (a reindex)."""
+        if vectors:
+            mapping = {i: np.asarray(v, dtype="<f4").tobytes() for i, v in vectors.items()}
+            key = self._key("lvec", model_version)
+            self._call(lambda: self._redis.hset(key, mapping=mapping))
 
     def create_category(
         self,

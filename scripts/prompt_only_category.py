@@ -5,11 +5,12 @@ Splits a CSV dataset as `nearcat eval --split val` does and embeds the train par
 references) and the val part (the queries) with the served model; the test part is never
 embedded or scored. Then, for each category C in turn: C loses its references and gets one
 prompt, the others keep theirs, and every val query is classified by the server's own code (a
-`Serving` encodes the prompt, `Catalog._with_text_evidence` mixes the text evidence into the
-kNN vote). Reported per C and as means over the categories: recall of C, precision of the
-answers C, the share of other categories' val queries answered C ("taken"), top-1 on those
-queries with C prompt-only and with C simply absent (plain kNN), and the share of the other
-categories' own reference images, each queried while in the index, answered C. Prints JSON.
+`Serving` encodes the prompt, `indexer.answer.evidence` mixes the text evidence into the kNN
+vote; the head is left out, as before a calibration). Reported per C and as means over the
+categories: recall of C, precision of the answers C, the share of other categories' val
+queries answered C ("taken"), top-1 on those queries with C prompt-only and with C simply
+absent (plain kNN), and the share of the other categories' own reference images, each
+queried while in the index, answered C. Prints JSON.
 
     .venv/bin/python scripts/prompt_only_category.py \\
         --data ../shared/datasets/clothing/images.csv --path-template 'images/{}.jpg' \\
@@ -38,15 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from embedder import Embedder, ImageDecodeError  # noqa: E402
 from embedder.datasets import LabeledImage  # noqa: E402
 from embedder.model import load_artifact, resolve_model  # noqa: E402
-from embedder.text import TextTower, load_text_tower  # noqa: E402
+from embedder.text import TextTower, load_text_tower, text_shares  # noqa: E402
+from indexer.answer import TextEvidence, evidence  # noqa: E402
 from indexer.ids import image_sha256, reference_id  # noqa: E402
 from indexer.index import VectorIndex  # noqa: E402
 from indexer.store import Category  # noqa: E402
-from indexer.vote import VoteConfig, knn_vote  # noqa: E402
-from server.catalog import MAX_K, Catalog  # noqa: E402
+from indexer.vote import VoteConfig  # noqa: E402
 from server.cli import build_parser  # noqa: E402
 from server.commands.evaluate import DEFAULT_MODEL, DEFAULT_MODELS_DIR, choose_images  # noqa: E402
 from server.commands.sources import add_csv_arguments  # noqa: E402
+from server.evaluation.evaluate import EmbeddingCache  # noqa: E402
 from server.serving import Serving  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
@@ -133,27 +135,23 @@ def embedded_split(
     return refs, vals, skipped
 
 
-def mixer(names: Sequence[str], prompt_weight: float) -> Catalog:
-    """A Catalog holding only what `_with_text_evidence` reads (the category names, no
-    parents, and the prompt weight), so that the served method runs unchanged without a
-    store; the Serving it is given holds the index and the text vectors."""
-    catalog = Catalog.__new__(Catalog)
-    catalog._parents = {name: None for name in names}
-    catalog.prompt_weight = prompt_weight
-    return catalog
-
-
 def answers(
-    catalog: Catalog, s: Serving, vote: VoteConfig, embedded: Embedded
+    s: Serving, names: Sequence[str], prompt_weight: float, vote: VoteConfig, embedded: Embedded
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-1 of each image as served (kNN vote, then the text evidence of prompted
     categories), and the plain kNN vote's top-1."""
+    assert s.text is not None
+    snapshot = s.text_snapshot(sorted(names))
+    assert snapshot is not None
+    text_names, text_vectors = snapshot
+    prompted = {n: s.index.count(n) for n in text_names if n in s.prompted}
     served, plain = [], []
     neighbours = s.index.search(embedded.vectors, vote.k)
     for hits, semantic in zip(neighbours, embedded.semantics, strict=True):
-        scores = knn_vote(hits, vote, MAX_K)
-        plain.append(scores[0].category)
-        served.append(catalog._with_text_evidence(s, scores, semantic)[0].category)
+        plain.append(evidence(hits, vote)[0].category)
+        shares = text_shares(s.text, semantic, text_vectors)[0].tolist()
+        text = TextEvidence.weighed(text_names, shares, prompted, prompt_weight)
+        served.append(evidence(hits, vote, None, text)[0].category)
     return np.array(served), np.array(plain)
 
 
@@ -166,7 +164,7 @@ def prompt_only(
     prompt: str,
     model: Embedder,
     tower: TextTower,
-    catalog: Catalog,
+    prompt_weight: float,
     vote: VoteConfig,
     refs: Embedded,
     vals: Embedded,
@@ -180,8 +178,9 @@ def prompt_only(
     s = Serving(model, index, tower)
     try:
         s.set_texts([Category(category, None, {}, 0, 0, [prompt])])  # as the catalogue does
-        served, plain = answers(catalog, s, vote, vals)
-        reference_answers, _ = answers(catalog, s, vote, kept)
+        names = sorted(set(refs.labels.tolist()))
+        served, plain = answers(s, names, prompt_weight, vote, vals)
+        reference_answers, _ = answers(s, names, prompt_weight, vote, kept)
     finally:
         s.close()
     is_c, answered_c = vals.labels == category, served == category
@@ -261,7 +260,7 @@ def main() -> None:
     for label in args.exclude_label:
         eval_args += ["--exclude-label", label]
     references, queries, _, _, split, _ = next(
-        choose_images(build_parser().parse_args(eval_args), [args.seed])
+        choose_images(build_parser().parse_args(eval_args), [args.seed], EmbeddingCache())
     )
     assert split is not None  # --data is always split
     model = load_artifact(resolve_model(args.model, args.models_dir), runtime="auto")
@@ -273,9 +272,11 @@ def main() -> None:
 
     categories = sorted(set(refs.labels.tolist()))
     prompt_weight = float(Settings.model_fields["prompt_weight"].default)
-    catalog, vote = mixer(categories, prompt_weight), VoteConfig()
+    vote = VoteConfig()
     per_category = {
-        c: prompt_only(c, args.prompt_template.format(c), model, tower, catalog, vote, refs, vals)
+        c: prompt_only(
+            c, args.prompt_template.format(c), model, tower, prompt_weight, vote, refs, vals
+        )
         for c in tqdm(categories, desc="categories")
     }
     means: dict[str, float | int | None] = {}

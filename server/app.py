@@ -24,6 +24,7 @@ from embedder import ArtifactError, DecodeLimits, Embedder, load_artifact, resol
 from embedder.model import artifact_version
 from embedder.registry import ModelRegistry
 from embedder.text import TextTower, load_text_tower
+from indexer.calibration import Bound
 from indexer.decision import DecisionPolicy, Thresholds
 from indexer.embedded import EmbeddedValkey
 from indexer.index import IndexConfig
@@ -196,12 +197,17 @@ def build_catalog(
             settings.index_kind, settings.ivf_threshold, settings.ivf_nlist, settings.ivf_nprobe
         ),
         DecisionPolicy.load(
-            Thresholds(settings.auto_accept, settings.flag),
+            Thresholds(flag=settings.flag),
             settings.thresholds_file,
             settings.auto_accept_uncalibrated,
         ),
         text,
         settings.prompt_weight,
+        Bound(
+            settings.auto_accept_precision,
+            settings.auto_accept_confidence,
+            settings.open_set_share,
+        ),
     )
     try:
         catalog.load(progress=progress)

@@ -7,7 +7,6 @@ the index and the parent map are derived and updated only after the store has co
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 import unicodedata
@@ -21,8 +20,9 @@ from tqdm import tqdm
 
 from embedder import Embedder
 from embedder.text import text_shares
-from indexer.calibration import Calibration, LabelledVote, fit_calibration
-from indexer.decision import Decision, DecisionPolicy
+from indexer.answer import HeadInput, Prediction, ScoredCategory, TextEvidence, answer
+from indexer.calibration import Bound, Calibration, LabelledExample, fit_calibration
+from indexer.decision import DecisionPolicy
 from indexer.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -32,11 +32,19 @@ from indexer.errors import (
     NotFound,
 )
 from indexer.head import ConfidenceHead
+from indexer.holdout import (
+    CALIBRATION_EXAMPLES,
+    calibration_sample,
+    labelled_examples,
+    reference_examples,
+    served_head,
+    shoots,
+)
 from indexer.ids import image_sha256, is_reference_id, reference_id
 from indexer.index import Hit, IndexConfig, VectorIndex
-from indexer.store import Category, NewReference, Reference, Store
-from indexer.taxonomy import LevelScore, level_scores, path_of
-from indexer.vote import CategoryScore, VoteConfig, knn_vote
+from indexer.store import Category, LabelledPhoto, NewReference, Reference, Store
+from indexer.taxonomy import path_of
+from indexer.vote import VoteConfig
 from server.serving import Batching, Serving, SwitchGate
 
 if TYPE_CHECKING:
@@ -52,15 +60,9 @@ MAX_PROMPTS = 32
 MAX_PROMPT_LENGTH = 300
 MAX_LABELS = 256
 EMBED_BATCH = 32
-REVIEW_CANDIDATES = 3  # a person reviewing an uncertain image picks from this many
-# References sampled for the leave-one-out fit and the head. The head gains from more
-# (clothing, the split before the sender cap, before the blend; val-chosen threshold: 52.8%
-# auto-accepted with a head on 2,000 references, 56.8% on 3,426). Calibrating all 5,096
-# clothing references took 48 s on 2 cores.
-CALIBRATION_EXAMPLES = 5000
-# Extra neighbours fetched in the leave-one-out fit, so that k remain after dropping the image
-# itself and its group (e.g. the same sender's other photos).
-CALIBRATION_EXTRA_NEIGHBOURS = 100
+# Labelled traffic from which it, rather than the references, calibrates: below this many
+# photos a person labelled, the grouped leave-one-out over thousands of references says more.
+MIN_LABELLED = 100
 
 
 @dataclass(frozen=True)
@@ -74,32 +76,6 @@ class Limits:
 class ReferenceInput:
     image: bytes
     metadata: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ScoredCategory:
-    category: str
-    score: float
-    path: list[str]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's answer: calibrated category probabilities, best first, what to do with it,
-    the most probable node at each taxonomy level, and the nearest references as evidence."""
-
-    categories: list[ScoredCategory]
-    neighbors: list[Hit]
-    decision: Decision = Decision.REVIEW
-    levels: list[LevelScore] = field(default_factory=list)
-    # The deepest ancestor of the answer that is sure enough to auto-accept when the answer
-    # itself is not: "certainly Shoes, maybe Sneakers".
-    confident_ancestor: LevelScore | None = None
-    model_version: str = ""  # the version that answered: one per call, never a mix
-    # How likely the answer is right: the head's curve of the blend's probability of it,
-    # discounted by the evidence for categories the head does not know; else the answer's
-    # calibrated score.
-    confidence: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -200,8 +176,10 @@ class Catalog:
         decisions: DecisionPolicy | None = None,
         text: TextTower | None = None,
         prompt_weight: float = 3.0,
+        bound: Bound | None = None,
     ) -> None:
         self.store = store
+        self.bound = bound or Bound()
         self.vote = vote or VoteConfig()
         self.limits = limits or Limits()
         self.decisions = decisions or DecisionPolicy()
@@ -425,68 +403,35 @@ class Catalog:
                 decoded = s.decode_each(images)
                 _check_deadline(deadline, "embedding")
                 vectors, semantics = s.embed_decoded(decoded)
-            neighbours = iter(s.index.search(vectors, k))
+            found = s.index.search(vectors, k)
             head = s.calibration.head  # once per call, as are its probabilities
-            head_rows = vectors  # unused without a head
-            if head is not None and len(vectors):
-                head_rows = head.probabilities(vectors)
-            rows = iter(zip(semantics, head_rows, strict=True))
-            held = head.held(s.index.categories()) if head is not None else None
-            return [
-                self._predict(s, head, held, next(neighbours), *next(rows), top_n)
-                if isinstance(d, np.ndarray)
-                else d
-                for d in decoded
-            ]
-
-    def _predict(
-        self,
-        s: Serving,
-        head: ConfidenceHead | None,
-        held: np.ndarray | None,
-        hits: list[Hit],
-        semantic: np.ndarray,
-        head_row: np.ndarray,
-        top_n: int,
-    ) -> Prediction:
-        scores = knn_vote(hits, self.vote, MAX_K)  # every category that got a vote
-        if head is not None:
-            scores = head.blend(scores, head_row, held)
-        if s.prompted and s.text is not None:
-            scores = self._with_text_evidence(s, scores, semantic)
-        blended = scores
-        scores = s.calibration.apply(blended)
-        if not scores:
-            return Prediction([], hits, Decision.UNKNOWN, model_version=s.version)
-        top = scores[0]
-        confidence = self._confidence(s, head, blended, scores)
-        if s.index.count(top.category):
-            decision = self.decisions.decide(
-                top.category,
-                confidence,
-                hits[0].similarity,
-                s.calibration.unknown_below,
-                calibrated=s.calibration.fitted,
-            )
-        else:
-            # Known from text alone: zero-shot scores are not calibrated (a closed set of a
-            # few prompts puts ~1.0 on the least bad one), and there are no references to be
-            # far from. A person confirms; confirmed images make good first references.
-            decision = Decision.REVIEW
-        levels = level_scores(scores, self._parents)
-        if decision in (Decision.REVIEW, Decision.UNKNOWN):
-            top_n = max(top_n, REVIEW_CANDIDATES)
-        return Prediction(
-            categories=[ScoredCategory(c.category, c.score, self.path(c.category)) for c in scores][
-                :top_n
-            ],
-            neighbors=hits,
-            decision=decision,
-            levels=levels,
-            confident_ancestor=self._confident_ancestor(decision, top.category, levels),
-            model_version=s.version,
-            confidence=confidence,
-        )
+            present = s.index.categories()
+            rows = head.probabilities(vectors) if head is not None and len(vectors) else None
+            held = head.held(present) if head is not None else None
+            out: list[Prediction | NearcatError] = []
+            row = 0
+            for d in decoded:
+                if not isinstance(d, np.ndarray):
+                    out.append(d)
+                    continue
+                out.append(
+                    answer(
+                        found[row],
+                        vote=self.vote,
+                        calibration=s.calibration,
+                        policy=self.decisions,
+                        indexed=present,
+                        parents=self._parents,
+                        head=HeadInput(head, rows[row], held)
+                        if head is not None and rows is not None
+                        else None,
+                        text=self._text_evidence(s, semantics[row]),
+                        top_n=top_n,
+                        model_version=s.version,
+                    )
+                )
+                row += 1
+            return out
 
     def head_current(self) -> bool:
         """Whether the calibration's confidence head was fitted on exactly the categories an
@@ -510,78 +455,20 @@ class Catalog:
         head = s.calibration.head
         return head is not None and head.covers(cls._nameable(s))
 
-    @staticmethod
-    def _confidence(
-        s: Serving,
-        head: ConfidenceHead | None,
-        blended: list[CategoryScore],
-        scores: list[CategoryScore],
-    ) -> float:
-        """The head's word on the answer (`ConfidenceHead.served_confidence`: its curve,
-        discounted by the evidence on categories it was not fitted on), from the scores
-        `blended` before the calibration's temperature and `scores` after. Without a head,
-        for a category it was not fitted on, or one known from text alone, the answer's
-        calibrated score."""
-        top = scores[0]
-        said = head.served_confidence(blended, scores) if head is not None else None
-        if said is None or not s.index.count(top.category):
-            return top.score
-        return said
-
-    def _confident_ancestor(
-        self, decision: Decision, answer: str, levels: list[LevelScore]
-    ) -> LevelScore | None:
-        if decision in (Decision.AUTO_ACCEPT, Decision.UNKNOWN):
+    def _text_evidence(self, s: Serving, semantic: np.ndarray) -> TextEvidence | None:
+        """The text tower's say on one image, for categories with text prompts: each
+        category's share of the text softmax over every category's text (its prompts, or its
+        name), and for the prompted ones the weight m / (m + references), m the
+        `prompt_weight`. None without prompted categories (nothing changes)."""
+        if not s.prompted or s.text is None:
             return None
-        sure = [
-            level
-            for level in levels
-            if level.category != answer
-            and level.score >= self.decisions.thresholds(level.category).auto_accept
-        ]
-        return sure[-1] if sure else None
-
-    def _with_text_evidence(
-        self, s: Serving, image_scores: list[CategoryScore], semantic: np.ndarray
-    ) -> list[CategoryScore]:
-        """Mix in text evidence for categories that have prompts.
-
-        The text tower scores the image against every category's text (its prompts, or its
-        name) as a softmax over categories: text(c). A category with prompts claims
-        w_c * text(c) of the probability, where w_c = m / (m + its reference count) and m is
-        `prompt_weight`: all of its text share at first, fading as reference images arrive.
-        The rest, 1 - sum of the claims, is shared out by the image vote, each category's
-        share weighted by 1 - w_c. So a category known from text alone can win outright when
-        the text is sure, and without prompts nothing changes.
-        """
-        assert s.text is not None
         matrix = s.text_snapshot(sorted(self._parents))
         if matrix is None:
-            return image_scores
+            return None
         names, vectors = matrix
-        text_share = text_shares(s.text, semantic, vectors)[0]
-        weight = {
-            name: self.prompt_weight / (self.prompt_weight + s.index.count(name))
-            for name in names
-            if name in s.prompted
-        }
-        claimed = {
-            name: weight[name] * share
-            for name, share in zip(names, text_share.tolist(), strict=True)
-            if name in weight
-        }
-        image = {c.category: (1 - weight.get(c.category, 0.0)) * c.score for c in image_scores}
-        image_total = sum(image.values())
-        left = 1.0 - sum(claimed.values())
-        mixed = dict(claimed)  # with no image evidence at all, the claims are all there is
-        if image_total > 0:
-            for name, value in image.items():
-                mixed[name] = mixed.get(name, 0.0) + left * value / image_total
-        total = sum(mixed.values())
-        if total <= 0:
-            return image_scores
-        ranked = sorted(mixed.items(), key=lambda item: (-item[1], item[0]))
-        return [CategoryScore(name, value / total) for name, value in ranked if value > 0]
+        share = text_shares(s.text, semantic, vectors)[0]
+        prompted = {name: s.index.count(name) for name in names if name in s.prompted}
+        return TextEvidence.weighed(names, share.tolist(), prompted, self.prompt_weight)
 
     def path(self, category: str) -> list[str]:
         """Ancestors then the category itself."""
@@ -638,26 +525,27 @@ class Catalog:
     def calibrate(
         self, group_by: str | None = None, max_examples: int = CALIBRATION_EXAMPLES
     ) -> Calibration:
-        """Fit the calibration by leave-one-out over the stored references and keep it.
-
-        Each sampled reference is classified by the others, never by itself nor, with
-        `group_by`, by references sharing its value of that metadata key (e.g. the same
-        sender's other photos), so the fit sees the odds a new image really has.
-        """
+        """Fit the calibration on examples the catalogue has not seen and keep it: the stored
+        labelled traffic when there is enough, else each sampled reference asked of the
+        others outside its shoot (`indexer.holdout`; with `group_by`, references sharing that
+        metadata, e.g. a sender, are one shoot too)."""
         with self._use() as s:
-            votes = self.leave_one_out(s, group_by, max_examples)
-            how = f"leave-one-out over {len(votes)} references" + (
-                f", excluding the same {group_by!r}" if group_by else ""
-            )
+            examples, head, how = self.honest_examples(s, group_by, max_examples)
             try:
-                calibration = fit_calibration(votes, how)
+                calibration = fit_calibration(examples, how, self.bound, head)
             except ValueError as exc:
-                raise FailedPrecondition(f"{exc}; add more references first") from exc
+                raise FailedPrecondition(
+                    f"{exc} ({how}): add photos of more distinct products per category (a "
+                    "reference is only judged by other shoots of its category), or labelled "
+                    f"photos with `nearcat calibrate --labelled` ({MIN_LABELLED} or more)"
+                ) from exc
             calibration = self.keep_calibration(s, calibration, group_by)
         log.info(
-            "calibrated: temperature %.3f, unknown below %.3f, ECE %.3f -> %.3f (%s)",
+            "calibrated: temperature %.3f, unknown below %.3f, auto-accept from %s, ECE %.3f "
+            "-> %.3f (%s)",
             calibration.temperature,
             calibration.unknown_below,
+            "none" if calibration.auto_accept_at is None else f"{calibration.auto_accept_at:.4f}",
             calibration.ece_before or 0.0,
             calibration.ece_after or 0.0,
             how,
@@ -667,60 +555,121 @@ class Catalog:
     def keep_calibration(
         self, s: Serving, calibration: Calibration, group_by: str | None
     ) -> Calibration:
-        """Store this calibration, fitted on leave-one-out votes, for `s`'s version and serve
-        it."""
+        """Store this calibration for `s`'s version and serve it."""
         # Kept so that a refit after the categories change (server.recalibrate) is alike.
         calibration = replace(calibration, extra={**calibration.extra, "group_by": group_by})
         self.store.put_calibration(s.version, calibration.to_json())
         s.calibration = calibration
         return calibration
 
-    def leave_one_out(
+    def honest_examples(
         self, s: Serving, group_by: str | None, max_examples: int = CALIBRATION_EXAMPLES
-    ) -> list[LabelledVote]:
-        """The kNN vote of each sampled stored reference by the others in `s.index`, never by
-        itself nor by references sharing its `group_by` metadata. The sample is drawn the same
-        way for every model version, so two versions holding vectors for the same references
-        are measured on the same images; only the sample's vectors are read."""
-        # By category, then id: the order the sample is drawn from, the same every time.
-        population = sorted(self.store.all_references().items(), key=lambda p: (p[1], p[0]))
-        if len({category for _, category in population}) < 2:
+    ) -> tuple[list[LabelledExample], ConfidenceHead | None, str]:
+        """Labelled examples `s` has not seen, the head to serve with them, and where they
+        came from: the labelled traffic stored for `s`'s version when there are at least
+        `MIN_LABELLED`, else leave-one-shoot-out over a sample of the references. The sample
+        is drawn the same way for every model version, so two versions are measured alike."""
+        ids: list[str] = []
+        categories: list[str] = []
+        parts = []
+        for batch in self.store.iter_vectors(s.version):
+            ids += batch.reference_ids
+            categories += batch.categories
+            if batch.reference_ids:
+                parts.append(batch.vectors)
+        if len(set(categories)) < 2:
             raise FailedPrecondition(
                 "calibration needs references in at least two categories; add more first"
             )
-        sample = random.Random(0).sample(population, min(max_examples, len(population)))
-        stored = self.store.get_vectors(s.version, [r for r, _ in sample])
-        sample = [pair for pair in sample if pair[0] in stored]
-        found = s.index.search(
-            np.stack([stored[r] for r, _ in sample]) if sample else np.zeros((0, 0)),
-            self.vote.k + CALIBRATION_EXTRA_NEIGHBOURS,
-        )
-        group_of: dict[str, str] = {}
+        vectors = np.concatenate(parts)
+        sample = calibration_sample(ids, categories, max_examples)
+        labelled = [x for x in self.store.labelled(s.version) if x.vector is not None]
+        if len(labelled) >= MIN_LABELLED:
+            head = served_head(vectors, categories, sample)
+            examples = labelled_examples(
+                s.index,
+                np.stack([x.vector for x in labelled if x.vector is not None]),
+                [x.label for x in labelled],
+                self.vote,
+                head,
+            )
+            sources = sorted({x.source for x in labelled})
+            return examples, head, f"{len(labelled)} labelled photos ({', '.join(sources)})"
+        groups: dict[str, str] = {}
         if group_by:
-            involved = {r for r, _ in sample} | {h.reference_id for hits in found for h in hits}
-            for ref in self.store.get_references(sorted(involved)):
+            for ref in self.store.get_references(ids):
                 if ref is not None and group_by in ref.metadata:
-                    group_of[ref.id] = ref.metadata[group_by]
-        votes = []
-        for (own, category), hits in zip(sample, found, strict=True):
-            group = group_of.get(own)
-            others = [
-                h
-                for h in hits
-                if h.reference_id != own
-                and (group is None or group_of.get(h.reference_id) != group)
-            ][: self.vote.k]
-            if others:
-                votes.append(
-                    LabelledVote(
-                        knn_vote(others, self.vote, MAX_K),
-                        category,
-                        others[0].similarity,
-                        stored[own],
-                        group,
-                    )
+                    groups[ref.id] = ref.metadata[group_by]
+        examples, head = reference_examples(
+            s.index,
+            [ids[i] for i in sample],
+            vectors[sample],
+            [categories[i] for i in sample],
+            shoots(s.index, ids, vectors, categories),
+            self.vote,
+            groups,
+        )
+        asked = sum(not e.open_set for e in examples)
+        how = f"leave-one-shoot-out over {asked} references" + (
+            f" and its {group_by!r}" if group_by else ""
+        )
+        if labelled:
+            how += f"; {len(labelled)} labelled photos are fewer than {MIN_LABELLED}"
+        return examples, head, how
+
+    def embed_labelled(self, serving: Serving) -> int:
+        """Embed, for `serving`'s version, the stored labelled photos it has no vector for
+        (a reindex: the new version is judged on the same labelled traffic); returns how
+        many."""
+        missing = [x.id for x in self.store.labelled(serving.version) if x.vector is None]
+        done = 0
+        for start in range(0, len(missing), EMBED_BATCH):
+            chunk = missing[start : start + EMBED_BATCH]
+            images = {i: self.store.get_labelled_image(i) for i in chunk}
+            ids = [i for i in chunk if images[i] is not None]
+            if not ids:
+                continue
+            vectors, _ = serving.embed(
+                [images[i] or b"" for i in ids], [f"labelled photo {i}" for i in ids]
+            )
+            self.store.put_labelled_vectors(serving.version, dict(zip(ids, vectors, strict=True)))
+            done += len(ids)
+        return done
+
+    def labelled_count(self) -> int:
+        """Labelled photos stored with a vector of the serving model version."""
+        with self._use() as s:
+            return sum(x.vector is not None for x in self.store.labelled(s.version))
+
+    def add_labelled(
+        self, photos: Sequence[tuple[bytes, str]], source: str, deadline: float | None = None
+    ) -> int:
+        """Store photos a person labelled (image, category) as labelled traffic, embedded by
+        the serving model (and a reindex's new one); returns how many were new. They drive
+        the next calibration (`calibrate`). All or nothing: a bad image refuses the call."""
+        self._check_count(photos, "labelled photos")
+        for i, (_, label) in enumerate(photos):
+            validate_category_name(label, f"label of photo {i}")
+        if not source.strip():
+            raise InvalidArgument("source is empty; say where the labels came from")
+        images = [image for image, _ in photos]
+        names = [f"labelled photo {i}" for i in range(len(photos))]
+        _check_deadline(deadline, "embedding; nothing was written")
+        with self._use() as s:
+            vectors, _ = s.embed(images, names)
+            pending = self._pending
+            other = pending.embed(images, names)[0] if pending is not None else None
+            items = []
+            for image, label in photos:
+                sha = image_sha256(image)
+                items.append(LabelledPhoto(reference_id(label, sha), label, source, sha, image))
+            _check_deadline(deadline, "writing; nothing was written")
+            new = self.store.add_labelled(items, s.version, list(vectors))
+            if pending is not None and other is not None:
+                self.store.put_labelled_vectors(
+                    pending.version, {it.id: v for it, v in zip(items, other, strict=True)}
                 )
-        return votes
+        return new
 
     # -- writes --------------------------------------------------------------------------
 
@@ -759,7 +708,7 @@ class Catalog:
                     )
                 draft = Category(name, parent or None, {}, 0, 0, list(prompts))
                 text_vectors = s.prompt_vectors([draft]) if prompts else []
-                prepared = self._prepare(name, references, deadline)
+                prepared = self.prepare(name, references, deadline)
                 category, duplicate = self.store.create_category(
                     name, parent or None, metadata or {}, prepared, s.version, prompts
                 )
@@ -789,7 +738,7 @@ class Catalog:
                 f"category {category!r} does not exist; create it with AddCategory first"
             )
         with self._gate.write(), self._use() as s:
-            prepared = self._prepare(category, references, deadline)
+            prepared = self.prepare(category, references, deadline)
             duplicate = self.store.add_references(category, prepared, s.version)
             self._index_new(s, category, prepared)
         stored = self.store.get_category(category)
@@ -918,7 +867,7 @@ class Catalog:
                 f"{len(items)} {what} in one request; the limit is {limit}: split the request"
             )
 
-    def _prepare(
+    def prepare(
         self, category: str, references: Sequence[ReferenceInput], deadline: float | None
     ) -> list[NewReference]:
         """Decode and embed every reference, or fail naming the first bad one; while a

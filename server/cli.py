@@ -255,8 +255,8 @@ def cmd_import(args: argparse.Namespace) -> None:
         for category, images in groups.items():
             request = pb.GetCategoryRequest(name=category, include_references=True)
             stored_ids = {r.id for r in stub.GetCategory(request).references}
-            new = _new_images(images, category, stored_ids, counts, bar)
-            for batch in _batches(new, args.batch_size, IMPORT_BATCH_BYTES):
+            new = new_images(images, category, stored_ids, counts, bar)
+            for batch in import_batches(new, args.batch_size, IMPORT_BATCH_BYTES):
                 ok, bad = send_references(stub, category, batch)
                 counts["added"] += ok
                 counts["failed"] += len(bad)
@@ -287,20 +287,65 @@ def calibrate(stub: Any, group_by: str) -> None:
         return
     print(
         f"calibrated on {fitted.source}: temperature {fitted.temperature:.3f}, "
-        f"ECE {fitted.ece_before:.3f} -> {fitted.ece_after:.3f}; images whose nearest "
-        f"reference is below similarity {fitted.unknown_below:.3f} are called unknown"
+        f"ECE {fitted.ece_before:.3f} -> {fitted.ece_after:.3f}, top-1 {fitted.accuracy:.1%}; "
+        f"images whose nearest reference is below similarity {fitted.unknown_below:.3f} are "
+        "called unknown"
     )
-    if fitted.head_categories:
+    if fitted.has_auto_accept:
         print(
-            f"head fitted on {fitted.head_categories} categories and blended into every "
-            f"answer: leave-one-out top-1 {fitted.accuracy:.1%} (the vote alone "
-            f"{fitted.vote_accuracy:.1%}); a prediction's confidence is the head's curve of "
-            "its answer (refitted by the server once categories come or go)"
+            f"auto-accept from confidence {fitted.auto_accept_threshold:.4f}: "
+            f"{fitted.accepted_share:.1%} of these images, precision at least "
+            f"{fitted.precision_bound:.1%} ({fitted.bound_level:.0%} confidence; target "
+            f"{fitted.target_precision:.0%})"
         )
+    else:
+        print(f"nothing will be auto-accepted: {fitted.no_auto_accept_reason}")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    calibrate(connect(args), args.group_by)
+    stub = connect(args)
+    if args.labelled is not None:
+        add_labelled(stub, args)
+    calibrate(stub, args.group_by)
+
+
+def add_labelled(stub: Any, args: argparse.Namespace) -> None:
+    """Send the photos of `args.labelled` as labelled traffic; a bad one is left out and named."""
+    import grpc
+    from tqdm import tqdm
+
+    from server.commands.sources import load_source
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    dataset = load_source(args.labelled, args, "--labelled")
+    source = f"calibrate --labelled {args.labelled}"
+    added, failed = 0, []
+
+    def send(items: Sequence[tuple[LabeledImage, bytes]]) -> None:
+        nonlocal added
+        request = pb.AddLabelledRequest(
+            images=[pb.LabelledImage(image=data, category=i.category) for i, data in items],
+            source=source,
+        )
+        try:
+            added += stub.AddLabelled(request).added
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            if len(items) == 1:
+                failed.append((items[0][0].path, exc.details()))
+                return
+            for item in items:
+                send([item])
+
+    readable = ((image, image.path.read_bytes()) for image in dataset.images)
+    with tqdm(total=len(dataset.images), unit="img", desc="labelled") as bar:
+        for batch in import_batches(readable, IMPORT_BATCH, IMPORT_BATCH_BYTES):
+            send(batch)
+            bar.update(len(batch))
+    for path, reason in failed:
+        print(f"  left out {path}: {reason}", file=sys.stderr)
+    print(f"stored {added} new labelled photos ({len(failed)} left out)")
 
 
 # -- text ----------------------------------------------------------------------------------
@@ -344,7 +389,7 @@ def cmd_search(args: argparse.Namespace) -> None:
             print(f"  {r.similarity:6.3f}  {r.category}  {r.reference_id}")
 
 
-def _new_images(
+def new_images(
     images: Sequence[LabeledImage],
     category: str,
     stored_ids: set[str],
@@ -372,7 +417,7 @@ def _new_images(
         yield image, data
 
 
-def _batches(
+def import_batches(
     items: Iterable[tuple[LabeledImage, bytes]], max_images: int, max_bytes: int
 ) -> Iterator[list[tuple[LabeledImage, bytes]]]:
     """Consecutive batches of at most `max_images` images and (unless one image alone is
@@ -900,12 +945,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     calibrate_cmd = client_command(
         "calibrate",
-        "refit the confidence calibration on the stored references",
-        "Refit how vote shares become probabilities, and the 'unknown' threshold, by "
-        "leave-one-out over the server's references (each classified by the others), and "
-        "store the result with them. `nearcat import` does this after every import. Run it "
-        "after adding references by other means.",
+        "refit the confidence calibration and the auto-accept threshold",
+        "Refit how shares become probabilities, the auto-accept threshold and the 'unknown' "
+        "threshold on examples the catalogue has not seen, and store the result. With "
+        "--labelled, photos a person labelled (not references) are stored first: from 100 "
+        "of them on, they are what the fit uses. Without enough, each sampled reference is "
+        "asked of the others outside its shoot (its near-duplicate shots, found by "
+        "similarity, and its --group-by group). The auto-accept threshold must be earned: "
+        "the answers above it must reach the server's --auto-accept-precision with "
+        "--auto-accept-confidence; with too little evidence nothing is auto-accepted and "
+        "this says how many labelled photos would help. `nearcat import` calibrates after "
+        "every import.",
     )
+    calibrate_cmd.add_argument(
+        "--labelled",
+        type=Path,
+        metavar="SRC",
+        help="labelled photos that are not references: a folder tree or a CSV (the CSV flags "
+        "below apply); stored durably for the serving model version",
+    )
+    add_csv_arguments(calibrate_cmd)
     calibrate_cmd.add_argument(
         "--group-by",
         metavar="KEY",

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 
-from indexer.calibration import HEAD_DROPPED
+from indexer.calibration import REFIT_DUE
 from indexer.errors import NearcatError
 from server.catalog import Catalog
 
@@ -50,7 +50,7 @@ class Recalibrator:
         while not self._stop.wait(self.poll_s):
             calibration = self.catalog.calibration
             head = calibration.head
-            if head is None and not calibration.extra.get(HEAD_DROPPED):
+            if head is None and not calibration.extra.get(REFIT_DUE):
                 continue  # never calibrated with a head: nothing to keep current
             current = frozenset(self.catalog.nameable_categories())
             if current != seen:

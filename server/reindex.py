@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 from embedder import ArtifactError, WeightsError
 from embedder.model import resolve_model
 from embedder.registry import ModelRegistry
-from indexer.calibration import Calibration, LabelledVote, fit_calibration
+from indexer.calibration import Bound, Calibration, LabelledExample, fit_calibration
 from indexer.errors import FailedPrecondition, InvalidArgument, NearcatError
+from indexer.head import ConfidenceHead
 
 if TYPE_CHECKING:
     from embedder import Embedder
@@ -278,29 +279,29 @@ class Reindexer:
             self._save(job)
 
         self.catalog.fill(pending, progress, self.config.batch_size, self._stop)
+        if not self._stop.is_set():
+            self.catalog.embed_labelled(pending)
 
     def _validate(self, job: ReindexJob, pending: Serving) -> bool:
-        """Leave-one-out accuracy of the answer each version would serve (its vote, blended
-        with a head cross-fitted on the same votes, as a calibration fits it) on the same
-        sampled references; False (refused) when the new one is worse by more than the margin.
-        The new version keeps the calibration fitted here."""
+        """Top-1 of the answer each version would serve, on the same honest examples
+        (`Catalog.honest_examples`: the labelled traffic when there is enough, else
+        leave-one-shoot-out over the same sampled references); False (refused) when the new
+        one is worse by more than the margin. The new version keeps the calibration fitted
+        on its examples."""
         job.state = ReindexState.VALIDATING
         self._save(job)
         group_by = self.config.group_by or None
         examples = self.config.validation_examples
         self.catalog.sync_index(pending)  # adds and removes since it was filled
         try:
-            before = self.catalog.leave_one_out(self.catalog.serving, group_by, examples)
-            after = self.catalog.leave_one_out(pending, group_by, examples)
+            before = self.catalog.honest_examples(self.catalog.serving, group_by, examples)
+            after = self.catalog.honest_examples(pending, group_by, examples)
         except FailedPrecondition as exc:
             job.message = f"not validated ({exc})"
             return True
-        how = f"reindex validation over {len(after)} references"
-        fitted_before, fitted_after = _fitted(before, how), _fitted(after, how)
-        votes_right = _accuracy(before), _accuracy(after)
-        blended = _blend_accuracies(fitted_before, fitted_after)
-        job.accuracy_before, job.accuracy_after = blended or votes_right
-        job.validation_examples = len(after)
+        fitted_after = _fitted(*after, self.catalog.bound)
+        job.accuracy_before, job.accuracy_after = _accuracy(before[0]), _accuracy(after[0])
+        job.validation_examples = sum(not e.open_set for e in after[0])
         self.registry.record_metrics(
             job.target,
             {
@@ -308,23 +309,15 @@ class Reindexer:
                     "accuracy": job.accuracy_after,
                     "previous_version": job.previous,
                     "previous_accuracy": job.accuracy_before,
-                    "vote_accuracy": votes_right[1],
-                    "previous_vote_accuracy": votes_right[0],
                     "examples": job.validation_examples,
-                    "method": "leave-one-out over the stored references"
-                    + (f", excluding the same {group_by!r}" if group_by else "")
-                    + (
-                        "; the vote blended with a cross-fitted head, as served"
-                        if blended
-                        else "; the kNN vote (too few references for a head)"
-                    ),
+                    "method": after[2] + "; the answer as served (indexer.answer.evidence)",
                     "at_ms": int(time.time() * 1000),
                 }
             },
         )
         figures = (
-            f"leave-one-out accuracy {job.accuracy_before:.1%} with {job.previous}, "
-            f"{job.accuracy_after:.1%} with {job.target} ({job.validation_examples} references)"
+            f"top-1 {job.accuracy_before:.1%} with {job.previous}, {job.accuracy_after:.1%} "
+            f"with {job.target} ({after[2]})"
         )
         if job.accuracy_after < job.accuracy_before - job.max_accuracy_drop:
             job.state = ReindexState.REFUSED
@@ -342,23 +335,16 @@ class Reindexer:
         return True
 
 
-def _fitted(votes: list[LabelledVote], how: str) -> Calibration | None:
-    """The calibration these leave-one-out votes give, None when they are too few."""
+def _fitted(
+    examples: list[LabelledExample], head: ConfidenceHead | None, how: str, bound: Bound
+) -> Calibration | None:
+    """The calibration these examples give, None when they are too few."""
     try:
-        return fit_calibration(votes, how)
+        return fit_calibration(examples, how, bound, head)
     except ValueError:
         return None
 
 
-def _blend_accuracies(
-    before: Calibration | None, after: Calibration | None
-) -> tuple[float, float] | None:
-    """Both versions' accuracy of the vote blended with their head, None unless both have
-    one: the two are compared on the same kind of answer."""
-    if before is None or after is None or before.head is None or after.head is None:
-        return None
-    return before.extra["accuracy"], after.extra["accuracy"]
-
-
-def _accuracy(votes: list[LabelledVote]) -> float:
-    return sum(v.correct for v in votes) / len(votes) if votes else 0.0
+def _accuracy(examples: list[LabelledExample]) -> float:
+    inside = [e for e in examples if not e.open_set]
+    return sum(e.correct for e in inside) / len(inside) if inside else 0.0

@@ -131,8 +131,7 @@ def _classification(prediction: Prediction) -> pb.Classification:
     )
 
 
-def _calibration(calibration: Calibration, head_current: bool) -> pb.Calibration:
-    extra = calibration.extra
+def calibration_message(calibration: Calibration, head_current: bool) -> pb.Calibration:
     return pb.Calibration(
         temperature=calibration.temperature,
         unknown_below=calibration.unknown_below,
@@ -141,12 +140,17 @@ def _calibration(calibration: Calibration, head_current: bool) -> pb.Calibration
         ece_after=calibration.ece_after or 0.0,
         source=calibration.source,
         fitted_at_ms=calibration.fitted_at_ms,
-        accuracy=extra.get("accuracy", 0.0),
-        vote_accuracy=calibration.extra.get(
-            "vote_accuracy", calibration.extra.get("accuracy", 0.0)
-        ),
+        accuracy=calibration.extra.get("accuracy", 0.0),
         head_categories=len(calibration.head.categories) if calibration.head else 0,
         head_current=head_current,
+        has_auto_accept=calibration.auto_accept_at is not None,
+        auto_accept_threshold=calibration.auto_accept_at or 0.0,
+        target_precision=calibration.bound.precision,
+        bound_level=calibration.bound.level,
+        precision_bound=calibration.precision_bound or 0.0,
+        accepted_share=calibration.accepted_share,
+        no_auto_accept_reason=calibration.reason,
+        labelled_needed=calibration.labelled_needed,
     )
 
 
@@ -329,7 +333,7 @@ class NearcatServicer(pb_grpc.NearcatServicer):
             images_embedded=status.images_embedded,
             vectors_loaded_at_start=status.vectors_loaded_at_start,
             started_at_ms=status.started_at_ms,
-            calibration=_calibration(status.calibration, status.head_current),
+            calibration=calibration_message(status.calibration, status.head_current),
             text_model=status.text_model,
         )
 
@@ -360,8 +364,19 @@ class NearcatServicer(pb_grpc.NearcatServicer):
     ) -> pb.CalibrateResponse:
         calibration = self.catalog.calibrate(request.group_by_metadata or None)
         return pb.CalibrateResponse(
-            calibration=_calibration(calibration, self.catalog.head_current())
+            calibration=calibration_message(calibration, self.catalog.head_current())
         )
+
+    @rpc
+    def AddLabelled(
+        self, request: pb.AddLabelledRequest, context: grpc.ServicerContext
+    ) -> pb.AddLabelledResponse:
+        added = self.catalog.add_labelled(
+            [(item.image, item.category) for item in request.images],
+            request.source,
+            deadline_of(context),
+        )
+        return pb.AddLabelledResponse(added=added, total=self.catalog.labelled_count())
 
     @rpc
     def Reindex(

@@ -143,12 +143,12 @@ class Serving:
             self.remember_prompts(todo, self.prompt_vectors(todo))
 
     def prompt_vectors(self, categories: Sequence[Category]) -> list[np.ndarray]:
-        """One vector per category from its prompts (a prompt ensemble, see `_ensemble`)."""
+        """One vector per category from its prompts (a prompt ensemble, see `prompt_ensemble`)."""
         texts = [c.prompts for c in categories]
         flat = self.encode_text([t for group in texts for t in group])
         vectors, start = [], 0
         for group in texts:
-            vectors.append(_ensemble(flat[start : start + len(group)]))
+            vectors.append(prompt_ensemble(flat[start : start + len(group)]))
             start += len(group)
         return vectors
 
@@ -195,7 +195,7 @@ class Serving:
         self.batcher.close()
 
 
-def _ensemble(vectors: np.ndarray) -> np.ndarray:
+def prompt_ensemble(vectors: np.ndarray) -> np.ndarray:
     """The prompts' mean direction at their mean length; one prompt is its own vector.
 
     At the tower's own scale, like the category names it competes with in the text softmax:

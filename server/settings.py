@@ -40,11 +40,28 @@ class Settings(BaseSettings):
     k: int = Field(10, ge=1, le=1000, description="nearest references that vote")
     votes_per_category: int = Field(3, ge=1, description="votes counted per category at most")
     vote_temperature: float = Field(0.05, gt=0, description="softness of similarity weights")
-    auto_accept: float = Field(
-        0.95,
+    auto_accept_precision: float = Field(
+        0.98,
+        ge=0.5,
+        lt=1,
+        description="how often auto-accepted answers must be right: the calibration auto-"
+        "accepts from the lowest confidence whose answers on held-out labelled images reach "
+        "it (with --auto-accept-confidence); none when the evidence is too thin",
+    )
+    auto_accept_confidence: float = Field(
+        0.9,
+        ge=0.5,
+        lt=1,
+        description="one-sided confidence of the lower bound that must reach "
+        "--auto-accept-precision (at 0.9 and 0.98 a band needs at least 114 answers, all right)",
+    )
+    open_set_share: float = Field(
+        0.01,
         ge=0,
-        le=1,
-        description="calibrated probability from which a prediction is auto-accepted",
+        lt=0.5,
+        description="share of traffic assumed to belong to no category: the calibration asks "
+        "each labelled image again with its category left out, and counts those answers as "
+        "errors with this weight, so look-alikes of missing categories are not auto-accepted",
     )
     flag: float = Field(
         0.80,
@@ -55,9 +72,10 @@ class Settings(BaseSettings):
     )
     auto_accept_uncalibrated: bool = Field(
         False,
-        description="auto-accept before a calibration was fitted (`nearcat import` or "
-        "`nearcat calibrate` fits one from 20 references in 2 categories); raw vote shares "
-        "are not probabilities, so by default such answers are at most flagged",
+        description="auto-accept raw shares at or above --auto-accept-precision before a "
+        "calibration was fitted (`nearcat import` or `nearcat calibrate` fits one from 20 "
+        "references in 2 categories); raw vote shares are not probabilities, so by default "
+        "such answers are at most flagged",
     )
     thresholds_file: Path | None = Field(
         None,
@@ -153,14 +171,6 @@ class Settings(BaseSettings):
     rate_burst: float = Field(
         20.0, ge=1, description="calls a client may make at once before --rate-limit applies"
     )
-
-    @model_validator(mode="after")
-    def _bands_in_order(self) -> Settings:
-        if self.flag > self.auto_accept:
-            raise ValueError(
-                f"flag ({self.flag}) must not be above auto_accept ({self.auto_accept})"
-            )
-        return self
 
     @model_validator(mode="after")
     def _tls_files_go_together(self) -> Settings:

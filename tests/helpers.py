@@ -62,8 +62,8 @@ def make_image(kind: str, seed: int, size: int = 160, fmt: str = "JPEG") -> byte
 def projected_artifact(source: Path, out_dir: Path, dim: int = 256, collapse: bool = False) -> Path:
     """A second model version for reindex tests, cheap to make: `source`'s network with a
     seeded random projection head to `dim` dimensions (which keeps neighbourhoods much as
-    they were), or with `collapse` a head that maps every image to nearly the same vector
-    (a model that has lost what it knew)."""
+    they were), or with `collapse` a head that maps every image to the same vector (a model
+    that has lost what it knew)."""
     import dataclasses
 
     import torch
@@ -78,7 +78,7 @@ def projected_artifact(source: Path, out_dir: Path, dim: int = 256, collapse: bo
         head.weight.copy_(torch.randn(dim, config.embedding_dim, generator=generator))
         head.bias.zero_()
         if collapse:
-            head.weight.mul_(1e-6)
+            head.weight.zero_()
             head.bias.copy_(torch.randn(dim, generator=generator))
     network.head = head
     name = f"{config.name}-{'collapsed' if collapse else 'projected'}{dim}"

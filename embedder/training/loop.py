@@ -40,7 +40,12 @@ from embedder.training.checkpoint import load_checkpoint, remove_checkpoint, sav
 from embedder.training.features import CachedViews, PathViews, cache_views, seed_worker
 from embedder.training.loss import build_loss
 from embedder.training.options import TrainOptions
-from embedder.training.validation import SplitAccuracy, selection_score, split_accuracy
+from embedder.training.validation import (
+    Classifier,
+    SplitAccuracy,
+    selection_score,
+    split_accuracy,
+)
 
 FEATURES_FILE = "features.pt"
 EMBED_BATCH = 128
@@ -57,6 +62,7 @@ def train(
     options: TrainOptions,
     out_dir: Path,
     *,
+    classify: Classifier,
     models_dir: Path = Path("var/models"),
     work_dir: Path | None = None,
     resume: bool = False,
@@ -67,7 +73,8 @@ def train(
 
     `work_dir` (default `<out_dir>.work`) keeps the feature cache and a checkpoint after every
     epoch; with `resume` a killed run continues after its last finished epoch. `provenance`
-    (data source, command) is recorded in the artifact's training.json.
+    (data source, command) is recorded in the artifact's training.json. `classify` answers
+    the validation queries from the training images (the command gives the served answer).
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -119,7 +126,7 @@ def train(
     if len(classes) < 2:
         raise ValueError(f"training needs at least 2 trainable categories, got {classes}")
     cache = _features(data, config, options, base_version, prefix, work_dir, device, log)
-    data, problems = _drop_unreadable(data, cache)
+    data, problems = drop_unreadable(data, cache)
     for problem in problems:
         log(f"warning: {problem}")
     trainable = [i for i, image in enumerate(data.train) if image.category in set(classes)]
@@ -152,13 +159,13 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
 
     def accuracy(part: str, head: nn.Module, use_tail: Tail | None = None) -> SplitAccuracy:
-        return _accuracy(data, cache, part, use_tail or tail, head, options, device)
+        return _accuracy(classify, data, cache, part, use_tail or tail, head, device)
 
     if state is None:
         baseline_val = accuracy("val", base_head)
         if options.head_init == "pca" and base_config.projection_dim != options.embedding_dim:
             trained_rows = cache["train"].features[trainable]
-            _principal_directions(network.head, _pooled(trained_rows, tail, device))
+            principal_directions(network.head, _pooled(trained_rows, tail, device))
         state = {
             "options": options.to_dict(),
             "split": fingerprint,
@@ -317,7 +324,7 @@ def _pooled(features: torch.Tensor, tail: Tail, device: torch.device) -> torch.T
 
 
 @torch.no_grad()
-def _principal_directions(head: nn.Module, pooled: torch.Tensor) -> None:
+def principal_directions(head: nn.Module, pooled: torch.Tensor) -> None:
     """Set the projection to the centred top principal directions of the frozen features.
 
     Training then starts from (nearly) the frozen model's geometry instead of a random one,
@@ -446,23 +453,23 @@ def _embed(features: torch.Tensor, tail: Tail, head: nn.Module, device: torch.de
 
 
 def _accuracy(
+    classify: Classifier,
     data: Split,
     cache: dict[str, Any],
     part: str,
     tail: Tail,
     head: nn.Module,
-    options: TrainOptions,
     device: torch.device,
 ) -> SplitAccuracy:
-    """kNN top-1 of `part`'s images against all training images (held-out ones included)."""
+    """Top-1 of `part`'s images against all training images (held-out ones included)."""
     queries: list[LabeledImage] = getattr(data, part)
     return split_accuracy(
+        classify,
         _embed(cache["train"].features, tail, head, device),
         [i.category for i in data.train],
         _embed(cache[part].features, tail, head, device),
         [i.category for i in queries],
         data.held_out,
-        options.k,
     )
 
 
@@ -529,7 +536,7 @@ def _features(
     return cache
 
 
-def _drop_unreadable(data: Split, cache: dict[str, Any]) -> tuple[Split, list[str]]:
+def drop_unreadable(data: Split, cache: dict[str, Any]) -> tuple[Split, list[str]]:
     """The split without images that failed to decode (and their cached rows). A training
     image whose plain or any augmented view failed goes from every view: one mask for all
     keeps their rows aligned with each other and with the labels."""

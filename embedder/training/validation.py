@@ -1,37 +1,22 @@
-"""kNN accuracy on trained and held-out categories, and the checkpoint selection rule.
+"""Validation accuracy on trained and held-out categories, and the checkpoint selection rule.
 
 References are the training images of every category, held-out ones included (added as
-references only, as a user would add a new category); queries are validation images. Accuracy
-is reported separately for queries of trained categories and of held-out categories.
+references only, as a user would add a new category); queries are the validation images
+(labelled traffic with `nearcat train --val`). Accuracy is reported separately for queries
+of trained categories and of held-out categories. The classifier is the caller's
+(`Classifier`): the training command gives the answer a server would serve, so that
+training knows nothing of the index and scoring (embedder/ does not import indexer/).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.ids import reference_id
-from indexer.index import VectorIndex
-from indexer.vote import VoteConfig, knn_vote
-
-
-def knn_top1(
-    references: np.ndarray,
-    reference_categories: Sequence[str],
-    queries: np.ndarray,
-    k: int,
-) -> list[str]:
-    """The top category of each query by the service's own index and vote."""
-    index = VectorIndex(references.shape[1], use_gpu=False)
-    ids = [reference_id(c, f"{n:064x}") for n, c in enumerate(reference_categories)]
-    index.add(ids, list(reference_categories), references)
-    config = VoteConfig(k=k)
-    return [
-        scores[0].category if (scores := knn_vote(hits, config, top_n=1)) else ""
-        for hits in index.search(queries, k)
-    ]
+# (reference vectors, their categories, query vectors) -> each query's answer
+Classifier = Callable[[np.ndarray, Sequence[str], np.ndarray], list[str]]
 
 
 @dataclass(frozen=True)
@@ -53,14 +38,14 @@ class SplitAccuracy:
 
 
 def split_accuracy(
+    classify: Classifier,
     references: np.ndarray,
     reference_categories: Sequence[str],
     queries: np.ndarray,
     query_categories: Sequence[str],
     held_out: Sequence[str],
-    k: int,
 ) -> SplitAccuracy:
-    predicted = knn_top1(references, reference_categories, queries, k)
+    predicted = classify(references, reference_categories, queries)
     held = set(held_out)
     hits: dict[bool, list[bool]] = {True: [], False: []}
     for guess, truth in zip(predicted, query_categories, strict=True):

@@ -1,6 +1,6 @@
 """`nearcat eval`: measure a model's kNN classification on labelled images, in-process.
 
-A thin layer over `embedder.evaluate` (the measuring) and `embedder.report` (the plots).
+A thin layer over `server.evaluation` (the measuring and the plots).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from server.commands.sources import add_csv_arguments, load_source
 
 if TYPE_CHECKING:
     from embedder.datasets import LabeledImage
-    from embedder.evaluate import Evaluation
     from indexer.vote import VoteConfig
+    from server.evaluation.evaluate import EmbeddingCache, Evaluation
 
     # references, queries, parents, held-out categories, split summary, calibration images
     Chosen = tuple[
@@ -84,6 +84,15 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     sources = parser.add_argument_group("images (either --references and --queries, or --data)")
     sources.add_argument("--references", type=Path, metavar="SRC", help="reference images")
     sources.add_argument("--queries", type=Path, metavar="SRC", help="images to classify")
+    sources.add_argument(
+        "--labelled",
+        type=Path,
+        metavar="SRC",
+        help="labelled photos that are not references (as `nearcat calibrate --labelled` "
+        "stores them): the calibration and the auto-accept threshold are fitted on them; "
+        "without, by leave-one-shoot-out over the references, as a server without labelled "
+        "traffic does",
+    )
     sources.add_argument("--data", type=Path, metavar="SRC", help="one source to split")
     sources.add_argument(
         "--split",
@@ -170,6 +179,32 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "artifact has been exported, as the server does (default: auto)",
     )
     model.add_argument("--batch-size", type=int, default=32, help="images decoded per batch")
+    model.add_argument(
+        "--embedding-cache",
+        type=Path,
+        metavar="FILE",
+        help="keep every vector in this .npz file, by model version and file hash: a later "
+        "run on the same images embeds nothing again",
+    )
+    model.add_argument(
+        "--auto-accept-precision",
+        type=float,
+        default=0.98,
+        help="as `nearcat serve`'s: the precision the auto-accept band must prove "
+        "(default: %(default)s)",
+    )
+    model.add_argument(
+        "--auto-accept-confidence",
+        type=float,
+        default=0.9,
+        help="one-sided confidence of that proof (default: %(default)s)",
+    )
+    model.add_argument(
+        "--open-set-share",
+        type=float,
+        default=0.01,
+        help="share of traffic assumed to belong to no category (default: %(default)s)",
+    )
 
     output = parser.add_argument_group("output")
     output.add_argument("--json", type=Path, metavar="FILE", help="write the full results here")
@@ -192,8 +227,9 @@ def run(args: argparse.Namespace) -> None:
     if args.zero_shot:
         run_zero_shot(args)
         return
-    from embedder.evaluate import EmbeddingCache, evaluate, load_models, over_seeds
-    from embedder.report import write_report
+    from indexer.calibration import Bound
+    from server.evaluation.evaluate import EmbeddingCache, evaluate, load_models, over_seeds
+    from server.evaluation.report import write_report
 
     if len(args.seed) > 1 and args.data is None:
         raise CommandError("several --seed values split one source: give --data")
@@ -205,9 +241,9 @@ def run(args: argparse.Namespace) -> None:
     except (ValueError, OSError) as exc:
         raise CommandError(f"--model {args.model}: {exc}") from exc
     trained = trained_split(Path(model.path)) if args.data and model.path else None
-    cache = EmbeddingCache()
+    cache = EmbeddingCache.load(args.embedding_cache) if args.embedding_cache else EmbeddingCache()
     reports: dict[int, dict[str, Any]] = {}
-    for seed, chosen in zip(args.seed, choose_images(args, args.seed), strict=True):
+    for seed, chosen in zip(args.seed, choose_images(args, args.seed, cache), strict=True):
         references, queries, parents, held_out, split, calibration = chosen
         if trained is not None and split is not None:
             check_split(trained, split, held_out)
@@ -222,12 +258,17 @@ def run(args: argparse.Namespace) -> None:
                 vote=vote,
                 leakage_threshold=args.leakage_threshold,
                 batch_size=args.batch_size,
-                calibration_queries=calibration,
+                labelled=calibration,
+                bound=Bound(
+                    args.auto_accept_precision, args.auto_accept_confidence, args.open_set_share
+                ),
                 cache=cache,
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         evaluation.split = split
+        if args.embedding_cache:
+            cache.save(args.embedding_cache)
         if len(args.seed) > 1:
             print(f"-- seed {seed}")
         print_summary(evaluation)
@@ -312,7 +353,7 @@ def print_over_seeds(summary: dict[str, dict[str, Any]], seeds: int) -> None:
 def run_zero_shot(args: argparse.Namespace) -> None:
     """`eval --zero-shot`: the queries among all categories, from their names alone."""
     from embedder import load_artifact, resolve_model
-    from embedder.evaluate import evaluate_zero_shot
+    from server.evaluation.evaluate import EmbeddingCache, evaluate_zero_shot
 
     if args.report:
         raise CommandError("--report draws the kNN evaluation; with --zero-shot use --json")
@@ -323,7 +364,9 @@ def run_zero_shot(args: argparse.Namespace) -> None:
     else:
         if len(args.seed) > 1:
             raise CommandError("--zero-shot takes one --seed")
-        references, queries, parents, _, split, _ = next(choose_images(args, args.seed))
+        references, queries, parents, _, split, _ = next(
+            choose_images(args, args.seed, EmbeddingCache())
+        )
         labels = sorted({i.category for i in [*references, *queries]})
     try:
         model = load_artifact(resolve_model(args.model, args.models_dir), runtime=args.runtime)
@@ -367,7 +410,9 @@ def vote_config(args: argparse.Namespace) -> VoteConfig:
     return vote
 
 
-def choose_images(args: argparse.Namespace, seeds: Sequence[int]) -> Iterator[Chosen]:
+def choose_images(
+    args: argparse.Namespace, seeds: Sequence[int], cache: EmbeddingCache
+) -> Iterator[Chosen]:
     """For each seed: (references, queries, parents, held-out categories, split summary,
     calibration images) from the flags, the sources read once. Calibration is fitted on the
     validation part when the test part is queried, else (no such part) by leave-one-out over
@@ -381,12 +426,19 @@ def choose_images(args: argparse.Namespace, seeds: Sequence[int]) -> Iterator[Ch
     if args.references or args.queries:
         raise CommandError("give either --data, or --references and --queries, not both")
     dataset = load_source(args.data, args, "--data")
+    images = dataset.images
+    if args.group_column is None:  # as `nearcat train` does: bursts stay on one side
+        from embedder.model import load_artifact, resolve_model
+        from server.evaluation.evaluate import FROZEN_BASELINE, grouped_by_shoots
+
+        frozen = load_artifact(resolve_model(FROZEN_BASELINE, args.models_dir))
+        images = grouped_by_shoots(images, frozen, cache)
     for seed in seeds:
         try:
             split = split_dataset(
-                dataset.images,
+                images,
                 seed=seed,
-                grouped=args.group_column is not None,
+                grouped=True,
                 holdout=named or args.holdout,
                 max_group_share=args.max_group_share,
             )
@@ -409,16 +461,17 @@ def _two_sources(args: argparse.Namespace, named: list[str]) -> Chosen:
         raise CommandError("--holdout N picks categories of a split: use it with --data")
     references = load_source(args.references, args, "--references")
     queries = load_source(args.queries, args, "--queries")
+    labelled = load_source(args.labelled, args, "--labelled").images if args.labelled else []
     unknown = sorted(set(named) - {i.category for i in references.images})
     if unknown:
         raise CommandError(f"--holdout-categories: not among the references: {', '.join(unknown)}")
     parents = {**queries.parents, **references.parents}
-    return references.images, queries.images, parents, sorted(named), None, []
+    return references.images, queries.images, parents, sorted(named), None, labelled
 
 
 def print_summary(evaluation: Evaluation) -> None:
     """A table of the model against the baselines, then held-out, worst categories, warnings."""
-    from embedder.report import accepted_text
+    from server.evaluation.report import accepted_text
 
     rows = [("model kNN", evaluation.knn)] + list(evaluation.baselines.items())
     print(
@@ -441,15 +494,15 @@ def print_summary(evaluation: Evaluation) -> None:
         print("by level: " + ", ".join(f"{k} {v:.1%}" for k, v in metrics.hierarchy.items()))
     if evaluation.confidence is not None:
         c = evaluation.confidence
-        print(
-            f"calibration ({c.calibration.source}): ECE {c.ece_before:.3f} -> {c.ece_after:.3f}; "
-            f"auto-accept at >= {c.chosen['threshold']:.3f}: {accepted_text(c.chosen)}"
-        )
-        if c.tempered_share is not None:
-            share = c.tempered_share["threshold_chosen_on_calibration_data"]
+        print(f"calibration ({c.calibration.source}): ECE {c.ece_before:.3f} -> {c.ece_after:.3f}")
+        if c.calibration.auto_accept_at is None:
+            print(f"auto-accept: none earned ({c.calibration.reason})")
+        else:
+            bound = c.calibration.precision_bound or 0.0
             print(
-                "  (confidence from the head's curve; with the tempered share instead: "
-                f"{accepted_text(share)})"
+                f"auto-accept at >= {c.calibration.auto_accept_at:.4f} (earned: precision >= "
+                f"{bound:.1%} at {c.calibration.bound.level:.0%} confidence): "
+                f"{accepted_text(c.chosen)}"
             )
     worst = ", ".join(
         f"{name} {metrics.per_category[name].top1:.0%}" for name in metrics.worst_categories

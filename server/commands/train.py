@@ -25,8 +25,11 @@ Fine-tune an embedding model with ArcFace metric learning and write the result a
 artifact that `nearcat eval --model MODEL_DIR` evaluates and `nearcat reindex --model
 MODEL_DIR` switches a running server to (`nearcat serve --model MODEL_DIR` for a new store).
 
-The data is split like `nearcat eval --data` does (stratified, grouped by --group-column,
-same --seed and --holdout give the same split). Held-out categories are never trained on:
+The data is split like `nearcat eval --data` does (stratified, grouped by --group-column or,
+without one, by shoots: near-duplicate shots of one product found by similarity; same --seed
+and --holdout give the same split). With --val, labelled photos that are not in --data judge
+the epochs instead of the split's val part: real traffic is never a burst sibling of a
+training image, so it is the honest judge. Held-out categories are never trained on:
 their training images are only references during validation, so every epoch reports kNN
 accuracy on trained ("seen") and on held-out categories. The kept epoch is the one with the
 best seen accuracy among those whose held-out accuracy stays within --held-out-tolerance of
@@ -77,7 +80,16 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     data.add_argument("--data", type=Path, required=True, metavar="SRC", help="folder tree or CSV")
     data.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="new artifact")
     data.add_argument(
-        "--group-column", help="CSV column whose rows stay on one side of the split (e.g. sender)"
+        "--group-column",
+        help="CSV column whose rows stay on one side of the split (e.g. sender); without it, "
+        "near-duplicate shots of one product are found by similarity and kept together",
+    )
+    data.add_argument(
+        "--val",
+        type=Path,
+        metavar="SRC",
+        help="labelled photos that are not in --data (traffic a person labelled): they choose "
+        "the epoch and guard the held-out categories, and the split's own val part trains",
     )
     data.add_argument(
         "--max-group-share",
@@ -208,8 +220,10 @@ def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from embedder.model import ArtifactError, WeightsError
-    from embedder.splits import FOLDS, split_dataset
+    from embedder.splits import FOLDS, Split, split_dataset
     from embedder.training import TrainOptions, train
+    from indexer.vote import VoteConfig
+    from server.evaluation.evaluate import served_classifier
 
     if args.out.exists():
         raise CommandError(f"{args.out} already exists; delete it or choose another --out")
@@ -234,14 +248,16 @@ def run(args: argparse.Namespace) -> None:
                 "categories never trained on are not measured",
                 file=sys.stderr,
             )
+    images = dataset.images
+    if args.group_column is None:
+        images = _shoots(images, args)
     try:
         split = split_dataset(
-            dataset.images,
-            args.seed,
-            grouped=args.group_column is not None,
-            holdout=holdout,
-            max_group_share=args.max_group_share,
+            images, args.seed, grouped=True, holdout=holdout, max_group_share=args.max_group_share
         )
+        if args.val is not None:  # labelled traffic judges the epochs; the val part trains
+            labelled = load_source(args.val, args, "--val").images
+            split = Split(split.train + split.val, labelled, split.test, split.held_out)
         options = TrainOptions(
             base=args.base,
             name=args.name,
@@ -276,6 +292,8 @@ def run(args: argparse.Namespace) -> None:
         "data": str(args.data),
         "path_template": args.path_template,
         "group_column": args.group_column,
+        "grouped_by": args.group_column or "shoots (near-duplicate shots, by the frozen model)",
+        "val": str(args.val) if args.val else None,
         "max_group_share": args.max_group_share,
         "exclude_labels": args.exclude_label,
         "command": shlex.join(["nearcat", *sys.argv[1:]]),
@@ -290,6 +308,7 @@ def run(args: argparse.Namespace) -> None:
             resume=args.resume,
             provenance=provenance,
             log=tqdm.write,
+            classify=served_classifier(VoteConfig(k=args.k)),
         )
     except (ValueError, FileExistsError, FileNotFoundError, ArtifactError, WeightsError) as exc:
         raise CommandError(str(exc)) from exc
@@ -299,6 +318,21 @@ def run(args: argparse.Namespace) -> None:
         f"`nearcat reindex --model {result.artifact}` switches a running server to it (the "
         "model path as the server sees it)"
     )
+
+
+def _shoots(images: list[LabeledImage], args: argparse.Namespace) -> list[LabeledImage]:
+    """The images grouped into shoots by the frozen packaged model, so that near-duplicate
+    shots of one product never sit on both sides of the split (as eval --data does)."""
+    from embedder.model import load_artifact, resolve_model
+    from server.evaluation.evaluate import FROZEN_BASELINE, grouped_by_shoots
+
+    print(
+        "no --group-column: grouping near-duplicate shots into shoots (frozen "
+        f"{FROZEN_BASELINE}), so the validation is not judged by an image's own burst",
+        file=sys.stderr,
+    )
+    frozen = load_artifact(resolve_model(FROZEN_BASELINE, args.models_dir))
+    return grouped_by_shoots(images, frozen)
 
 
 def _blocks(value: str) -> int | Literal["all"]:

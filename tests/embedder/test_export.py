@@ -76,9 +76,9 @@ def test_the_packaged_model_comes_exported_and_is_served_by_onnx_runtime(
     assert recorded["onnx_file"] == "model.onnx"
     assert recorded["onnx_sha256"] == sha256(model_artifact / "model.onnx")
     embedder = load_artifact(model_artifact)
-    assert isinstance(embedder._backend, OnnxBackend)
+    assert isinstance(embedder.backend, OnnxBackend)
     assert embedder.max_batch == OnnxBackend.max_batch
-    assert isinstance(load_artifact(model_artifact, runtime="torch")._backend, TorchBackend)
+    assert isinstance(load_artifact(model_artifact, runtime="torch").backend, TorchBackend)
 
 
 def test_the_onnx_model_passes_the_checker_with_a_dynamic_batch_axis(
@@ -103,7 +103,7 @@ def test_onnx_runtime_matches_pytorch_on_decoded_images(model_artifact: Path) ->
 
 def test_any_batch_size_gives_the_vectors_of_one_image_at_a_time(model_artifact: Path) -> None:
     embedder = load_artifact(model_artifact, runtime="onnx")
-    backend = embedder._backend
+    backend = embedder.backend
     pixels = np.stack([embedder.decode(data) for data in images()[:7]])
     alone = np.concatenate([backend.run(pixels[i : i + 1]) for i in range(len(pixels))])
     np.testing.assert_allclose(backend.run(pixels), alone, atol=1e-5)
@@ -121,7 +121,7 @@ def test_asking_for_a_gpu_that_is_not_there_says_what_to_do(model_artifact: Path
 
 
 def test_device_cpu_keeps_onnx_runtime_on_the_cpu(model_artifact: Path) -> None:
-    backend = load_artifact(model_artifact, device="cpu")._backend
+    backend = load_artifact(model_artifact, device="cpu").backend
     assert isinstance(backend, OnnxBackend) and backend.providers == ["CPUExecutionProvider"]
     with pytest.raises(ValueError, match="device must be one of"):
         load_artifact(model_artifact, device="tpu")
@@ -161,7 +161,7 @@ def test_an_onnx_model_that_onnx_runtime_cannot_load_is_an_artifact_error(
 def test_onnx_runtime_needs_an_exported_artifact(tiny: Path) -> None:
     with pytest.raises(ArtifactError, match=r"has no ONNX model: export one with `nearcat export"):
         load_artifact(tiny, runtime="onnx")
-    assert isinstance(load_artifact(tiny)._backend, TorchBackend)  # auto falls back to torch
+    assert isinstance(load_artifact(tiny).backend, TorchBackend)  # auto falls back to torch
     with pytest.raises(ValueError, match="runtime must be one of"):
         load_artifact(tiny, runtime="tensorrt")
 
@@ -259,7 +259,7 @@ def test_a_tiny_open_clip_vit_exports(tmp_path: Path) -> None:
     )
     artifact = create_artifact(config, tmp_path / "clip")
     assert export_artifact(artifact, images()).min_cosine >= 0.999
-    assert isinstance(load_artifact(artifact)._backend, OnnxBackend)
+    assert isinstance(load_artifact(artifact).backend, OnnxBackend)
 
 
 # --- materialising a registered model -----------------------------------------------------
@@ -279,7 +279,7 @@ def test_resolve_model_exports_a_registered_model_and_upgrades_an_old_one(
     assert meta(fresh)["onnx_sha256"] == sha256(fresh / "model.onnx")
     old = create_artifact(TINY_HEAD, tmp_path / "old" / TINY_HEAD.name)  # before ONNX existed
     assert resolve_model(TINY_HEAD.name, tmp_path / "old") == old
-    assert isinstance(load_artifact(old)._backend, OnnxBackend)
+    assert isinstance(load_artifact(old).backend, OnnxBackend)
 
 
 def test_resolve_model_serves_with_pytorch_when_export_fails(
@@ -292,7 +292,7 @@ def test_resolve_model_serves_with_pytorch_when_export_fails(
     monkeypatch.setattr(export_module, "export_network", broken)
     artifact = resolve_model("test-no-onnx", tmp_path)
     assert not (artifact / "model.onnx").exists()
-    assert isinstance(load_artifact(artifact)._backend, TorchBackend)
+    assert isinstance(load_artifact(artifact).backend, TorchBackend)
 
 
 # --- the command ---------------------------------------------------------------------------

@@ -304,7 +304,7 @@ def test_embeddings_are_float32_unit_vectors(lite0: Embedder) -> None:
 def test_batches_larger_than_max_batch_are_chunked(lite0: Embedder) -> None:
     pixels = np.stack([lite0.preprocess(noise(100, 100, seed)) for seed in range(5)])
     whole = lite0.embed_pixels(pixels)
-    chunked = Embedder(lite0._backend, lite0.config, lite0.version, max_batch=2)
+    chunked = Embedder(lite0.backend, lite0.config, lite0.version, max_batch=2)
     np.testing.assert_allclose(chunked.embed_pixels(pixels), whole, atol=1e-5)
 
 

@@ -19,10 +19,16 @@ from embedder.splits import Split
 from embedder.training import TrainOptions, train
 from embedder.training.checkpoint import load_checkpoint
 from embedder.training.features import CachedViews
-from embedder.training.loop import _drop_unreadable, _principal_directions
+from embedder.training.loop import drop_unreadable, principal_directions
 from embedder.training.loss import build_loss
 from embedder.training.validation import SplitAccuracy, selection_score
 from tests.helpers import KINDS, make_image, tiny_model_config
+
+
+def nearest(references: np.ndarray, categories: list[str], queries: np.ndarray) -> list[str]:
+    """The validation classifier the tests give training: each query's nearest reference."""
+    return [categories[int(i)] for i in np.argmax(queries @ references.T, axis=1)]
+
 
 TINY = tiny_model_config("test-train-tiny")
 FAST = {"trainable_blocks": 1, "cached_views": 1, "workers": 0, "batch_size": 8, "k": 3}
@@ -73,7 +79,7 @@ def test_selection_never_prefers_an_epoch_that_gave_up_held_out_accuracy() -> No
 def test_the_pca_head_keeps_the_frozen_geometry() -> None:
     pooled = torch.randn(20, 6, dtype=torch.float64) + 3.0
     head = torch.nn.Linear(6, 6).double()
-    _principal_directions(head, pooled)
+    principal_directions(head, pooled)
     with torch.no_grad():
         projected = head(pooled)
     torch.testing.assert_close(projected.mean(dim=0), torch.zeros(6, dtype=torch.float64))
@@ -106,7 +112,7 @@ def test_a_tiny_run_writes_a_loadable_artifact_of_unit_vectors(
     tiny_base: Path, tiny_split: Split, tmp_path: Path
 ) -> None:
     options = TrainOptions(base=str(tiny_base), embedding_dim=32, epochs=1, freeze_epochs=0, **FAST)
-    result = train(tiny_split, options, tmp_path / "model", log=lambda line: None)
+    result = train(tiny_split, options, tmp_path / "model", classify=nearest, log=lambda line: None)
 
     embedder = load_artifact(result.artifact)
     assert embedder.config.name == "test-train-tiny-arcface"
@@ -137,23 +143,41 @@ def test_a_killed_run_resumes_after_its_last_finished_epoch(
             raise _Killed
 
     with pytest.raises(_Killed):
-        train(tiny_split, options, out, work_dir=work, log=killed_after_epoch_two)
+        train(tiny_split, options, out, work_dir=work, classify=nearest, log=killed_after_epoch_two)
     checkpoint = load_checkpoint(work)
     assert checkpoint is not None and checkpoint["epoch"] == 2
     assert not out.exists()
 
     with pytest.raises(FileExistsError, match="--resume"):
-        train(tiny_split, options, out, work_dir=work, log=lambda line: None)
+        train(tiny_split, options, out, work_dir=work, classify=nearest, log=lambda line: None)
     changed = TrainOptions(base=str(tiny_base), embedding_dim=16, epochs=4, **FAST)
     with pytest.raises(ValueError, match="epochs"):
-        train(tiny_split, changed, out, work_dir=work, resume=True, log=lambda line: None)
+        train(
+            tiny_split,
+            changed,
+            out,
+            work_dir=work,
+            resume=True,
+            classify=nearest,
+            log=lambda line: None,
+        )
     # Same parts (and fingerprint), another category held out: another run.
     other_held_out = replace(tiny_split, held_out=["checkers"])
     with pytest.raises(ValueError, match="held out dots, this one checkers"):
-        train(other_held_out, options, out, work_dir=work, resume=True, log=lambda line: None)
+        train(
+            other_held_out,
+            options,
+            out,
+            work_dir=work,
+            resume=True,
+            classify=nearest,
+            log=lambda line: None,
+        )
 
     lines: list[str] = []
-    result = train(tiny_split, options, out, work_dir=work, resume=True, log=lines.append)
+    result = train(
+        tiny_split, options, out, work_dir=work, resume=True, classify=nearest, log=lines.append
+    )
     assert "resuming after epoch 2 of 3" in lines
     assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["3/3"]
     assert [h["epoch"] for h in result.metadata["history"]] == [1, 2, 3]
@@ -171,7 +195,9 @@ def test_a_truncated_feature_cache_is_cached_again(
     (work / "features.pt").write_bytes(b"PK\x03\x04 the start of a zip archive")
     options = TrainOptions(base=str(tiny_base), embedding_dim=16, epochs=1, freeze_epochs=0, **FAST)
     lines: list[str] = []
-    train(tiny_split, options, tmp_path / "model", work_dir=work, log=lines.append)
+    train(
+        tiny_split, options, tmp_path / "model", work_dir=work, classify=nearest, log=lines.append
+    )
     assert any(line.startswith("warning: ") and "cannot be read" in line for line in lines)
     assert any(line.startswith("cached frozen features") for line in lines)
     assert torch.load(work / "features.pt", weights_only=False)["fingerprint"]
@@ -185,8 +211,17 @@ def test_a_seed_gives_the_same_run_whether_the_features_were_cached_or_not(
     not start from what is left of the generator after those."""
     options = TrainOptions(base=str(tiny_base), embedding_dim=16, epochs=1, freeze_epochs=0, **FAST)
     work, lines = tmp_path / "work", []
-    first = train(tiny_split, options, tmp_path / "first", work_dir=work, log=lambda line: None)
-    second = train(tiny_split, options, tmp_path / "second", work_dir=work, log=lines.append)
+    first = train(
+        tiny_split,
+        options,
+        tmp_path / "first",
+        work_dir=work,
+        classify=nearest,
+        log=lambda line: None,
+    )
+    second = train(
+        tiny_split, options, tmp_path / "second", work_dir=work, classify=nearest, log=lines.append
+    )
     assert any("using cached features" in line for line in lines)
     assert second.metadata["history"] == first.metadata["history"]
 
@@ -208,7 +243,7 @@ def test_an_image_unreadable_in_any_view_leaves_every_view_so_rows_stay_aligned(
         "test": views([0], [True]),
         "augmented": [views([10, 11, 13], [True, True, False])],  # a, b, d
     }
-    kept, problems = _drop_unreadable(data, cache)
+    kept, problems = drop_unreadable(data, cache)
     assert kept.train == [a, c] and kept.trainable() == [a]
     assert cache["train"].features.flatten().tolist() == [0, 2]
     assert cache["augmented"][0].features.flatten().tolist() == [10]
@@ -222,7 +257,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(
     options = TrainOptions(
         base=str(tiny_base), embedding_dim=16, epochs=6, patience=2, **frozen_weights, **FAST
     )
-    result = train(tiny_split, options, tmp_path / "model", log=lambda line: None)
+    result = train(tiny_split, options, tmp_path / "model", classify=nearest, log=lambda line: None)
     assert result.metadata["stopped_early"] is True
     assert result.metadata["epochs_run"] == 3  # the first epoch is best; two more show no gain
     assert result.metadata["best_epoch"] == 1
@@ -243,7 +278,7 @@ def test_a_whole_network_run_with_online_augmentation_trains_the_stem_too(
         k=3,
     )
     lines: list[str] = []
-    result = train(tiny_split, options, tmp_path / "model", log=lines.append)
+    result = train(tiny_split, options, tmp_path / "model", classify=nearest, log=lines.append)
 
     base = dict(load_network(tiny_base)[0].backbone.named_parameters())
     trained = dict(load_network(result.artifact)[0].backbone.named_parameters())

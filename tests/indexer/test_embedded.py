@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from indexer.embedded import DataDirInUse, EmbeddedValkey
+
+# A nearcat-like owner: starts the embedded Valkey, writes, says its Valkey's pid, waits.
+OWNER = """
+import sys, time
+from pathlib import Path
+from indexer.embedded import EmbeddedValkey
+client = EmbeddedValkey(Path(sys.argv[1])).start()
+client.set("kept", "yes")
+print(client.info("server")["process_id"], flush=True)
+time.sleep(120)
+"""
 
 
 def valkey_pid(client) -> int:  # type: ignore[no-untyped-def]
@@ -46,13 +59,14 @@ def test_a_second_owner_of_the_data_dir_is_refused(tmp_path: Path) -> None:
 def test_a_valkey_orphaned_by_a_dead_owner_is_replaced(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dead = EmbeddedValkey(tmp_path)
-    client = dead.start()
-    client.set("kept", "yes")
-    orphan_pid = valkey_pid(client)
-    # As if the owner were SIGKILLed: its lock is released, its Valkey keeps running.
-    dead._lock_file.close()  # type: ignore[union-attr]
-    dead._lock_file = None
+    # An owner process SIGKILLed: its lock goes with it, its Valkey keeps running.
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout is not None
+    orphan_pid = int(owner.stdout.readline())
+    owner.kill()
+    owner.wait()
 
     heir = EmbeddedValkey(tmp_path)
     client = heir.start()

@@ -1,4 +1,4 @@
-"""The head: fit, its blend into the vote, its curve from unseen images, storage."""
+"""The head: fit, its blend into the vote, out-of-fold heads, storage."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from indexer.calibration import HEAD_DROPPED, Calibration, LabelledVote, ece, fit_calibration
-from indexer.head import MAX_BLENDED, ConfidenceHead, cross_fitted_head, fit_curve, fit_head
+from indexer.calibration import Calibration
+from indexer.head import MAX_BLENDED, ConfidenceHead, cross_fitted_head, fit_head
 from indexer.vote import CategoryScore
 
 
@@ -68,50 +68,6 @@ def centre_votes(
     ]  # fmt: skip
 
 
-def ece_raw_and_served(
-    head: ConfidenceHead,
-    references: tuple[np.ndarray, list[str]],
-    fresh: np.ndarray,
-    truth: list[str],
-) -> tuple[float, float]:
-    """ECE on fresh images of the blend's probability of its answer and of the served
-    confidence (the head's curve or temperature of it)."""
-    blended = [
-        head.blend(votes, row)
-        for votes, row in zip(
-            centre_votes(*references, fresh), head.probabilities(fresh), strict=True
-        )
-    ]
-    raw = np.array([b[0].score for b in blended])
-    right = [b[0].category == t for b, t in zip(blended, truth, strict=True)]
-    return ece(raw.tolist(), right), ece(head.confidence(raw).tolist(), right)
-
-
-def test_with_few_references_the_cross_fitted_temperature_calibrates() -> None:
-    """Sixty references in 64 dimensions: the blend is far less sure than it may be of its
-    (nearly always right) answers. Too few for a curve, so the temperature, fitted out of
-    fold, learns that from images the head was not fitted on."""
-    vectors, labels = clusters(15, noise=1.5, flip=0.0, seed=3, dim=64)
-    fit = cross_fitted_head(vectors, labels, centre_votes(vectors, labels, vectors))
-    assert fit is not None and fit.head.curve is None and fit.head.temperature < 1.0
-    raw, served = ece_raw_and_served(
-        fit.head, (vectors, labels), *clusters(300, noise=1.5, flip=0.0, seed=4, dim=64)
-    )
-    assert served < raw - 0.05
-
-
-def test_with_enough_references_the_cross_fitted_curve_calibrates() -> None:
-    """Labels flipped at random: no model can know which, so the blend is too sure; the
-    curve, fitted out of fold on 400 answers, brings it down to the odds."""
-    vectors, labels = clusters(100, noise=1.0, flip=0.2, seed=12, dim=32)
-    fit = cross_fitted_head(vectors, labels, centre_votes(vectors, labels, vectors))
-    assert fit is not None and fit.head.curve is not None
-    raw, served = ece_raw_and_served(
-        fit.head, (vectors, labels), *clusters(300, noise=1.0, flip=0.2, seed=13, dim=32)
-    )
-    assert served < raw - 0.02
-
-
 def scores(**shares: float) -> list[CategoryScore]:
     return [CategoryScore(c, p) for c, p in shares.items()]
 
@@ -160,29 +116,41 @@ def test_a_head_sure_of_a_deleted_category_leaves_the_vote_alone() -> None:
     )
 
 
-def test_the_curve_is_monotone_and_never_certain() -> None:
-    raw = np.linspace(0.0, 1.0, 200)
-    right = [bool(r > 0.3) for r in raw]  # every answer above 0.3 was right
-    head = fit_head(*clusters(10, noise=0.3, flip=0.0, seed=9))
-    head = replace(head, curve=fit_curve(raw, right))
-    assert head.curve is not None
-    _, y = head.curve
-    assert np.all(np.diff(y) >= 0) and y.max() < 1.0 and y.min() == 0.0
-    assert head.confidence(np.array([0.2, 0.9])).tolist() == [0.0, pytest.approx(y.max())]
-
-
 def test_a_category_too_thin_to_fit_is_left_out_and_the_rest_keep_their_head() -> None:
     vectors, labels = clusters(5, noise=0.3, flip=0.0, seed=5)
     labels[0] = "alone"  # a new category with its first photo
     votes = centre_votes(vectors, labels, vectors)
-    fit = cross_fitted_head(vectors, labels, votes)
+    fit = cross_fitted_head(vectors, labels)
     assert fit is not None and fit.head.covers(set(labels) - {"alone"})
-    # Its own vote is blended as a served photo would be: the head, which never saw "alone",
-    # leaves that category's share as it was.
-    assert fit.blended[0] == fit.head.blend(votes[0], fit.head.probabilities(vectors[:1])[0])
+    # Its own vote is blended as a served photo would be: by the full head, which never saw
+    # "alone" and leaves that category's share as it was.
+    head, row = fit.out_of_fold[0]
+    assert head is fit.head
+    np.testing.assert_allclose(row, fit.head.probabilities(vectors[:1])[0])
     share = {c.category: c.score for c in votes[0]}["alone"]
-    assert {c.category: c.score for c in fit.blended[0]}["alone"] == pytest.approx(share)
-    assert cross_fitted_head(vectors[:4], ["a"] * 4, votes[:4]) is None  # one category: none
+    assert as_dict(head.blend(votes[0], row))["alone"] == pytest.approx(share)
+    assert cross_fitted_head(vectors[:4], ["a"] * 4) is None  # one category: none
+
+
+def test_each_row_is_judged_by_a_head_that_never_saw_its_group() -> None:
+    vectors, labels = clusters(10, noise=0.5, flip=0.0, seed=20)
+    groups = [f"g{i % 5}" for i in range(len(labels))]
+    fit = cross_fitted_head(vectors, labels, groups)
+    assert fit is not None
+    folds = {id(head) for head, _ in fit.out_of_fold}
+    assert id(fit.head) not in folds and len(folds) == 5
+    for group in set(groups):
+        members = {id(fit.out_of_fold[i][0]) for i, g in enumerate(groups) if g == group}
+        assert len(members) == 1  # one fold head judges a whole group
+
+
+def test_a_head_survives_storage_exactly() -> None:
+    vectors, labels = clusters(10, noise=0.5, flip=0.0, seed=21)
+    head = fit_head(vectors, labels)
+    calibration = Calibration(examples=50, head=head)
+    restored = Calibration.from_json(calibration.to_json()).head
+    assert restored is not None and restored.categories == head.categories
+    np.testing.assert_array_equal(restored.probabilities(vectors), head.probabilities(vectors))
 
 
 def test_it_speaks_only_for_exactly_its_categories() -> None:
@@ -193,74 +161,11 @@ def test_it_speaks_only_for_exactly_its_categories() -> None:
     assert not head.covers({"a", "b", "c"})
 
 
-def test_calibration_fits_a_head_when_votes_carry_vectors_and_stores_it() -> None:
-    vectors, labels = clusters(15, noise=0.5, flip=0.1, seed=7)
-    votes = [
-        LabelledVote([CategoryScore(c, 0.9), CategoryScore("x", 0.1)], c, 0.8, v, f"g{i % 9}")
-        for i, (v, c) in enumerate(zip(vectors, labels, strict=True))
-    ]
-    calibration = fit_calibration(votes, "test")
-    assert calibration.head is not None and calibration.head.categories == ("a", "b", "c", "d")
-    restored = Calibration.from_json(calibration.to_json())
-    assert restored.head is not None
-    assert restored.head.temperature == calibration.head.temperature
-    assert restored.head.weight == calibration.head.weight
-    raw = np.linspace(0.0, 1.0, 11)
-    np.testing.assert_array_equal(restored.head.confidence(raw), calibration.head.confidence(raw))
-    without = fit_calibration([LabelledVote(v.scores, v.truth, 0.8) for v in votes], "test")
-    assert without.head is None and Calibration.from_json(without.to_json()).head is None
-
-
-def test_the_temperature_is_fitted_on_the_blended_votes_it_will_temper() -> None:
-    """A vote that often leans the wrong way, a head that knows better: the calibration is
-    fitted on what is served, the blend, whose answers are right more often."""
-    vectors, labels = clusters(40, noise=0.5, flip=0.0, seed=17)
-    rng = np.random.default_rng(0)
-    wrong = {"a": "b", "b": "c", "c": "d", "d": "a"}
-    votes = [
-        LabelledVote(
-            scores(**{wrong[c]: 0.55, c: 0.45}) if rng.random() < 0.4 else scores(**{c: 1.0}),
-            c,
-            0.8,
-            v,
-            f"g{i % 10}",
-        )
-        for i, (v, c) in enumerate(zip(vectors, labels, strict=True))
-    ]
-    vote_accuracy = np.mean([v.correct for v in votes])
-    calibration = fit_calibration(votes, "test")
-    assert vote_accuracy < 0.7 and calibration.extra["accuracy"] > vote_accuracy + 0.2
-    assert calibration.extra["vote_accuracy"] == pytest.approx(vote_accuracy)
-    # The temperature is the one for the blended shares: fitted on the votes alone it differs.
-    plain = fit_calibration([LabelledVote(v.scores, v.truth, 0.8) for v in votes], "test")
-    assert plain.temperature != calibration.temperature
-
-
-@pytest.mark.parametrize("stored", [{}, {"temperature": 0.5}])
-def test_calibrations_stored_before_the_head_load_without_one(stored: dict[str, float]) -> None:
-    calibration = Calibration.from_json(stored)
-    assert calibration.head is None and HEAD_DROPPED not in calibration.extra
-
-
-def test_a_head_stored_before_the_blend_is_dropped_until_refitted(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Its curve read the head's own probability, not the blend's: it would mislead."""
-    vectors, labels = clusters(10, noise=0.5, flip=0.0, seed=18)
-    stored = fit_head(vectors, labels).to_json()
-    del stored["weight"]
-    restored = Calibration.from_json({"temperature": 0.5, "examples": 100, "head": stored})
-    assert restored.head is None and restored.temperature == 0.5
-    assert restored.extra[HEAD_DROPPED]  # server.recalibrate refits it
-    assert "refit it" in caplog.text
-
-
 def test_one_group_alone_gives_no_head() -> None:
     """Every reference from one sender: no image the head could be judged on out of fold."""
     vectors, labels = clusters(10, noise=0.5, flip=0.0, seed=19)
-    votes = centre_votes(vectors, labels, vectors)
-    assert cross_fitted_head(vectors, labels, votes, ["one sender"] * len(labels)) is None
-    assert cross_fitted_head(vectors, labels, votes, [None] * len(labels)) is not None
+    assert cross_fitted_head(vectors, labels, ["one sender"] * len(labels)) is None
+    assert cross_fitted_head(vectors, labels, [None] * len(labels)) is not None
 
 
 def test_a_category_that_one_fold_lacks_does_not_break_the_fit() -> None:
@@ -271,39 +176,8 @@ def test_a_category_that_one_fold_lacks_does_not_break_the_fit() -> None:
     vectors = np.vstack([vectors, vectors[:2] * -1])
     labels += ["small", "small"]
     groups += ["g-small", "g-small"]
-    fit = cross_fitted_head(vectors, labels, centre_votes(vectors, labels, vectors), groups)
+    fit = cross_fitted_head(vectors, labels, groups)
     assert fit is not None and "small" in fit.head.categories
-
-
-def test_a_head_with_a_temperature_alone_softens_the_odds() -> None:
-    """Too few answers for a curve: the blend's probability p is tempered as the odds
-    p : 1 - p are, p^(1/T) / (p^(1/T) + (1 - p)^(1/T))."""
-    vectors, labels = clusters(10, noise=0.5, flip=0.0, seed=11)
-    head = ConfidenceHead.from_json(replace(fit_head(vectors, labels), temperature=2.0).to_json())
-    assert head.curve is None and head.temperature == 2.0
-    np.testing.assert_allclose(
-        head.confidence(np.array([0.5, 0.8])), [0.5, 0.8**0.5 / (0.8**0.5 + 0.2**0.5)]
-    )
-
-
-def test_a_curve_survives_storage_exactly() -> None:
-    vectors, labels = clusters(10, noise=0.5, flip=0.0, seed=14)
-    raw = np.linspace(0.0, 1.0, 200)
-    head = replace(fit_head(vectors, labels), curve=fit_curve(raw, [bool(r > 0.5) for r in raw]))
-    restored = ConfidenceHead.from_json(head.to_json())
-    assert restored.curve is not None and head.curve is not None
-    for stored, fitted in zip(restored.curve, head.curve, strict=True):
-        np.testing.assert_array_equal(stored, fitted)
-
-
-def test_too_few_labelled_answers_or_errors_keep_the_temperature() -> None:
-    head = fit_head(*clusters(30, noise=0.3, flip=0.0, seed=15))
-    raw = np.linspace(0.3, 1.0, 120)
-    assert head.calibrated(raw[:40], [True] * 40).curve is None  # 40 answers
-    all_right = head.calibrated(raw, [True] * len(raw))  # 120, no error
-    assert all_right.curve is None and all_right.temperature > 0
-    some_wrong = head.calibrated(raw, [bool(r > 0.4) for r in raw])
-    assert some_wrong.curve is not None
 
 
 def test_the_heads_long_tail_is_left_out_but_never_a_category_the_vote_named() -> None:
@@ -332,10 +206,3 @@ def test_a_head_unsure_among_hundreds_keeps_only_its_likeliest() -> None:
     blended = head.blend(scores(c299=1.0), flat)
     assert len(blended) == MAX_BLENDED and blended[0].category == "c299"
     assert sum(c.score for c in blended) == pytest.approx(1.0)
-
-
-def test_the_curve_reads_the_answers_share_among_the_categories_the_head_knows() -> None:
-    head, _ = two_category_head(0.5)
-    assert head.answer_share(scores(a=0.6, new=0.2, b=0.2)) == pytest.approx(0.75)
-    assert head.answer_share(scores(new=0.6, a=0.4)) is None  # not the head's to judge
-    assert head.answer_share([]) is None

@@ -26,10 +26,9 @@ def new_ref(category: str, content: bytes, dim: int = 4) -> NewReference:
     return NewReference(reference_id(category, sha), sha, content, vector, {"src": "test"})
 
 
-def snapshot(store: Store) -> dict[bytes, bytes]:
+def snapshot(client: redis.Redis, store: Store) -> dict[bytes, bytes]:
     """Every key of this store with its type and length, to prove nothing changed."""
-    client = store._redis
-    keys = sorted(client.scan_iter(match=store._key("*")))
+    keys = sorted(client.scan_iter(match=store.key_pattern))
     return {k: client.type(k) + b":" + str(client.memory_usage(k)).encode() for k in keys}
 
 
@@ -47,12 +46,14 @@ def test_create_category_with_references_round_trips(store: Store) -> None:
     assert batch.categories == ["Shoes", "Shoes"]
 
 
-def test_existing_category_is_refused_and_nothing_changes(store: Store) -> None:
+def test_existing_category_is_refused_and_nothing_changes(
+    store: Store, valkey: redis.Redis
+) -> None:
     store.create_category("Shoes", None, {}, [new_ref("Shoes", b"a")], VERSION)
-    before = snapshot(store)
+    before = snapshot(valkey, store)
     with pytest.raises(AlreadyExists, match="already exists"):
         store.create_category("Shoes", None, {}, [new_ref("Shoes", b"z")], VERSION)
-    assert snapshot(store) == before
+    assert snapshot(valkey, store) == before
 
 
 def test_unknown_parent_is_not_found(store: Store) -> None:
@@ -70,26 +71,26 @@ def test_duplicates_are_not_stored_twice(store: Store) -> None:
     assert store.get_category("Shoes").reference_count == 2  # type: ignore[union-attr]
 
 
-def test_same_image_in_two_categories_is_two_references(store: Store) -> None:
+def test_same_image_in_two_categories_is_two_references(store: Store, valkey: redis.Redis) -> None:
     store.create_category("A", None, {}, [new_ref("A", b"same")], VERSION)
     store.create_category("B", None, {}, [new_ref("B", b"same")], VERSION)
     assert store.reference_ids("A") != store.reference_ids("B")
 
 
-def test_add_to_unknown_category_changes_nothing(store: Store) -> None:
-    before = snapshot(store)
+def test_add_to_unknown_category_changes_nothing(store: Store, valkey: redis.Redis) -> None:
+    before = snapshot(valkey, store)
     with pytest.raises(NotFound, match="create it with AddCategory"):
         store.add_references("Nope", [new_ref("Nope", b"a")], VERSION)
-    assert snapshot(store) == before
+    assert snapshot(valkey, store) == before
 
 
-def test_remove_with_one_unknown_id_removes_nothing(store: Store) -> None:
+def test_remove_with_one_unknown_id_removes_nothing(store: Store, valkey: redis.Redis) -> None:
     refs = [new_ref("Shoes", b"a"), new_ref("Shoes", b"b")]
     store.create_category("Shoes", None, {}, refs, VERSION)
-    before = snapshot(store)
+    before = snapshot(valkey, store)
     with pytest.raises(NotFound, match="nothing was removed"):
         store.remove_references([refs[0].id, "00000000deadbeef"])
-    assert snapshot(store) == before
+    assert snapshot(valkey, store) == before
     removed = store.remove_references([refs[0].id])
     assert [r.id for r in removed] == [refs[0].id]
     assert store.reference_ids("Shoes") == [refs[1].id]
@@ -117,8 +118,7 @@ def test_every_catalogue_write_is_on_the_change_stream(store: Store) -> None:
     store.add_references("Shoes", [ref], VERSION)  # duplicate only: nothing written
     store.remove_references([ref.id])
     store.delete_category("Shoes")
-    entries = store._redis.xrange(store._key("changes"))
-    ops = [fields[b"op"].decode() for _, fields in entries]
+    ops = [change["op"] for change in store.changes()]
     assert ops == ["add_category", "add_references", "remove_references", "delete_category"]
 
 
@@ -206,7 +206,7 @@ def lossy(valkey: redis.Redis, store: Store) -> Iterator[tuple[Store, ExecReplyD
         socket_timeout=10.0,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
     )
-    yield Store(client, prefix=store._prefix), proxy
+    yield Store(client, prefix=store.prefix), proxy
     client.close()
     proxy.close()
 
@@ -238,26 +238,20 @@ def test_a_lost_reply_to_remove_references_is_unavailable_and_its_retry_not_foun
         through_proxy.remove_references([ref.id])
 
 
-def test_a_write_that_loses_a_race_runs_again(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_write_that_loses_a_race_runs_again(store: Store, valkey: redis.Redis) -> None:
     """Two adds of the same image at once: the one whose EXEC comes second wrote nothing,
     runs again, and reports the image as a duplicate."""
     store.create_category("Shoes", None, {}, [], VERSION)
     ref = new_ref("Shoes", b"a")
-    write = store._write_references
     calls = []
 
-    def racing_write(*args: object) -> None:
-        calls.append(args)
+    def race() -> None:
+        calls.append(1)
         if len(calls) == 1:  # between this add's WATCH and its EXEC
-            assert Store(store._redis, store._prefix).add_references("Shoes", [ref], VERSION) == [
-                False
-            ]
-        write(*args)  # type: ignore[arg-type]
+            assert store.add_references("Shoes", [ref], VERSION) == [False]
 
-    monkeypatch.setattr(store, "_write_references", racing_write)
-    assert store.add_references("Shoes", [ref], VERSION) == [True]
+    racing = Store(valkey, store.prefix, before_commit=race)
+    assert racing.add_references("Shoes", [ref], VERSION) == [True]
     assert len(calls) == 2
     assert store.reference_ids("Shoes") == [ref.id]
 
@@ -275,23 +269,21 @@ def test_put_vectors_skips_a_removed_reference(store: Store) -> None:
 
 @pytest.mark.parametrize("removal", ["remove_references", "delete_category"])
 def test_a_removal_also_removes_vectors_of_a_version_stored_meanwhile(
-    store: Store, monkeypatch: pytest.MonkeyPatch, removal: str
+    store: Store, valkey: redis.Redis, removal: str
 ) -> None:
     ref = new_ref("Shoes", b"a")
     store.create_category("Shoes", None, {}, [ref], VERSION)
-    delete = store._delete_references
     calls = []
 
-    def racing_delete(*args: object) -> None:
-        calls.append(args)
+    def race() -> None:
+        calls.append(1)
         if len(calls) == 1:  # a reindex to model-b stores its first vector meanwhile
-            Store(store._redis, store._prefix).put_vectors("model-b", {ref.id: np.ones(4)})
-        delete(*args)  # type: ignore[arg-type]
+            store.put_vectors("model-b", {ref.id: np.ones(4)})
 
-    monkeypatch.setattr(store, "_delete_references", racing_delete)
+    racing = Store(valkey, store.prefix, before_commit=race)
     if removal == "remove_references":
-        store.remove_references([ref.id])
+        racing.remove_references([ref.id])
     else:
-        store.delete_category("Shoes")
+        racing.delete_category("Shoes")
     assert store.get_vectors("model-b", [ref.id]) == {}
     assert len(calls) == 2

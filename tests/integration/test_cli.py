@@ -94,7 +94,7 @@ def test_import_a_folder_tree_then_classify(server: ServerProcess, tmp_path: Pat
     assert "imported 15 new references" in first.stdout
     assert "1 failed" in first.stdout and "broken.jpg" in first.stderr
     # 15 references are too few to calibrate on; import says so and carries on
-    assert "not calibrated: 15 labelled images are too few" in first.stderr
+    assert "not calibrated: " in first.stderr and "too few to calibrate on" in first.stderr
     again = nearcat("import", str(tree), "--server", server.address)
     assert "imported 0 new references" in again.stdout and "15 already there" in again.stdout
 
@@ -216,7 +216,7 @@ def test_import_a_csv_with_groups_calibrates_without_letting_a_group_vote_for_it
     args = ["--path-template", "{}.jpg", "--group-column", "sender", "--server", server.address]
     out = nearcat("import", str(tmp_path / "images.csv"), *args).stdout
     assert "imported 24 new references into 2 categories" in out
-    assert "calibrated on leave-one-out over" in out and "excluding the same 'group'" in out
+    assert "calibrated on leave-one-shoot-out over" in out and "and its 'group'" in out
 
     stub = server.stub()
     refs = stub.GetCategory(pb.GetCategoryRequest(name="Dots (csv)", include_references=True))
@@ -224,8 +224,8 @@ def test_import_a_csv_with_groups_calibrates_without_letting_a_group_vote_for_it
     assert stub.GetStatus(pb.GetStatusRequest()).calibration.examples > 0
     # A later plain `nearcat calibrate` keeps the grouping the import stored; '' drops it.
     at = ["--server", server.address]
-    assert "excluding the same 'group'" in nearcat("calibrate", *at).stdout
-    assert "excluding" not in nearcat("calibrate", "--group-by", "", *at).stdout
+    assert "and its 'group'" in nearcat("calibrate", *at).stdout
+    assert "and its" not in nearcat("calibrate", "--group-by", "", *at).stdout
 
 
 @pytest.mark.dataset

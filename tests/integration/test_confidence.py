@@ -105,10 +105,12 @@ def test_calibrate_is_stored_and_survives_a_restart(server: ServerProcess, stub)
     before = stub.GetStatus(pb.GetStatusRequest()).calibration
     assert before.examples == 0 and before.temperature == pytest.approx(1.0)
     fitted = stub.Calibrate(pb.CalibrateRequest()).calibration
-    # every reference, each voted on by the others
-    assert fitted.examples == stub.GetStatus(pb.GetStatusRequest()).index_size
+    # the references with another shoot of their category to be judged by, by the others
+    assert 0 < fitted.examples <= stub.GetStatus(pb.GetStatusRequest()).index_size
     assert fitted.temperature > 0 and -1 <= fitted.unknown_below <= 1
-    assert "leave-one-out" in fitted.source
+    assert fitted.source.startswith("leave-one-shoot-out")
+    # a few dozen generated images earn no auto-accept band, and say so
+    assert not fitted.has_auto_accept and "at least 114 answers" in fitted.no_auto_accept_reason
     # the confidence head: fitted on the five categories with references (not the parents)
     assert fitted.head_categories == 5 and fitted.head_current
     assert stub.GetStatus(pb.GetStatusRequest()).calibration == fitted
@@ -121,14 +123,13 @@ def test_calibrate_is_stored_and_survives_a_restart(server: ServerProcess, stub)
     assert restarted == fitted
 
 
-def test_calibrate_keeps_a_group_from_voting_for_itself(server: ServerProcess, stub) -> None:  # type: ignore[no-untyped-def]
-    """One image sits in two categories, both copies tagged with one group; "Left" also holds
-    a near-twin of it (the same drawing, larger). Ungrouped, the copy in "Left" is voted for by
-    its identical twin in "Right" (wrong); grouped, the twin is left out and the near-twin
-    votes (right). Nothing else changes, so the grouped fit gets exactly one more right."""
+def test_a_newcomer_is_judged_by_the_one_rule_and_a_group_stays_apart(  # type: ignore[no-untyped-def]
+    server: ServerProcess, stub
+) -> None:
+    """A category the head never saw competes at once through its vote, and the answer's
+    confidence is still its calibrated probability; a grouped calibration says so."""
     stub = server.stub()  # a fresh channel: the server restarted in the test above
     assert stub.GetStatus(pb.GetStatusRequest()).calibration.head_current
-    known_alone = classify(stub, twin("checkers", 3), top_n=20, k=20)
     # A category known from text alone is one the head never saw: the head is due a refit.
     stub.AddCategory(pb.AddCategoryRequest(name="Zigzags", prompts=["zigzag pattern"]))
     assert not stub.GetStatus(pb.GetStatusRequest()).calibration.head_current
@@ -137,22 +138,14 @@ def test_calibrate_keeps_a_group_from_voting_for_itself(server: ServerProcess, s
     shared = pb.ReferenceImage(image=make_image("checkers", 50), metadata={"group": "g"})
     near = pb.ReferenceImage(image=make_image("checkers", 50, size=176), metadata={"group": "h"})
     stub.AddCategory(pb.AddCategoryRequest(name="Left", references=[shared, near]))
-    # A new category: the head, fitted without it, is due a refit, and until then it speaks
-    # only for the share of an answer's evidence that the categories it knows hold.
     assert not stub.GetStatus(pb.GetStatusRequest()).calibration.head_current
     answer = classify(stub, twin("checkers", 3), top_n=20, k=20)
     assert answer.categories[0].category == "checkers"
-    newcomer = {c.category: c.score for c in answer.categories}["Left"]  # checkers too
-    # The head's curve reads the answer's share among the categories it knows, which the
-    # newcomer leaves as it was; the newcomer's share then comes out of the head's say.
-    assert answer.confidence == pytest.approx((1 - newcomer) * known_alone.confidence, rel=1e-3)
+    assert "Left" in {c.category for c in answer.categories}  # it competes at once
+    assert answer.confidence == pytest.approx(answer.categories[0].score)  # one rule
     stub.AddCategory(pb.AddCategoryRequest(name="Right", references=[shared, *refs("dots", [51])]))
-    plain = stub.Calibrate(pb.CalibrateRequest()).calibration
     grouped = stub.Calibrate(pb.CalibrateRequest(group_by_metadata="group")).calibration
-    assert grouped.examples == plain.examples
-    right_plain = round(plain.vote_accuracy * plain.examples)  # the vote's: the head aside
-    assert round(grouped.vote_accuracy * grouped.examples) == right_plain + 1
-    assert "excluding the same 'group'" in grouped.source
+    assert grouped.examples > 0 and "and its 'group'" in grouped.source
 
     # A category with its first photo is too thin for the head, which keeps the others.
     stub.AddCategory(pb.AddCategoryRequest(name="Single", references=refs("stripes", [60])))
@@ -187,7 +180,7 @@ def test_the_head_is_refitted_by_itself_once_the_categories_settle(
         stub = process.stub()
         for kind in ("stripes", "dots", "checkers"):
             stub.AddCategory(
-                pb.AddCategoryRequest(name=kind, references=refs(kind, list(range(8))))
+                pb.AddCategoryRequest(name=kind, references=refs(kind, list(range(12))))
             )
         first = stub.Calibrate(pb.CalibrateRequest()).calibration
         assert first.head_categories == 3 and first.head_current

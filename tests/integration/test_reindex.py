@@ -96,7 +96,7 @@ def test_switch_and_rollback_under_concurrent_classify(
             for w in workers:
                 w.join()
         assert done.returncode == 0, done.stdout + done.stderr + server.log()
-        assert "done" in done.stdout and "leave-one-out accuracy" in done.stdout
+        assert "done" in done.stdout and "leave-one-shoot-out" in done.stdout
         assert status.state == pb.REINDEX_DONE and status.validated
         assert (status.done, status.total) == (36, 36)
         assert rolled is not None and rolled.returncode == 0, rolled.stdout + rolled.stderr

@@ -24,7 +24,7 @@ def test_a_retried_write_that_had_committed_is_indexed(store: Store, tmp_path: P
         image = ReferenceInput(make_image("dots", 1))
         # The first attempt: the transaction commits, then the connection drops before the
         # reply, so the catalogue never indexes it (what the store alone does here).
-        prepared = catalog._prepare("dots", [image], None)
+        prepared = catalog.prepare("dots", [image], None)
         store.add_references("dots", prepared, embedder.version)
         assert len(catalog.index) == 0
         retried = catalog.add_references("dots", [image])  # the client's retry
@@ -47,7 +47,7 @@ def catalog(store: Store, tmp_path: Path) -> Iterator[Catalog]:
 def test_a_retried_create_that_had_committed_is_indexed(catalog: Catalog, store: Store) -> None:
     images = [ReferenceInput(make_image("dots", seed)) for seed in range(3)]
     catalog.add_category("Patterns")
-    prepared = catalog._prepare("dots", images, None)
+    prepared = catalog.prepare("dots", images, None)
     # The first attempt committed; its reply was lost (the store alone does it here).
     store.create_category("dots", "Patterns", {}, prepared, catalog.serving.version)
     with pytest.raises(AlreadyExists):

@@ -110,7 +110,7 @@ def test_several_seeds_report_each_split_and_the_spread(
 
 
 def test_a_figure_missing_from_a_split_is_named_not_averaged_away() -> None:
-    from embedder.evaluate import over_seeds
+    from server.evaluation.evaluate import over_seeds
 
     calibrated = {"top1": 0.7, "confidence": {"ece_after": 0.04}}
     summary = over_seeds({0: calibrated, 1: {"top1": 0.8}})

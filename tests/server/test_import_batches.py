@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from embedder.datasets import LabeledImage
-from server.cli import _batches, _new_images
+from server.cli import import_batches, new_images
 
 
 def _items(*sizes: int) -> list[tuple[LabeledImage, bytes]]:
@@ -18,11 +18,11 @@ def _sizes(batches: list[list[tuple[LabeledImage, bytes]]]) -> list[list[int]]:
 
 
 def test_batches_hold_at_most_so_many_images() -> None:
-    assert _sizes(list(_batches(_items(1, 1, 1, 1, 1), 2, 100))) == [[1, 1], [1, 1], [1]]
+    assert _sizes(list(import_batches(_items(1, 1, 1, 1, 1), 2, 100))) == [[1, 1], [1, 1], [1]]
 
 
 def test_batches_stay_under_the_byte_budget_and_a_big_image_goes_alone() -> None:
-    batches = list(_batches(_items(40, 40, 40, 300, 10), 16, 100))
+    batches = list(import_batches(_items(40, 40, 40, 300, 10), 16, 100))
     assert _sizes(batches) == [[40, 40], [40], [300], [10]]
 
 
@@ -40,6 +40,6 @@ def test_an_unreadable_file_is_counted_and_skipped(tmp_path: Path) -> None:
     images = [LabeledImage(tmp_path / "gone.jpg", "dots"), LabeledImage(readable, "dots")]
     counts: Counter[str] = Counter()
     bar = _Bar()
-    new = list(_new_images(images, "dots", set(), counts, bar))
+    new = list(new_images(images, "dots", set(), counts, bar))
     assert [image.path for image, _ in new] == [readable]
     assert counts == Counter(failed=1) and bar.n == 1

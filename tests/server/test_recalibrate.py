@@ -1,6 +1,6 @@
 """The recalibrator's schedule: when it refits, and that it does not refit for ever.
 
-The refit itself (leave-one-out over real references) is tested end to end in
+The refit itself (leave-one-shoot-out over real references) is tested end to end in
 tests/integration/test_confidence.py; here a stand-in catalogue counts the refits.
 """
 
@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from indexer.calibration import HEAD_DROPPED
+from indexer.calibration import REFIT_DUE
 from server.recalibrate import Recalibrator
 
 
@@ -103,7 +103,7 @@ def test_a_dropped_head_is_refitted_once_the_categories_settle() -> None:
     """A stored head from before the blend is dropped on load (indexer.calibration): the
     server fits a new one by itself instead of serving the vote alone until someone acts."""
     catalog = _Catalog({"shirts", "shoes"}, set())
-    catalog.calibration = _Calibration(None, {HEAD_DROPPED: True})
+    catalog.calibration = _Calibration(None, {REFIT_DUE: True})
     assert _refits_after_a_first(catalog, then_s=0.3) == 1
     assert catalog.calibration.head is not None
 

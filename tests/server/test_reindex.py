@@ -112,14 +112,15 @@ def test_reindex_switches_to_the_new_version_and_rollback_returns(
     entry = reindexer.registry.get(new)
     assert entry.metrics["eval"] == {"top1": 0.9}
     assert entry.metrics["validation"]["accuracy"] == pytest.approx(job.accuracy_after)
-    # The versions were compared on the answer they serve (the vote blended with the head),
-    # and the new version keeps the calibration fitted on its validation votes.
+    # The versions were compared on the answer they serve, on honest examples (here
+    # leave-one-shoot-out, apart from each reference's group), and the new version keeps the
+    # calibration fitted on its examples.
     validation = entry.metrics["validation"]
-    assert "blended with a cross-fitted head" in validation["method"]
+    assert "leave-one-shoot-out" in validation["method"]
+    assert "the answer as served" in validation["method"]
     calibration = Calibration.from_json(store.get_calibration(new) or {})
     assert calibration.head is not None
     assert validation["accuracy"] == pytest.approx(calibration.extra["accuracy"])
-    assert validation["vote_accuracy"] == pytest.approx(calibration.extra["vote_accuracy"])
 
     back = reindexer.rollback()
     assert back.target == old and back.rollback
@@ -163,7 +164,7 @@ def test_a_reindex_that_loses_accuracy_is_refused(
     old = catalog.serving.version
     job = reindexer.start(str(collapsed_model))
     job = wait(reindexer)
-    assert job.state == ReindexState.REFUSED
+    assert job.state == ReindexState.REFUSED, job.message
     assert job.accuracy_before is not None and job.accuracy_after is not None
     assert job.accuracy_after < job.accuracy_before - 0.02
     assert f"{job.accuracy_before:.1%}" in job.message

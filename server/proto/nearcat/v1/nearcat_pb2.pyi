@@ -362,7 +362,7 @@ class CalibrateRequest(_message.Message):
     def __init__(self, group_by_metadata: _Optional[str] = ...) -> None: ...
 
 class Calibration(_message.Message):
-    __slots__ = ("temperature", "unknown_below", "examples", "ece_before", "ece_after", "source", "fitted_at_ms", "accuracy", "head_categories", "head_current", "vote_accuracy")
+    __slots__ = ("temperature", "unknown_below", "examples", "ece_before", "ece_after", "source", "fitted_at_ms", "accuracy", "head_categories", "head_current", "has_auto_accept", "auto_accept_threshold", "target_precision", "bound_level", "precision_bound", "accepted_share", "no_auto_accept_reason", "labelled_needed")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_BELOW_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -373,7 +373,14 @@ class Calibration(_message.Message):
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     HEAD_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     HEAD_CURRENT_FIELD_NUMBER: _ClassVar[int]
-    VOTE_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    HAS_AUTO_ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    AUTO_ACCEPT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    BOUND_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_BOUND_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    NO_AUTO_ACCEPT_REASON_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_NEEDED_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     unknown_below: float
     examples: int
@@ -384,8 +391,39 @@ class Calibration(_message.Message):
     accuracy: float
     head_categories: int
     head_current: bool
-    vote_accuracy: float
-    def __init__(self, temperature: _Optional[float] = ..., unknown_below: _Optional[float] = ..., examples: _Optional[int] = ..., ece_before: _Optional[float] = ..., ece_after: _Optional[float] = ..., source: _Optional[str] = ..., fitted_at_ms: _Optional[int] = ..., accuracy: _Optional[float] = ..., head_categories: _Optional[int] = ..., head_current: _Optional[bool] = ..., vote_accuracy: _Optional[float] = ...) -> None: ...
+    has_auto_accept: bool
+    auto_accept_threshold: float
+    target_precision: float
+    bound_level: float
+    precision_bound: float
+    accepted_share: float
+    no_auto_accept_reason: str
+    labelled_needed: int
+    def __init__(self, temperature: _Optional[float] = ..., unknown_below: _Optional[float] = ..., examples: _Optional[int] = ..., ece_before: _Optional[float] = ..., ece_after: _Optional[float] = ..., source: _Optional[str] = ..., fitted_at_ms: _Optional[int] = ..., accuracy: _Optional[float] = ..., head_categories: _Optional[int] = ..., head_current: _Optional[bool] = ..., has_auto_accept: _Optional[bool] = ..., auto_accept_threshold: _Optional[float] = ..., target_precision: _Optional[float] = ..., bound_level: _Optional[float] = ..., precision_bound: _Optional[float] = ..., accepted_share: _Optional[float] = ..., no_auto_accept_reason: _Optional[str] = ..., labelled_needed: _Optional[int] = ...) -> None: ...
+
+class LabelledImage(_message.Message):
+    __slots__ = ("image", "category")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    category: str
+    def __init__(self, image: _Optional[bytes] = ..., category: _Optional[str] = ...) -> None: ...
+
+class AddLabelledRequest(_message.Message):
+    __slots__ = ("images", "source")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[LabelledImage]
+    source: str
+    def __init__(self, images: _Optional[_Iterable[_Union[LabelledImage, _Mapping]]] = ..., source: _Optional[str] = ...) -> None: ...
+
+class AddLabelledResponse(_message.Message):
+    __slots__ = ("added", "total")
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    added: int
+    total: int
+    def __init__(self, added: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
 class CalibrateResponse(_message.Message):
     __slots__ = ("calibration",)

@@ -94,6 +94,11 @@ class NearcatStub:
                 request_serializer=nearcat_dot_v1_dot_nearcat__pb2.CalibrateRequest.SerializeToString,
                 response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.CalibrateResponse.FromString,
                 _registered_method=True)
+        self.AddLabelled = channel.unary_unary(
+                '/nearcat.v1.Nearcat/AddLabelled',
+                request_serializer=nearcat_dot_v1_dot_nearcat__pb2.AddLabelledRequest.SerializeToString,
+                response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.AddLabelledResponse.FromString,
+                _registered_method=True)
         self.Reindex = channel.unary_unary(
                 '/nearcat.v1.Nearcat/Reindex',
                 request_serializer=nearcat_dot_v1_dot_nearcat__pb2.ReindexRequest.SerializeToString,
@@ -197,8 +202,18 @@ class NearcatServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Calibrate(self, request, context):
-        """Refit the confidence calibration (and the "unknown" threshold) by leave-one-out over the
-        stored references; stored with them, used by every later Classify.
+        """Refit the confidence calibration, the auto-accept threshold and the "unknown" threshold
+        on examples the catalogue has not seen: the stored labelled traffic (AddLabelled) when
+        there are at least 100 photos, else each sampled reference asked of the others outside
+        its shoot. Stored, used by every later Classify.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddLabelled(self, request, context):
+        """Store photos a person labelled that are not references (labelled traffic): the honest
+        evidence the next Calibrate fits on. All or nothing; a photo already stored is kept once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -291,6 +306,11 @@ def add_NearcatServicer_to_server(servicer, server):
                     servicer.Calibrate,
                     request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.CalibrateRequest.FromString,
                     response_serializer=nearcat_dot_v1_dot_nearcat__pb2.CalibrateResponse.SerializeToString,
+            ),
+            'AddLabelled': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddLabelled,
+                    request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.AddLabelledRequest.FromString,
+                    response_serializer=nearcat_dot_v1_dot_nearcat__pb2.AddLabelledResponse.SerializeToString,
             ),
             'Reindex': grpc.unary_unary_rpc_method_handler(
                     servicer.Reindex,
@@ -632,6 +652,33 @@ class Nearcat:
             '/nearcat.v1.Nearcat/Calibrate',
             nearcat_dot_v1_dot_nearcat__pb2.CalibrateRequest.SerializeToString,
             nearcat_dot_v1_dot_nearcat__pb2.CalibrateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddLabelled(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearcat.v1.Nearcat/AddLabelled',
+            nearcat_dot_v1_dot_nearcat__pb2.AddLabelledRequest.SerializeToString,
+            nearcat_dot_v1_dot_nearcat__pb2.AddLabelledResponse.FromString,
             options,
             channel_credentials,
             insecure,

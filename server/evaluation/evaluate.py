@@ -24,20 +24,30 @@ from embedder.datasets import LabeledImage
 from embedder.images import ImageDecodeError
 from embedder.model import Embedder, artifact_version, load_artifact, resolve_model
 from embedder.text import text_shares
+from embedder.training.validation import Classifier
+from indexer import answer as served_answer
+from indexer.answer import HeadInput, Prediction
 from indexer.calibration import (
+    Bound,
     Calibration,
-    LabelledVote,
     ReliabilityBin,
     ece,
     expected_calibration_error,
     fit_calibration,
     reliability_bins,
 )
-from indexer.decision import Thresholds
-from indexer.head import ConfidenceHead, cross_fitted_head, fit_head, fittable
+from indexer.decision import DecisionPolicy
+from indexer.head import ConfidenceHead
+from indexer.holdout import (
+    calibration_sample,
+    labelled_examples,
+    reference_examples,
+    served_head,
+    shoots,
+)
 from indexer.ids import image_sha256, reference_id
 from indexer.index import Hit, VectorIndex
-from indexer.vote import CategoryScore, VoteConfig, knn_vote
+from indexer.vote import VoteConfig, knn_vote
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +275,8 @@ class EmbeddedImages:
 
 class EmbeddingCache:
     """Vectors by (model version, sha256 of the file), so within a run an image is embedded
-    once per model however often it appears (the same file as reference and query, say)."""
+    once per model however often it appears (the same file as reference and query, say);
+    saved to a file (`nearcat eval --embedding-cache`), across runs too."""
 
     def __init__(self) -> None:
         self._vectors: dict[tuple[str, str], np.ndarray] = {}
@@ -275,6 +286,31 @@ class EmbeddingCache:
 
     def put(self, version: str, sha: str, vector: np.ndarray) -> None:
         self._vectors[(version, sha)] = vector
+
+    def save(self, path: Path) -> None:
+        """Write every vector to `path` (.npz, one matrix per model version), atomically."""
+        versions = sorted({v for v, _ in self._vectors})
+        arrays: dict[str, np.ndarray] = {"versions": np.array(versions)}
+        for n, version in enumerate(versions):
+            shas = sorted(sha for v, sha in self._vectors if v == version)
+            arrays[f"shas{n}"] = np.array(shas)
+            arrays[f"vectors{n}"] = np.stack([self._vectors[(version, sha)] for sha in shas])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial.npz")
+        np.savez(partial, **arrays)  # type: ignore[arg-type]
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> EmbeddingCache:
+        """The vectors saved at `path`; empty when there is no such file."""
+        cache = cls()
+        if path.exists():
+            with np.load(path) as data:
+                for n, version in enumerate(data["versions"].tolist()):
+                    vectors = data[f"vectors{n}"]
+                    for sha, vector in zip(data[f"shas{n}"].tolist(), vectors, strict=True):
+                        cache.put(str(version), str(sha), vector)
+        return cache
 
 
 @dataclass
@@ -388,32 +424,6 @@ def _voted(truth: str, hits: Sequence[Hit], vote: VoteConfig) -> Answer:
     )
 
 
-def leave_one_out_answers(
-    references: EmbeddedImages, vote: VoteConfig, extra: int = 100
-) -> tuple[list[int], list[Answer]]:
-    """Each reference classified by the others, never by an image of its own group (e.g. the
-    same sender's photos) nor by an identical file: calibration data without new images.
-    Returns the rows of the references that got an answer, and their answers."""
-    ids = [reference_id(c, sha) for c, sha in zip(references.labels, references.shas, strict=True)]
-    index = VectorIndex.build(
-        references.vectors.shape[1], ids, references.labels, references.vectors
-    )
-    group_of = {i: image.group or i for i, image in zip(ids, references.images, strict=True)}
-    sha_of = dict(zip(ids, references.shas, strict=True))
-    rows, answers = [], []
-    found = index.search(references.vectors, vote.k + extra)
-    for row, (own, image, hits) in enumerate(zip(ids, references.images, found, strict=True)):
-        others = [
-            h
-            for h in hits
-            if group_of[h.reference_id] != group_of[own] and sha_of[h.reference_id] != sha_of[own]
-        ][: vote.k]
-        if others:
-            rows.append(row)
-            answers.append(_voted(image.category, others, vote))
-    return rows, answers
-
-
 def linear_probe_answers(references: EmbeddedImages, queries: EmbeddedImages) -> list[Answer]:
     """A multinomial logistic regression fitted on the reference vectors.
 
@@ -442,54 +452,7 @@ def linear_probe_answers(references: EmbeddedImages, queries: EmbeddedImages) ->
     return answers
 
 
-def _scores(answer: Answer) -> list[CategoryScore]:
-    return [CategoryScore(c, s) for c, s in zip(answer.categories, answer.scores, strict=True)]
-
-
-def _with_scores(answer: Answer, scores: Sequence[CategoryScore]) -> Answer:
-    return replace(
-        answer,
-        categories=tuple(s.category for s in scores),
-        scores=tuple(s.score for s in scores),
-    )
-
-
-def blended_answers(
-    head: ConfidenceHead, answers: Sequence[Answer], queries: EmbeddedImages
-) -> list[Answer]:
-    """The votes with the head blended in, as the server serves them (indexer.head)."""
-    rows = head.probabilities(queries.vectors)
-    return [
-        _with_scores(a, head.blend(_scores(a), row)) for a, row in zip(answers, rows, strict=True)
-    ]
-
-
-def head_answers(
-    head: ConfidenceHead, answers: Sequence[Answer], calibrated_answers: Sequence[Answer]
-) -> list[Answer]:
-    """The answers as the server gives them with a head: the blend's top category, with the
-    head's word on it as the confidence (`ConfidenceHead.served_confidence`), or where it
-    has none the calibrated score. `answers` are the blended ones, `calibrated_answers` the
-    same after the calibration's temperature."""
-    out = []
-    for answer, calibrated in zip(answers, calibrated_answers, strict=True):
-        said = head.served_confidence(_scores(answer), _scores(calibrated))
-        confidence = calibrated.confidence if said is None else said
-        out.append(replace(answer, categories=answer.categories[:1], scores=(confidence,)))
-    return out
-
-
 # -- confidence ----------------------------------------------------------------------------
-
-AUTOMATION_PRECISION = 0.98  # auto-accepted answers must be at least this often right
-
-
-def labelled_votes(answers: Sequence[Answer]) -> list[LabelledVote]:
-    return [LabelledVote(_scores(a), a.truth, a.nearest) for a in answers]
-
-
-def calibrated(answers: Sequence[Answer], calibration: Calibration) -> list[Answer]:
-    return [_with_scores(a, calibration.apply(_scores(a))) for a in answers]
 
 
 @dataclass(frozen=True)
@@ -511,13 +474,6 @@ def automation_curve(answers: Sequence[Answer]) -> list[AutomationPoint]:
     return points
 
 
-def threshold_for_precision(answers: Sequence[Answer], target: float) -> float:
-    """The lowest confidence threshold whose accepted answers are at least `target` right
-    (1.0 + a hair: accept nothing, when no threshold gets there)."""
-    reaching = [p for p in automation_curve(answers) if p.precision >= target]
-    return min((p.threshold for p in reaching), default=1.000001)
-
-
 class Accepted(TypedDict):
     """What auto-accepting every answer at or above `threshold` gives."""
 
@@ -537,58 +493,55 @@ def at_threshold(answers: Sequence[Answer], threshold: float) -> Accepted:
 
 @dataclass
 class ConfidenceReport:
-    """The calibration the server would fit, and how well it does on the queries: the served
-    confidence (the confidence head's when one was fitted, else the tempered vote share)."""
+    """The calibration the server would fit, and how it does on the queries: ECE before and
+    after, the automation curve, the earned auto-accept threshold and each decision band's
+    share and precision (with a 95% interval), decided as the server decides."""
 
     calibration: Calibration
     ece_before: float
     ece_after: float
     reliability_after: list[ReliabilityBin]
-    automation: list[AutomationPoint]  # on the queries, with the served confidence
-    # Auto-accept threshold chosen on the calibration data for AUTOMATION_PRECISION, and what
-    # it gives on the queries; and the default bands' shares.
-    chosen: Accepted
-    bands: dict[str, dict[str, float]]
-    # With the tempered share as the confidence, when the head's curve served the figures above.
-    tempered_share: dict[str, Any] | None = None
+    automation: list[AutomationPoint]  # on the queries
+    chosen: Accepted  # the earned threshold, and what it gives on the queries
+    bands: dict[str, dict[str, Any]]
+    decisions: list[str] = field(default_factory=list)  # each query's band, as served
 
     def to_dict(self) -> dict[str, Any]:
+        c = self.calibration
         return _rounded(
             {
                 "fitted": {
-                    "source": self.calibration.source,
-                    "examples": self.calibration.examples,
-                    "temperature": self.calibration.temperature,
-                    "unknown_below": self.calibration.unknown_below,
-                    "head_temperature": (
-                        self.calibration.head.temperature if self.calibration.head else None
-                    ),
-                    "head_curve_knots": (
-                        len(self.calibration.head.curve[0])
-                        if self.calibration.head and self.calibration.head.curve
-                        else None
-                    ),
+                    "source": c.source,
+                    "examples": c.examples,
+                    "temperature": c.temperature,
+                    "unknown_below": c.unknown_below,
+                    "auto_accept_at": c.auto_accept_at,
+                    "target_precision": c.bound.precision,
+                    "bound_level": c.bound.level,
+                    "open_set_share": c.bound.open_set_share,
+                    "precision_bound": c.precision_bound,
+                    "accepted_share": c.accepted_share,
+                    "no_auto_accept_reason": c.reason,
+                    "accuracy": c.extra.get("accuracy"),
                 },
-                "confidence": "head curve" if self.tempered_share else "tempered vote share",
                 "ece_before": self.ece_before,
                 "ece_after": self.ece_after,
                 "reliability_after": [vars(b) for b in self.reliability_after],
                 "automation": {
-                    "target_precision": AUTOMATION_PRECISION,
+                    "target_precision": c.bound.precision,
                     "threshold_chosen_on_calibration_data": self.chosen,
-                    "best_possible_on_queries": _best_coverage(self.automation),
+                    "best_possible_on_queries": _best_coverage(self.automation, c.bound.precision),
                     "curve": [vars(p) for p in _thinned(self.automation)],
                 },
                 "bands": self.bands,
-                "tempered_share": self.tempered_share,
             }
         )
 
 
-def _best_coverage(points: Sequence[AutomationPoint]) -> dict[str, float] | None:
+def _best_coverage(points: Sequence[AutomationPoint], target: float) -> dict[str, float] | None:
     """Hindsight, for reference only: the most coverage any threshold gives on the queries
     at the target precision. Not a result: choosing it would be tuning on the test set."""
-    reaching = [p for p in points if p.precision >= AUTOMATION_PRECISION]
+    reaching = [p for p in points if p.precision >= target]
     best = max(reaching, key=lambda p: p.coverage, default=None)
     return vars(best) if best else None
 
@@ -598,64 +551,45 @@ def _thinned(points: Sequence[AutomationPoint], count: int = 50) -> list[Automat
     return list(points[::step]) + ([points[-1]] if points and (len(points) - 1) % step else [])
 
 
-def band_shares(answers: Sequence[Answer], thresholds: Thresholds) -> dict[str, dict[str, float]]:
-    """Share of images in each decision band and how often each band's answer is right."""
-    grouped: dict[str, list[Answer]] = defaultdict(list)
-    for a in answers:
-        grouped[thresholds.band(a.confidence).value].append(a)
-    return {
-        band: {
-            "share": len(members) / len(answers),
-            "accuracy": sum(a.hit(1) for a in members) / len(members),
+def band_shares(answers: Sequence[Answer], decisions: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each decision band's share of the images, how often its answers are right, and a 95%
+    Clopper-Pearson interval on that (every band is listed, empty ones with share 0)."""
+    from scipy.stats import beta
+
+    out: dict[str, dict[str, Any]] = {}
+    for band in ("auto_accept", "flag", "review", "unknown"):
+        members = [a for a, d in zip(answers, decisions, strict=True) if d == band]
+        n, right = len(members), sum(a.hit(1) for a in members)
+        low = float(beta.ppf(0.025, right, n - right + 1)) if right else 0.0
+        high = float(beta.ppf(0.975, right + 1, n - right)) if right < n else 1.0
+        out[band] = {
+            "share": n / len(answers),
+            "count": n,
+            "accuracy": right / n if n else None,
+            "interval": [low, high] if n else None,
         }
-        for band, members in sorted(grouped.items())
-    }
+    return out
 
 
 def confidence_report(
-    query_answers: Sequence[Answer],
-    calibration_answers: Sequence[Answer],
-    source: str,
-    thresholds: Thresholds | None = None,
-    head: ConfidenceHead | None = None,
-    head_calibrated: bool = False,
+    answers: Sequence[Answer],
+    before: Sequence[Answer],
+    decisions: Sequence[str],
+    calibration: Calibration,
 ) -> ConfidenceReport:
-    """Fit on `calibration_answers` (never the queries), then measure on `query_answers`.
-
-    `head`: the head fitted on the references, already blended into both sets of answers; its
-    curve is fitted on the calibration answers (unless `head_calibrated`: it was fitted out of
-    fold already), and its confidence is then the one measured, as the server serves it.
-    """
-    calibration = fit_calibration(labelled_votes(calibration_answers), source)
-    after = calibrated(query_answers, calibration)
-    fit_after = calibrated(calibration_answers, calibration)
-    tempered_share = None
-    if head is not None:
-        fitted = head
-        if not head_calibrated:  # on the answers the head can vouch for, as the server's
-            shares = [(head.answer_share(_scores(a)), a.hit(1)) for a in calibration_answers]
-            vouched = [(share, right) for share, right in shares if share is not None]
-            fitted = head.calibrated([s for s, _ in vouched], [r for _, r in vouched])
-        calibration = replace(calibration, head=fitted)
-        tempered_share = {
-            "ece_after": ece([a.confidence for a in after], [a.hit(1) for a in after]),
-            "threshold_chosen_on_calibration_data": at_threshold(
-                after, threshold_for_precision(fit_after, AUTOMATION_PRECISION)
-            ),
-        }
-        after = head_answers(fitted, query_answers, after)
-        fit_after = head_answers(fitted, calibration_answers, fit_after)
-    chosen = threshold_for_precision(fit_after, AUTOMATION_PRECISION)
-    bins_after = reliability_bins([a.confidence for a in after], [a.hit(1) for a in after])
+    """How the calibration (fitted on other images) does on the queries: `answers` as served,
+    `before` the same with the identity temperature, `decisions` the served bands."""
+    bins_after = reliability_bins([a.confidence for a in answers], [a.hit(1) for a in answers])
+    threshold = calibration.auto_accept_at
     return ConfidenceReport(
         calibration=calibration,
-        ece_before=ece([a.confidence for a in query_answers], [a.hit(1) for a in query_answers]),
+        ece_before=ece([a.confidence for a in before], [a.hit(1) for a in before]),
         ece_after=expected_calibration_error(bins_after),
         reliability_after=bins_after,
-        automation=automation_curve(after),
-        chosen=at_threshold(after, chosen),
-        bands=band_shares(after, thresholds or Thresholds()),
-        tempered_share=tempered_share,
+        automation=automation_curve(answers),
+        chosen=at_threshold(answers, 1.000001 if threshold is None else threshold),
+        bands=band_shares(answers, decisions),
+        decisions=list(decisions),
     )
 
 
@@ -878,15 +812,16 @@ def evaluate(
     vote: VoteConfig | None = None,
     leakage_threshold: float = LEAKAGE_THRESHOLD,
     batch_size: int = EMBED_BATCH,
-    calibration_queries: Sequence[LabeledImage] = (),
-    thresholds: Thresholds | None = None,
+    labelled: Sequence[LabeledImage] = (),
+    bound: Bound | None = None,
     cache: EmbeddingCache | None = None,
 ) -> Evaluation:
     """Embed references and queries, classify the queries by kNN, score, and run the baselines.
 
     `frozen` is the frozen backbone for the baselines and the leakage check; None means
     `model` is that backbone and its vectors are reused. The confidence calibration is fitted
-    on `calibration_queries` (a validation part), or when none are given by leave-one-out
+    on `labelled` images (labelled traffic, or a validation part), or when none are given by
+    leave-one-shoot-out
     over the references; never on the queries it is measured on. Pass one `cache` to
     several calls (splits of one dataset) to embed each image once.
     """
@@ -902,9 +837,7 @@ def evaluate(
         raise ValueError("none of the query images could be read")
 
     votes = knn_answers(refs, qs, vote)
-    answers, confidence = _served(
-        refs, qs, votes, calibration_queries, model, cache, vote, thresholds
-    )
+    answers, confidence = _served(refs, qs, votes, labelled, model, cache, vote, bound)
     blended = answers is not votes  # the head was fitted and blended in
     knn = MethodResult(
         f"{model.config.name} kNN" + (" blended with the head" if blended else ""),
@@ -974,51 +907,125 @@ def _served(
     refs: EmbeddedImages,
     qs: EmbeddedImages,
     votes: list[Answer],
-    calibration_queries: Sequence[LabeledImage],
+    labelled: Sequence[LabeledImage],
     model: Embedder,
     cache: EmbeddingCache,
     vote: VoteConfig,
-    thresholds: Thresholds | None,
+    bound: Bound | None,
 ) -> tuple[list[Answer], ConfidenceReport | None]:
-    """The answers as a calibrated server gives them, and how sure they are.
-
-    With a validation part, the head is fitted on the references and blended into the votes
-    of both parts, and its curve is fitted on the validation part. Without one, as the server
-    does: each reference is voted on by the others (leave-one-out, other groups only), and the
-    head is cross-fitted on the references, its curve on those votes blended out of fold."""
-    head, answers = None, votes
-    if calibration_queries:
-        held, _ = embed_images(model, calibration_queries, cache, EMBED_BATCH, "calibration")
-        fit_on = knn_answers(refs, held, vote)
-        source = f"{len(fit_on)} validation queries"
-        rows = fittable(refs.labels)  # as the server: a category of one photo is too thin
-        if len({refs.labels[row] for row in rows}) >= 2:
-            head = fit_head(refs.vectors[rows], [refs.labels[row] for row in rows])
-            answers = blended_answers(head, votes, qs)
-            fit_on = blended_answers(head, fit_on, held)
+    """The answers as a calibrated server gives them, and how sure they are, computed as the
+    server computes them: the same honest examples (`indexer.holdout`: the labelled images
+    when given, else leave-one-shoot-out over a sample of the references, drawn as the
+    server draws it), the same fit (`fit_calibration`) and the same answer (`answer`)."""
+    ids = [reference_id(c, sha) for c, sha in zip(refs.labels, refs.shas, strict=True)]
+    index = VectorIndex.build(refs.vectors.shape[1], ids, refs.labels, refs.vectors)
+    sample = calibration_sample(ids, refs.labels)
+    head: ConfidenceHead | None
+    if labelled:
+        held, _ = embed_images(model, labelled, cache, EMBED_BATCH, "labelled")
+        head = served_head(refs.vectors, refs.labels, sample)
+        examples = labelled_examples(index, held.vectors, held.labels, vote, head)
+        source = f"{len(held.images)} labelled images"
     else:
-        rows, fit_on = leave_one_out_answers(refs, vote)
-        source = f"leave-one-out over {len(fit_on)} references (other groups only)"
-        fit = cross_fitted_head(
-            refs.vectors[rows],
-            [a.truth for a in fit_on],
-            [_scores(a) for a in fit_on],
-            [refs.images[row].group for row in rows],
+        groups = {
+            ids[i]: image.group for i, image in enumerate(refs.images) if image.group is not None
+        }
+        examples, head = reference_examples(
+            index,
+            [ids[i] for i in sample],
+            refs.vectors[sample],
+            [refs.labels[i] for i in sample],
+            shoots(index, ids, refs.vectors, refs.labels),
+            vote,
+            groups,
         )
-        if fit is not None:
-            head = fit.head
-            answers = blended_answers(head, votes, qs)
-            fit_on = [
-                _with_scores(a, blended) for a, blended in zip(fit_on, fit.blended, strict=True)
-            ]
+        source = f"leave-one-shoot-out over {sum(not e.open_set for e in examples)} references"
     try:
-        report = confidence_report(
-            answers, fit_on, source, thresholds, head, head_calibrated=not calibration_queries
-        )
-        return answers, report
+        calibration = fit_calibration(examples, source, bound, head)
     except ValueError as exc:  # too few images to fit on: no calibration, so no head either
         log.warning("no calibration: %s", exc)
         return votes, None
+    present = index.categories()
+    rows_q = head.probabilities(qs.vectors) if head is not None else None
+    found = index.search(qs.vectors, vote.k)
+    policy = DecisionPolicy()
+
+    def served(with_calibration: Calibration) -> list[Prediction]:
+        return [
+            served_answer.answer(
+                hits,
+                vote=vote,
+                calibration=with_calibration,
+                policy=policy,
+                indexed=present,
+                head=HeadInput(head, rows_q[i], head.held(present))
+                if head is not None and rows_q is not None
+                else None,
+            )
+            for i, hits in enumerate(found)
+        ]
+
+    identity = served(replace(calibration, temperature=1.0))
+    before = [_answer(t, p) for t, p in zip(qs.labels, identity, strict=True)]
+    predictions = served(calibration)
+    answers = [_answer(t, p) for t, p in zip(qs.labels, predictions, strict=True)]
+    decisions = [p.decision.value for p in predictions]
+    return answers, confidence_report(answers, before, decisions, calibration)
+
+
+def grouped_by_shoots(
+    images: Sequence[LabeledImage], embedder: Embedder, cache: EmbeddingCache | None = None
+) -> list[LabeledImage]:
+    """The images with each one's shoot as its group (`indexer.holdout.shoots`, by
+    `embedder`'s vectors), for splitting a source that names no groups: a burst of shots of
+    one product then stays on one side of a split, as a grouped split keeps a sender's photos.
+    Images already in a group keep it; an unreadable one is returned ungrouped (the split
+    skips it later, as before)."""
+    embedded, _ = embed_images(embedder, images, cache, desc="finding shoots")
+    ids = [f"{n:016x}" for n in range(len(embedded.images))]
+    index = VectorIndex.build(embedder.dim, ids, embedded.labels, embedded.vectors)
+    shoot_of = shoots(index, ids, embedded.vectors, embedded.labels)
+    by_path = {
+        image.path: f"shoot-{shoot_of[i]}" for i, image in zip(ids, embedded.images, strict=True)
+    }
+    return [
+        image if image.group is not None else replace(image, group=by_path.get(image.path))
+        for image in images
+    ]
+
+
+def served_classifier(vote: VoteConfig) -> Classifier:
+    """Each query's answer as a calibrated server of these references would serve it: the
+    vote blended with the head fitted on them (`indexer.answer.evidence`; the temperature
+    does not change the ranking). For `nearcat train`'s validation."""
+
+    def classify(
+        references: np.ndarray, categories: Sequence[str], queries: np.ndarray
+    ) -> list[str]:
+        ids = [reference_id(c, f"{n:064x}") for n, c in enumerate(categories)]
+        index = VectorIndex.build(references.shape[1], ids, list(categories), references)
+        head = served_head(references, categories, calibration_sample(ids, categories))
+        rows = head.probabilities(queries) if head is not None else None
+        present = index.categories()
+        out = []
+        for i, hits in enumerate(index.search(queries, vote.k)):
+            given = None
+            if head is not None and rows is not None:
+                given = HeadInput(head, rows[i], head.held(present))
+            shares = served_answer.evidence(hits, vote, given)
+            out.append(shares[0].category if shares else "")
+        return out
+
+    return classify
+
+
+def _answer(truth: str, prediction: Prediction) -> Answer:
+    return Answer(
+        truth,
+        tuple(c.category for c in prediction.categories),
+        tuple(c.score for c in prediction.categories),
+        prediction.neighbors[0].similarity if prediction.neighbors else -1.0,
+    )
 
 
 # -- zero-shot from category names ---------------------------------------------------------

@@ -13,21 +13,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import embedder.report as report_module
+import server.evaluation.report as report_module
 from embedder.datasets import LabeledImage, load_folder_tree
-from embedder.evaluate import (
+from embedder.model import Embedder, create_artifact, load_artifact
+from indexer.calibration import Calibration
+from indexer.vote import VoteConfig
+from server.commands.evaluate import print_summary
+from server.evaluation.evaluate import (
     Answer,
     EmbeddedImages,
     EmbeddingCache,
     Evaluation,
     at_threshold,
-    blended_answers,
     confidence_report,
     embed_images,
     evaluate,
     expected_calibration_error,
     find_leakage,
-    head_answers,
     hierarchy_accuracy,
     knn_answers,
     linear_probe_answers,
@@ -39,11 +41,7 @@ from embedder.evaluate import (
     top_k_accuracy,
     worst_categories,
 )
-from embedder.model import Embedder, create_artifact, load_artifact
-from embedder.report import confusion_matrix, summary_markdown, write_report
-from indexer.head import fit_head
-from indexer.vote import VoteConfig
-from server.commands.evaluate import print_summary
+from server.evaluation.report import confusion_matrix, summary_markdown, write_report
 from tests.helpers import make_image, tiny_model_config
 
 # -- metrics on hand-built answers ---------------------------------------------------------
@@ -161,28 +159,6 @@ def test_linear_probe_separates_separable_vectors() -> None:
     answers = linear_probe_answers(references, queries)
     assert [a.predicted for a in answers] == ["a", "b", "c"]
     assert all(math.isclose(sum(a.scores), 1.0, rel_tol=1e-6) for a in answers)
-
-
-def test_the_head_is_blended_into_the_votes_and_its_curve_is_the_confidence() -> None:
-    rng = np.random.default_rng(0)
-    centres = {"a": [5.0, 0, 0], "b": [0, 5.0, 0], "c": [0, 0, 5.0]}
-    labels = [c for c in centres for _ in range(10)]
-    vectors = np.array([np.add(centres[c], rng.normal(0, 0.5, 3)) for c in labels])
-    head = fit_head(vectors, labels)
-    queries = embedded(["a", "a", "a"], [centres["a"]] * 3, ["q1", "q2", "q3"])
-    votes = [
-        Answer("a", ("a", "b"), (0.6, 0.4)),  # right, and the head agrees
-        Answer("a", ("b", "a"), (0.6, 0.4)),  # wrong: the head, sure of "a", turns it
-        Answer("a", ("new",), (1.0,)),  # a category the head was not fitted on
-    ]
-    blended = blended_answers(head, votes, queries)
-    assert [b.predicted for b in blended] == ["a", "a", "new"]
-    assert blended[0].confidence > 0.6 and blended[2].scores == (1.0,)
-    assert all(math.isclose(sum(b.scores), 1.0, rel_tol=1e-6) for b in blended)
-    served = head_answers(replace(head, temperature=0.5), blended, blended)
-    assert [s.categories for s in served] == [("a",), ("a",), ("new",)]
-    assert served[0].confidence > blended[0].confidence  # T < 1 sharpens
-    assert served[2].confidence == 1.0  # not the head's to judge: its score, as served
 
 
 def test_leakage_flags_identical_and_near_identical_only() -> None:
@@ -319,7 +295,12 @@ def test_a_threshold_that_accepts_nothing_has_no_precision(
     assert at_threshold(ANSWERS, 0.95)["precision"] is None
 
     doubtful = [Answer("a", ("b", "a"), (0.55, 0.45))] * 4  # every query below the threshold
-    report = confidence_report(doubtful, ANSWERS * 5, "hand-made answers")
+    earned = Calibration(examples=100, auto_accept_at=0.9, source="hand-made answers")
+    report = confidence_report(doubtful, doubtful, ["review"] * 4, earned)
+    review = report.bands["review"]
+    assert (review["share"], review["count"], review["accuracy"]) == (1.0, 4, 0.0)
+    assert review["interval"] == [0.0, pytest.approx(1 - 0.025**0.25, abs=1e-4)]
+    assert report.bands["auto_accept"]["accuracy"] is None
     assert report.chosen["coverage"] == 0.0 and report.chosen["precision"] is None
     summary = summary_markdown(replace(evaluation, confidence=report))
     assert "on the queries it auto-accepts nothing." in summary
@@ -335,28 +316,14 @@ def test_a_threshold_that_accepts_nothing_has_no_precision(
 def test_the_calibrated_plots_name_the_confidence_they_show(
     evaluation: Evaluation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With a confidence head the figures after calibration are the head's: the plots must
-    not call them the vote share at the calibration's temperature."""
-    rng = np.random.default_rng(0)
-    centres = {"a": [5.0, 0, 0], "b": [0, 5.0, 0]}
-    labels = [c for c in centres for _ in range(12)]
-    vectors = [list(np.add(centres[c], rng.normal(0, 1.0, 3))) for c in labels]
-    images = embedded(labels, vectors, [f"c{n}" for n in range(len(labels))])
-    fit_on = [Answer(c, (c, "b" if c == "a" else "a"), (0.8, 0.2)) for c in labels]
-    fit_on[::5] = [Answer(a.truth, a.categories[::-1], (0.6, 0.4)) for a in fit_on[::5]]
-    head = fit_head(images.vectors, labels)
-    with_head = confidence_report(fit_on, fit_on, "answers", head=head)
-    without = confidence_report(fit_on, fit_on, "answers")
-    assert with_head.calibration.head is not None and with_head.calibration.head.curve is None
-
+    """The figures after calibration are the answer's probability at the fitted temperature."""
+    fitted = Calibration(temperature=0.7, examples=100, auto_accept_at=0.9)
+    report = confidence_report(ANSWERS, ANSWERS, ["review"] * len(ANSWERS), fitted)
     titles: list[object] = []  # the last argument: the label, or the path for the kNN plot
     monkeypatch.setattr(report_module, "plot_reliability", lambda *args: titles.append(args[-1]))
     monkeypatch.setattr(report_module, "plot_automation", lambda *args: titles.append(args[-1]))
-    for report in (with_head, without):
-        write_report(replace(evaluation, confidence=report), tmp_path)
-    head_temperature = with_head.calibration.head.temperature
-    assert titles[1:3] == [f"confidence head, temperature {head_temperature:.2f}"] * 2
-    assert titles[4:] == [f"vote share at temperature {without.calibration.temperature:.2f}"] * 2
+    write_report(replace(evaluation, confidence=report), tmp_path)
+    assert titles[1:] == ["answer's probability at temperature 0.70"] * 2
 
 
 def test_confusion_matrix_counts() -> None:
@@ -395,8 +362,9 @@ def test_with_enough_images_to_calibrate_the_answers_are_the_blend_and_the_vote_
     tmp_path: Path, frozen: Embedder
 ) -> None:
     """30 references: enough to calibrate, so the head is fitted and blended in, as a
-    calibrated server serves; the vote alone is the `vote_only` baseline, and the frozen
-    baseline (the same vectors) is that vote, not the model's blended answers."""
+    calibrated server serves, on labelled images or leave-one-shoot-out; the vote alone is the
+    `vote_only` baseline, and the frozen baseline (the same vectors) is that vote, not the
+    model's blended answers. Every band is reported, decided as the server decides."""
     for part, seeds in (
         ("references", range(10)),
         ("val", range(200, 207)),
@@ -404,10 +372,8 @@ def test_with_enough_images_to_calibrate_the_answers_are_the_blend_and_the_vote_
     ):
         write_tree(tmp_path / part, seeds)
     references, val, test = (load_folder_tree(tmp_path / p) for p in ("references", "val", "test"))
-    for calibration in (val.images, []):  # the head fitted on the references; cross-fitted
-        evaluation = evaluate(
-            references.images, test.images, frozen, calibration_queries=calibration
-        )
+    for labelled in (val.images, []):  # the head fitted on the references; cross-fitted
+        evaluation = evaluate(references.images, test.images, frozen, labelled=labelled)
         assert evaluation.confidence is not None
         assert evaluation.confidence.calibration.head is not None
         assert "blended with the head" in evaluation.knn.description
@@ -417,5 +383,10 @@ def test_with_enough_images_to_calibrate_the_answers_are_the_blend_and_the_vote_
             assert set(blended.categories) == {"stripes", "checkers", "dots"}
             assert sum(blended.scores) == pytest.approx(1.0)
         data = evaluation.to_dict()
-        assert data["confidence"]["tempered_share"] is not None
+        bands = data["confidence"]["bands"]
+        assert set(bands) == {"auto_accept", "flag", "review", "unknown"}
+        assert sum(b["share"] for b in bands.values()) == pytest.approx(1.0)
+        assert data["confidence"]["fitted"]["source"].startswith(
+            f"{len(val.images)} labelled" if labelled else "leave-one-shoot-out"
+        )
         assert data["baselines"]["vote_only"]["top1"] == pytest.approx(vote.metrics.top1, abs=1e-4)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from embedder.evaluate import (
-    AUTOMATION_PRECISION,
+from server.evaluation.evaluate import (
     Accepted,
     AutomationPoint,
     ConfidenceReport,
@@ -63,13 +61,8 @@ def write_report(evaluation: Evaluation, out_dir: Path) -> list[Path]:
 
 
 def served_confidence(confidence: ConfidenceReport) -> str:
-    """What the figures after calibration were measured on: the head's curve (or temperature)
-    of the blended answer's probability when a head was fitted, else the tempered vote share."""
-    head = confidence.calibration.head
-    if head is None:
-        return f"vote share at temperature {confidence.calibration.temperature:.2f}"
-    how = "isotonic curve" if head.curve is not None else f"temperature {head.temperature:.2f}"
-    return f"confidence head, {how}"
+    """What the figures after calibration were measured on: the answer's probability."""
+    return f"answer's probability at temperature {confidence.calibration.temperature:.2f}"
 
 
 def confusion_matrix(
@@ -196,7 +189,7 @@ def plot_automation(
 
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.plot([p.coverage for p in points], [p.precision for p in points], color="tab:blue")
-    ax.axhline(AUTOMATION_PRECISION, linestyle="--", color="grey", label="target precision")
+    ax.axhline(0.98, linestyle="--", color="grey", label="target precision")
     picked = [p for p in points if p.threshold >= chosen]
     if picked:
         last = picked[-1]
@@ -310,27 +303,25 @@ def _confidence_lines(evaluation: Evaluation) -> list[str]:
         f"{c.ece_after:.3f} after. Open-set threshold: nearest similarity below "
         f"{c.calibration.unknown_below:.3f} is `unknown`.",
         "",
-        f"Auto-accept threshold for {AUTOMATION_PRECISION:.0%} precision, chosen on the "
-        f"calibration data: {chosen['threshold']:.3f}; on the queries it auto-accepts "
-        f"{accepted_text(chosen)}.",
-        *_tempered_share_lines(c.tempered_share),
+        f"Auto-accept threshold earned on the calibration data for "
+        f"{c.calibration.bound.precision:.0%} precision ({c.calibration.bound.level:.0%} "
+        f"lower bound): "
+        + (
+            f"{chosen['threshold']:.3f}; on the queries it auto-accepts {accepted_text(chosen)}."
+            if c.calibration.auto_accept_at is not None
+            else f"none ({c.calibration.reason})."
+        ),
         "",
         "| band | share | accuracy |",
         "|---|---|---|",
     ]
-    lines += [f"| {band} | {v['share']:.1%} | {v['accuracy']:.1%} |" for band, v in c.bands.items()]
-    return lines
-
-
-def _tempered_share_lines(tempered_share: dict[str, Any] | None) -> list[str]:
-    if tempered_share is None:
-        return []
-    share = tempered_share["threshold_chosen_on_calibration_data"]
-    return [
-        "The answers blend the kNN vote with the head, and the confidence is the head's curve "
-        "of the blend's probability, as served; with the blend's tempered share instead the "
-        f"same choice auto-accepts {accepted_text(share)}."
+    lines += [
+        f"| {band} | {v['share']:.1%} | "
+        + ("-" if v["accuracy"] is None else f"{v['accuracy']:.1%}")
+        + " |"
+        for band, v in c.bands.items()
     ]
+    return lines
 
 
 def accepted_text(at: Accepted) -> str:
