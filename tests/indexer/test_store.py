@@ -287,3 +287,21 @@ def test_a_removal_also_removes_vectors_of_a_version_stored_meanwhile(
         racing.delete_category("Shoes")
     assert store.get_vectors("model-b", [ref.id]) == {}
     assert len(calls) == 2
+
+
+def test_labelled_photos_are_stored_once_with_a_vector_per_version(store: Store) -> None:
+    from indexer.store import LabelledPhoto
+
+    photo = LabelledPhoto("00000000000000aa", "Shoes", "calibrate --labelled x", "ab" * 32, b"img")
+    other = LabelledPhoto("00000000000000bb", "Hats", "review", "cd" * 32, b"img2", at_ms=5)
+    assert store.add_labelled([photo, other], VERSION, [np.ones(4), np.zeros(4)]) == 2
+    again = LabelledPhoto(photo.id, "Boots", "elsewhere", photo.sha256, photo.image)
+    assert store.add_labelled([again], VERSION, [np.full(4, 2.0)]) == 0  # kept once
+    stored = {x.id: x for x in store.labelled(VERSION)}
+    assert stored[photo.id].label == "Shoes" and stored[photo.id].source.startswith("calibrate")
+    assert stored[other.id].at_ms == 5
+    np.testing.assert_array_equal(stored[photo.id].vector, np.full(4, 2.0, np.float32))
+    assert all(x.vector is None for x in store.labelled("model-b"))  # not embedded by it yet
+    store.put_labelled_vectors("model-b", {other.id: np.ones(4)})
+    assert {x.id for x in store.labelled("model-b") if x.vector is not None} == {other.id}
+    assert store.get_labelled_image(other.id) == b"img2"

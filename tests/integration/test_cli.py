@@ -401,3 +401,33 @@ def test_a_repeated_stop_signal_still_stops_gracefully(
         process.kill()  # a server that did not stop must not outlive the test
     assert "stopping: letting in-flight calls finish" in process.log()
     assert "interrupted" not in process.log()
+
+
+def test_calibrate_on_labelled_photos_stores_them_and_says_what_was_earned(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Photos a person labelled, not references: stored durably, then the calibration's
+    source once there are enough; `status` shows the source and the auto-accept verdict."""
+    at = ["--server", server.address]
+    refs = tmp_path / "refs"
+    for kind in KINDS:
+        (refs / f"L-{kind}").mkdir(parents=True)
+        for seed in range(10):
+            (refs / f"L-{kind}" / f"{seed}.jpg").write_bytes(make_image(kind, 700 + seed))
+    nearcat("import", str(refs), "--no-calibrate", *at)
+    labelled = tmp_path / "labelled"
+    for kind in KINDS:
+        (labelled / f"L-{kind}").mkdir(parents=True)
+        for seed in range(40):
+            (labelled / f"L-{kind}" / f"{seed}.jpg").write_bytes(make_image(kind, 800 + seed))
+    (labelled / "L-dots" / "broken.jpg").write_bytes(b"not an image")
+    out = nearcat("calibrate", "--labelled", str(labelled), *at)
+    assert "stored 120 new labelled photos (1 left out)" in out.stdout
+    assert "broken.jpg" in out.stderr
+    assert "calibrated on 120 labelled photos" in out.stdout
+    assert "auto-accept" in out.stdout  # earned from a confidence, or why nothing is
+    again = nearcat("calibrate", "--labelled", str(labelled), *at)
+    assert "stored 0 new labelled photos" in again.stdout  # kept once
+    status = json.loads(nearcat("status", *at).stdout)["calibration"]
+    assert status["source"].startswith("120 labelled photos")
+    assert status["has_auto_accept"] or status["no_auto_accept_reason"]

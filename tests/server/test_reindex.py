@@ -305,3 +305,20 @@ def test_a_reindexed_catalogue_gets_the_index_kind_its_size_calls_for(
         assert pending.index.reference_ids() == set(store.all_references())
     finally:
         pending.close()
+
+
+def test_a_reindex_is_judged_on_the_labelled_traffic_embedded_for_the_new_version(
+    catalog: Catalog, reindexer: Reindexer, store: Store, second_model: Path
+) -> None:
+    photos = [(make_image(kind, 400 + seed), kind) for kind in KINDS for seed in range(34)]
+    assert catalog.add_labelled(photos, "test labels") == 102
+    started = reindexer.start(str(second_model))
+    job = wait(reindexer)
+    assert job.state == ReindexState.DONE, job.message
+    stored = store.labelled(started.target)
+    assert len(stored) == 102 and all(x.vector is not None for x in stored)
+    assert stored[0].vector is not None and stored[0].vector.shape == (256,)
+    assert "102 labelled photos (test labels)" in job.message
+    assert job.validation_examples == 102
+    calibration = Calibration.from_json(store.get_calibration(started.target) or {})
+    assert calibration.source.startswith("102 labelled photos")

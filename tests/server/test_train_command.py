@@ -99,3 +99,29 @@ def test_trainable_blocks_takes_a_count_or_all(capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit):
         build_parser().parse_args([*common, "--trainable-blocks", "most"])
     assert "expected a number of blocks or 'all'" in capsys.readouterr().err
+
+
+def test_labelled_photos_judge_the_epochs_and_shoots_keep_bursts_together(
+    photos: Path, tmp_path: Path
+) -> None:
+    """With --val, photos that are not in --data choose the epoch; without --group-column,
+    near-duplicate shots are grouped by the frozen model so none sits on both sides."""
+    labelled = tmp_path / "labelled"
+    for k, kind in enumerate(KINDS):
+        (labelled / kind).mkdir(parents=True)
+        for seed in range(4):
+            (labelled / kind / f"{seed}.jpg").write_bytes(make_image(kind, 500 + 10 * k + seed))
+    base = create_artifact(TINY, tmp_path / "base")
+    out = tmp_path / "model"
+    _train(
+        ["--data", str(photos), "--out", str(out), "--base", str(base), "--val", str(labelled)]
+        + ["--holdout-categories", "dots", "--epochs", "1", "--embedding-dim", "16"]
+        + ["--workers", "0", "--batch-size", "8", "--k", "3"]
+    )
+    record = json.loads((out / "training.json").read_text())
+    assert record["provenance"]["val"] == str(labelled)
+    assert record["provenance"]["grouped_by"].startswith("shoots")
+    judged = record["val"]["queries_seen"] + record["val"]["queries_held_out"]
+    assert judged == 3 * 4  # every labelled photo, and nothing else
+    assert record["val"]["queries_held_out"] == 4  # the held-out category's
+    assert record["split"]["val"] == 12  # the split's own val part went to training
