@@ -151,7 +151,7 @@ def fit_head(vectors: np.ndarray, labels: Sequence[str]) -> ConfidenceHead:
     from sklearn.linear_model import LogisticRegression
 
     if len(set(labels)) < 2:
-        raise ValueError("a confidence head needs references of at least two categories")
+        raise ValueError("a head needs references of at least two categories")
     centre = np.asarray(vectors, dtype=np.float64).mean(axis=0)
     model = LogisticRegression(C=HEAD_C, max_iter=2000, class_weight="balanced")
     model.fit(_centred(vectors, centre), list(labels))

@@ -224,6 +224,14 @@ class VectorIndex:
         with self._lock:
             return {reference_id_of_faiss(i) for i, c in self._category_of.items() if c == category}
 
+    def members(self) -> dict[str, set[str]]:
+        """Every category's reference ids, in one scan (for calibration, not every call)."""
+        out: dict[str, set[str]] = {}
+        with self._lock:
+            for i, category in self._category_of.items():
+                out.setdefault(category, set()).add(reference_id_of_faiss(i))
+        return out
+
     def categories(self) -> set[str]:
         """The categories with at least one vector in the index."""
         with self._lock:

@@ -121,7 +121,7 @@ class Status:
     started_at_ms: int
     calibration: Calibration
     text_model: str
-    head_current: bool = False  # the calibration's confidence head covers the catalogue
+    head_current: bool = False  # the calibration's head covers the catalogue
 
 
 def validate_category_name(name: str, what: str = "category name") -> None:
@@ -434,10 +434,9 @@ class Catalog:
             return out
 
     def head_current(self) -> bool:
-        """Whether the calibration's confidence head was fitted on exactly the categories an
-        answer can name now (those with references or text prompts). Once one comes or goes
-        it is due a refit: it cannot judge a category it has never seen, so it speaks only
-        for the evidence the categories it knows hold (see `_confidence`)."""
+        """Whether the calibration's head was fitted on exactly the categories an answer can
+        name now (those with references or text prompts). Once one comes or goes it is due a
+        refit: it cannot judge a category it has never seen, which keeps its vote alone."""
         with self._use() as s:
             return self._head_current(s)
 

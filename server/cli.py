@@ -56,7 +56,8 @@ examples:
   nearcat show-category Shoes                    # its reference images, with their ids
   nearcat remove-references 5d41402abc4b2a76     # a wrong example out again
   nearcat delete-category "Straw hats" --yes
-  nearcat calibrate --group-by group             # refit confidence on the references
+  nearcat calibrate --labelled checked/          # photos a person labelled: the honest evidence
+  nearcat calibrate                              # refit on what is stored (import does it)
   nearcat add-category "Straw hats" --prompt "a photo of a straw hat"   # classifiable at once
   nearcat zero-shot photo.jpg --label sneakers --label boots
   nearcat search "red sneakers"
@@ -541,12 +542,8 @@ def print_result(path: str, item: Any, model_version: str, as_json: bool) -> Non
         print(f"{path}: no category ({decision})")
         return
     best = result.categories[0]
-    # The decision follows the confidence: the answer's probability, or the head's word on it
-    # (indexer/head.py), shown apart when it differs.
-    sure = f"{best.score:.2f}"
-    if abs(result.confidence - best.score) >= 0.005:
-        sure += f"; confidence {result.confidence:.2f}"
-    print(f"{path}: {' > '.join(best.path)}  ({sure}, {decision})")
+    # The decision follows the confidence: the answer's probability (indexer/answer.py).
+    print(f"{path}: {' > '.join(best.path)}  ({best.score:.2f}, {decision})")
     if result.HasField("confident_ancestor"):
         ancestor = result.confident_ancestor
         print(
@@ -1027,8 +1024,10 @@ def build_parser() -> argparse.ArgumentParser:
         "re-embed every reference with another model and switch to it",
         "Tell the server to re-embed every stored reference with model NEW in the background "
         "(batched, resumable: a server killed meanwhile continues on its next start), "
-        "validate it by leave-one-out kNN accuracy over the references (refusing to switch "
-        "when it drops by more than --max-accuracy-drop), then switch atomically. Classify "
+        "validate it by the top-1 of the answer each version would serve on the same honest "
+        "examples (the labelled photos, else leave-one-shoot-out over the references; "
+        "refusing to switch when it drops by more than --max-accuracy-drop), then switch "
+        "atomically. Classify "
         "keeps answering all along. Shows a progress bar until it ends; exits 1 unless it "
         "switched. `nearcat rollback` goes back.",
     )

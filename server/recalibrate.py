@@ -1,12 +1,12 @@
 """Refit the calibration by itself once the catalogue's categories have changed and settled.
 
 The head only knows the categories it was fitted on (indexer/head.py): a category added since
-competes by its vote alone and takes its share out of the head's say, until someone runs
-`nearcat calibrate`. This thread watches the categories an answer can name. When they differ
-from the head's and have not changed for `quiet_s` seconds, it refits the calibration, as it
-was last fitted (the same group key). An import of many categories thus refits once, at its
-end. A stored head that could not be loaded (one from before the blend) is refitted the same
-way, once the categories have been quiet for `quiet_s` after the start.
+competes by its vote alone, and the calibration's threshold was earned without it, until
+someone runs `nearcat calibrate`. This thread watches the categories an answer can name. When
+they differ from the head's and have not changed for `quiet_s` seconds, it refits the
+calibration, as it was last fitted (the same group key). An import of many categories thus
+refits once, at its end. A stored calibration of an older format (not read, `REFIT_DUE`) is
+refitted the same way, once the categories have been quiet for `quiet_s` after the start.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ log = logging.getLogger("nearcat.recalibrate")
 
 
 class Recalibrator:
-    """A daemon thread that refits a stale confidence head after `quiet_s` quiet seconds."""
+    """A daemon thread that refits a stale calibration after `quiet_s` quiet seconds."""
 
     def __init__(self, catalog: Catalog, quiet_s: float, poll_s: float = 1.0) -> None:
         self.catalog = catalog
@@ -45,7 +45,7 @@ class Recalibrator:
         since = time.monotonic()
         # One refit per settled set of categories, whatever its outcome: a head can stay short
         # of the set for good (a category known from text prompts alone has no references to
-        # fit on), and refitting again would only repeat a costly leave-one-out.
+        # fit on), and refitting again would only repeat a costly leave-one-shoot-out.
         attempted: frozenset[str] | None = None
         while not self._stop.wait(self.poll_s):
             calibration = self.catalog.calibration

@@ -39,7 +39,7 @@ ModelOpener = Callable[[Path], "tuple[Embedder, TextTower | None]"]
 
 class ReindexState(StrEnum):
     RUNNING = "running"  # embedding the references
-    VALIDATING = "validating"  # leave-one-out accuracy of both versions
+    VALIDATING = "validating"  # both versions' top-1 on the same held-out examples
     DONE = "done"  # switched
     REFUSED = "refused"  # validation dropped past the margin: still on the previous version
     FAILED = "failed"  # an error; still on the previous version
@@ -52,7 +52,7 @@ UNFINISHED = (ReindexState.RUNNING, ReindexState.VALIDATING)
 class ReindexConfig:
     max_accuracy_drop: float = 0.02  # refuse to switch when accuracy falls by more
     batch_size: int = 32  # references embedded (and stored) per step
-    validation_examples: int = 2000  # references sampled for the leave-one-out check
+    validation_examples: int = 2000  # references sampled for a leave-one-shoot-out check
     group_by: str = "group"  # metadata key whose references must not vote for each other
 
 

@@ -111,8 +111,8 @@ class Settings(BaseSettings):
         60.0,
         ge=0,
         description="once the categories change (one added, deleted, or given its first "
-        "reference) and then stay unchanged this long, refit the calibration and its "
-        "confidence head by itself; 0: only `nearcat calibrate` refits",
+        "reference) and then stay unchanged this long, refit the calibration and its head "
+        "by itself; 0: only `nearcat calibrate` refits",
     )
     default_deadline_s: float = Field(
         60.0, ge=0, description="deadline of calls that come without one, in seconds (0: none)"
@@ -122,8 +122,9 @@ class Settings(BaseSettings):
         0.02,
         ge=0,
         le=1,
-        description="a reindex refuses to switch when the new model's leave-one-out accuracy "
-        "is lower by more than this (0.02: two points)",
+        description="a reindex refuses to switch when the new model's top-1 on the same held-"
+        "out examples (labelled photos, else leave-one-shoot-out) is lower by more than this "
+        "(0.02: two points)",
     )
     reindex_batch: int = Field(
         32, ge=1, description="references a reindex embeds and stores per step"

@@ -414,9 +414,9 @@ def choose_images(
     args: argparse.Namespace, seeds: Sequence[int], cache: EmbeddingCache
 ) -> Iterator[Chosen]:
     """For each seed: (references, queries, parents, held-out categories, split summary,
-    calibration images) from the flags, the sources read once. Calibration is fitted on the
-    validation part when the test part is queried, else (no such part) by leave-one-out over
-    the references."""
+    labelled images) from the flags, the sources read once. Calibration is fitted on the
+    validation part when the test part is queried, on --labelled with two sources, else by
+    leave-one-shoot-out over the references."""
     from embedder.splits import split_dataset
 
     named = [c.strip() for c in (args.holdout_categories or "").split(",") if c.strip()]

@@ -1,7 +1,7 @@
 """Honest, in-process evaluation of an embedding model for kNN classification.
 
 References are embedded and indexed, and queries voted on, by the same code the server runs
-(`VectorIndex`, `knn_vote`), so the numbers describe what the service will answer. On the
+(`VectorIndex`, `indexer.answer`), so the numbers describe what the service will answer. On the
 same images it also measures two baselines — the frozen backbone with kNN and a linear
 softmax probe on the frozen features — and looks for leakage: queries whose identical or
 near-identical twin is among the references, which would make any number look too good.
@@ -47,7 +47,7 @@ from indexer.holdout import (
 )
 from indexer.ids import image_sha256, reference_id
 from indexer.index import Hit, VectorIndex
-from indexer.vote import VoteConfig, knn_vote
+from indexer.vote import VoteConfig
 
 log = logging.getLogger(__name__)
 
@@ -413,9 +413,9 @@ def knn_answers(
 
 
 def _voted(truth: str, hits: Sequence[Hit], vote: VoteConfig) -> Answer:
-    """The answer the server's vote gives, with every category that got a vote (the full
-    distribution, which calibration needs)."""
-    ranked = knn_vote(hits, vote, len(hits))
+    """The answer the server's vote alone gives (its evidence without a head), with every
+    category that got a vote."""
+    ranked = served_answer.evidence(hits, vote)
     return Answer(
         truth,
         tuple(s.category for s in ranked),

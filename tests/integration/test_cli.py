@@ -209,13 +209,13 @@ def test_import_a_csv_with_groups_calibrates_without_letting_a_group_vote_for_it
 ) -> None:
     rows = ["image,label,sender"]
     for kind in ("stripes", "dots"):
-        for seed in range(12):
+        for seed in range(24):
             (tmp_path / f"{kind}-{seed}.jpg").write_bytes(make_image(kind, 600 + seed))
             rows.append(f"{kind}-{seed},{kind.title()} (csv),sender-{seed % 4}")
     (tmp_path / "images.csv").write_text("\n".join(rows) + "\n")
     args = ["--path-template", "{}.jpg", "--group-column", "sender", "--server", server.address]
     out = nearcat("import", str(tmp_path / "images.csv"), *args).stdout
-    assert "imported 24 new references into 2 categories" in out
+    assert "imported 48 new references into 2 categories" in out
     assert "calibrated on leave-one-shoot-out over" in out and "and its 'group'" in out
 
     stub = server.stub()

@@ -48,7 +48,7 @@ def stub(server: ServerProcess):  # type: ignore[no-untyped-def]
                 )
             )
     stub.AddCategory(
-        pb.AddCategoryRequest(name="checkers", references=refs("checkers", list(range(8))))
+        pb.AddCategoryRequest(name="checkers", references=refs("checkers", list(range(24))))
     )
     return stub
 
@@ -139,7 +139,7 @@ def test_a_newcomer_is_judged_by_the_one_rule_and_a_group_stays_apart(  # type: 
     near = pb.ReferenceImage(image=make_image("checkers", 50, size=176), metadata={"group": "h"})
     stub.AddCategory(pb.AddCategoryRequest(name="Left", references=[shared, near]))
     assert not stub.GetStatus(pb.GetStatusRequest()).calibration.head_current
-    answer = classify(stub, twin("checkers", 3), top_n=20, k=20)
+    answer = classify(stub, twin("checkers", 3), top_n=20, k=60)
     assert answer.categories[0].category == "checkers"
     assert "Left" in {c.category for c in answer.categories}  # it competes at once
     assert answer.confidence == pytest.approx(answer.categories[0].score)  # one rule

@@ -390,3 +390,17 @@ def test_with_enough_images_to_calibrate_the_answers_are_the_blend_and_the_vote_
             f"{len(val.images)} labelled" if labelled else "leave-one-shoot-out"
         )
         assert data["baselines"]["vote_only"]["top1"] == pytest.approx(vote.metrics.top1, abs=1e-4)
+
+
+def test_the_embedding_cache_survives_a_round_trip_through_its_file(tmp_path: Path) -> None:
+    cache = EmbeddingCache()
+    cache.put("model-a", "ab" * 32, np.arange(4, dtype=np.float32))
+    cache.put("model-a", "cd" * 32, np.ones(4, dtype=np.float32))
+    cache.put("model-b", "ab" * 32, np.zeros(8, dtype=np.float32))
+    path = tmp_path / "cache" / "vectors.npz"
+    cache.save(path)
+    again = EmbeddingCache.load(path)
+    np.testing.assert_array_equal(again.get("model-a", "ab" * 32), np.arange(4))
+    np.testing.assert_array_equal(again.get("model-b", "ab" * 32), np.zeros(8))
+    assert again.get("model-b", "cd" * 32) is None
+    assert EmbeddingCache.load(tmp_path / "none.npz").get("model-a", "ab" * 32) is None

@@ -51,7 +51,7 @@ def catalog(store: Store, model_artifact: Path) -> Iterator[Catalog]:
     store.seed_model(embedder.version)
     for kind in KINDS:
         refs = [
-            ReferenceInput(make_image(kind, seed), {"group": str(seed % 3)}) for seed in range(8)
+            ReferenceInput(make_image(kind, seed), {"group": str(seed % 3)}) for seed in range(12)
         ]
         catalog.add_category(kind, references=refs)
     yield catalog
@@ -95,16 +95,17 @@ def test_reindex_switches_to_the_new_version_and_rollback_returns(
     assert job.state == ReindexState.DONE, job.message
     new = started.target
     assert new != old and catalog.serving.version == new
-    assert (job.done, job.total) == (24, 24)
+    assert (job.done, job.total) == (36, 36)
     assert job.accuracy_before is not None and job.accuracy_after is not None
-    assert job.validation_examples == 24
+    # the references with another shoot of their category to be judged by
+    assert 0 < job.validation_examples <= 36
     assert f"{job.accuracy_after:.1%}" in job.message
     recorded = store.get_model()
     assert recorded is not None and (recorded.active, recorded.previous) == (new, old)
     # Every reference has a vector of both versions; the new index answers.
     ids = list(store.all_references())
-    assert len(store.get_vectors(old, ids)) == len(store.get_vectors(new, ids)) == 24
-    assert len(catalog.index) == 24 and catalog.embedder.dim == 256
+    assert len(store.get_vectors(old, ids)) == len(store.get_vectors(new, ids)) == 36
+    assert len(catalog.index) == 36 and catalog.embedder.dim == 256
     answer = predict(catalog, "dots", 3)
     assert answer.model_version == new
     assert answer.categories[0].category == "dots"
@@ -127,7 +128,7 @@ def test_reindex_switches_to_the_new_version_and_rollback_returns(
     job = wait(reindexer)
     assert job.state == ReindexState.DONE, job.message
     assert catalog.serving.version == old
-    assert job.resumed_from == 24  # nothing re-embedded: the old vectors were kept
+    assert job.resumed_from == 36  # nothing re-embedded: the old vectors were kept
     recorded = store.get_model()
     assert recorded is not None and (recorded.active, recorded.previous) == (old, new)
     assert predict(catalog, "stripes", 3).model_version == old
