@@ -31,7 +31,9 @@ from embedder.datasets import load_dataset  # noqa: E402
 from embedder.model import Embedder, load_artifact, resolve_model  # noqa: E402
 from embedder.splits import split_dataset  # noqa: E402
 from indexer.vote import VoteConfig  # noqa: E402
-from server.evaluation.evaluate import EmbeddedImages, knn_answers, top_k_accuracy  # noqa: E402
+from server.evaluation.embedding import EmbeddedImages  # noqa: E402
+from server.evaluation.evaluate import knn_answers  # noqa: E402
+from server.evaluation.metrics import top_k_accuracy  # noqa: E402
 
 Vectors = np.ndarray
 Make = Callable[[list[int], list[int]], tuple[Vectors, Vectors]]

@@ -48,7 +48,7 @@ from indexer.vote import VoteConfig  # noqa: E402
 from server.cli import build_parser  # noqa: E402
 from server.commands.evaluate import DEFAULT_MODEL, DEFAULT_MODELS_DIR, choose_images  # noqa: E402
 from server.commands.sources import add_csv_arguments  # noqa: E402
-from server.evaluation.evaluate import EmbeddingCache  # noqa: E402
+from server.evaluation.embedding import EmbeddingCache  # noqa: E402
 from server.serving import Serving  # noqa: E402
 from server.settings import Settings  # noqa: E402
 

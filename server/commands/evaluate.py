@@ -20,7 +20,8 @@ from server.commands.sources import add_csv_arguments, load_source
 if TYPE_CHECKING:
     from embedder.datasets import LabeledImage
     from indexer.vote import VoteConfig
-    from server.evaluation.evaluate import EmbeddingCache, Evaluation
+    from server.evaluation.embedding import EmbeddingCache
+    from server.evaluation.evaluate import Evaluation
 
     # references, queries, parents, held-out categories, split summary, calibration images
     Chosen = tuple[
@@ -228,7 +229,8 @@ def run(args: argparse.Namespace) -> None:
         run_zero_shot(args)
         return
     from indexer.calibration import Bound
-    from server.evaluation.evaluate import EmbeddingCache, evaluate, load_models, over_seeds
+    from server.evaluation.embedding import EmbeddingCache
+    from server.evaluation.evaluate import evaluate, load_models, over_seeds
     from server.evaluation.report import write_report
 
     if len(args.seed) > 1 and args.data is None:
@@ -353,7 +355,8 @@ def print_over_seeds(summary: dict[str, dict[str, Any]], seeds: int) -> None:
 def run_zero_shot(args: argparse.Namespace) -> None:
     """`eval --zero-shot`: the queries among all categories, from their names alone."""
     from embedder import load_artifact, resolve_model
-    from server.evaluation.evaluate import EmbeddingCache, evaluate_zero_shot
+    from server.evaluation.embedding import EmbeddingCache
+    from server.evaluation.zero_shot import evaluate_zero_shot
 
     if args.report:
         raise CommandError("--report draws the kNN evaluation; with --zero-shot use --json")

@@ -10,20 +10,15 @@ near-identical twin is among the references, which would make any number look to
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
-from tqdm import tqdm
 
 from embedder.datasets import LabeledImage
-from embedder.images import ImageDecodeError
 from embedder.model import Embedder, artifact_version, load_artifact, resolve_model
-from embedder.text import text_shares
 from embedder.training.validation import Classifier
 from indexer import answer as served_answer
 from indexer.answer import HeadInput, Prediction
@@ -45,352 +40,29 @@ from indexer.holdout import (
     served_head,
     shoots,
 )
-from indexer.ids import image_sha256, reference_id
+from indexer.ids import reference_id
 from indexer.index import Hit, VectorIndex
 from indexer.vote import VoteConfig
+from server.evaluation.embedding import (
+    EMBED_BATCH,
+    EmbeddedImages,
+    EmbeddingCache,
+    Skipped,
+    embed_images,
+)
+from server.evaluation.metrics import TOP_N, Answer, Metrics, rounded, score
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from embedder.text import TextTower
+    pass
 
 FROZEN_BASELINE = "efficientnet_lite0"  # the packaged backbone every model is compared with
-TOP_N = 5  # categories kept per answer (top-3 accuracy needs 3)
-WORST_COUNT = 5
 LEAKAGE_THRESHOLD = 0.98  # cosine similarity of frozen features that counts as a near-twin
 LEAKAGE_EXAMPLES = 10
 # Inverse L2 strength of the linear probe. Unit-length features need weak regularisation:
 # chosen on the clothing *validation* split (C=1: top-1 76%, ECE 0.16; C=10: 78%, ECE 0.03).
 PROBE_C = 10.0
-EMBED_BATCH = 32
-
-
-# -- answers and metrics -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One query: its true category and the predicted categories, best first, with scores."""
-
-    truth: str
-    categories: tuple[str, ...]
-    scores: tuple[float, ...]
-    # Cosine similarity of the nearest reference, for kNN answers (-1.0 when the search found
-    # none); 1.0 where it does not apply (the probe, zero-shot).
-    nearest: float = 1.0
-
-    @property
-    def predicted(self) -> str | None:
-        return self.categories[0] if self.categories else None
-
-    @property
-    def confidence(self) -> float:
-        """The top category's score: what calibration is measured on."""
-        return self.scores[0] if self.scores else 0.0
-
-    def hit(self, k: int) -> bool:
-        return self.truth in self.categories[:k]
-
-
-@dataclass(frozen=True)
-class CategoryMetrics:
-    n: int
-    top1: float
-    top3: float
-
-
-def top_k_accuracy(answers: Sequence[Answer], k: int) -> float:
-    if not answers:
-        raise ValueError("no answers to score")
-    return sum(a.hit(k) for a in answers) / len(answers)
-
-
-def per_category(answers: Sequence[Answer]) -> dict[str, CategoryMetrics]:
-    """Top-1 and top-3 accuracy of each true category, sorted by name."""
-    grouped: dict[str, list[Answer]] = defaultdict(list)
-    for answer in answers:
-        grouped[answer.truth].append(answer)
-    return {
-        name: CategoryMetrics(len(group), top_k_accuracy(group, 1), top_k_accuracy(group, 3))
-        for name, group in sorted(grouped.items())
-    }
-
-
-def macro_top1(categories: Mapping[str, CategoryMetrics]) -> float:
-    """The mean of per-category top-1: every category counts the same, however many queries."""
-    return sum(m.top1 for m in categories.values()) / len(categories)
-
-
-def worst_categories(
-    categories: Mapping[str, CategoryMetrics], count: int = WORST_COUNT
-) -> list[str]:
-    """The `count` categories with the lowest top-1 (more queries first among equals)."""
-    ranked = sorted(categories.items(), key=lambda item: (item[1].top1, -item[1].n, item[0]))
-    return [name for name, _ in ranked[:count]]
-
-
-def ancestry(category: str, parents: Mapping[str, str | None]) -> tuple[str, ...]:
-    """The taxonomy path from the top-level category down to `category`."""
-    path = [category]
-    while (parent := parents.get(path[-1])) and parent not in path:
-        path.append(parent)
-    return tuple(reversed(path))
-
-
-def hierarchy_accuracy(
-    answers: Sequence[Answer], parents: Mapping[str, str | None]
-) -> dict[str, float]:
-    """Top-1 accuracy at each taxonomy level, judged by the predicted category's path.
-
-    `level_1` is the top-level category, `level_2` the one below it, ...; a level counts the
-    queries whose true category is at that depth or deeper. `leaf` is plain top-1. A flat
-    dataset has only `leaf`.
-    """
-    truths = [ancestry(a.truth, parents) for a in answers]
-    predictions = [ancestry(a.predicted, parents) if a.predicted else () for a in answers]
-    depth = max(len(path) for path in truths)
-    levels: dict[str, float] = {}
-    for level in range(1, depth):
-        pairs = [(t, p) for t, p in zip(truths, predictions, strict=True) if len(t) >= level]
-        right = sum(len(p) >= level and p[level - 1] == t[level - 1] for t, p in pairs)
-        levels[f"level_{level}"] = right / len(pairs)
-    levels["leaf"] = top_k_accuracy(answers, 1)
-    return levels
-
-
-@dataclass(frozen=True)
-class SubsetMetrics:
-    n: int
-    top1: float
-    top3: float
-    macro_top1: float
-
-
-def subset_metrics(answers: Sequence[Answer]) -> SubsetMetrics:
-    return SubsetMetrics(
-        len(answers),
-        top_k_accuracy(answers, 1),
-        top_k_accuracy(answers, 3),
-        macro_top1(per_category(answers)),
-    )
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """Everything measured on one method's answers."""
-
-    queries: int
-    top1: float
-    top3: float
-    macro_top1: float
-    ece: float
-    worst_categories: list[str]
-    per_category: dict[str, CategoryMetrics]
-    hierarchy: dict[str, float]
-    reliability: list[ReliabilityBin]
-    # Queries of categories held out of training vs the rest; None when nothing is held out.
-    held_out: SubsetMetrics | None = None
-    seen: SubsetMetrics | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "queries": self.queries,
-            "top1": self.top1,
-            "top3": self.top3,
-            "macro_top1": self.macro_top1,
-            "ece": self.ece,
-            "worst_categories": [
-                {"category": name, **vars(self.per_category[name])}
-                for name in self.worst_categories
-            ],
-            "per_category": {name: vars(m) for name, m in self.per_category.items()},
-            "hierarchy": self.hierarchy,
-            "reliability": [vars(b) for b in self.reliability],
-        }
-        if self.held_out is not None or self.seen is not None:
-            data["held_out"] = {
-                "held_out": vars(self.held_out) if self.held_out else None,
-                "seen": vars(self.seen) if self.seen else None,
-            }
-        return _rounded(data)
-
-
-def score(
-    answers: Sequence[Answer],
-    parents: Mapping[str, str | None] | None = None,
-    held_out: Sequence[str] = (),
-) -> Metrics:
-    """All metrics of one method's answers; `held_out` categories are also scored apart."""
-    categories = per_category(answers)
-    bins = reliability_bins([a.confidence for a in answers], [a.hit(1) for a in answers])
-    held = set(held_out)
-    held_answers = [a for a in answers if a.truth in held]
-    seen_answers = [a for a in answers if a.truth not in held]
-    return Metrics(
-        queries=len(answers),
-        top1=top_k_accuracy(answers, 1),
-        top3=top_k_accuracy(answers, 3),
-        macro_top1=macro_top1(categories),
-        ece=expected_calibration_error(bins),
-        worst_categories=worst_categories(categories),
-        per_category=categories,
-        hierarchy=hierarchy_accuracy(answers, parents or {}),
-        reliability=bins,
-        held_out=subset_metrics(held_answers) if held and held_answers else None,
-        seen=subset_metrics(seen_answers) if held and seen_answers else None,
-    )
-
-
-def _rounded(value: Any, digits: int = 4) -> Any:
-    if isinstance(value, float):
-        return round(value, digits)
-    if isinstance(value, dict):
-        return {k: _rounded(v, digits) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_rounded(v, digits) for v in value]
-    return value
-
-
-# -- embedding -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Skipped:
-    path: Path
-    reason: str
-
-
-@dataclass
-class EmbeddedImages:
-    """The images that could be embedded, their file hashes and vectors, row for row."""
-
-    images: list[LabeledImage]
-    shas: list[str]
-    vectors: np.ndarray
-
-    @property
-    def labels(self) -> list[str]:
-        return [i.category for i in self.images]
-
-
-class EmbeddingCache:
-    """Vectors by (model version, sha256 of the file), so within a run an image is embedded
-    once per model however often it appears (the same file as reference and query, say);
-    saved to a file (`nearcat eval --embedding-cache`), across runs too."""
-
-    def __init__(self) -> None:
-        self._vectors: dict[tuple[str, str], np.ndarray] = {}
-
-    def get(self, version: str, sha: str) -> np.ndarray | None:
-        return self._vectors.get((version, sha))
-
-    def put(self, version: str, sha: str, vector: np.ndarray) -> None:
-        self._vectors[(version, sha)] = vector
-
-    def save(self, path: Path) -> None:
-        """Write every vector to `path` (.npz, one matrix per model version), atomically."""
-        versions = sorted({v for v, _ in self._vectors})
-        arrays: dict[str, np.ndarray] = {"versions": np.array(versions)}
-        for n, version in enumerate(versions):
-            shas = sorted(sha for v, sha in self._vectors if v == version)
-            arrays[f"shas{n}"] = np.array(shas)
-            arrays[f"vectors{n}"] = np.stack([self._vectors[(version, sha)] for sha in shas])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial.npz")
-        np.savez(partial, **arrays)  # type: ignore[arg-type]
-        partial.replace(path)
-
-    @classmethod
-    def load(cls, path: Path) -> EmbeddingCache:
-        """The vectors saved at `path`; empty when there is no such file."""
-        cache = cls()
-        if path.exists():
-            with np.load(path) as data:
-                for n, version in enumerate(data["versions"].tolist()):
-                    vectors = data[f"vectors{n}"]
-                    for sha, vector in zip(data[f"shas{n}"].tolist(), vectors, strict=True):
-                        cache.put(str(version), str(sha), vector)
-        return cache
-
-
-@dataclass
-class _DecodedBatch:
-    images: list[LabeledImage] = field(default_factory=list)
-    shas: list[str] = field(default_factory=list)
-    vectors: list[np.ndarray | None] = field(default_factory=list)  # None: still to embed
-    pixels: list[np.ndarray] = field(default_factory=list)  # of the None rows, in order
-    skipped: list[Skipped] = field(default_factory=list)
-
-
-def _decode_batch(
-    embedder: Embedder, cache: EmbeddingCache, images: Sequence[LabeledImage]
-) -> _DecodedBatch:
-    batch = _DecodedBatch()
-    for image in images:
-        try:
-            data = image.path.read_bytes()
-        except OSError as exc:
-            batch.skipped.append(Skipped(image.path, f"cannot read: {exc.strerror or exc}"))
-            continue
-        sha = image_sha256(data)
-        vector = cache.get(embedder.version, sha)
-        if vector is None:
-            try:
-                batch.pixels.append(embedder.decode(data))
-            except ImageDecodeError as exc:
-                batch.skipped.append(Skipped(image.path, exc.reason))
-                continue
-        batch.images.append(image)
-        batch.shas.append(sha)
-        batch.vectors.append(vector)
-    return batch
-
-
-def embed_images(
-    embedder: Embedder,
-    images: Sequence[LabeledImage],
-    cache: EmbeddingCache | None = None,
-    batch_size: int = EMBED_BATCH,
-    desc: str = "embedding",
-) -> tuple[EmbeddedImages, list[Skipped]]:
-    """Embed labelled image files; unreadable ones are returned as skipped, never raised.
-
-    The next batch is read and decoded in a worker thread while the network runs on this one.
-    """
-    cache = cache or EmbeddingCache()
-    chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-    kept: list[LabeledImage] = []
-    shas: list[str] = []
-    rows: list[np.ndarray] = []
-    skipped: list[Skipped] = []
-    with (
-        ThreadPoolExecutor(max_workers=1) as pool,
-        tqdm(total=len(images), desc=desc, unit="img") as bar,
-    ):
-        pending: Future[_DecodedBatch] | None = None
-        for n, chunk in enumerate(chunks):
-            if pending is None:
-                pending = pool.submit(_decode_batch, embedder, cache, chunk)
-            batch = pending.result()
-            pending = (
-                pool.submit(_decode_batch, embedder, cache, chunks[n + 1])
-                if n + 1 < len(chunks)
-                else None
-            )
-            fresh: Iterator[np.ndarray] = iter(
-                embedder.embed_pixels(np.stack(batch.pixels)) if batch.pixels else []
-            )
-            for sha, vector in zip(batch.shas, batch.vectors, strict=True):
-                if vector is None:
-                    vector = next(fresh)
-                    cache.put(embedder.version, sha, vector)
-                rows.append(vector)
-            kept.extend(batch.images)
-            shas.extend(batch.shas)
-            skipped.extend(batch.skipped)
-            bar.update(len(chunk))
-    vectors = np.stack(rows) if rows else np.empty((0, embedder.dim), dtype=np.float32)
-    return EmbeddedImages(kept, shas, vectors.astype(np.float32, copy=False)), skipped
 
 
 # -- classifiers ---------------------------------------------------------------------------
@@ -508,7 +180,7 @@ class ConfidenceReport:
 
     def to_dict(self) -> dict[str, Any]:
         c = self.calibration
-        return _rounded(
+        return rounded(
             {
                 "fitted": {
                     "source": c.source,
@@ -619,7 +291,7 @@ class Leakage:
         return bool(self.identical or self.near_identical)
 
     def to_dict(self) -> dict[str, Any]:
-        return _rounded(
+        return rounded(
             {
                 "found": self.found,
                 "threshold": self.threshold,
@@ -767,7 +439,7 @@ def over_seeds(reports: Mapping[int, Mapping[str, Any]]) -> dict[str, dict[str, 
         values = [v for v in by_seed.values() if v is not None]
         if not values:
             continue
-        summary[name] = _rounded(
+        summary[name] = rounded(
             {
                 "mean": float(np.mean(values)),
                 "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
@@ -1025,113 +697,4 @@ def _answer(truth: str, prediction: Prediction) -> Answer:
         tuple(c.category for c in prediction.categories),
         tuple(c.score for c in prediction.categories),
         prediction.neighbors[0].similarity if prediction.neighbors else -1.0,
-    )
-
-
-# -- zero-shot from category names ---------------------------------------------------------
-
-
-@dataclass
-class ZeroShotEvaluation:
-    """Queries classified from the category names alone: no reference image is used."""
-
-    model_name: str
-    model_version: str
-    tower_version: str
-    logit_scale: float
-    labels: list[str]  # the candidate categories, whose names are the prompts
-    metrics: Metrics
-    skipped: list[Skipped]
-    split: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": {"name": self.model_name, "version": self.model_version},
-            "zero_shot": {
-                "text_tower": self.tower_version,
-                "logit_scale": self.logit_scale,
-                "prompts": "the category names",
-                "candidates": self.labels,
-                "chance_top1": round(1 / len(self.labels), 4),
-            },
-            "counts": {
-                "queries": self.metrics.queries,
-                "categories": len(self.labels),
-                "skipped": len(self.skipped),
-            },
-            **self.metrics.to_dict(),
-            "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
-            **({"split": self.split} if self.split is not None else {}),
-        }
-
-
-def embed_semantics(
-    embedder: Embedder, images: Sequence[LabeledImage], batch_size: int = EMBED_BATCH
-) -> tuple[list[LabeledImage], np.ndarray, list[Skipped]]:
-    """The zero-shot head's semantic vectors of labelled image files; unreadable ones skipped."""
-    kept: list[LabeledImage] = []
-    rows: list[np.ndarray] = []
-    skipped: list[Skipped] = []
-    nothing_cached = EmbeddingCache()  # so every readable image comes back as pixels
-    for start in tqdm(range(0, len(images), batch_size), desc="queries", unit="batch"):
-        batch = _decode_batch(embedder, nothing_cached, images[start : start + batch_size])
-        kept += batch.images
-        skipped += batch.skipped
-        if batch.pixels:
-            rows.append(embedder.embed_pixels_with_semantics(np.stack(batch.pixels))[1])
-    semantics = np.concatenate(rows) if rows else np.empty((0, embedder.semantic_dim), np.float32)
-    return kept, semantics, skipped
-
-
-def zero_shot_answers(
-    truths: Sequence[str], semantics: np.ndarray, labels: Sequence[str], tower: TextTower
-) -> list[Answer]:
-    """Rank `labels` for each image by semantics @ text vector of the label's name; the
-    scores are softmax(tower.logit_scale * scores) over the labels (uncalibrated)."""
-    probabilities = text_shares(tower, semantics, tower.encode(list(labels)))
-    answers = []
-    for truth, row in zip(truths, probabilities, strict=True):
-        best = np.argsort(-row, kind="stable")[:TOP_N]
-        answers.append(
-            Answer(truth, tuple(labels[i] for i in best), tuple(float(row[i]) for i in best))
-        )
-    return answers
-
-
-def evaluate_zero_shot(
-    queries: Sequence[LabeledImage],
-    model: Embedder,
-    labels: Sequence[str] | None = None,
-    *,
-    parents: Mapping[str, str | None] | None = None,
-    batch_size: int = EMBED_BATCH,
-) -> ZeroShotEvaluation:
-    """Classify `queries` among `labels` (default: the queries' categories) from the names
-    alone, with the model's text tower; ValueError when the model has none."""
-    from embedder.text import load_text_tower
-
-    tower = load_text_tower(model)
-    if tower is None:
-        raise ValueError(
-            f"model {model.version} has no zero-shot head (no text tower): rebuild the "
-            "artifact with this version of nearcat, or use an open_clip model"
-        )
-    candidates = sorted(set(labels) if labels else {i.category for i in queries})
-    unknown = sorted({i.category for i in queries} - set(candidates))
-    if unknown:
-        raise ValueError(f"query categories missing from the candidates: {', '.join(unknown)}")
-    if len(candidates) < 2:
-        raise ValueError("zero-shot evaluation needs at least two candidate categories")
-    kept, semantics, skipped = embed_semantics(model, queries, batch_size)
-    if not kept:
-        raise ValueError("none of the query images could be read")
-    answers = zero_shot_answers([i.category for i in kept], semantics, candidates, tower)
-    return ZeroShotEvaluation(
-        model_name=model.config.name,
-        model_version=model.version,
-        tower_version=tower.version,
-        logit_scale=tower.logit_scale,
-        labels=candidates,
-        metrics=score(answers, parents),
-        skipped=skipped,
     )

@@ -19,8 +19,8 @@ from server.evaluation.evaluate import (
     Evaluation,
     MethodResult,
     ReliabilityBin,
-    ancestry,
 )
+from server.evaluation.metrics import ancestry
 
 CONFUSION_FILE = "confusion.png"
 RELIABILITY_FILE = "reliability.png"

@@ -194,7 +194,7 @@ def test_a_tampered_head_fails_the_checksum(model_artifact: Path, tmp_path: Path
 def test_zero_shot_tells_shoes_hats_and_pants_apart(lite0: Embedder) -> None:
     """Real photos, the three categories by name only: far above chance (33%)."""
     from embedder.datasets import load_csv
-    from server.evaluation.evaluate import evaluate_zero_shot
+    from server.evaluation.zero_shot import evaluate_zero_shot
 
     wanted = ("Shoes", "Hat", "Pants")
     data = load_csv(CLOTHING / "images.csv", path_template="images/{}.jpg")

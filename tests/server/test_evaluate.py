@@ -16,27 +16,25 @@ from PIL import Image
 import server.evaluation.report as report_module
 from embedder.datasets import LabeledImage, load_folder_tree
 from embedder.model import Embedder, create_artifact, load_artifact
-from indexer.calibration import Calibration
+from indexer.calibration import Calibration, expected_calibration_error, reliability_bins
 from indexer.vote import VoteConfig
 from server.commands.evaluate import print_summary
+from server.evaluation.embedding import EmbeddedImages, EmbeddingCache, embed_images
 from server.evaluation.evaluate import (
-    Answer,
-    EmbeddedImages,
-    EmbeddingCache,
     Evaluation,
     at_threshold,
     confidence_report,
-    embed_images,
     evaluate,
-    expected_calibration_error,
     find_leakage,
-    hierarchy_accuracy,
     knn_answers,
     linear_probe_answers,
-    macro_top1,
     over_seeds,
+)
+from server.evaluation.metrics import (
+    Answer,
+    hierarchy_accuracy,
+    macro_top1,
     per_category,
-    reliability_bins,
     score,
     top_k_accuracy,
     worst_categories,
