@@ -289,7 +289,7 @@ def earned_threshold(
     likely = float(np.mean(conf[~outside] >= bound.precision)) if inside else 0.0
     needed = math.ceil(run / likely) if likely > 0 else 0
     reason = (
-        f"{inside} labelled images do not prove {bound.precision:.0%} precision at "
+        f"{inside} held-out examples do not prove {bound.precision:.0%} precision at "
         f"{bound.level:.0%} confidence for any band: at least {run} answers in a row, all "
         "right, are needed"
         + (
