@@ -91,6 +91,36 @@ def served_head(
     return fit_head(np.asarray(vectors)[kept], [categories[i] for i in kept])
 
 
+def held_out_examples(
+    index: VectorIndex,
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    categories: Sequence[str],
+    vote: VoteConfig,
+    labelled: tuple[np.ndarray, Sequence[str]] | None = None,
+    group_of: Mapping[str, str] | None = None,
+    size: int = CALIBRATION_EXAMPLES,
+) -> tuple[list[LabelledExample], ConfidenceHead | None]:
+    """What a calibration of the catalogue in `index` (its references: `ids`, `vectors`,
+    `categories`) fits on, and the head to serve with it: the `labelled` photos (vectors,
+    truths) when given, asked of the whole catalogue with the head fitted on the sampled
+    references; else leave-one-shoot-out over those sampled references. The server, eval
+    and the reindex check all take their examples from here."""
+    sample = calibration_sample(ids, categories, size)
+    if labelled is not None:
+        head = served_head(vectors, categories, sample)
+        return labelled_examples(index, labelled[0], labelled[1], vote, head), head
+    return reference_examples(
+        index,
+        [ids[i] for i in sample],
+        np.asarray(vectors)[sample],
+        [categories[i] for i in sample],
+        shoots(index, ids, vectors, categories),
+        vote,
+        group_of,
+    )
+
+
 def shoots(
     index: VectorIndex, ids: Sequence[str], vectors: np.ndarray, categories: Sequence[str]
 ) -> dict[str, int]:

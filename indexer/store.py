@@ -491,6 +491,10 @@ class Store:
         ]
         return sorted(out, key=lambda x: (x.at_ms, x.id))
 
+    def labelled_count(self, model_version: str) -> int:
+        """Labelled photos with a vector of `model_version` (one read, no vectors fetched)."""
+        return int(self._call(lambda: self._redis.hlen(self._key("lvec", model_version))))
+
     def get_labelled_image(self, labelled_id: str) -> bytes | None:
         data = self._call(lambda: self._redis.get(self._key("limg", labelled_id)))
         return bytes(data) if data is not None else None

@@ -32,14 +32,7 @@ from indexer.errors import (
     NotFound,
 )
 from indexer.head import ConfidenceHead
-from indexer.holdout import (
-    CALIBRATION_EXAMPLES,
-    calibration_sample,
-    labelled_examples,
-    reference_examples,
-    served_head,
-    shoots,
-)
+from indexer.holdout import CALIBRATION_EXAMPLES, held_out_examples
 from indexer.ids import image_sha256, is_reference_id, reference_id
 from indexer.index import Hit, IndexConfig, VectorIndex
 from indexer.store import Category, LabelledPhoto, NewReference, Reference, Store
@@ -526,8 +519,8 @@ class Catalog:
     ) -> Calibration:
         """Fit the calibration on examples the catalogue has not seen and keep it: the stored
         labelled traffic when there is enough, else each sampled reference asked of the
-        others outside its shoot (`indexer.holdout`; with `group_by`, references sharing that
-        metadata, e.g. a sender, are one shoot too)."""
+        others outside its shoot and, with `group_by`, outside the references sharing its
+        value of that metadata, e.g. its sender (`indexer.holdout`)."""
         with self._use() as s:
             examples, head, how = self.honest_examples(s, group_by, max_examples)
             try:
@@ -581,16 +574,14 @@ class Catalog:
                 "calibration needs references in at least two categories; add more first"
             )
         vectors = np.concatenate(parts)
-        sample = calibration_sample(ids, categories, max_examples)
         labelled = [x for x in self.store.labelled(s.version) if x.vector is not None]
         if len(labelled) >= MIN_LABELLED:
-            head = served_head(vectors, categories, sample)
-            examples = labelled_examples(
-                s.index,
+            photos = (
                 np.stack([x.vector for x in labelled if x.vector is not None]),
                 [x.label for x in labelled],
-                self.vote,
-                head,
+            )
+            examples, head = held_out_examples(
+                s.index, ids, vectors, categories, self.vote, photos, size=max_examples
             )
             sources = sorted({x.source for x in labelled})
             return examples, head, f"{len(labelled)} labelled photos ({', '.join(sources)})"
@@ -599,14 +590,8 @@ class Catalog:
             for ref in self.store.get_references(ids):
                 if ref is not None and group_by in ref.metadata:
                     groups[ref.id] = ref.metadata[group_by]
-        examples, head = reference_examples(
-            s.index,
-            [ids[i] for i in sample],
-            vectors[sample],
-            [categories[i] for i in sample],
-            shoots(s.index, ids, vectors, categories),
-            self.vote,
-            groups,
+        examples, head = held_out_examples(
+            s.index, ids, vectors, categories, self.vote, group_of=groups, size=max_examples
         )
         asked = sum(not e.open_set for e in examples)
         how = f"leave-one-shoot-out over {asked} references" + (
@@ -638,7 +623,7 @@ class Catalog:
     def labelled_count(self) -> int:
         """Labelled photos stored with a vector of the serving model version."""
         with self._use() as s:
-            return sum(x.vector is not None for x in self.store.labelled(s.version))
+            return self.store.labelled_count(s.version)
 
     def add_labelled(
         self, photos: Sequence[tuple[bytes, str]], source: str, deadline: float | None = None

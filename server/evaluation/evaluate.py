@@ -32,14 +32,7 @@ from indexer.calibration import (
     reliability_bins,
 )
 from indexer.decision import DecisionPolicy
-from indexer.head import ConfidenceHead
-from indexer.holdout import (
-    calibration_sample,
-    labelled_examples,
-    reference_examples,
-    served_head,
-    shoots,
-)
+from indexer.holdout import calibration_sample, held_out_examples, served_head, shoots
 from indexer.ids import reference_id
 from indexer.index import Hit, VectorIndex
 from indexer.vote import VoteConfig
@@ -591,25 +584,18 @@ def _served(
     server draws it), the same fit (`fit_calibration`) and the same answer (`answer`)."""
     ids = [reference_id(c, sha) for c, sha in zip(refs.labels, refs.shas, strict=True)]
     index = VectorIndex.build(refs.vectors.shape[1], ids, refs.labels, refs.vectors)
-    sample = calibration_sample(ids, refs.labels)
-    head: ConfidenceHead | None
     if labelled:
         held, _ = embed_images(model, labelled, cache, EMBED_BATCH, "labelled")
-        head = served_head(refs.vectors, refs.labels, sample)
-        examples = labelled_examples(index, held.vectors, held.labels, vote, head)
+        examples, head = held_out_examples(
+            index, ids, refs.vectors, refs.labels, vote, (held.vectors, held.labels)
+        )
         source = f"{len(held.images)} labelled images"
     else:
         groups = {
             ids[i]: image.group for i, image in enumerate(refs.images) if image.group is not None
         }
-        examples, head = reference_examples(
-            index,
-            [ids[i] for i in sample],
-            refs.vectors[sample],
-            [refs.labels[i] for i in sample],
-            shoots(index, ids, refs.vectors, refs.labels),
-            vote,
-            groups,
+        examples, head = held_out_examples(
+            index, ids, refs.vectors, refs.labels, vote, group_of=groups
         )
         source = f"leave-one-shoot-out over {sum(not e.open_set for e in examples)} references"
     try:
