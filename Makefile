@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint protos clean
+.PHONY: setup browser run test lint protos clean
 
 setup: $(STAMP)  ## create .venv and install nearcat with its dev tools
 
@@ -14,10 +14,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-run: setup  ## serve on embedded defaults: ./var, 127.0.0.1:50051 (ARGS='--port 6000' to change)
-	$(BIN)/nearcat serve $(ARGS)
+# The console's browser tests drive Debian's chromium (Playwright's own downloads are not used).
+browser:  ## install chromium for the web console's browser tests (needs root and apt)
+	test -x /usr/bin/chromium || (apt-get update && apt-get install -y --no-install-recommends chromium fonts-dejavu-core)
+	@# without a font the pages render no text at all (and the tests read text)
+	test -n "$$(find /usr/share/fonts -name '*.ttf' -print -quit 2>/dev/null)" || \
+		(apt-get update && apt-get install -y --no-install-recommends fonts-dejavu-core)
 
-test: setup  ## the whole test suite (PYTEST_ARGS='-k store' to narrow it)
+run: setup  ## serve on embedded defaults: ./var, 127.0.0.1:50051, web console on :8080 (ARGS='--port 6000' to change)
+	$(BIN)/nearcat serve --console-port 8080 $(ARGS)
+
+test: setup browser  ## the whole test suite (PYTEST_ARGS='-k store' to narrow it)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
