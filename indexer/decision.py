@@ -51,18 +51,22 @@ class DecisionPolicy:
     Before a calibration is fitted, scores are raw vote shares, not probabilities (in a
     catalogue of one category every image scores 1.0), so nothing is auto-accepted: such an
     answer is at most flagged, unless `auto_accept_uncalibrated` says to trust shares at or
-    above the calibration's target precision.
+    above the calibration's target precision. While `auto_accept_suspended` (the audit
+    guard: reviewed audits say the band is not holding), nothing is auto-accepted at all.
     """
 
     default: Thresholds = field(default_factory=Thresholds)
     per_category: Mapping[str, Thresholds] = field(default_factory=dict)
     auto_accept_uncalibrated: bool = False
+    auto_accept_suspended: bool = False
 
     def thresholds(self, category: str) -> Thresholds:
         return self.per_category.get(category, self.default)
 
     def auto_accept_at(self, category: str, calibration: Calibration) -> float | None:
         """The probability from which `category` is auto-accepted; None: never."""
+        if self.auto_accept_suspended:
+            return None
         own = self.thresholds(category).auto_accept
         if own is not None:
             return own

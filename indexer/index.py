@@ -232,6 +232,15 @@ class VectorIndex:
                 out.setdefault(category, set()).add(reference_id_of_faiss(i))
         return out
 
+    def relabel(self, old: str, new: str) -> None:
+        """Category `old` is now called `new` (a rename): its vectors stay as they are."""
+        with self._lock:
+            for i, category in self._category_of.items():
+                if category == old:
+                    self._category_of[i] = new
+            if old in self._counts:
+                self._counts[new] = self._counts.pop(old)
+
     def categories(self) -> set[str]:
         """The categories with at least one vector in the index."""
         with self._lock:

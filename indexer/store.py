@@ -13,7 +13,8 @@ call returns.
 Keys, under a prefix (default ``nearcat``):
 
 - ``categories``            SET of category names
-- ``cat:<name>``            HASH name, parent, metadata (JSON), prompts (JSON), created_at_ms
+- ``cat:<name>``            HASH name, parent, metadata (JSON), prompts (JSON), created_at_ms,
+                            former_names (JSON: names before renames)
 - ``refs:<name>``           SET of the category's reference ids
 - ``children:<name>``       SET of the category's child category names
 - ``ref:<id>``              HASH id, category, sha256, metadata (JSON), created_at_ms
@@ -38,6 +39,7 @@ import numpy as np
 import redis
 
 from indexer.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from indexer.ids import reference_id as id_in_category
 
 T = TypeVar("T")
 
@@ -161,41 +163,48 @@ class Store:
         return self._prefix
 
     @property
+    def client(self) -> Any:
+        """The Redis client, for stores of other things under the same prefix
+        (indexer.review_store)."""
+        return self._redis
+
+    @property
     def key_pattern(self) -> str:
         """A SCAN pattern matching every key of this store."""
-        return self._key("*")
+        return self.key("*")
 
     def changes(self) -> list[dict[str, str]]:
         """The change stream (every add, remove and delete), oldest first."""
-        entries = self._call(lambda: self._redis.xrange(self._key("changes")))
+        entries = self.call(lambda: self._redis.xrange(self.key("changes")))
         return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
 
     # -- key names -----------------------------------------------------------------------
 
-    def _key(self, *parts: str) -> str:
+    def key(self, *parts: str) -> str:
+        """A key under this store's prefix."""
         return ":".join((self._prefix, *parts))
 
     def _category_key(self, name: str) -> str:
-        return self._key("cat", name)
+        return self.key("cat", name)
 
     def _refs_key(self, name: str) -> str:
-        return self._key("refs", name)
+        return self.key("refs", name)
 
     def _children_key(self, name: str) -> str:
-        return self._key("children", name)
+        return self.key("children", name)
 
     def _ref_key(self, reference_id: str) -> str:
-        return self._key("ref", reference_id)
+        return self.key("ref", reference_id)
 
     def _image_key(self, reference_id: str) -> str:
-        return self._key("img", reference_id)
+        return self.key("img", reference_id)
 
     def _vectors_key(self, model_version: str) -> str:
-        return self._key("vec", model_version)
+        return self.key("vec", model_version)
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _transaction(self, body: Callable[[Any], T], watch: Sequence[str], if_applied: str) -> T:
+    def transaction(self, body: Callable[[Any], T], watch: Sequence[str], if_applied: str) -> T:
         """Run body(pipe) under WATCH and commit it; body calls pipe.multi() before writing.
 
         Only a conflict (a watched key changed, so EXEC wrote nothing) runs body again.
@@ -228,7 +237,8 @@ class Store:
                     ) from exc
                 return result
 
-    def _call(self, fn: Callable[[], T]) -> T:
+    def call(self, fn: Callable[[], T]) -> T:
+        """fn(), a lost or timed-out connection raised as Unavailable."""
         try:
             return fn()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -236,7 +246,7 @@ class Store:
 
     def _log_change(self, pipe: Any, op: str, **fields: str) -> None:
         pipe.xadd(
-            self._key("changes"),
+            self.key("changes"),
             {"op": op, **fields},
             maxlen=CHANGE_STREAM_MAXLEN,
             approximate=True,
@@ -267,12 +277,12 @@ class Store:
             pipe.sadd(self._refs_key(category), ref.id)
         versions = {model_version, *(v for r in references for v in r.other_vectors)}
         if references:
-            pipe.sadd(self._key("vector_versions"), *sorted(versions))
+            pipe.sadd(self.key("vector_versions"), *sorted(versions))
 
     # -- reads ---------------------------------------------------------------------------
 
     def category_names(self) -> list[str]:
-        names = self._call(lambda: self._redis.smembers(self._key("categories")))
+        names = self.call(lambda: self._redis.smembers(self.key("categories")))
         return sorted(n.decode() for n in names)
 
     def get_category(self, name: str) -> Category | None:
@@ -283,7 +293,7 @@ class Store:
             fields, count = pipe.execute()
             return fields, count
 
-        fields, count = self._call(read)
+        fields, count = self.call(read)
         if not fields:
             return None
         return Category(
@@ -300,7 +310,7 @@ class Store:
         return [c for c in categories if c is not None]
 
     def reference_ids(self, category: str) -> list[str]:
-        ids = self._call(lambda: self._redis.smembers(self._refs_key(category)))
+        ids = self.call(lambda: self._redis.smembers(self._refs_key(category)))
         return sorted(i.decode() for i in ids)
 
     def get_references(self, reference_ids: Sequence[str]) -> list[Reference | None]:
@@ -310,10 +320,10 @@ class Store:
                 pipe.hgetall(self._ref_key(reference_id))
             return list(pipe.execute())
 
-        return [_reference_from_hash(fields) if fields else None for fields in self._call(read)]
+        return [_reference_from_hash(fields) if fields else None for fields in self.call(read)]
 
     def get_image(self, reference_id: str) -> bytes | None:
-        data = self._call(lambda: self._redis.get(self._image_key(reference_id)))
+        data = self.call(lambda: self._redis.get(self._image_key(reference_id)))
         return bytes(data) if data is not None else None
 
     def iter_vectors(self, model_version: str, batch_size: int = 10_000) -> Iterator[VectorBatch]:
@@ -335,7 +345,7 @@ class Store:
 
     def _vector_blobs(self, model_version: str, ids: Sequence[str]) -> list[bytes | None]:
         key = self._vectors_key(model_version)
-        return list(self._call(lambda: self._redis.hmget(key, ids)))
+        return list(self.call(lambda: self._redis.hmget(key, ids)))
 
     def get_vectors(self, model_version: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The stored vectors of model_version for these references (absent ones left out)."""
@@ -357,12 +367,12 @@ class Store:
             return list(pipe.execute())
 
         return {
-            i.decode(): name for name, ids in zip(names, self._call(read), strict=True) for i in ids
+            i.decode(): name for name, ids in zip(names, self.call(read), strict=True) for i in ids
         }
 
     def get_model(self) -> ModelVersions | None:
         """The active model version and the previous one, None before the first start."""
-        fields = self._call(lambda: self._redis.hgetall(self._key("model")))
+        fields = self.call(lambda: self._redis.hgetall(self.key("model")))
         if not fields or b"active" not in fields:
             return None
         return ModelVersions(
@@ -371,29 +381,29 @@ class Store:
 
     def seed_model(self, active: str) -> ModelVersions:
         """Record `active` unless a version is recorded already; returns what is recorded."""
-        self._call(lambda: self._redis.hsetnx(self._key("model"), "active", active))
+        self.call(lambda: self._redis.hsetnx(self.key("model"), "active", active))
         recorded = self.get_model()
         assert recorded is not None
         return recorded
 
     def get_reindex(self) -> dict[str, Any] | None:
-        data = self._call(lambda: self._redis.get(self._key("reindex")))
+        data = self.call(lambda: self._redis.get(self.key("reindex")))
         return json.loads(data) if data is not None else None
 
     def put_reindex(self, state: dict[str, Any]) -> None:
         payload = json.dumps(state, sort_keys=True)
-        self._call(lambda: self._redis.set(self._key("reindex"), payload))
+        self.call(lambda: self._redis.set(self.key("reindex"), payload))
 
     def switch_model(self, active: str, previous: str | None, reindex: dict[str, Any]) -> None:
         """Record a switch and the reindex's outcome in one transaction."""
 
         def write() -> None:
             pipe = self._redis.pipeline(transaction=True)
-            pipe.hset(self._key("model"), mapping={"active": active, "previous": previous or ""})
-            pipe.set(self._key("reindex"), json.dumps(reindex, sort_keys=True))
+            pipe.hset(self.key("model"), mapping={"active": active, "previous": previous or ""})
+            pipe.set(self.key("reindex"), json.dumps(reindex, sort_keys=True))
             pipe.execute()
 
-        self._call(write)
+        self.call(write)
 
     def put_vectors(self, model_version: str, vectors: dict[str, np.ndarray]) -> list[str]:
         """Store vectors for existing references (re-embedding for a new model version);
@@ -404,17 +414,17 @@ class Store:
         ids = list(vectors)
         keys = [
             self._vectors_key(model_version),
-            self._key("vector_versions"),
+            self.key("vector_versions"),
             *(self._ref_key(i) for i in ids),
         ]
         args: list[str | bytes] = [model_version]
         for i in ids:
             args += [i, np.asarray(vectors[i], dtype="<f4").tobytes()]
-        stored = self._call(lambda: self._put_vectors_script(keys=keys, args=args))
+        stored = self.call(lambda: self._put_vectors_script(keys=keys, args=args))
         return [i.decode() for i in stored]
 
     def get_calibration(self, model_version: str) -> dict[str, Any] | None:
-        data = self._call(lambda: self._redis.get(self._key("calibration", model_version)))
+        data = self.call(lambda: self._redis.get(self.key("calibration", model_version)))
         return json.loads(data) if data is not None else None
 
     # -- writes --------------------------------------------------------------------------
@@ -422,7 +432,7 @@ class Store:
     def put_calibration(self, model_version: str, calibration: dict[str, Any]) -> None:
         """Replace the calibration of a model's votes (one SET: atomic, durable on return)."""
         payload = json.dumps(calibration, sort_keys=True)
-        self._call(lambda: self._redis.set(self._key("calibration", model_version), payload))
+        self.call(lambda: self._redis.set(self.key("calibration", model_version), payload))
 
     # -- labelled traffic ----------------------------------------------------------------
 
@@ -435,7 +445,7 @@ class Store:
         first label and source, and gets this version's vector."""
         if not items:
             return 0
-        ids = self._key("labelled")
+        ids = self.key("labelled")
 
         def body(pipe: Any) -> int:
             known = set(pipe.smembers(ids))
@@ -446,7 +456,7 @@ class Store:
                     new += 1
                     pipe.sadd(ids, item.id)
                     pipe.hset(
-                        self._key("lab", item.id),
+                        self.key("lab", item.id),
                         mapping={
                             "label": item.label,
                             "source": item.source,
@@ -454,30 +464,30 @@ class Store:
                             "at_ms": str(item.at_ms or _now_ms()),
                         },
                     )
-                    pipe.set(self._key("limg", item.id), item.image)
+                    pipe.set(self.key("limg", item.id), item.image)
                 pipe.hset(
-                    self._key("lvec", model_version),
+                    self.key("lvec", model_version),
                     item.id,
                     np.asarray(vector, dtype="<f4").tobytes(),
                 )
             return new
 
-        return self._transaction(body, [ids], "labelled photos stored")
+        return self.transaction(body, [ids], "labelled photos stored")
 
     def labelled(self, model_version: str) -> list[StoredLabel]:
         """Every stored labelled photo, with its vector of `model_version` (None: not
         embedded by that version yet), oldest first."""
 
         def read() -> tuple[list[bytes], list[dict[bytes, bytes]], list[bytes | None]]:
-            ids = sorted(self._redis.smembers(self._key("labelled")))
+            ids = sorted(self._redis.smembers(self.key("labelled")))
             pipe = self._redis.pipeline(transaction=False)
             for i in ids:
-                pipe.hgetall(self._key("lab", i.decode()))
+                pipe.hgetall(self.key("lab", i.decode()))
             fields = pipe.execute()
-            blobs = self._redis.hmget(self._key("lvec", model_version), ids) if ids else []
+            blobs = self._redis.hmget(self.key("lvec", model_version), ids) if ids else []
             return ids, fields, blobs
 
-        ids, fields, blobs = self._call(read)
+        ids, fields, blobs = self.call(read)
         out = [
             StoredLabel(
                 id=i.decode(),
@@ -493,18 +503,18 @@ class Store:
 
     def labelled_count(self, model_version: str) -> int:
         """Labelled photos with a vector of `model_version` (one read, no vectors fetched)."""
-        return int(self._call(lambda: self._redis.hlen(self._key("lvec", model_version))))
+        return int(self.call(lambda: self._redis.hlen(self.key("lvec", model_version))))
 
     def get_labelled_image(self, labelled_id: str) -> bytes | None:
-        data = self._call(lambda: self._redis.get(self._key("limg", labelled_id)))
+        data = self.call(lambda: self._redis.get(self.key("limg", labelled_id)))
         return bytes(data) if data is not None else None
 
     def put_labelled_vectors(self, model_version: str, vectors: dict[str, np.ndarray]) -> None:
         """Vectors of another model version for stored labelled photos (a reindex)."""
         if vectors:
             mapping = {i: np.asarray(v, dtype="<f4").tobytes() for i, v in vectors.items()}
-            key = self._key("lvec", model_version)
-            self._call(lambda: self._redis.hset(key, mapping=mapping))
+            key = self.key("lvec", model_version)
+            self.call(lambda: self._redis.hset(key, mapping=mapping))
 
     def create_category(
         self,
@@ -542,7 +552,7 @@ class Store:
                     "created_at_ms": created,
                 },
             )
-            pipe.sadd(self._key("categories"), name)
+            pipe.sadd(self.key("categories"), name)
             if parent:
                 pipe.sadd(self._children_key(parent), name)
             self._write_references(pipe, name, new, model_version)
@@ -556,7 +566,7 @@ class Store:
             category = Category(name, parent, dict(metadata), created, len(new), list(prompts))
             return category, duplicate
 
-        return self._transaction(
+        return self.transaction(
             body, watch, f"if it was, the retry fails with AlreadyExists (category {name!r})"
         )
 
@@ -571,10 +581,13 @@ class Store:
                 raise NotFound(
                     f"category {category!r} does not exist; create it with AddCategory first"
                 )
-            ids = [r.id for r in references]
-            stored = pipe.smismember(self._refs_key(category), ids) if ids else []
+            former = json.loads(pipe.hget(self._category_key(category), "former_names") or "[]")
+            # An image added before a rename has the id it got under the old name.
+            aliases = [[r.id, *(id_in_category(f, r.sha256) for f in former)] for r in references]
+            flat = [i for names in aliases for i in names]
+            stored = dict(zip(flat, pipe.smismember(self._refs_key(category), flat), strict=True))
             new, duplicate = split_duplicates(
-                references, {i for i, s in zip(ids, stored, strict=True) if s}
+                references, {names[0] for names in aliases if any(stored[i] for i in names)}
             )
             pipe.multi()
             self._write_references(pipe, category, new, model_version)
@@ -587,15 +600,130 @@ class Store:
                 )
             return duplicate
 
-        return self._transaction(
+        return self.transaction(
             body, watch, "if it was, the retry reports these references as duplicates"
         )
+
+    def update_category(
+        self,
+        name: str,
+        *,
+        new_name: str | None = None,
+        parent: str | None = None,
+        prompts: Sequence[str] | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Category:
+        """Rename a category, move it (`parent` "" for the top level), or replace its prompts
+        or metadata, in one transaction. A rename keeps its references' ids and vectors (the
+        old name is kept as a former name, so the same image is still a duplicate), moves
+        its children along, and relabels its labelled photos."""
+        target = new_name if new_name is not None else name
+        watch = [
+            self._category_key(name),
+            self._category_key(target),
+            self._refs_key(name),
+            self._children_key(name),
+            self.key("labelled"),
+        ]
+        if parent:
+            watch.append(self._category_key(parent))
+
+        def body(pipe: Any) -> Category:
+            fields = pipe.hgetall(self._category_key(name))
+            if not fields:
+                raise NotFound(f"category {name!r} does not exist")
+            if target != name and pipe.exists(self._category_key(target)):
+                raise AlreadyExists(f"category {target!r} already exists; pick another name")
+            old_parent = fields[b"parent"].decode()
+            new_parent = old_parent if parent is None else parent
+            if new_parent and new_parent != old_parent:
+                self._check_new_parent(pipe, name, new_parent)
+            ids = [i.decode() for i in pipe.smembers(self._refs_key(name))]
+            children = [c.decode() for c in pipe.smembers(self._children_key(name))]
+            relabel = self._labelled_with(pipe, name) if target != name else []
+            former = json.loads(fields.get(b"former_names", b"[]"))
+            pipe.multi()
+            if target != name:
+                pipe.rename(self._category_key(name), self._category_key(target))
+                if ids:
+                    pipe.rename(self._refs_key(name), self._refs_key(target))
+                if children:
+                    pipe.rename(self._children_key(name), self._children_key(target))
+                pipe.srem(self.key("categories"), name)
+                pipe.sadd(self.key("categories"), target)
+                for i in ids:
+                    pipe.hset(self._ref_key(i), "category", target)
+                for child in children:
+                    pipe.hset(self._category_key(child), "parent", target)
+                for labelled_id in relabel:
+                    pipe.hset(self.key("lab", labelled_id), "label", target)
+                former = sorted({*former, name} - {target})
+            if old_parent:
+                pipe.srem(self._children_key(old_parent), name)
+            if new_parent:
+                pipe.sadd(self._children_key(new_parent), target)
+            mapping: dict[str, Any] = {
+                "name": target,
+                "parent": new_parent,
+                "former_names": json.dumps(former),
+            }
+            if prompts is not None:
+                mapping["prompts"] = json.dumps(list(prompts))
+            if metadata is not None:
+                mapping["metadata"] = json.dumps(metadata, sort_keys=True)
+            pipe.hset(self._category_key(target), mapping=mapping)
+            self._log_change(
+                pipe, "update_category", category=target, previous=name, parent=new_parent
+            )
+            return Category(
+                name=target,
+                parent=new_parent or None,
+                metadata=dict(metadata)
+                if metadata is not None
+                else json.loads(fields[b"metadata"]),
+                created_at_ms=int(fields[b"created_at_ms"]),
+                reference_count=len(ids),
+                prompts=list(prompts)
+                if prompts is not None
+                else json.loads(fields.get(b"prompts", b"[]")),
+            )
+
+        return self.transaction(body, watch, f"if it was, category {target!r} exists")
+
+    def _check_new_parent(self, pipe: Any, name: str, parent: str) -> None:
+        """A new parent must exist and must not be the category or one under it."""
+        seen: set[str] = set()
+        node: str = parent
+        while node and node not in seen:
+            if node == name:
+                raise FailedPrecondition(
+                    f"cannot move {name!r} under {parent!r}: {parent!r} is {name!r} itself or "
+                    "one of its descendants"
+                )
+            seen.add(node)
+            above = pipe.hget(self._category_key(node), "parent")
+            if above is None:
+                if node == parent:
+                    raise NotFound(f"parent category {parent!r} does not exist; create it first")
+                break
+            node = above.decode()
+
+    def _labelled_with(self, pipe: Any, label: str) -> list[str]:
+        ids = [i.decode() for i in pipe.smembers(self.key("labelled"))]
+        labels = [pipe.hget(self.key("lab", i), "label") for i in ids]
+        return [
+            i for i, x in zip(ids, labels, strict=True) if x is not None and x.decode() == label
+        ]
+
+    def former_names(self, name: str) -> list[str]:
+        raw = self.call(lambda: self._redis.hget(self._category_key(name), "former_names"))
+        return json.loads(raw) if raw else []
 
     def remove_references(self, reference_ids: Sequence[str]) -> list[Reference]:
         """Remove references atomically; any unknown id fails the whole call."""
         unique_ids = list(dict.fromkeys(reference_ids))
         # vector_versions: a version first stored meanwhile must lose these references too.
-        watch = [self._key("vector_versions"), *(self._ref_key(i) for i in unique_ids)]
+        watch = [self.key("vector_versions"), *(self._ref_key(i) for i in unique_ids)]
 
         def body(pipe: Any) -> list[Reference]:
             found = [pipe.hgetall(self._ref_key(i)) for i in unique_ids]
@@ -606,13 +734,13 @@ class Store:
                     f"{len(unknown)} reference id(s) not found: {shown}; nothing was removed"
                 )
             removed = [_reference_from_hash(fields) for fields in found]
-            versions = [v.decode() for v in pipe.smembers(self._key("vector_versions"))]
+            versions = [v.decode() for v in pipe.smembers(self.key("vector_versions"))]
             pipe.multi()
             self._delete_references(pipe, removed, versions)
             self._log_change(pipe, "remove_references", references=",".join(unique_ids))
             return removed
 
-        return self._transaction(
+        return self.transaction(
             body, watch, "if it was, the retry fails with NotFound for these references"
         )
 
@@ -622,7 +750,7 @@ class Store:
             self._category_key(name),
             self._refs_key(name),
             self._children_key(name),
-            self._key("vector_versions"),
+            self.key("vector_versions"),
         ]
 
         def body(pipe: Any) -> list[Reference]:
@@ -637,18 +765,18 @@ class Store:
                 )
             ids = [i.decode() for i in pipe.smembers(self._refs_key(name))]
             removed = [_reference_from_hash(pipe.hgetall(self._ref_key(i))) for i in ids]
-            versions = [v.decode() for v in pipe.smembers(self._key("vector_versions"))]
+            versions = [v.decode() for v in pipe.smembers(self.key("vector_versions"))]
             parent = fields[b"parent"].decode()
             pipe.multi()
             self._delete_references(pipe, removed, versions)
             pipe.delete(self._category_key(name), self._refs_key(name), self._children_key(name))
-            pipe.srem(self._key("categories"), name)
+            pipe.srem(self.key("categories"), name)
             if parent:
                 pipe.srem(self._children_key(parent), name)
             self._log_change(pipe, "delete_category", category=name, references=",".join(ids))
             return removed
 
-        return self._transaction(
+        return self.transaction(
             body, watch, f"if it was, the retry fails with NotFound (category {name!r})"
         )
 

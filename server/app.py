@@ -28,6 +28,7 @@ from indexer.calibration import Bound
 from indexer.decision import DecisionPolicy, Thresholds
 from indexer.embedded import EmbeddedValkey
 from indexer.index import IndexConfig
+from indexer.review_store import ReviewStore
 from indexer.store import Store
 from indexer.vote import VoteConfig
 from server.auth import AuthInterceptor, TokenTable, load_tokens
@@ -40,6 +41,7 @@ from server.proto.nearcat.v1 import nearcat_pb2_grpc as pb_grpc
 from server.ratelimit import RateLimitInterceptor, TokenBuckets
 from server.recalibrate import Recalibrator
 from server.reindex import ModelOpener, ReindexConfig, Reindexer
+from server.review import ReviewConfig, Reviews
 from server.servicer import NearcatServicer
 from server.serving import Batching
 from server.settings import Settings
@@ -256,6 +258,18 @@ def interceptors(
     return chain
 
 
+def review_config(settings: Settings) -> ReviewConfig:
+    return ReviewConfig(
+        review_flagged=settings.review_flagged,
+        audit_share=settings.audit_share,
+        audit_guard=settings.audit_guard,
+        max_items=settings.review_max_items,
+        max_age_s=settings.review_max_age_s,
+        lease_s=settings.review_lease_s,
+        learn=settings.learn_from_reviews,
+    )
+
+
 class RunningServer:
     """A started gRPC server with its health service, ready to be stopped."""
 
@@ -281,7 +295,10 @@ class RunningServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_NearcatServicer_to_server(NearcatServicer(catalog, reindexer), self.server)
+        self.reviews = Reviews(catalog, ReviewStore(catalog.store), review_config(settings))
+        pb_grpc.add_NearcatServicer_to_server(
+            NearcatServicer(catalog, reindexer, self.reviews), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -366,6 +383,7 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
         if settings.recalibrate_after_s > 0:
             started.callback(Recalibrator(catalog, settings.recalibrate_after_s).start().close)
         running = RunningServer(settings, catalog, metrics, tokens, reindexer, credentials)
+        metrics.watch_reviews(running.reviews)
         started.callback(running.stop, 0)  # no-op after the graceful stop below
         serving.set()  # calls are taken from here on: a stop signal now stops gracefully
         status = catalog.status()
@@ -386,6 +404,12 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
             metrics_port, stop_metrics = metrics.serve_http(settings.host, settings.metrics_port)
             started.callback(stop_metrics)
             announce(f"  metrics on http://{settings.host}:{metrics_port}/metrics")
+        if settings.console_port is not None:
+            from server.console import start_console
+
+            console_port, stop_console = start_console(settings, address)
+            started.callback(stop_console)
+            announce(f"  web console on http://{settings.host}:{console_port}/")
         nearcat = cli_command()
         announce(
             f"  try: {nearcat} import PHOTO_FOLDER --server {address}\n"

@@ -1,4 +1,5 @@
-"""Optional token auth with two roles: `classify` (read-only calls) and `admin` (everything).
+"""Optional token auth with three roles: `classify` (read-only calls), `reviewer` (those and
+the review queue) and `admin` (everything).
 
 Clients send ``authorization: Bearer <token>`` metadata. A missing or unknown token is
 UNAUTHENTICATED, a known token without the role the RPC needs is PERMISSION_DENIED. Health
@@ -16,10 +17,12 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
-from server.interceptors import refusal
+from server.call_context import CLIENT_NAME, CLIENT_ROLE
+from server.interceptors import refusal, unary, wrap_unary
 
 MIN_TOKEN_LENGTH = 16
 SERVICE = "nearcat.v1.Nearcat"
@@ -35,8 +38,14 @@ READ_ONLY_METHODS = frozenset(
         "ZeroShot",
         "SearchByText",
         "GetReindexStatus",
+        "GetReferenceImage",
+        "WhoAmI",
     }
 )
+# RPCs a reviewer may call beyond the read-only ones: the review queue. (A verdict may add a
+# reference or a category: the server does that on the reviewer's word, the reviewer cannot
+# otherwise write to the catalogue.)
+REVIEW_METHODS = frozenset({"ClaimReviews", "SubmitVerdict", "GetReviewStats"})
 OPEN_SERVICES = frozenset(
     {
         "grpc.health.v1.Health",
@@ -48,10 +57,12 @@ OPEN_SERVICES = frozenset(
 
 class Role(enum.Enum):
     CLASSIFY = "classify"
+    REVIEWER = "reviewer"
     ADMIN = "admin"
 
     def allows(self, needed: Role) -> bool:
-        return self is Role.ADMIN or needed is Role.CLASSIFY
+        rank = [Role.CLASSIFY, Role.REVIEWER, Role.ADMIN]
+        return rank.index(self) >= rank.index(needed)
 
 
 @dataclass(frozen=True)
@@ -148,6 +159,8 @@ def required_role(method: str) -> Role | None:
         return None
     if service == SERVICE and name in READ_ONLY_METHODS:
         return Role.CLASSIFY
+    if service == SERVICE and name in REVIEW_METHODS:
+        return Role.REVIEWER
     return Role.ADMIN
 
 
@@ -185,4 +198,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 f"client {client.name!r} has role {client.role.value!r}; {method} needs "
                 f"{needed.value!r}",
             )
-        return handler
+        if not unary(handler):
+            return handler
+        inner = handler.unary_unary
+
+        def identified(request: Any, context: grpc.ServicerContext) -> Any:
+            CLIENT_NAME.set(client.name)
+            CLIENT_ROLE.set(client.role.value)
+            return inner(request, context)
+
+        return wrap_unary(handler, identified)

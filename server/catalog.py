@@ -724,11 +724,68 @@ class Catalog:
         with self._gate.write(), self._use() as s:
             prepared = self.prepare(category, references, deadline)
             duplicate = self.store.add_references(category, prepared, s.version)
-            self._index_new(s, category, prepared)
+            # A duplicate is indexed only under an id the store holds: an image added before
+            # a rename is a duplicate by its former id, which the index has already.
+            repeated = [r.id for r, d in zip(prepared, duplicate, strict=True) if d]
+            held = {r.id for r in self.store.get_references(repeated) if r is not None}
+            self._index_new(
+                s,
+                category,
+                [r for r, d in zip(prepared, duplicate, strict=True) if not d or r.id in held],
+            )
         stored = self.store.get_category(category)
         if stored is None:  # deleted concurrently right after our commit
             raise NotFound(f"category {category!r} was deleted while references were added")
         return AddResult(stored, _added(prepared, duplicate))
+
+    def update_category(
+        self,
+        name: str,
+        *,
+        new_name: str | None = None,
+        parent: str | None = None,
+        prompts: Sequence[str] | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Category:
+        """Rename, move, or replace prompts or metadata, atomically in the store; the index,
+        the taxonomy and the text evidence follow before the call returns."""
+        validate_category_name(name)
+        if new_name is not None:
+            validate_category_name(new_name, "new name")
+        if parent:
+            validate_category_name(parent, "parent category name")
+        if parent is not None and parent in (name, new_name):
+            raise InvalidArgument(f"category {name!r} cannot be its own parent")
+        if metadata is not None:
+            _check_metadata(metadata, f"category {name!r}")
+        if prompts is not None:
+            if len(prompts) > MAX_PROMPTS:
+                raise InvalidArgument(f"{len(prompts)} prompts; the limit is {MAX_PROMPTS}")
+            for i, prompt in enumerate(prompts):
+                _check_text(prompt, f"prompt {i}")
+        if new_name is None and parent is None and prompts is None and metadata is None:
+            raise InvalidArgument("nothing to change: give a new name, parent, prompts or metadata")
+        with self._gate.write(), self._use() as s:
+            if prompts:
+                s.require_text()
+            category = self.store.update_category(
+                name, new_name=new_name, parent=parent, prompts=prompts, metadata=metadata
+            )
+            states = [s] + ([self._pending] if self._pending is not None else [])
+            for state in states:
+                if category.name != name:
+                    state.index.relabel(name, category.name)
+                state.drop_text(name)
+                state.set_texts([category])
+            self._parents.pop(name, None)
+            self._parents[category.name] = category.parent
+            for child, above in list(self._parents.items()):
+                if above == name:
+                    self._parents[child] = category.name
+        return category
+
+    def has_category(self, name: str) -> bool:
+        return self.store.get_category(name) is not None
 
     def remove_references(self, reference_ids: Sequence[str]) -> int:
         if not reference_ids:
@@ -764,9 +821,21 @@ class Catalog:
             raise NotFound(f"category {name!r} does not exist")
         return category
 
-    def references(self, name: str) -> list[Reference]:
+    def references(self, name: str, offset: int = 0, limit: int = 0) -> list[Reference]:
+        """A category's references, newest first; a page of them with `limit`."""
+        if offset < 0 or limit < 0:
+            raise InvalidArgument(f"offset and limit must not be negative; got {offset}, {limit}")
         ids = self.store.reference_ids(name)
-        return [r for r in self.store.get_references(ids) if r is not None]
+        found = [r for r in self.store.get_references(ids) if r is not None]
+        found.sort(key=lambda r: (-r.created_at_ms, r.id))
+        return found[offset : offset + limit] if limit else found[offset:]
+
+    def reference_image(self, reference_id: str) -> tuple[Reference, bytes]:
+        [reference] = self.store.get_references([reference_id])
+        image = self.store.get_image(reference_id) if reference is not None else None
+        if reference is None or image is None:
+            raise NotFound(f"reference {reference_id!r} does not exist")
+        return reference, image
 
     def list_categories(self) -> list[Category]:
         return self.store.list_categories()

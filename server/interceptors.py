@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from server.call_context import REQUEST_ID
 from server.metrics import Metrics
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
@@ -55,11 +56,11 @@ def refusal(
     return make(refuse)  # no deserializer: the refused message is never parsed
 
 
-def _unary(handler: grpc.RpcMethodHandler | None) -> bool:
+def unary(handler: grpc.RpcMethodHandler | None) -> bool:
     return handler is not None and handler.unary_unary is not None
 
 
-def _wrap(
+def wrap_unary(
     handler: grpc.RpcMethodHandler, behavior: Callable[[Any, grpc.ServicerContext], Any]
 ) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(
@@ -96,7 +97,7 @@ class ObserveInterceptor(grpc.ServerInterceptor):
         self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(details)
-        if handler is None or not _unary(handler):
+        if handler is None or not unary(handler):
             return handler
         inner = handler.unary_unary
         full_method = details.method
@@ -107,6 +108,7 @@ class ObserveInterceptor(grpc.ServerInterceptor):
 
         def observed(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
+            REQUEST_ID.set(request_id)
             context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
             code = "UNKNOWN"
             try:
@@ -138,7 +140,7 @@ class ObserveInterceptor(grpc.ServerInterceptor):
                     fields["error"] = details[:MAX_LOGGED_DETAILS]
                 access_log.log(level, "rpc %s %s", method, code, extra=fields)
 
-        return _wrap(handler, observed)
+        return wrap_unary(handler, observed)
 
     def _add_drift(self, response: pb.GetStatusResponse) -> None:
         report = self.metrics.drift.report()
@@ -185,11 +187,11 @@ class DefaultDeadlineInterceptor(grpc.ServerInterceptor):
         self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(details)
-        if handler is None or not _unary(handler):
+        if handler is None or not unary(handler):
             return handler
         inner = handler.unary_unary
 
         def bounded(request: Any, context: grpc.ServicerContext) -> Any:
             return inner(request, _WithDefaultDeadline(context, time.monotonic() + self.seconds))
 
-        return _wrap(handler, bounded)
+        return wrap_unary(handler, bounded)

@@ -13,12 +13,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from indexer.errors import NearcatError
 from server.drift import DriftMonitor
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
 if TYPE_CHECKING:
     from server.catalog import Catalog
     from server.reindex import Reindexer
+    from server.review import Reviews
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -74,6 +76,10 @@ class Metrics:
         """Export the catalogue's live figures (index size, model queue, reindex progress)
         at each scrape."""
         self.registry.register(_CatalogCollector(catalog, reindexer))
+
+    def watch_reviews(self, reviews: Reviews) -> None:
+        """Export the review queue and the audited precision of the auto-accept band."""
+        self.registry.register(_ReviewCollector(reviews))
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)
@@ -169,6 +175,40 @@ class _CatalogCollector(Collector):
             progress.add_metric([job.target, "done"], job.done)
             progress.add_metric([job.target, "total"], job.total)
         yield progress
+
+
+class _ReviewCollector(Collector):
+    def __init__(self, reviews: Reviews) -> None:
+        self.reviews = reviews
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            stats = self.reviews.stats()
+        except NearcatError:  # the store is away: no figures rather than a failed scrape
+            return
+        yield GaugeMetricFamily(
+            "nearcat_review_pending", "Review items waiting", value=stats.counts.pending
+        )
+        audit = stats.audit
+        yield GaugeMetricFamily(
+            "nearcat_audit_reviewed", "Audited AUTO_ACCEPT answers reviewed", value=audit.reviewed
+        )
+        precision = GaugeMetricFamily(
+            "nearcat_audit_precision",
+            "Precision of the auto-accept band on reviewed audits: the point estimate and its "
+            "Clopper-Pearson bounds at the calibration's level",
+            labels=["bound"],
+        )
+        precision.add_metric(["point"], audit.precision)
+        precision.add_metric(["lower"], audit.lower)
+        precision.add_metric(["upper"], audit.upper)
+        precision.add_metric(["target"], audit.target)
+        yield precision
+        yield GaugeMetricFamily(
+            "nearcat_audit_below_target",
+            "1 when enough audits say the auto-accept band is below its target precision",
+            value=1.0 if audit.below_target else 0.0,
+        )
 
 
 class _DriftCollector(Collector):

@@ -23,12 +23,15 @@ from indexer.errors import (
     Unavailable,
 )
 from indexer.index import Hit
+from indexer.review_store import ReviewItem, VerdictRecord
 from indexer.store import Category, Reference
 from indexer.taxonomy import LevelScore
+from server.call_context import CLIENT_NAME, CLIENT_ROLE, REQUEST_ID
 from server.catalog import AddResult, Catalog, Prediction, ReferenceInput, ScoredCategory
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 from server.proto.nearcat.v1 import nearcat_pb2_grpc as pb_grpc
 from server.reindex import Reindexer, ReindexJob, ReindexState
+from server.review import Caller, Reviews, ReviewStats
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +211,28 @@ def _version_of(results: list[Prediction | NearcatError], catalog: Catalog) -> s
 
 
 class NearcatServicer(pb_grpc.NearcatServicer):
-    def __init__(self, catalog: Catalog, reindexer: Reindexer | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        reindexer: Reindexer | None = None,
+        reviews: Reviews | None = None,
+    ) -> None:
         self.catalog = catalog
         self.reindexer = reindexer
+        self.reviews = reviews
+
+    def _reviews(self) -> Reviews:
+        if self.reviews is None:
+            raise FailedPrecondition("this server was started without a review queue")
+        return self.reviews
+
+    def _offer(
+        self, result: Prediction, image: bytes, message: pb.Classification, caller: Caller
+    ) -> str:
+        """Queue the answer for a person when it needs one; the review id, else ''."""
+        if self.reviews is None:
+            return ""
+        return self.reviews.offer(result, image, message.SerializeToString(), caller)
 
     def _reindexer(self) -> Reindexer:
         if self.reindexer is None:
@@ -227,10 +249,17 @@ class NearcatServicer(pb_grpc.NearcatServicer):
         )
         if isinstance(result, NearcatError):
             raise result
+        message = _classification(result)
+        caller = Caller(
+            request.item_id, dict(request.metadata), REQUEST_ID.get(), request.skip_review
+        )
         return pb.ClassifyResponse(
-            classification=_classification(result),
+            classification=message,
             model_version=result.model_version,
             processing_ms=_elapsed_ms(started),
+            item_id=request.item_id,
+            metadata=request.metadata,
+            review_id=self._offer(result, request.image, message, caller),
         )
 
     @rpc
@@ -238,15 +267,28 @@ class NearcatServicer(pb_grpc.NearcatServicer):
         self, request: pb.ClassifyBatchRequest, context: grpc.ServicerContext
     ) -> pb.ClassifyBatchResponse:
         started = time.perf_counter()
+        if request.images and request.items:
+            raise InvalidArgument("send images or items, not both")
+        inputs = list(request.items) or [pb.ClassifyItem(image=i) for i in request.images]
         results = self.catalog.classify(
-            list(request.images), request.options.top_n, request.options.k, deadline_of(context)
+            [i.image for i in inputs],
+            request.options.top_n,
+            request.options.k,
+            deadline_of(context),
         )
-        items = [
-            pb.ClassifyBatchItem(error=pb.ItemError(code=status_code(r).name, message=str(r)))
-            if isinstance(r, NearcatError)
-            else pb.ClassifyBatchItem(classification=_classification(r))
-            for r in results
-        ]
+        items = []
+        for given, r in zip(inputs, results, strict=True):
+            echo = {"item_id": given.item_id, "metadata": given.metadata}
+            if isinstance(r, NearcatError):
+                error = pb.ItemError(code=status_code(r).name, message=str(r))
+                items.append(pb.ClassifyBatchItem(error=error, **echo))
+                continue
+            message = _classification(r)
+            caller = Caller(
+                given.item_id, dict(given.metadata), REQUEST_ID.get(), request.skip_review
+            )
+            review_id = self._offer(r, given.image, message, caller)
+            items.append(pb.ClassifyBatchItem(classification=message, review_id=review_id, **echo))
         return pb.ClassifyBatchResponse(
             results=items,
             model_version=_version_of(results, self.catalog),
@@ -314,7 +356,11 @@ class NearcatServicer(pb_grpc.NearcatServicer):
         self, request: pb.GetCategoryRequest, context: grpc.ServicerContext
     ) -> pb.GetCategoryResponse:
         category = self.catalog.get_category(request.name)
-        references = self.catalog.references(request.name) if request.include_references else []
+        references = (
+            self.catalog.references(request.name, request.offset, request.limit)
+            if request.include_references
+            else []
+        )
         return pb.GetCategoryResponse(
             category=_category(category, self.catalog.path(category.name)),
             references=[_reference(r) for r in references],
@@ -335,6 +381,7 @@ class NearcatServicer(pb_grpc.NearcatServicer):
             started_at_ms=status.started_at_ms,
             calibration=calibration_message(status.calibration, status.head_current),
             text_model=status.text_model,
+            review=_review_stats(self.reviews.stats()) if self.reviews is not None else None,
         )
 
     @rpc
@@ -409,3 +456,151 @@ class NearcatServicer(pb_grpc.NearcatServicer):
         self, request: pb.RollbackRequest, context: grpc.ServicerContext
     ) -> pb.ReindexStatus:
         return _reindex_status(self._reindexer().rollback(), self.catalog.serving.version)
+
+    @rpc
+    def UpdateCategory(
+        self, request: pb.UpdateCategoryRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateCategoryResponse:
+        category = self.catalog.update_category(
+            request.name,
+            new_name=request.new_name if request.HasField("new_name") else None,
+            parent=request.parent if request.HasField("parent") else None,
+            prompts=list(request.prompts) if request.set_prompts else None,
+            metadata=dict(request.metadata) if request.set_metadata else None,
+        )
+        return pb.UpdateCategoryResponse(
+            category=_category(category, self.catalog.path(category.name))
+        )
+
+    @rpc
+    def GetReferenceImage(
+        self, request: pb.GetReferenceImageRequest, context: grpc.ServicerContext
+    ) -> pb.GetReferenceImageResponse:
+        reference, image = self.catalog.reference_image(request.reference_id)
+        return pb.GetReferenceImageResponse(image=image, reference=_reference(reference))
+
+    @rpc
+    def ClaimReviews(
+        self, request: pb.ClaimReviewsRequest, context: grpc.ServicerContext
+    ) -> pb.ClaimReviewsResponse:
+        reviews = self._reviews()
+        items = reviews.claim(
+            _reviewer(request.reviewer),
+            request.max_items,
+            category=request.category,
+            decision=_decision_filter(request.decision),
+            audit=request.audit if request.HasField("audit") else None,
+            lease_s=request.lease_seconds,
+            peek=request.peek,
+        )
+        return pb.ClaimReviewsResponse(
+            items=[_review_item(i) for i in items], pending=reviews.stats().counts.pending
+        )
+
+    @rpc
+    def SubmitVerdict(
+        self, request: pb.SubmitVerdictRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitVerdictResponse:
+        reviews = self._reviews()
+        reviewer = _reviewer(request.reviewer)
+        which = request.WhichOneof("verdict")
+        if which == "skip":
+            record = reviews.skip(request.review_id, reviewer)
+        elif which == "category":
+            record = reviews.decide(request.review_id, reviewer, request.category)
+        elif which == "none_of_these":
+            none = request.none_of_these
+            record = reviews.decide(
+                request.review_id,
+                reviewer,
+                none.new_category,
+                none_of_these=True,
+                parent=none.parent,
+            )
+        else:
+            raise InvalidArgument("a verdict needs one of: category, none_of_these, skip")
+        return _verdict(record)
+
+    @rpc
+    def GetReviewStats(
+        self, request: pb.GetReviewStatsRequest, context: grpc.ServicerContext
+    ) -> pb.ReviewStats:
+        return _review_stats(self._reviews().stats())
+
+    @rpc
+    def WhoAmI(self, request: pb.WhoAmIRequest, context: grpc.ServicerContext) -> pb.WhoAmIResponse:
+        name = CLIENT_NAME.get()
+        if not name:
+            return pb.WhoAmIResponse(name="anyone", role="admin", auth_enabled=False)
+        return pb.WhoAmIResponse(name=name, role=CLIENT_ROLE.get(), auth_enabled=True)
+
+
+DECISION_OF = {value: key for key, value in DECISION.items()}
+
+
+def _decision_filter(value: int) -> str:
+    if not value:
+        return ""
+    if value not in DECISION_OF:
+        raise InvalidArgument(f"unknown decision {value}; use AUTO_ACCEPT, FLAG, REVIEW or UNKNOWN")
+    return str(DECISION_OF[value])  # type: ignore[index]
+
+
+def _reviewer(given: str) -> str:
+    """The token's name; without auth, what the caller says (else 'anonymous')."""
+    return CLIENT_NAME.get() or given.strip()[:100] or "anonymous"
+
+
+def _review_item(item: ReviewItem) -> pb.ReviewItem:
+    return pb.ReviewItem(
+        id=item.id,
+        image=item.image,
+        classification=pb.Classification.FromString(item.answer),
+        model_version=item.model_version,
+        request_id=item.request_id,
+        created_at_ms=item.created_at_ms,
+        item_id=item.item_id,
+        metadata=item.metadata,
+        audit=item.audit,
+        leased_to=item.leased_to,
+        lease_until_ms=item.lease_until_ms,
+    )
+
+
+def _verdict(record: VerdictRecord) -> pb.SubmitVerdictResponse:
+    return pb.SubmitVerdictResponse(
+        review_id=record.review_id,
+        category=record.category,
+        model_was_right=record.model_was_right,
+        labelled=record.labelled,
+        reference_id=record.reference_id,
+        category_created=record.category_created,
+        message=record.message,
+    )
+
+
+def _review_stats(stats: ReviewStats) -> pb.ReviewStats:
+    counts, audit = stats.counts, stats.audit
+    return pb.ReviewStats(
+        pending=counts.pending,
+        leased=counts.leased,
+        reviewed=counts.get("reviewed"),
+        skipped=counts.get("skipped"),
+        dropped_full=counts.get("dropped_full"),
+        dropped_expired=counts.get("dropped_expired"),
+        reviewed_per_day=[pb.DayCount(day=d, count=n) for d, n in counts.per_day],
+        agreement=stats.agreement,
+        audit=pb.AuditPrecision(
+            reviewed=audit.reviewed,
+            right=audit.right,
+            precision=audit.precision,
+            lower=audit.lower,
+            upper=audit.upper,
+            target=audit.target,
+            needed=audit.needed,
+            below_target=audit.below_target,
+            guard_active=audit.guard_active,
+        ),
+        max_items=stats.config.max_items,
+        audit_share=stats.config.audit_share,
+    )

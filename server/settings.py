@@ -117,6 +117,43 @@ class Settings(BaseSettings):
     default_deadline_s: float = Field(
         60.0, ge=0, description="deadline of calls that come without one, in seconds (0: none)"
     )
+    # -- people in the loop: the review queue and the web console --------------------------
+    review_flagged: bool = Field(
+        False, description="queue FLAG answers for review too (REVIEW and UNKNOWN always are)"
+    )
+    audit_share: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="share of AUTO_ACCEPT answers queued as audits: reviewed, they give the "
+        "band's live precision",
+    )
+    audit_guard: bool = Field(
+        False,
+        description="stop auto-accepting while the audited precision's lower bound is below "
+        "--auto-accept-precision (with enough audits to tell)",
+    )
+    review_max_items: int = Field(
+        10_000, ge=1, description="review items kept at most; the oldest are dropped (counted)"
+    )
+    review_max_age_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="review items older than this are dropped (counted)"
+    )
+    review_lease_s: float = Field(
+        300.0, gt=0, description="how long a claimed review item stays with its reviewer"
+    )
+    learn_from_reviews: bool = Field(
+        True,
+        description="a verdict that corrects the model, or confirms an unsure answer, adds the "
+        "image as a reference of the confirmed category",
+    )
+    console_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="serve the web console at http://HOST:PORT (off unless set; 0 picks a "
+        "free port); `make run` turns it on at 8080",
+    )
     # -- reindex ---------------------------------------------------------------------------
     reindex_max_accuracy_drop: float = Field(
         0.02,
@@ -153,8 +190,8 @@ class Settings(BaseSettings):
     )
     auth_tokens_file: Path | None = Field(
         None,
-        description="turn auth on with this file of 'ROLE TOKEN [NAME]' lines, ROLE classify "
-        "or admin",
+        description="turn auth on with this file of 'ROLE TOKEN [NAME]' lines, ROLE classify, "
+        "reviewer or admin",
     )
     auth_tokens: str | None = Field(
         None,

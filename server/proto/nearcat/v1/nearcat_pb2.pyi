@@ -44,12 +44,25 @@ class ClassifyOptions(_message.Message):
     def __init__(self, top_n: _Optional[int] = ..., k: _Optional[int] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("image", "options")
+    __slots__ = ("image", "options", "item_id", "metadata", "skip_review")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    SKIP_REVIEW_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     options: ClassifyOptions
-    def __init__(self, image: _Optional[bytes] = ..., options: _Optional[_Union[ClassifyOptions, _Mapping]] = ...) -> None: ...
+    item_id: str
+    metadata: _containers.ScalarMap[str, str]
+    skip_review: bool
+    def __init__(self, image: _Optional[bytes] = ..., options: _Optional[_Union[ClassifyOptions, _Mapping]] = ..., item_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., skip_review: _Optional[bool] = ...) -> None: ...
 
 class CategoryScore(_message.Message):
     __slots__ = ("category", "score", "path")
@@ -98,22 +111,56 @@ class Classification(_message.Message):
     def __init__(self, categories: _Optional[_Iterable[_Union[CategoryScore, _Mapping]]] = ..., neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ..., decision: _Optional[_Union[Decision, str]] = ..., confidence: _Optional[float] = ..., levels: _Optional[_Iterable[_Union[LevelScore, _Mapping]]] = ..., confident_ancestor: _Optional[_Union[LevelScore, _Mapping]] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("classification", "model_version", "processing_ms")
+    __slots__ = ("classification", "model_version", "processing_ms", "item_id", "metadata", "review_id")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_MS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_ID_FIELD_NUMBER: _ClassVar[int]
     classification: Classification
     model_version: str
     processing_ms: float
-    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., model_version: _Optional[str] = ..., processing_ms: _Optional[float] = ...) -> None: ...
+    item_id: str
+    metadata: _containers.ScalarMap[str, str]
+    review_id: str
+    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., model_version: _Optional[str] = ..., processing_ms: _Optional[float] = ..., item_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., review_id: _Optional[str] = ...) -> None: ...
+
+class ClassifyItem(_message.Message):
+    __slots__ = ("image", "item_id", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    item_id: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, image: _Optional[bytes] = ..., item_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ClassifyBatchRequest(_message.Message):
-    __slots__ = ("images", "options")
+    __slots__ = ("images", "options", "items", "skip_review")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SKIP_REVIEW_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedScalarFieldContainer[bytes]
     options: ClassifyOptions
-    def __init__(self, images: _Optional[_Iterable[bytes]] = ..., options: _Optional[_Union[ClassifyOptions, _Mapping]] = ...) -> None: ...
+    items: _containers.RepeatedCompositeFieldContainer[ClassifyItem]
+    skip_review: bool
+    def __init__(self, images: _Optional[_Iterable[bytes]] = ..., options: _Optional[_Union[ClassifyOptions, _Mapping]] = ..., items: _Optional[_Iterable[_Union[ClassifyItem, _Mapping]]] = ..., skip_review: _Optional[bool] = ...) -> None: ...
 
 class ItemError(_message.Message):
     __slots__ = ("code", "message")
@@ -124,12 +171,25 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ClassifyBatchItem(_message.Message):
-    __slots__ = ("classification", "error")
+    __slots__ = ("classification", "error", "item_id", "metadata", "review_id")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_ID_FIELD_NUMBER: _ClassVar[int]
     classification: Classification
     error: ItemError
-    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+    item_id: str
+    metadata: _containers.ScalarMap[str, str]
+    review_id: str
+    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., item_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., review_id: _Optional[str] = ...) -> None: ...
 
 class ClassifyBatchResponse(_message.Message):
     __slots__ = ("results", "model_version", "processing_ms")
@@ -296,12 +356,16 @@ class ListCategoriesResponse(_message.Message):
     def __init__(self, categories: _Optional[_Iterable[_Union[Category, _Mapping]]] = ...) -> None: ...
 
 class GetCategoryRequest(_message.Message):
-    __slots__ = ("name", "include_references")
+    __slots__ = ("name", "include_references", "offset", "limit")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     name: str
     include_references: bool
-    def __init__(self, name: _Optional[str] = ..., include_references: _Optional[bool] = ...) -> None: ...
+    offset: int
+    limit: int
+    def __init__(self, name: _Optional[str] = ..., include_references: _Optional[bool] = ..., offset: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class GetCategoryResponse(_message.Message):
     __slots__ = ("category", "references")
@@ -436,7 +500,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("model_version", "embedding_dim", "index_size", "category_count", "images_embedded", "vectors_loaded_at_start", "started_at_ms", "calibration", "text_model", "drift")
+    __slots__ = ("model_version", "embedding_dim", "index_size", "category_count", "images_embedded", "vectors_loaded_at_start", "started_at_ms", "calibration", "text_model", "drift", "review")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
     INDEX_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -447,6 +511,7 @@ class GetStatusResponse(_message.Message):
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     TEXT_MODEL_FIELD_NUMBER: _ClassVar[int]
     DRIFT_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     embedding_dim: int
     index_size: int
@@ -457,7 +522,8 @@ class GetStatusResponse(_message.Message):
     calibration: Calibration
     text_model: str
     drift: DriftStatus
-    def __init__(self, model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_size: _Optional[int] = ..., category_count: _Optional[int] = ..., images_embedded: _Optional[int] = ..., vectors_loaded_at_start: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., text_model: _Optional[str] = ..., drift: _Optional[_Union[DriftStatus, _Mapping]] = ...) -> None: ...
+    review: ReviewStats
+    def __init__(self, model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_size: _Optional[int] = ..., category_count: _Optional[int] = ..., images_embedded: _Optional[int] = ..., vectors_loaded_at_start: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., text_model: _Optional[str] = ..., drift: _Optional[_Union[DriftStatus, _Mapping]] = ..., review: _Optional[_Union[ReviewStats, _Mapping]] = ...) -> None: ...
 
 class DriftStatus(_message.Message):
     __slots__ = ("window", "baseline_size", "recent_size", "ready", "category_psi", "confidence_psi")
@@ -530,3 +596,221 @@ class ReindexStatus(_message.Message):
     max_accuracy_drop: float
     rollback: bool
     def __init__(self, state: _Optional[_Union[ReindexState, str]] = ..., target_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., active_version: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., resumed_from: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., message: _Optional[str] = ..., validated: _Optional[bool] = ..., accuracy_before: _Optional[float] = ..., accuracy_after: _Optional[float] = ..., validation_examples: _Optional[int] = ..., max_accuracy_drop: _Optional[float] = ..., rollback: _Optional[bool] = ...) -> None: ...
+
+class UpdateCategoryRequest(_message.Message):
+    __slots__ = ("name", "new_name", "parent", "set_prompts", "prompts", "set_metadata", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NEW_NAME_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    SET_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    SET_METADATA_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    new_name: str
+    parent: str
+    set_prompts: bool
+    prompts: _containers.RepeatedScalarFieldContainer[str]
+    set_metadata: bool
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., new_name: _Optional[str] = ..., parent: _Optional[str] = ..., set_prompts: _Optional[bool] = ..., prompts: _Optional[_Iterable[str]] = ..., set_metadata: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class UpdateCategoryResponse(_message.Message):
+    __slots__ = ("category",)
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    category: Category
+    def __init__(self, category: _Optional[_Union[Category, _Mapping]] = ...) -> None: ...
+
+class GetReferenceImageRequest(_message.Message):
+    __slots__ = ("reference_id",)
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    reference_id: str
+    def __init__(self, reference_id: _Optional[str] = ...) -> None: ...
+
+class GetReferenceImageResponse(_message.Message):
+    __slots__ = ("image", "reference")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    reference: Reference
+    def __init__(self, image: _Optional[bytes] = ..., reference: _Optional[_Union[Reference, _Mapping]] = ...) -> None: ...
+
+class ReviewItem(_message.Message):
+    __slots__ = ("id", "image", "classification", "model_version", "request_id", "created_at_ms", "item_id", "metadata", "audit", "leased_to", "lease_until_ms")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
+    LEASED_TO_FIELD_NUMBER: _ClassVar[int]
+    LEASE_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    image: bytes
+    classification: Classification
+    model_version: str
+    request_id: str
+    created_at_ms: int
+    item_id: str
+    metadata: _containers.ScalarMap[str, str]
+    audit: bool
+    leased_to: str
+    lease_until_ms: int
+    def __init__(self, id: _Optional[str] = ..., image: _Optional[bytes] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., model_version: _Optional[str] = ..., request_id: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., item_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., audit: _Optional[bool] = ..., leased_to: _Optional[str] = ..., lease_until_ms: _Optional[int] = ...) -> None: ...
+
+class ClaimReviewsRequest(_message.Message):
+    __slots__ = ("max_items", "category", "decision", "audit", "lease_seconds", "peek", "reviewer")
+    MAX_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PEEK_FIELD_NUMBER: _ClassVar[int]
+    REVIEWER_FIELD_NUMBER: _ClassVar[int]
+    max_items: int
+    category: str
+    decision: Decision
+    audit: bool
+    lease_seconds: int
+    peek: bool
+    reviewer: str
+    def __init__(self, max_items: _Optional[int] = ..., category: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., audit: _Optional[bool] = ..., lease_seconds: _Optional[int] = ..., peek: _Optional[bool] = ..., reviewer: _Optional[str] = ...) -> None: ...
+
+class ClaimReviewsResponse(_message.Message):
+    __slots__ = ("items", "pending")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ReviewItem]
+    pending: int
+    def __init__(self, items: _Optional[_Iterable[_Union[ReviewItem, _Mapping]]] = ..., pending: _Optional[int] = ...) -> None: ...
+
+class NoneOfThese(_message.Message):
+    __slots__ = ("new_category", "parent")
+    NEW_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    new_category: str
+    parent: str
+    def __init__(self, new_category: _Optional[str] = ..., parent: _Optional[str] = ...) -> None: ...
+
+class SubmitVerdictRequest(_message.Message):
+    __slots__ = ("review_id", "category", "none_of_these", "skip", "reviewer")
+    REVIEW_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    NONE_OF_THESE_FIELD_NUMBER: _ClassVar[int]
+    SKIP_FIELD_NUMBER: _ClassVar[int]
+    REVIEWER_FIELD_NUMBER: _ClassVar[int]
+    review_id: str
+    category: str
+    none_of_these: NoneOfThese
+    skip: bool
+    reviewer: str
+    def __init__(self, review_id: _Optional[str] = ..., category: _Optional[str] = ..., none_of_these: _Optional[_Union[NoneOfThese, _Mapping]] = ..., skip: _Optional[bool] = ..., reviewer: _Optional[str] = ...) -> None: ...
+
+class SubmitVerdictResponse(_message.Message):
+    __slots__ = ("review_id", "category", "model_was_right", "labelled", "reference_id", "category_created", "message")
+    REVIEW_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_WAS_RIGHT_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_CREATED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    review_id: str
+    category: str
+    model_was_right: bool
+    labelled: bool
+    reference_id: str
+    category_created: bool
+    message: str
+    def __init__(self, review_id: _Optional[str] = ..., category: _Optional[str] = ..., model_was_right: _Optional[bool] = ..., labelled: _Optional[bool] = ..., reference_id: _Optional[str] = ..., category_created: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetReviewStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DayCount(_message.Message):
+    __slots__ = ("day", "count")
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    day: str
+    count: int
+    def __init__(self, day: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class AuditPrecision(_message.Message):
+    __slots__ = ("reviewed", "right", "precision", "lower", "upper", "target", "needed", "below_target", "guard_active")
+    REVIEWED_FIELD_NUMBER: _ClassVar[int]
+    RIGHT_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    NEEDED_FIELD_NUMBER: _ClassVar[int]
+    BELOW_TARGET_FIELD_NUMBER: _ClassVar[int]
+    GUARD_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    reviewed: int
+    right: int
+    precision: float
+    lower: float
+    upper: float
+    target: float
+    needed: int
+    below_target: bool
+    guard_active: bool
+    def __init__(self, reviewed: _Optional[int] = ..., right: _Optional[int] = ..., precision: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., target: _Optional[float] = ..., needed: _Optional[int] = ..., below_target: _Optional[bool] = ..., guard_active: _Optional[bool] = ...) -> None: ...
+
+class ReviewStats(_message.Message):
+    __slots__ = ("pending", "leased", "reviewed", "skipped", "dropped_full", "dropped_expired", "reviewed_per_day", "agreement", "audit", "max_items", "audit_share")
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    LEASED_FIELD_NUMBER: _ClassVar[int]
+    REVIEWED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FULL_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    REVIEWED_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_SHARE_FIELD_NUMBER: _ClassVar[int]
+    pending: int
+    leased: int
+    reviewed: int
+    skipped: int
+    dropped_full: int
+    dropped_expired: int
+    reviewed_per_day: _containers.RepeatedCompositeFieldContainer[DayCount]
+    agreement: float
+    audit: AuditPrecision
+    max_items: int
+    audit_share: float
+    def __init__(self, pending: _Optional[int] = ..., leased: _Optional[int] = ..., reviewed: _Optional[int] = ..., skipped: _Optional[int] = ..., dropped_full: _Optional[int] = ..., dropped_expired: _Optional[int] = ..., reviewed_per_day: _Optional[_Iterable[_Union[DayCount, _Mapping]]] = ..., agreement: _Optional[float] = ..., audit: _Optional[_Union[AuditPrecision, _Mapping]] = ..., max_items: _Optional[int] = ..., audit_share: _Optional[float] = ...) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WhoAmIResponse(_message.Message):
+    __slots__ = ("name", "role", "auth_enabled")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    AUTH_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    auth_enabled: bool
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., auth_enabled: _Optional[bool] = ...) -> None: ...

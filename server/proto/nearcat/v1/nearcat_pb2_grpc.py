@@ -114,6 +114,36 @@ class NearcatStub:
                 request_serializer=nearcat_dot_v1_dot_nearcat__pb2.RollbackRequest.SerializeToString,
                 response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.ReindexStatus.FromString,
                 _registered_method=True)
+        self.UpdateCategory = channel.unary_unary(
+                '/nearcat.v1.Nearcat/UpdateCategory',
+                request_serializer=nearcat_dot_v1_dot_nearcat__pb2.UpdateCategoryRequest.SerializeToString,
+                response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.UpdateCategoryResponse.FromString,
+                _registered_method=True)
+        self.GetReferenceImage = channel.unary_unary(
+                '/nearcat.v1.Nearcat/GetReferenceImage',
+                request_serializer=nearcat_dot_v1_dot_nearcat__pb2.GetReferenceImageRequest.SerializeToString,
+                response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.GetReferenceImageResponse.FromString,
+                _registered_method=True)
+        self.ClaimReviews = channel.unary_unary(
+                '/nearcat.v1.Nearcat/ClaimReviews',
+                request_serializer=nearcat_dot_v1_dot_nearcat__pb2.ClaimReviewsRequest.SerializeToString,
+                response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.ClaimReviewsResponse.FromString,
+                _registered_method=True)
+        self.SubmitVerdict = channel.unary_unary(
+                '/nearcat.v1.Nearcat/SubmitVerdict',
+                request_serializer=nearcat_dot_v1_dot_nearcat__pb2.SubmitVerdictRequest.SerializeToString,
+                response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.SubmitVerdictResponse.FromString,
+                _registered_method=True)
+        self.GetReviewStats = channel.unary_unary(
+                '/nearcat.v1.Nearcat/GetReviewStats',
+                request_serializer=nearcat_dot_v1_dot_nearcat__pb2.GetReviewStatsRequest.SerializeToString,
+                response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.ReviewStats.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/nearcat.v1.Nearcat/WhoAmI',
+                request_serializer=nearcat_dot_v1_dot_nearcat__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=nearcat_dot_v1_dot_nearcat__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
 
 
 class NearcatServicer:
@@ -244,6 +274,56 @@ class NearcatServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateCategory(self, request, context):
+        """Rename a category, move it under another parent (or to the top level), or replace its
+        prompts or metadata: one transaction. A rename keeps its references and their vectors;
+        the index and the taxonomy follow on the next call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReferenceImage(self, request, context):
+        """A reference's image bytes (for thumbnails: the console, a reviewer's evidence).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimReviews(self, request, context):
+        """The review queue: answers a person should look at (REVIEW and UNKNOWN, FLAG with
+        --review-flagged) and an audit sample of AUTO_ACCEPT answers. Claiming leases items to
+        the caller for a while, so that two reviewers never get the same item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitVerdict(self, request, context):
+        """A person's verdict on a review item: the right category, none of the candidates
+        (optionally naming a new category), or skip. It becomes labelled traffic and, where the
+        model was wrong or unsure, a reference of the confirmed category. A second verdict on an
+        item is ALREADY_EXISTS (the same verdict again answers as the first did).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReviewStats(self, request, context):
+        """Queue size, reviews per day, agreement with the model, and the audited precision of the
+        auto-accept band.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """The caller's name and role, as its token says (admin for everyone when auth is off).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NearcatServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -326,6 +406,36 @@ def add_NearcatServicer_to_server(servicer, server):
                     servicer.Rollback,
                     request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.RollbackRequest.FromString,
                     response_serializer=nearcat_dot_v1_dot_nearcat__pb2.ReindexStatus.SerializeToString,
+            ),
+            'UpdateCategory': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCategory,
+                    request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.UpdateCategoryRequest.FromString,
+                    response_serializer=nearcat_dot_v1_dot_nearcat__pb2.UpdateCategoryResponse.SerializeToString,
+            ),
+            'GetReferenceImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReferenceImage,
+                    request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.GetReferenceImageRequest.FromString,
+                    response_serializer=nearcat_dot_v1_dot_nearcat__pb2.GetReferenceImageResponse.SerializeToString,
+            ),
+            'ClaimReviews': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimReviews,
+                    request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.ClaimReviewsRequest.FromString,
+                    response_serializer=nearcat_dot_v1_dot_nearcat__pb2.ClaimReviewsResponse.SerializeToString,
+            ),
+            'SubmitVerdict': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitVerdict,
+                    request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.SubmitVerdictRequest.FromString,
+                    response_serializer=nearcat_dot_v1_dot_nearcat__pb2.SubmitVerdictResponse.SerializeToString,
+            ),
+            'GetReviewStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReviewStats,
+                    request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.GetReviewStatsRequest.FromString,
+                    response_serializer=nearcat_dot_v1_dot_nearcat__pb2.ReviewStats.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=nearcat_dot_v1_dot_nearcat__pb2.WhoAmIRequest.FromString,
+                    response_serializer=nearcat_dot_v1_dot_nearcat__pb2.WhoAmIResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -760,6 +870,168 @@ class Nearcat:
             '/nearcat.v1.Nearcat/Rollback',
             nearcat_dot_v1_dot_nearcat__pb2.RollbackRequest.SerializeToString,
             nearcat_dot_v1_dot_nearcat__pb2.ReindexStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCategory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearcat.v1.Nearcat/UpdateCategory',
+            nearcat_dot_v1_dot_nearcat__pb2.UpdateCategoryRequest.SerializeToString,
+            nearcat_dot_v1_dot_nearcat__pb2.UpdateCategoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReferenceImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearcat.v1.Nearcat/GetReferenceImage',
+            nearcat_dot_v1_dot_nearcat__pb2.GetReferenceImageRequest.SerializeToString,
+            nearcat_dot_v1_dot_nearcat__pb2.GetReferenceImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimReviews(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearcat.v1.Nearcat/ClaimReviews',
+            nearcat_dot_v1_dot_nearcat__pb2.ClaimReviewsRequest.SerializeToString,
+            nearcat_dot_v1_dot_nearcat__pb2.ClaimReviewsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitVerdict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearcat.v1.Nearcat/SubmitVerdict',
+            nearcat_dot_v1_dot_nearcat__pb2.SubmitVerdictRequest.SerializeToString,
+            nearcat_dot_v1_dot_nearcat__pb2.SubmitVerdictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReviewStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearcat.v1.Nearcat/GetReviewStats',
+            nearcat_dot_v1_dot_nearcat__pb2.GetReviewStatsRequest.SerializeToString,
+            nearcat_dot_v1_dot_nearcat__pb2.ReviewStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nearcat.v1.Nearcat/WhoAmI',
+            nearcat_dot_v1_dot_nearcat__pb2.WhoAmIRequest.SerializeToString,
+            nearcat_dot_v1_dot_nearcat__pb2.WhoAmIResponse.FromString,
             options,
             channel_credentials,
             insecure,
