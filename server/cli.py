@@ -367,6 +367,31 @@ def cmd_add_category(args: argparse.Namespace) -> None:
     print(f"added {' > '.join(category.path)} ({', '.join(what)})")
 
 
+def cmd_update_category(args: argparse.Namespace) -> None:
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    request = pb.UpdateCategoryRequest(name=args.name)
+    if args.rename is not None:
+        request.new_name = args.rename
+    if args.parent is not None:
+        request.parent = args.parent
+    if args.prompt is not None:
+        request.set_prompts = True
+        request.prompts.extend(p for p in args.prompt if p)
+    if args.metadata is not None:
+        request.set_metadata = True
+        for entry in args.metadata:
+            key, sep, value = entry.partition("=")
+            if not sep:
+                raise CommandError(f"--metadata {entry!r}: expected KEY=VALUE")
+            request.metadata[key] = value
+    category = connect(args).UpdateCategory(request).category
+    what = [_reference_images(category.reference_count)]
+    if category.prompts:
+        what.append(f"prompts: {'; '.join(category.prompts)}")
+    print(f"updated {' > '.join(category.path)} ({', '.join(what)})")
+
+
 def cmd_zero_shot(args: argparse.Namespace) -> None:
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
@@ -693,6 +718,14 @@ def cmd_status(args: argparse.Namespace) -> None:
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
     status = connect(args).GetStatus(pb.GetStatusRequest())
+    audit = status.review.audit
+    if audit.below_target:
+        guard = " Auto-accepting is stopped (--audit-guard)." if audit.guard_active else ""
+        print(
+            f"WARNING: the auto-accept band is below target: {audit.right} of {audit.reviewed} "
+            f"audited answers right, lower bound {audit.lower:.3f} < {audit.target:.3f}.{guard}",
+            file=sys.stderr,
+        )
     fields = MessageToDict(
         status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
@@ -990,6 +1023,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="text describing the category, e.g. 'a photo of a straw hat' (repeatable)",
     )
     add.set_defaults(run=cmd_add_category)
+
+    update = client_command(
+        "update-category",
+        "rename a category, move it, or replace its prompts or metadata",
+        "Change a category in one step: a rename keeps its reference images, their vectors "
+        "and its children; a move puts it under another parent (--parent '' for the top "
+        "level). Answers use the new name and taxonomy from the next call.",
+    )
+    update.add_argument("name", help="the category's current name")
+    update.add_argument("--rename", metavar="NEW_NAME", help="its new name")
+    update.add_argument("--parent", help="its new parent ('' for the top level)")
+    update.add_argument(
+        "--prompt",
+        action="append",
+        help="replace its prompts with these (repeatable; --prompt '' alone clears them)",
+    )
+    update.add_argument(
+        "--metadata",
+        action="append",
+        metavar="KEY=VALUE",
+        help="replace its metadata with these entries (repeatable)",
+    )
+    update.set_defaults(run=cmd_update_category)
 
     zero_shot = client_command(
         "zero-shot",

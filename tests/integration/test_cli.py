@@ -191,6 +191,14 @@ def test_a_category_kept_by_hand(
     again = nearcat("remove-references", wrong, *at, check=False)
     assert again.returncode == 2 and "NOT_FOUND" in again.stderr
 
+    renamed = nearcat(
+        "update-category", "Scarves", "--rename", "Shawls", "--prompt", "a shawl", *at
+    )
+    assert "updated Shawls (2 reference images, prompts: a shawl)" in renamed.stdout
+    clash = nearcat("update-category", "Shawls", "--metadata", "no-equals", *at, check=False)
+    assert clash.returncode == 2 and "KEY=VALUE" in clash.stderr
+    nearcat("update-category", "Shawls", "--rename", "Scarves", "--prompt", "", *at)
+
     unconfirmed = nearcat("delete-category", "Scarves", *at, check=False)
     assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
     monkeypatch.setattr(sys, "stdin", _Terminal("n\n"))
