@@ -155,10 +155,6 @@ def main() -> None:
                 page.wait_for_load_state("networkidle")
                 save(page, args.out / "console-review.png")
 
-                phone = browser.new_page(viewport={"width": 375, "height": 740}, base_url=url)
-                phone.goto("/category?name=Shoes")
-                phone.wait_for_load_state("networkidle")
-                save(phone, args.out / "console-phone.png")
                 browser.close()
         finally:
             server.stop()
