@@ -18,8 +18,9 @@ Keys, under the store's prefix:
 - ``review:done:<id>``   HASH the verdict, kept `DONE_TTL_S` after it (a repeated verdict
                           is answered from it)
 - ``review:seq``         STRING a counter, for ids
-- ``review:stats``       HASH counters (reviewed, skipped, agreed, judged, audit_reviewed,
-                          audit_right, dropped_full, dropped_expired, day:<YYYY-MM-DD>)
+- ``review:stats``       HASH counters (reviewed, skipped, agreed, judged, dropped_full,
+                          dropped_expired, day:<YYYY-MM-DD>, and per auto-accept band
+                          audit_reviewed:<band>, audit_right:<band>)
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ class NewReviewItem:
     item_id: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     audit: bool = False
+    # Which auto-accept band an audit measures (model version and calibration): audits of
+    # an earlier band do not judge a refitted one.
+    band: str = ""
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class ReviewItem:
     leased_to: str
     lease_until_ms: int
     skipped_by: tuple[str, ...]
+    band: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,7 @@ class ReviewStore:
                     "item_id": item.item_id,
                     "metadata": json.dumps(item.metadata, sort_keys=True),
                     "audit": int(item.audit),
+                    "band": item.band,
                     "leased_to": "",
                     "lease_until_ms": 0,
                     "skipped_by": "[]",
@@ -323,8 +329,8 @@ class ReviewStore:
             pipe.hincrby(stats, "reviewed", 1)
             pipe.hincrby(stats, f"day:{day}", 1)
             if item.audit:
-                pipe.hincrby(stats, "audit_reviewed", 1)
-                pipe.hincrby(stats, "audit_right", int(record.model_was_right))
+                pipe.hincrby(stats, f"audit_reviewed:{item.band}", 1)
+                pipe.hincrby(stats, f"audit_right:{item.band}", int(record.model_was_right))
             else:
                 pipe.hincrby(stats, "judged", 1)
                 pipe.hincrby(stats, "agreed", int(record.model_was_right))
@@ -399,6 +405,7 @@ def _item(review_id: str, fields: dict[bytes, bytes], image: bytes) -> ReviewIte
         leased_to=fields[b"leased_to"].decode(),
         lease_until_ms=int(fields[b"lease_until_ms"]),
         skipped_by=tuple(json.loads(fields.get(b"skipped_by", b"[]"))),
+        band=fields.get(b"band", b"").decode(),
     )
 
 

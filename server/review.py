@@ -118,16 +118,38 @@ class Reviews:
     # -- queueing ------------------------------------------------------------------------
 
     def wants(self, prediction: Prediction) -> tuple[bool, bool]:
-        """(queue it, as an audit) for an answer."""
+        """(queue it, as an audit) for an answer. While the guard holds auto-accepting back,
+        the answers it would have accepted are still audited: that is how the band can prove
+        itself again."""
+        if self._auto_accepted(prediction):
+            with self._lock:
+                audit = self._random.random() < self.config.audit_share
+            if audit:
+                return True, True
         if prediction.decision in QUEUED or (
             self.config.review_flagged and prediction.decision is Decision.FLAG
         ):
             return True, False
-        if prediction.decision is Decision.AUTO_ACCEPT:
-            with self._lock:
-                audit = self._random.random() < self.config.audit_share
-            return audit, audit
         return False, False
+
+    def _auto_accepted(self, prediction: Prediction) -> bool:
+        if prediction.decision is Decision.AUTO_ACCEPT:
+            return True
+        policy = self.catalog.decisions
+        if not policy.auto_accept_suspended or prediction.category is None:
+            return False
+        nearest = prediction.neighbors[0].similarity if prediction.neighbors else -1.0
+        unguarded = replace(policy, auto_accept_suspended=False)
+        return (
+            unguarded.decide(
+                prediction.category, prediction.confidence, nearest, self.catalog.calibration
+            )
+            is Decision.AUTO_ACCEPT
+        )
+
+    def band(self) -> str:
+        """The auto-accept band audits measure now: the model version and its calibration."""
+        return f"{self.catalog.serving.version}@{self.catalog.calibration.fitted_at_ms}"
 
     def offer(self, prediction: Prediction, image: bytes, answer: bytes, caller: Caller) -> str:
         """Queue the answer if a person should see it; returns the review id ('' if not).
@@ -149,6 +171,7 @@ class Reviews:
                 item_id=caller.item_id,
                 metadata=dict(caller.metadata or {}),
                 audit=audit,
+                band=self.band() if audit else "",
             ),
             self.config.max_items,
             int(self.config.max_age_s * 1000),
@@ -298,10 +321,10 @@ class Reviews:
 
     def stats(self) -> ReviewStats:
         counts = self.store.counts()
-        bound = self.catalog.calibration.bound
+        bound, band = self.catalog.bound, self.band()
         audit = audit_precision(
-            counts.get("audit_reviewed"),
-            counts.get("audit_right"),
+            counts.get(f"audit_reviewed:{band}"),
+            counts.get(f"audit_right:{band}"),
             bound.precision,
             bound.level,
             self.config.audit_guard,

@@ -112,8 +112,9 @@ def test_a_skipped_item_goes_to_someone_else(queue: ReviewStore) -> None:
 
 def test_audit_verdicts_are_counted_apart(queue: ReviewStore) -> None:
     for n, right in enumerate([True, True, False]):
-        review_id = queue.enqueue(item(n, audit=True, decision="auto_accept"), 100, DAY_MS)
+        audit = item(n, audit=True, decision="auto_accept", band="v1@1")
+        review_id = queue.enqueue(audit, 100, DAY_MS)
         queue.close(queue.take(review_id, "rita", 60_000), verdict(review_id, "rita", "X", right))
     counts = queue.counts()
-    assert (counts.get("audit_reviewed"), counts.get("audit_right")) == (3, 2)
+    assert (counts.get("audit_reviewed:v1@1"), counts.get("audit_right:v1@1")) == (3, 2)
     assert counts.get("judged") == 0
