@@ -201,7 +201,12 @@ class Console:
             if refused.code == "UNAUTHENTICATED":
                 self.backend.forget(view.token)
                 return RedirectResponse("/login", status_code=303)
-            self.flash(view, "error", str(refused))
+            if request.method == "GET":  # a page that cannot be shown: say why elsewhere
+                if request.url.path == "/":
+                    return self.render(request, view, "error.html", message=str(refused))
+                self.flash(view, "error", str(refused))
+                return RedirectResponse("/", status_code=303)
+            self.flash(view, "error", str(refused))  # an action: back to its page
             return RedirectResponse(back(request), status_code=303)
 
     def call(self, view: View, method: str, request: Any, **kwargs: Any) -> Any:

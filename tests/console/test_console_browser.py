@@ -224,6 +224,23 @@ def test_classify_role_is_not_offered_create_edit_or_review(login: Any) -> None:
     assert "may not open that page" in page.locator(".flash.error").inner_text()
 
 
+def test_odd_names_are_escaped_and_missing_things_explained(login: Any, stub: Any) -> None:
+    name = 'Caps & "lids" <b /2?x=1#top'
+    stub.AddCategory(
+        pb.AddCategoryRequest(name=name, parent="stripes", prompts=["<i>a cap</i>"]),
+        metadata=metadata("alice"),
+    )
+    page = login("carl")
+    page.click(f"#tree a:text-is('{name}')")
+    assert page.locator("h1").inner_text().startswith(name)
+    assert page.locator(".chip").inner_text() == "<i>a cap</i>"
+    page.goto("/category?name=no-such-category")
+    assert page.url.endswith("/")
+    assert "no-such-category" in page.locator(".flash.error").inner_text()
+    page.goto("/thumb/0000000000000000")  # an unknown reference: a placeholder, not a 500
+    assert "not_found" in page.content()
+
+
 def _queue_for_review(stub: Any, count: int = 2) -> int:
     """Classify photos unlike any reference (noise) without skip_review until `count` are
     queued: uncalibrated, a split vote is REVIEW."""
