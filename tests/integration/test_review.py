@@ -200,3 +200,18 @@ def test_update_category_renames_and_the_index_follows(clients: dict[str, As]) -
     assert image.reference.category == "spots"
     missing = pb.GetReferenceImageRequest(reference_id="0" * 16)
     assert code_of(lambda: carl.GetReferenceImage(missing)) == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_batch_echoes_each_item_and_queues_the_unsure(clients: dict[str, As]) -> None:
+    carl = clients["carl"]
+    items = [
+        pb.ClassifyItem(image=make_image("dots", 601), item_id="a", metadata={"lot": "1"}),
+        pb.ClassifyItem(image=b"not an image", item_id="b"),
+    ]
+    batch = carl.ClassifyBatch(pb.ClassifyBatchRequest(items=items))
+    first, bad = batch.results
+    assert (first.item_id, dict(first.metadata)) == ("a", {"lot": "1"})
+    assert first.WhichOneof("outcome") == "classification" and first.review_id
+    assert bad.item_id == "b" and bad.error.code == "INVALID_ARGUMENT" and not bad.review_id
+    both = pb.ClassifyBatchRequest(images=[make_image("dots", 1)], items=items)
+    assert code_of(lambda: carl.ClassifyBatch(both)) == grpc.StatusCode.INVALID_ARGUMENT
