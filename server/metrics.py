@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from indexer.errors import NearcatError
@@ -181,7 +181,12 @@ class _ReviewCollector(Collector):
     def __init__(self, reviews: Reviews) -> None:
         self.reviews = reviews
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "nearcat_review_unqueued",
+            "Answers that should have gone to review but could not be queued (store away)",
+            value=self.reviews.unqueued,
+        )
         try:
             stats = self.reviews.stats()
         except NearcatError:  # the store is away: no figures rather than a failed scrape

@@ -20,7 +20,13 @@ from dataclasses import dataclass, replace
 from indexer.answer import Prediction
 from indexer.calibration import precision_lower_bound
 from indexer.decision import Decision
-from indexer.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from indexer.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from indexer.review_store import (
     NewReviewItem,
     QueueCounts,
@@ -114,6 +120,7 @@ class Reviews:
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._guard_checked = 0.0
+        self.unqueued = 0  # answers that should have been queued while the store was away
 
     # -- queueing ------------------------------------------------------------------------
 
@@ -156,10 +163,23 @@ class Reviews:
         `answer` is the answer as served (bytes kept for the reviewer)."""
         if caller.skip_review or prediction.category is None:
             return ""
-        self.check_guard()
         queue, audit = self.wants(prediction)
         if not queue:
             return ""
+        try:
+            self.check_guard()
+            return self._enqueue(prediction, image, answer, caller, audit)
+        except Unavailable as exc:
+            # The answer stands (it needs no store); the item is lost, said and counted.
+            with self._lock:
+                self.unqueued += 1
+            log.warning("answer not queued for review: %s", exc)
+            return ""
+
+    def _enqueue(
+        self, prediction: Prediction, image: bytes, answer: bytes, caller: Caller, audit: bool
+    ) -> str:
+        assert prediction.category is not None
         return self.store.enqueue(
             NewReviewItem(
                 image=image,

@@ -84,7 +84,9 @@ def test_valkey_stopped_while_serving(
     tmp_path: Path, model_artifact: Path, external: ExternalValkey
 ) -> None:
     process = ServerProcess(
-        tmp_path / "data", model_artifact, ["--redis-url", external.url]
+        tmp_path / "data",
+        model_artifact,
+        ["--redis-url", external.url, "--review-flagged", "true"],
     ).start()
     try:
         stub = process.stub()
@@ -113,6 +115,9 @@ def test_valkey_stopped_while_serving(
         # Classification needs no store: it keeps answering from the index in memory.
         answer = stub.Classify(pb.ClassifyRequest(image=make_image("stripes", 1)), timeout=30)
         assert answer.classification.categories[0].category == "stripes"
+        # It would go to review (nothing is auto-accepted uncalibrated), but the queue is in
+        # the store: the answer stands, unqueued (logged and counted).
+        assert answer.classification.decision != pb.AUTO_ACCEPT and answer.review_id == ""
 
         external.start()  # same port, same data dir: the append-only file is loaded
 
@@ -137,5 +142,6 @@ def test_valkey_stopped_while_serving(
         assert status.index_size == sum(len(ids) for ids in acknowledged.values()) + 1
         top = stub.Classify(pb.ClassifyRequest(image=make_image("dots", 100)), timeout=30)
         assert top.classification.neighbors[0].reference_id == added.references[0].reference_id
+        assert top.review_id  # queued again now that the store is back
     finally:
         assert process.stop() == 0, process.log()
