@@ -31,9 +31,11 @@ def start_console(settings: Settings, address: str) -> tuple[int, Callable[[], N
     try:
         sock.bind((settings.host, settings.console_port or 0))
     except OSError as error:
+        from server.app import PortInUse  # the CLI prints it without a traceback
+
         sock.close()
         backend.close()
-        raise OSError(
+        raise PortInUse(
             f"cannot serve the web console on {settings.host}:{settings.console_port}: "
             f"{error.strerror} (another --console-port, or 0 for a free one)"
         ) from error

@@ -69,8 +69,10 @@ def connect_address(address: str, tls: bool) -> str:
 
 def open_channel(settings: Settings, address: str) -> grpc.Channel:
     """A channel to the server; TLS with its own certificate as the root to trust."""
+    from server.tls import TlsError, channel_credentials  # TlsError: a ValueError the CLI prints
+
     if settings.tls_client_ca is not None:
-        raise ValueError(
+        raise TlsError(
             "the web console needs a server without client certificates (mutual TLS, "
             "--tls-client-ca, is on): run it without --console-port, or serve the console "
             "from a server without --tls-client-ca"
@@ -80,8 +82,6 @@ def open_channel(settings: Settings, address: str) -> grpc.Channel:
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
     if settings.tls_cert is not None:
-        from server.tls import channel_credentials
-
         credentials = channel_credentials(ca=settings.tls_cert)
         return grpc.secure_channel(connect_address(address, True), credentials, options)
     return grpc.insecure_channel(connect_address(address, False), options)
