@@ -3,6 +3,7 @@ auth on, a real Valkey, generated photos, and Debian's chromium driven by Playwr
 
 Chromium comes from `make browser` (apt's `chromium`, never Playwright's downloads). Where it
 is missing the tests skip locally and fail in CI (`CI` set), so CI cannot pass without them.
+`NEARCAT_CHROMIUM` names another chromium binary.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tests.helpers import KINDS, ServerProcess, make_image
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("NEARCAT_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -224,6 +225,23 @@ def test_classify_role_is_not_offered_create_edit_or_review(login: Any) -> None:
     assert "may not open that page" in page.locator(".flash.error").inner_text()
 
 
+def test_a_big_category_is_paged(login: Any, stub: Any) -> None:
+    references = [pb.ReferenceImage(image=make_image("checkers", 1000 + i)) for i in range(50)]
+    stub.AddCategory(
+        pb.AddCategoryRequest(name="many", references=references),
+        metadata=metadata("alice"),
+        timeout=120,
+    )
+    page = login("carl")
+    page.goto("/category?name=many")
+    assert page.locator("#references img").count() == 48
+    assert "1–48 of 50" in page.locator(".pager").inner_text()
+    page.click("text=older ›")
+    assert page.locator("#references img").count() == 2
+    assert "49–50 of 50" in page.locator(".pager").inner_text()
+    page.wait_for_function(LOADED % "#references img")
+
+
 def test_odd_names_are_escaped_and_missing_things_explained(login: Any, stub: Any) -> None:
     name = 'Caps & "lids" <b /2?x=1#top'
     stub.AddCategory(
@@ -266,7 +284,7 @@ def _queue_for_review(stub: Any, count: int = 2) -> int:
 
 
 def test_reviewer_reviews_with_the_keyboard(login: Any, stub: Any) -> None:
-    assert _queue_for_review(stub) == 2
+    assert _queue_for_review(stub, 3) == 3
     page = login("rita")
     page.click("nav >> text=Review")
     pending = int(page.locator("#pending").inner_text())
@@ -299,6 +317,17 @@ def test_reviewer_reviews_with_the_keyboard(login: Any, stub: Any) -> None:
     assert int(page.locator("#pending").inner_text()) == pending - 2
     categories = stub.ListCategories(pb.ListCategoriesRequest(), metadata=metadata("alice"))
     assert "noise" in {c.name for c in categories.categories}
+
+    # s: skip; the item goes back to the queue (for someone else), nothing is reviewed.
+    third = page.locator("#review").get_attribute("data-review")
+    page.keyboard.press("s")
+    page.wait_for_function(
+        f"!document.querySelector('#review') || "
+        f"document.querySelector('#review').dataset.review !== '{third}'"
+    )
+    assert "skipped" in page.locator(".flash.ok").inner_text()
+    assert int(page.locator("#reviewed-today").inner_text()) == today + 2
+    assert int(page.locator("#pending").inner_text()) == pending - 2
 
 
 def test_health_page(login: Any) -> None:
