@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from urllib.parse import quote, urlsplit
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -170,9 +173,18 @@ class Console:
             session = request.cookies.get(SESSION_COOKIE) or secrets.token_urlsafe(16)
             token = request.cookies.get(TOKEN_COOKIE) or None
             view = View(token, Who("", "", False), session)
-            if request.method == "POST":
-                view.form, view.files = await read_form(request)
-            response = await run_in_threadpool(self._guarded, handler, request, view, role, login)
+            response: Response
+            try:
+                if request.method == "POST":
+                    view.form, view.files = await read_form(request)
+            except (HTTPException, MultiPartException) as error:  # e.g. too many files
+                detail = getattr(error, "detail", None) or getattr(error, "message", "")
+                self.flash(view, "error", f"the form was not read: {detail}")
+                response = RedirectResponse(back(request), status_code=303)
+            else:
+                response = await run_in_threadpool(
+                    self._guarded, handler, request, view, role, login
+                )
             if request.cookies.get(SESSION_COOKIE) != session:
                 response.set_cookie(
                     SESSION_COOKIE, session, httponly=True, samesite="strict",
@@ -353,7 +365,10 @@ class Console:
         if len(references) > PAGE_SIZE:  # a server that does not page yet sends them all
             references = references[offset : offset + PAGE_SIZE]
         category = answer.category
-        categories = list(self.call(view, "ListCategories", pb.ListCategoriesRequest()).categories)
+        categories = []
+        if view.who.can("admin"):  # for the move form
+            request_all = pb.ListCategoriesRequest()
+            categories = list(self.call(view, "ListCategories", request_all).categories)
         total = category.reference_count
         return self.render(
             request,
@@ -479,10 +494,16 @@ class Console:
     # -- review ------------------------------------------------------------------------
 
     def _claimed(self, view: View) -> Any | None:
+        """The item this session holds, while its lease lasts (a minute's margin)."""
+        soon = time.time() * 1000 + 60_000
         with self._lock:
-            for session, item in self._reviews.values():
-                if session == view.session:
-                    return item
+            for review_id, (session, item) in list(self._reviews.items()):
+                if session != view.session:
+                    continue
+                if item.lease_until_ms and item.lease_until_ms < soon:
+                    del self._reviews[review_id]  # lapsing: claim afresh
+                    continue
+                return item
         return None
 
     def _forget_review(self, review_id: str) -> None:

@@ -199,6 +199,19 @@ def test_admin_edits_a_category_and_removes_a_reference(login: Any, stub: Any) -
     assert page.locator("#references img").count() == 4
 
 
+def test_too_many_files_are_refused_with_a_reason(login: Any) -> None:
+    page = login("alice")
+    page.goto("/category?name=stripes")
+    tiny = make_image("dots", 1, size=16)
+    page.set_input_files(
+        "#upload-form input[type=file]", [upload(f"{i}.jpg", tiny) for i in range(202)]
+    )
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_load_state()
+    assert "Too many files" in page.locator(".flash.error").inner_text()
+    assert page.url.endswith("/category?name=stripes")
+
+
 def test_try_it_classifies_a_dropped_photo(login: Any) -> None:
     page = login("carl")  # classify is enough to try
     page.click("text=Try it")
