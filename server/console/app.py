@@ -516,7 +516,11 @@ class Console:
         item = self._claimed(view)
         pending: int | None = None
         if item is None:
-            claim = self.call(view, "ClaimReviews", pb.ClaimReviewsRequest(max_items=1))
+            claim = self.call(
+                view,
+                "ClaimReviews",
+                pb.ClaimReviewsRequest(max_items=1, reviewer=reviewer_name(view)),
+            )
             pending = claim.pending
             if claim.items:
                 item = claim.items[0]
@@ -545,9 +549,7 @@ class Console:
     def _verdict(self, request: Request, view: View) -> Response:
         review_id = view.form.get("review_id", "")
         action = view.form.get("action", "")
-        verdict = pb.SubmitVerdictRequest(review_id=review_id)
-        if not view.who.auth_enabled:  # with tokens the server knows who decided
-            verdict.reviewer = "console"
+        verdict = pb.SubmitVerdictRequest(review_id=review_id, reviewer=reviewer_name(view))
         if action == "skip":
             verdict.skip = True
         elif action == "none":
@@ -608,6 +610,12 @@ class Console:
 
 
 # -- helpers --------------------------------------------------------------------------
+
+
+def reviewer_name(view: View) -> str:
+    """Who claims and decides: with tokens the server knows (the token's name); without,
+    each browser session is its own reviewer, so two people never share a lease."""
+    return "" if view.who.auth_enabled else f"console-{view.session[:8]}"
 
 
 def int_param(value: str | None, default: int) -> int:

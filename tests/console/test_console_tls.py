@@ -1,4 +1,5 @@
-"""The console of a TLS server dials it over TLS, trusting the server's certificate."""
+"""The console of a TLS server dials it over TLS, trusting the server's certificate; with
+auth off there is no login: everyone is admin."""
 
 from __future__ import annotations
 
@@ -37,8 +38,14 @@ def test_console_of_a_tls_server(tmp_path: Path, model_artifact: Path) -> None:
         while not (match := re.search(r"web console on (http://\S+/)", server.log())):
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.1)
-        with urllib.request.urlopen(match.group(1) + "health", timeout=30) as response:
+        console = match.group(1)
+        with urllib.request.urlopen(console + "health", timeout=30) as response:
             page = response.read().decode()
         assert 'id="model-version">efficientnet_lite0' in page, page
+        with urllib.request.urlopen(console + "login", timeout=30) as response:
+            assert response.url == console  # nothing to log in to
+            page = response.read().decode()
+        assert re.search(r'id="whoami">\w+ · admin<', page), page
+        assert 'id="create-form"' in page and "log out" not in page
     finally:
         assert server.stop() == 0, server.log()
