@@ -139,9 +139,9 @@ def main() -> None:
                     args=["--no-sandbox", "--disable-gpu", "--no-first-run"],
                 )
                 page = browser.new_page(viewport={"width": 1280, "height": 800}, base_url=url)
-                page.goto("/?q=a+hat")
+                page.goto("/category?name=Hat")
                 page.wait_for_load_state("networkidle")
-                save(page, args.out / "console-catalogue.png")
+                save(page, args.out / "console-category.png")
 
                 page.goto("/try")
                 query = Path(tmp) / "query.jpg"
