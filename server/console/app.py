@@ -42,6 +42,14 @@ PAGE_SIZE = 48
 MAX_UPLOAD_FILES = 200
 
 Handler = Callable[[Request, "View"], Response]
+# Only this console's own script runs, and no other site may frame it (a framed review page
+# could be clicked through by someone else's page).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 @dataclass
@@ -185,6 +193,7 @@ class Console:
                 response = await run_in_threadpool(
                     self._guarded, handler, request, view, role, login
                 )
+            response.headers.update(SECURITY_HEADERS)
             if request.cookies.get(SESSION_COOKIE) != session:
                 response.set_cookie(
                     SESSION_COOKIE, session, httponly=True, samesite="strict",
@@ -271,6 +280,7 @@ class Console:
 
     def logout(self, request: Request, view: View) -> Response:
         self.backend.forget(view.token)
+        self.flash(view, "ok", "logged out")
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(TOKEN_COOKIE)
         return response
