@@ -8,6 +8,7 @@ is missing the tests skip locally and fail in CI (`CI` set), so CI cannot pass w
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import time
@@ -229,6 +230,24 @@ def test_try_it_classifies_a_dropped_photo(login: Any) -> None:
     neighbours = page.locator("#result .thumbs img")
     assert neighbours.count() >= 3
     page.wait_for_function(LOADED, arg="#result .thumbs img")
+
+
+def test_a_photo_dropped_on_try_it_is_classified(login: Any) -> None:
+    page = login("carl")
+    page.goto("/try")
+    transfer = page.evaluate_handle(
+        """([name, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, {type: "image/jpeg"}));
+            return transfer;
+        }""",
+        ["dropped.jpg", base64.b64encode(make_image("dots", 78)).decode()],
+    )
+    page.dispatch_event("#try-form .drop", "drop", {"dataTransfer": transfer})
+    page.wait_for_selector("#result")
+    assert page.locator("#result h2").inner_text() == "dropped.jpg"
+    assert page.locator("#answer").inner_text() in {"dots", "Dots"}
 
 
 def test_classify_role_is_not_offered_create_edit_or_review(login: Any) -> None:
