@@ -216,4 +216,9 @@ class Settings(BaseSettings):
             raise ValueError("--tls-cert and --tls-key go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.console_port is not None:
+            raise ValueError(
+                "the web console (--console-port) talks to this server as a client without a "
+                "certificate, so it cannot run with mutual TLS (--tls-client-ca): drop one"
+            )
         return self

@@ -69,14 +69,9 @@ def connect_address(address: str, tls: bool) -> str:
 
 def open_channel(settings: Settings, address: str) -> grpc.Channel:
     """A channel to the server; TLS with its own certificate as the root to trust."""
-    from server.tls import TlsError, channel_credentials  # TlsError: a ValueError the CLI prints
+    from server.tls import channel_credentials
 
-    if settings.tls_client_ca is not None:
-        raise TlsError(
-            "the web console needs a server without client certificates (mutual TLS, "
-            "--tls-client-ca, is on): run it without --console-port, or serve the console "
-            "from a server without --tls-client-ca"
-        )
+    # Settings refuse --console-port with mutual TLS: the console has no client certificate.
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

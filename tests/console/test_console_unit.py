@@ -16,7 +16,7 @@ from server.console.app import (
     parse_metadata,
     reviewed_today,
 )
-from server.console.client import Who, connect_address, open_channel
+from server.console.client import Who, connect_address
 from server.console.images import ThumbnailCache, shrink
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 from server.settings import Settings
@@ -95,12 +95,12 @@ def test_dial_address() -> None:
     assert connect_address("10.0.0.5:7", tls=False) == "10.0.0.5:7"
 
 
-def test_mutual_tls_is_refused_with_a_reason(tmp_path: Path) -> None:
+def test_mutual_tls_is_refused_before_anything_starts(tmp_path: Path) -> None:
     pem = tmp_path / "x.pem"
     pem.write_text("-----BEGIN CERTIFICATE-----\n")
-    settings = Settings(tls_cert=pem, tls_key=pem, tls_client_ca=pem)
-    with pytest.raises(ValueError, match="needs a server without client certificates"):
-        open_channel(settings, "127.0.0.1:1")
+    with pytest.raises(ValueError, match="cannot run with mutual TLS"):
+        Settings(tls_cert=pem, tls_key=pem, tls_client_ca=pem, console_port=0)
+    Settings(tls_cert=pem, tls_key=pem, tls_client_ca=pem)  # without the console: fine
 
 
 def test_thumbnails_are_small_jpegs_kept_least_recently_used() -> None:
