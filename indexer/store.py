@@ -2,13 +2,15 @@
 
 It is the single source of truth. The FAISS index is derived from it and can always be
 rebuilt from it without re-embedding. Every mutation is atomic (all or nothing). Those of
-the catalogue (create_category, add_references, remove_references, delete_category) are each
-one MULTI/EXEC transaction, guarded by WATCH against concurrent writers, and append one entry
-to the change stream (add_references only when it adds something). The others are not on the
-stream: put_vectors is one Lua script (so it can check each reference still exists),
-switch_model one MULTI/EXEC without WATCH, and put_calibration, put_reindex and seed_model one
-command each. With the embedded Valkey (`appendfsync always`) a write is on disk before the
-call returns.
+the catalogue (create_category, add_references, update_category, remove_references,
+delete_category) are each one MULTI/EXEC transaction, guarded by WATCH against concurrent
+writers, and append one entry to the change stream (add_references only when it adds
+something). put_calibration and switch_model are one MULTI/EXEC each (without WATCH) with
+their stream entry. The others are not on the stream: put_vectors is one Lua script (so it
+can check each reference still exists), put_reindex and seed_model one command each. Every
+entry names the server that wrote it (`origin`): replicas follow the stream and skip their
+own (server.follower). With the embedded Valkey (`appendfsync always`) a write is on disk
+before the call returns.
 
 Keys, under a prefix (default ``nearcat``):
 
@@ -24,13 +26,15 @@ Keys, under a prefix (default ``nearcat``):
 - ``calibration:<version>`` STRING JSON: the fitted calibration of that model's votes
 - ``model``                 HASH active (the model version served), previous (rollback target)
 - ``reindex``               STRING JSON: the last or running reindex (target, progress, outcome)
-- ``changes``               STREAM of adds and removes
+- ``lease:<name>``          STRING who does a fleet-wide job now (e.g. recalibrate), with a TTL
+- ``changes``               STREAM of every catalogue write, calibration and model switch
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -61,6 +65,14 @@ if #stored > 0 then
   redis.call('SADD', KEYS[2], ARGV[1])
 end
 return stored
+"""
+
+# Delete a lease only if its holder still holds it (KEYS[1] the lease, ARGV[1] the holder).
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 """
 
 
@@ -148,15 +160,19 @@ class Store:
         client: redis.Redis,
         prefix: str = "nearcat",
         before_commit: Callable[[], None] | None = None,
+        origin: str | None = None,
     ) -> None:
         """`before_commit`, if given, runs inside every write between its WATCH and its EXEC:
-        the seam where tests make another writer race it."""
+        the seam where tests make another writer race it. `origin` names this server on the
+        change stream's entries (default: a fresh id), so that it can skip its own."""
         # Any: redis-py types replies as unions of bytes, str and awaitables; this client is
         # synchronous without decode_responses, so every reply is bytes.
         self._redis: Any = client
         self._prefix = prefix
         self._before_commit = before_commit
+        self.origin = origin or uuid.uuid4().hex[:12]
         self._put_vectors_script = client.register_script(PUT_VECTORS_SCRIPT)
+        self._release_script = client.register_script(RELEASE_SCRIPT)
 
     @property
     def prefix(self) -> str:
@@ -177,6 +193,55 @@ class Store:
         """The change stream (every add, remove and delete), oldest first."""
         entries = self.call(lambda: self._redis.xrange(self.key("changes")))
         return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+    # -- following the change stream (server.follower) -----------------------------------
+
+    def last_change_id(self) -> str:
+        """The id of the stream's newest entry, even if trimmed away ("0-0" when none was
+        ever written): a position to follow from."""
+        info = self._stream_info()
+        return _text(info.get("last-generated-id", b"0-0")) if info else "0-0"
+
+    def _stream_info(self) -> dict[str, Any] | None:
+        try:
+            return dict(self.call(lambda: self._redis.xinfo_stream(self.key("changes"))))
+        except redis.ResponseError:  # no stream yet
+            return None
+
+    def read_changes(
+        self, after: str, block_ms: int, count: int
+    ) -> list[tuple[str, dict[str, str]]]:
+        """The entries after `after`, oldest first, waiting up to `block_ms` for one."""
+        key = self.key("changes")
+        reply = self.call(
+            lambda: self._redis.xread({key: after}, count=count, block=block_ms or None)
+        )
+        return [
+            (entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()})
+            for _, entries in reply or []
+            for entry_id, fields in entries
+        ]
+
+    def change_retained(self, position: str) -> bool:
+        """Whether every entry after `position` is surely still on the stream. Trimming
+        takes the oldest entries first, so they are while the entry at `position` itself
+        is (or `position` is the newest id, or nothing was ever trimmed)."""
+        info = self._stream_info()
+        if info is None or position == _text(info.get("last-generated-id", b"")):
+            return True
+        if position == "0-0":
+            return int(info.get("entries-added", 0)) == int(info.get("length", 0))
+        key = self.key("changes")
+        return bool(self.call(lambda: self._redis.xrange(key, min=position, max=position)))
+
+    def changes_after(self, position: str, cap: int = 10_000) -> tuple[int, int]:
+        """(entries after `position`, at most `cap`; the time in ms of the oldest of them,
+        0 when none): how far a follower is behind."""
+        key = self.key("changes")
+        newer = self.call(lambda: self._redis.xrange(key, min=f"({position}", count=cap))
+        if not newer:
+            return 0, 0
+        return len(newer), _stream_id(newer[0][0].decode())[0]
 
     # -- key names -----------------------------------------------------------------------
 
@@ -247,7 +312,7 @@ class Store:
     def _log_change(self, pipe: Any, op: str, **fields: str) -> None:
         pipe.xadd(
             self.key("changes"),
-            {"op": op, **fields},
+            {"op": op, "origin": self.origin, **fields},
             maxlen=CHANGE_STREAM_MAXLEN,
             approximate=True,
         )
@@ -386,6 +451,20 @@ class Store:
         assert recorded is not None
         return recorded
 
+    # -- leases: work done once for all servers -----------------------------------------
+
+    def take_lease(self, name: str, seconds: float, holder: str) -> bool:
+        """Take the lease `name` for `seconds` unless another holder has it (SET NX PX)."""
+        key = self.key("lease", name)
+        return bool(
+            self.call(lambda: self._redis.set(key, holder, nx=True, px=int(seconds * 1000)))
+        )
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease back if `holder` still has it."""
+        key = self.key("lease", name)
+        self.call(lambda: self._release_script(keys=[key], args=[holder]))
+
     def get_reindex(self) -> dict[str, Any] | None:
         data = self.call(lambda: self._redis.get(self.key("reindex")))
         return json.loads(data) if data is not None else None
@@ -401,6 +480,7 @@ class Store:
             pipe = self._redis.pipeline(transaction=True)
             pipe.hset(self.key("model"), mapping={"active": active, "previous": previous or ""})
             pipe.set(self.key("reindex"), json.dumps(reindex, sort_keys=True))
+            self._log_change(pipe, "switch_model", active=active, previous=previous or "")
             pipe.execute()
 
         self.call(write)
@@ -432,7 +512,14 @@ class Store:
     def put_calibration(self, model_version: str, calibration: dict[str, Any]) -> None:
         """Replace the calibration of a model's votes (one SET: atomic, durable on return)."""
         payload = json.dumps(calibration, sort_keys=True)
-        self.call(lambda: self._redis.set(self.key("calibration", model_version), payload))
+
+        def write() -> None:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(self.key("calibration", model_version), payload)
+            self._log_change(pipe, "calibration", version=model_version)
+            pipe.execute()
+
+        self.call(write)
 
     # -- labelled traffic ----------------------------------------------------------------
 
@@ -804,6 +891,15 @@ def split_duplicates(
             new.append(ref)
             seen.add(ref.id)
     return new, duplicate
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _connection_error(exc: BaseException) -> BaseException | None:

@@ -34,6 +34,7 @@ from indexer.vote import VoteConfig
 from server.auth import AuthInterceptor, TokenTable, load_tokens
 from server.catalog import Catalog, Limits
 from server.drift import DriftMonitor
+from server.follower import Follower
 from server.interceptors import DefaultDeadlineInterceptor, Metadata, ObserveInterceptor
 from server.metrics import Metrics
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
@@ -379,6 +380,7 @@ def serve(settings: Settings, announce: Callable[[str], None] = print) -> None:
         )
         started.callback(catalog.close)
         started.callback(reindexer.close)  # an unfinished reindex resumes at the next start
+        started.callback(Follower(catalog, on_switch=reindexer.follow_switch).start().close)
         metrics.watch(catalog, reindexer)
         if settings.recalibrate_after_s > 0:
             started.callback(Recalibrator(catalog, settings.recalibrate_after_s).start().close)

@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -115,6 +115,10 @@ class Status:
     calibration: Calibration
     text_model: str
     head_current: bool = False  # the calibration's head covers the catalogue
+    server_id: str = ""  # this server on the change stream
+    change_position: str = "0-0"  # the stream's last entry its state includes
+    change_lag: int = 0  # entries of the stream not applied yet (at most 10,000 counted)
+    change_lag_s: float = 0.0  # how long the oldest of them has waited
 
 
 def validate_category_name(name: str, what: str = "category name") -> None:
@@ -187,6 +191,9 @@ class Catalog:
         self._gate = SwitchGate()
         self._vectors_loaded = 0
         self._started_at_ms = int(time.time() * 1000)
+        # The change stream's last entry this server's state includes (server.follower moves
+        # it on as it applies other servers' writes).
+        self.change_position = "0-0"
 
     # -- the serving state ---------------------------------------------------------------
 
@@ -302,7 +309,10 @@ class Catalog:
     # -- start-up ------------------------------------------------------------------------
 
     def load(self, progress: bool = False) -> None:
-        """Build the index from the store; embed only references this model has no vector for."""
+        """Build the index from the store; embed only references this model has no vector for.
+        Records the change stream's position first (`change_position`): what is written during
+        the load is applied again by the follower, never missed."""
+        self.change_position = self.store.last_change_id()
         categories_now = self.store.list_categories()
         for category in categories_now:
             self._parents[category.name] = category.parent
@@ -853,7 +863,76 @@ class Catalog:
             calibration=s.calibration,
             head_current=self._head_current(s),
             text_model=s.text.version if s.text is not None else "",
+            **self.change_lag(),
         )
+
+    def change_lag(self) -> dict[str, Any]:
+        """Where this server stands on the store's change stream, and how far behind."""
+        position = self.change_position
+        behind, oldest_ms = self.store.changes_after(position)
+        return {
+            "server_id": self.store.origin,
+            "change_position": position,
+            "change_lag": behind,
+            "change_lag_s": max(0.0, time.time() - oldest_ms / 1000) if behind else 0.0,
+        }
+
+    # -- following other servers (server.follower) ---------------------------------------
+
+    def apply_change(self, change: Mapping[str, str]) -> None:
+        """Bring this server level with one change another server wrote to the store (an
+        entry of its change stream). Idempotent: the store says what to hold."""
+        op = change.get("op", "")
+        if op in ("add_category", "add_references", "delete_category"):
+            self._follow_store(change["category"])
+        elif op == "update_category":
+            self._follow_update(change.get("previous", ""), change["category"])
+        elif op == "remove_references":
+            self._drop_unstored([i for i in change.get("references", "").split(",") if i])
+        elif op == "calibration":
+            self._follow_calibration(change["version"])
+        # switch_model: the follower hands it to the reindexer, which opens models.
+
+    def reload(self) -> None:
+        """Level everything with the store (a replica that fell behind the change stream):
+        the index of each model version held, parents, prompts and calibrations."""
+        with self._gate.switch():
+            categories = self.store.list_categories()
+            self._parents = {c.name: c.parent for c in categories}
+            for state in self._states():
+                self.sync_index(state)
+                for name in state.prompted_names():
+                    state.drop_text(name)
+                state.set_texts(categories)
+                self._follow_calibration(state.version)
+
+    def _states(self) -> list[Serving]:
+        pending = self._pending
+        return [self._serving] + ([pending] if pending is not None else [])
+
+    def _follow_update(self, previous: str, name: str) -> None:
+        category = self.store.get_category(name)
+        if category is None:  # changed again since: a later entry follows
+            return
+        with self._gate.switch():
+            for state in self._states():
+                if previous and previous != name:
+                    state.index.relabel(previous, name)
+                    state.drop_text(previous)
+                state.drop_text(name)
+                state.set_texts([category])
+            if previous and previous != name:
+                self._parents.pop(previous, None)
+                for child, above in list(self._parents.items()):
+                    if above == previous:
+                        self._parents[child] = name
+            self._parents[name] = category.parent
+        self._follow_store(name)
+
+    def _follow_calibration(self, version: str) -> None:
+        for state in self._states():
+            if state.version == version:
+                state.calibration = Calibration.from_json(self.store.get_calibration(version) or {})
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -160,6 +160,20 @@ class _CatalogCollector(Collector):
             "Images waiting for the model worker",
             value=serving.batcher.queue_depth(),
         )
+        try:
+            lag = self.catalog.change_lag()
+            yield GaugeMetricFamily(
+                "nearcat_change_lag_entries",
+                "Entries of the store's change stream (other servers' writes) not applied yet",
+                value=lag["change_lag"],
+            )
+            yield GaugeMetricFamily(
+                "nearcat_change_lag_seconds",
+                "How long the oldest unapplied change-stream entry has waited",
+                value=lag["change_lag_s"],
+            )
+        except NearcatError:  # the store away: no lag figures rather than a failed scrape
+            pass
         job = self.reindexer.status() if self.reindexer is not None else None
         running = job is not None and job.unfinished
         yield GaugeMetricFamily(

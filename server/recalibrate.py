@@ -21,6 +21,8 @@ from server.catalog import Catalog
 
 log = logging.getLogger("nearcat.recalibrate")
 
+LEASE_S = 600.0  # longer than a refit takes; released when it ends
+
 
 class Recalibrator:
     """A daemon thread that refits a stale calibration after `quiet_s` quiet seconds."""
@@ -63,8 +65,17 @@ class Recalibrator:
 
     def _refit(self) -> None:
         group_by = self.catalog.calibration.extra.get("group_by")
+        store = self.catalog.store
         try:
-            calibration = self.catalog.calibrate(group_by)
+            # Once for the fleet: replicas see the same categories settle and race for one
+            # lease; the others get the refit through the change stream (server.follower).
+            if not store.take_lease("recalibrate", LEASE_S, store.origin):
+                log.info("categories changed: another server is refitting the calibration")
+                return
+            try:
+                calibration = self.catalog.calibrate(group_by)
+            finally:
+                store.release_lease("recalibrate", store.origin)
         except NearcatError as exc:
             log.warning("categories changed, but the calibration could not be refitted: %s", exc)
             return

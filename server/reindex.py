@@ -75,6 +75,9 @@ class ReindexJob:
     accuracy_after: float | None = None
     validation_examples: int = 0
     rollback: bool = False
+    # The model as it was asked for (an artifact directory or a registered name): what
+    # another replica registers to follow the switch.
+    source: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "state": self.state.value}
@@ -139,7 +142,9 @@ class Reindexer:
             current = self.catalog.serving.version
             if version == current:
                 raise FailedPrecondition(f"model {version} is already the one served")
-            job = ReindexJob(version, current, validate=validate, max_accuracy_drop=drop)
+            job = ReindexJob(
+                version, current, validate=validate, max_accuracy_drop=drop, source=model
+            )
             self._launch(job)
             return job
 
@@ -156,6 +161,32 @@ class Reindexer:
             )
             self._launch(job)
             return job
+
+    def follow_switch(self, active: str) -> None:
+        """Another server switched the model to `active` (a reindex or a rollback): switch
+        here too. Its vectors are in the store, so this loads them (embedding only what was
+        added here meanwhile); the model is registered from what the reindex was asked for,
+        when this server's registry lacks it."""
+        if active == self.catalog.serving.version:
+            return
+        if not self.registry.has(active):
+            job = self.status()
+            source = job.source if job is not None and job.target == active else ""
+            if not source or self._register(source, None) != active:
+                raise FailedPrecondition(
+                    f"another server switched to model {active}, which this server cannot "
+                    f"find ({source or 'no source recorded'}): give every replica the same "
+                    "models (a registered name, or an artifact path all of them can read)"
+                )
+        log.info("another server switched to %s: following", active)
+        embedder, text = self.open_model(self.registry.get(active).path)
+        new = self.catalog.new_serving(embedder, text)
+        try:
+            self.catalog.fill(new)
+            self.catalog.switch(new, commit=lambda: None)
+        except BaseException:
+            new.close()
+            raise
 
     def status(self) -> ReindexJob | None:
         """The running job, else the last one the store recorded."""

@@ -382,6 +382,10 @@ class NearcatServicer(pb_grpc.NearcatServicer):
             calibration=calibration_message(status.calibration, status.head_current),
             text_model=status.text_model,
             review=_review_stats(self.reviews.stats()) if self.reviews is not None else None,
+            server_id=status.server_id,
+            change_position=status.change_position,
+            change_lag=status.change_lag,
+            change_lag_seconds=status.change_lag_s,
         )
 
     @rpc

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from indexer.calibration import REFIT_DUE
+from indexer.store import Store
 from server.recalibrate import Recalibrator
 
 
@@ -31,7 +32,8 @@ class _Calibration:
 class _Catalog:
     """Names `nameable`; a refit fits the head on the categories with references only."""
 
-    def __init__(self, with_references: set[str], prompt_only: set[str]) -> None:
+    def __init__(self, with_references: set[str], prompt_only: set[str], store: Store) -> None:
+        self.store = store  # real: the fleet's refit lease lives there
         self.with_references = with_references
         self.prompt_only = prompt_only
         self.calibration = _Calibration(_Head(frozenset({"old"})))
@@ -71,23 +73,23 @@ def _refits_after_a_first(catalog: _Catalog, then_s: float) -> int:
     return catalog.refits
 
 
-def test_a_changed_category_set_is_refitted_once_it_settles() -> None:
-    catalog = _Catalog({"shirts", "shoes"}, set())
+def test_a_changed_category_set_is_refitted_once_it_settles(store: Store) -> None:
+    catalog = _Catalog({"shirts", "shoes"}, set(), store)
     # A settled, covered set is not refitted again.
     assert _refits_after_a_first(catalog, then_s=0.5) == 1
     assert catalog.calibration.head is not None
     assert catalog.calibration.head.covers(frozenset({"shirts", "shoes"}))
 
 
-def test_a_head_that_cannot_cover_the_set_is_not_refitted_again_and_again() -> None:
+def test_a_head_that_cannot_cover_the_set_is_not_refitted_again_and_again(store: Store) -> None:
     # A category known from its text prompts alone has no references, so no refit can put
     # it in the head: one attempt per settled set, not one a second.
-    catalog = _Catalog({"shirts", "shoes"}, {"scarves"})
+    catalog = _Catalog({"shirts", "shoes"}, {"scarves"}, store)
     assert _refits_after_a_first(catalog, then_s=0.5) == 1
 
 
-def test_a_new_set_after_a_refit_gets_its_own_refit() -> None:
-    catalog = _Catalog({"shirts", "shoes"}, {"scarves"})
+def test_a_new_set_after_a_refit_gets_its_own_refit(store: Store) -> None:
+    catalog = _Catalog({"shirts", "shoes"}, {"scarves"}, store)
     recalibrator = _recalibrator(catalog)
     try:
         _until(lambda: catalog.refits >= 1)
@@ -99,17 +101,17 @@ def test_a_new_set_after_a_refit_gets_its_own_refit() -> None:
     assert catalog.refits == 2
 
 
-def test_a_dropped_head_is_refitted_once_the_categories_settle() -> None:
+def test_a_dropped_head_is_refitted_once_the_categories_settle(store: Store) -> None:
     """A stored head from before the blend is dropped on load (indexer.calibration): the
     server fits a new one by itself instead of serving the vote alone until someone acts."""
-    catalog = _Catalog({"shirts", "shoes"}, set())
+    catalog = _Catalog({"shirts", "shoes"}, set(), store)
     catalog.calibration = _Calibration(None, {REFIT_DUE: True})
     assert _refits_after_a_first(catalog, then_s=0.3) == 1
     assert catalog.calibration.head is not None
 
 
-def test_a_catalogue_never_calibrated_with_a_head_is_left_alone() -> None:
-    catalog = _Catalog({"shirts", "shoes"}, set())
+def test_a_catalogue_never_calibrated_with_a_head_is_left_alone(store: Store) -> None:
+    catalog = _Catalog({"shirts", "shoes"}, set(), store)
     catalog.calibration = _Calibration(None)
     recalibrator = _recalibrator(catalog)
     try:
@@ -117,3 +119,22 @@ def test_a_catalogue_never_calibrated_with_a_head_is_left_alone() -> None:
     finally:
         recalibrator.close()
     assert catalog.refits == 0
+
+
+def test_a_refit_another_server_holds_the_lease_for_is_left_to_it(store: Store) -> None:
+    catalog = _Catalog({"shirts", "shoes"}, set(), store)
+    assert store.take_lease("recalibrate", 60, "the other server")
+    recalibrator = _recalibrator(catalog)
+    try:
+        time.sleep(0.5)  # many quiet periods
+    finally:
+        recalibrator.close()
+    assert catalog.refits == 0
+    store.release_lease("recalibrate", "the other server")
+    after = _Catalog({"shirts", "shoes"}, set(), store)
+    recalibrator = _recalibrator(after)
+    try:
+        _until(lambda: after.refits == 1)
+    finally:
+        recalibrator.close()
+    assert store.take_lease("recalibrate", 60, "x")  # given back after the refit

@@ -500,7 +500,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("model_version", "embedding_dim", "index_size", "category_count", "images_embedded", "vectors_loaded_at_start", "started_at_ms", "calibration", "text_model", "drift", "review")
+    __slots__ = ("model_version", "embedding_dim", "index_size", "category_count", "images_embedded", "vectors_loaded_at_start", "started_at_ms", "calibration", "text_model", "drift", "review", "server_id", "change_position", "change_lag", "change_lag_seconds")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
     INDEX_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -512,6 +512,10 @@ class GetStatusResponse(_message.Message):
     TEXT_MODEL_FIELD_NUMBER: _ClassVar[int]
     DRIFT_FIELD_NUMBER: _ClassVar[int]
     REVIEW_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_LAG_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     embedding_dim: int
     index_size: int
@@ -523,7 +527,11 @@ class GetStatusResponse(_message.Message):
     text_model: str
     drift: DriftStatus
     review: ReviewStats
-    def __init__(self, model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_size: _Optional[int] = ..., category_count: _Optional[int] = ..., images_embedded: _Optional[int] = ..., vectors_loaded_at_start: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., text_model: _Optional[str] = ..., drift: _Optional[_Union[DriftStatus, _Mapping]] = ..., review: _Optional[_Union[ReviewStats, _Mapping]] = ...) -> None: ...
+    server_id: str
+    change_position: str
+    change_lag: int
+    change_lag_seconds: float
+    def __init__(self, model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., index_size: _Optional[int] = ..., category_count: _Optional[int] = ..., images_embedded: _Optional[int] = ..., vectors_loaded_at_start: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., text_model: _Optional[str] = ..., drift: _Optional[_Union[DriftStatus, _Mapping]] = ..., review: _Optional[_Union[ReviewStats, _Mapping]] = ..., server_id: _Optional[str] = ..., change_position: _Optional[str] = ..., change_lag: _Optional[int] = ..., change_lag_seconds: _Optional[float] = ...) -> None: ...
 
 class DriftStatus(_message.Message):
     __slots__ = ("window", "baseline_size", "recent_size", "ready", "category_psi", "confidence_psi")
