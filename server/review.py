@@ -231,9 +231,17 @@ class Reviews:
         self.store.take(review_id, reviewer, int(self.config.lease_s * 1000))
         self.store.skip(review_id, reviewer)
         return VerdictRecord(
-            review_id, "skip", "", reviewer, now_ms(), False, False, "", False,
-            "skipped: the item is back in the queue for someone else",
-        )  # fmt: skip
+            review_id=review_id,
+            kind="skip",
+            category="",
+            reviewer=reviewer,
+            at_ms=now_ms(),
+            model_was_right=False,
+            labelled=False,
+            reference_id="",
+            category_created=False,
+            message="skipped: the item is back in the queue for someone else",
+        )
 
     def decide(
         self,
