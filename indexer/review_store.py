@@ -243,13 +243,21 @@ class ReviewStore:
         ids = self._store.call(
             lambda: self._redis.zrangebyscore(self._k("queue"), "-inf", now, start=0, num=SCAN)
         )
+        candidates = [i.decode() for i in ids]
+
+        def read() -> list[dict[bytes, bytes]]:
+            pipe = self._redis.pipeline(transaction=False)
+            for review_id in candidates:
+                pipe.hgetall(self._k("item", review_id))
+            return list(pipe.execute())
+
         out: list[ReviewItem] = []
-        for raw in ids:
+        for review_id, fields in zip(candidates, self._store.call(read), strict=True):
             if len(out) >= max_items:
                 break
-            item = self.get(raw.decode())
-            if item is None:
+            if not fields:
                 continue
+            item = _item(review_id, fields, b"")
             if (
                 (category and item.top_category != category)
                 or (decision and item.decision != decision)
@@ -257,13 +265,19 @@ class ReviewStore:
                 or reviewer in item.skipped_by
             ):
                 continue
-            if peek:
-                out.append(item)
-                continue
             until = now + lease_ms
-            if self._take_lease(item.id, now, until, reviewer):
-                out.append(_with_lease(item, reviewer, until))
+            if not peek and not self._take_lease(item.id, now, until, reviewer):
+                continue
+            image = self._image(item.id)
+            if image is None:  # dropped meanwhile
+                continue
+            item = replace(item, image=image)
+            out.append(item if peek else _with_lease(item, reviewer, until))
         return out
+
+    def _image(self, review_id: str) -> bytes | None:
+        image = self._store.call(lambda: self._redis.get(self._k("img", review_id)))
+        return bytes(image) if image is not None else None
 
     def _take_lease(self, review_id: str, now: int, until: int, reviewer: str) -> bool:
         keys = [self._k("queue"), self._k("item", review_id)]

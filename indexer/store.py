@@ -796,15 +796,16 @@ class Store:
             node = above.decode()
 
     def _labelled_with(self, pipe: Any, label: str) -> list[str]:
+        """The labelled photos with `label` (their set is watched; labels are read in one
+        round trip)."""
         ids = [i.decode() for i in pipe.smembers(self.key("labelled"))]
-        labels = [pipe.hget(self.key("lab", i), "label") for i in ids]
+        reads = self._redis.pipeline(transaction=False)
+        for i in ids:
+            reads.hget(self.key("lab", i), "label")
+        labels = reads.execute() if ids else []
         return [
             i for i, x in zip(ids, labels, strict=True) if x is not None and x.decode() == label
         ]
-
-    def former_names(self, name: str) -> list[str]:
-        raw = self.call(lambda: self._redis.hget(self._category_key(name), "former_names"))
-        return json.loads(raw) if raw else []
 
     def remove_references(self, reference_ids: Sequence[str]) -> list[Reference]:
         """Remove references atomically; any unknown id fails the whole call."""

@@ -687,10 +687,7 @@ class Catalog:
         if parent == name:
             raise InvalidArgument(f"category {name!r} cannot be its own parent")
         _check_metadata(metadata or {}, f"category {name!r}")
-        if len(prompts) > MAX_PROMPTS:
-            raise InvalidArgument(f"{len(prompts)} prompts; the limit is {MAX_PROMPTS}")
-        for i, prompt in enumerate(prompts):
-            _check_text(prompt, f"prompt {i}")
+        _check_prompts(prompts)
         try:
             with self._gate.write(), self._use() as s:
                 if prompts:
@@ -769,10 +766,7 @@ class Catalog:
         if metadata is not None:
             _check_metadata(metadata, f"category {name!r}")
         if prompts is not None:
-            if len(prompts) > MAX_PROMPTS:
-                raise InvalidArgument(f"{len(prompts)} prompts; the limit is {MAX_PROMPTS}")
-            for i, prompt in enumerate(prompts):
-                _check_text(prompt, f"prompt {i}")
+            _check_prompts(prompts)
         if new_name is None and parent is None and prompts is None and metadata is None:
             raise InvalidArgument("nothing to change: give a new name, parent, prompts or metadata")
         with self._gate.write(), self._use() as s:
@@ -1036,6 +1030,13 @@ class Catalog:
     def close(self) -> None:
         """Stop the model worker once in-flight calls are done."""
         self._serving.close()
+
+
+def _check_prompts(prompts: Sequence[str]) -> None:
+    if len(prompts) > MAX_PROMPTS:
+        raise InvalidArgument(f"{len(prompts)} prompts; the limit is {MAX_PROMPTS}")
+    for i, prompt in enumerate(prompts):
+        _check_text(prompt, f"prompt {i}")
 
 
 def _check_text(text: str, what: str) -> None:

@@ -283,7 +283,7 @@ class Reviews:
         notes = ["stored as labelled traffic"]
         reference_id, created = "", False
         if category and self.config.learn and (not right or unsure):
-            reference_id, created = self._learn(item, category, parent, reviewer)
+            reference_id, created = self._learn(item, category, parent, reviewer, exists)
             notes.append(
                 f"created category {category!r} with this image"
                 if created
@@ -312,7 +312,7 @@ class Reviews:
         return record
 
     def _learn(
-        self, item: ReviewItem, category: str, parent: str, reviewer: str
+        self, item: ReviewItem, category: str, parent: str, reviewer: str, exists: bool
     ) -> tuple[str, bool]:
         """Add the image as a reference of `category` (creating it if need be), with where it
         came from; returns (reference id, whether the category was created)."""
@@ -320,7 +320,7 @@ class Reviews:
         if item.item_id:
             provenance["item_id"] = item.item_id
         reference = ReferenceInput(item.image, provenance)
-        if not self.catalog.has_category(category):
+        if not exists:
             try:
                 made = self.catalog.add_category(
                     category, parent or None, {"source": "review"}, [reference]
