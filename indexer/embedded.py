@@ -47,7 +47,9 @@ class DataDirInUse(RuntimeError):
 class EmbeddedValkey:
     """Start, connect to and stop the Valkey server that keeps nearcat's data under data_dir."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, timeout_s: float = 10.0) -> None:
+        """`timeout_s`: how long one command may take before it fails (not retried)."""
+        self.timeout_s = timeout_s
         self.data_dir = Path(data_dir).resolve()
         self.store_dir = self.data_dir / "valkey"
         self.socket_path = self.store_dir / SOCKET_NAME
@@ -78,8 +80,9 @@ class EmbeddedValkey:
     def client(self, retries: int = 2) -> redis.Redis:
         return redis.Redis(
             unix_socket_path=str(self.socket_path),
-            socket_timeout=10.0,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
+            socket_timeout=self.timeout_s,
+            socket_connect_timeout=self.timeout_s,
+            retry=dropped_connection_retry(retries),
         )
 
     def stop(self) -> None:
@@ -137,3 +140,12 @@ class EmbeddedValkey:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"a Valkey server at {self.socket_path} did not shut down")
+
+
+def dropped_connection_retry(retries: int = 2) -> Retry:
+    """Quick retries that ride out a dropped connection (e.g. the store restarting). Not
+    timeouts: a store that does not answer is not retried into the caller's deadline, it
+    fails the call (and opens the store's circuit breaker, indexer.breaker)."""
+    return Retry(
+        ExponentialBackoff(cap=0.5, base=0.05), retries, supported_errors=(redis.ConnectionError,)
+    )

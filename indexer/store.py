@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import numpy as np
 import redis
 
+from indexer.breaker import CircuitBreaker
 from indexer.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from indexer.ids import reference_id as id_in_category
 
@@ -161,16 +162,19 @@ class Store:
         prefix: str = "nearcat",
         before_commit: Callable[[], None] | None = None,
         origin: str | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         """`before_commit`, if given, runs inside every write between its WATCH and its EXEC:
         the seam where tests make another writer race it. `origin` names this server on the
-        change stream's entries (default: a fresh id), so that it can skip its own."""
+        change stream's entries (default: a fresh id), so that it can skip its own. `breaker`
+        (default: one of its own) fails calls fast while the store does not answer."""
         # Any: redis-py types replies as unions of bytes, str and awaitables; this client is
         # synchronous without decode_responses, so every reply is bytes.
         self._redis: Any = client
         self._prefix = prefix
         self._before_commit = before_commit
         self.origin = origin or uuid.uuid4().hex[:12]
+        self.breaker = breaker or CircuitBreaker(client.ping)
         self._put_vectors_script = client.register_script(PUT_VECTORS_SCRIPT)
         self._release_script = client.register_script(RELEASE_SCRIPT)
 
@@ -277,6 +281,7 @@ class Store:
         it reports as a WatchError too; the rerun then sees this call's own write, if it was
         applied, and fails. Here that is Unavailable, saying (`if_applied`) what a retry of
         the call answers when it was."""
+        self.breaker.check()
         with self._redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -285,6 +290,7 @@ class Store:
                     if self._before_commit is not None:
                         self._before_commit()
                 except (redis.WatchError, redis.ConnectionError, redis.TimeoutError) as exc:
+                    self._trip(_connection_error(exc))
                     raise Unavailable(
                         f"the store is unreachable ({_connection_error(exc) or exc}); "
                         "nothing was written; retry shortly"
@@ -295,6 +301,7 @@ class Store:
                     lost = _connection_error(exc)
                     if lost is None:
                         continue
+                    self._trip(lost)
                     raise Unavailable(
                         f"the connection to the store was lost before it confirmed the write "
                         f"({lost}): it may or may not have been applied. Retrying is safe: "
@@ -304,10 +311,18 @@ class Store:
 
     def call(self, fn: Callable[[], T]) -> T:
         """fn(), a lost or timed-out connection raised as Unavailable."""
+        self.breaker.check()
         try:
             return fn()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._trip(exc)
             raise Unavailable(f"the store is unreachable ({exc}); retry shortly") from exc
+
+    def _trip(self, exc: BaseException | None) -> None:
+        """Tell the breaker: a store that did not answer in time makes the calls after this
+        one fail at once instead of each waiting out the timeout."""
+        if exc is not None:
+            self.breaker.trip(str(exc) or type(exc).__name__, isinstance(exc, redis.TimeoutError))
 
     def _log_change(self, pipe: Any, op: str, **fields: str) -> None:
         pipe.xadd(

@@ -17,8 +17,6 @@ import grpc
 import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from embedder import ArtifactError, DecodeLimits, Embedder, load_artifact, resolve_model
 from embedder.model import artifact_version
@@ -26,7 +24,7 @@ from embedder.registry import ModelRegistry
 from embedder.text import TextTower, load_text_tower
 from indexer.calibration import Bound
 from indexer.decision import DecisionPolicy, Thresholds
-from indexer.embedded import EmbeddedValkey
+from indexer.embedded import EmbeddedValkey, dropped_connection_retry
 from indexer.index import IndexConfig
 from indexer.review_store import ReviewStore
 from indexer.store import Store
@@ -51,6 +49,9 @@ from server.tls import server_credentials
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Nearcat"].full_name
+# Health of the calls that write to the store: NOT_SERVING while the store does not answer
+# (Classify and the other reads from memory go on, so "" and SERVICE_NAME stay SERVING).
+WRITE_SERVICE_NAME = f"{SERVICE_NAME}/write"
 
 
 @dataclass
@@ -68,13 +69,11 @@ def open_store(settings: Settings, started: ExitStack) -> StoreHandle:
     the start still closes the embedded Valkey (a child process that would outlive us).
     """
     if settings.redis_url:
-        # Two quick retries ride out a dropped connection (e.g. the store restarting); a store
-        # that stays down fails the call with UNAVAILABLE within a second.
         client = redis.Redis.from_url(
             settings.redis_url,
-            socket_timeout=10.0,
-            socket_connect_timeout=3.0,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            socket_timeout=settings.store_timeout_s,
+            socket_connect_timeout=settings.store_timeout_s,
+            retry=dropped_connection_retry(),
         )
         started.callback(client.close)
         try:
@@ -86,7 +85,7 @@ def open_store(settings: Settings, started: ExitStack) -> StoreHandle:
             ) from exc
         warn_if_not_durable(client)
         return StoreHandle(client, settings.redis_url)
-    embedded = EmbeddedValkey(settings.data_dir)
+    embedded = EmbeddedValkey(settings.data_dir, settings.store_timeout_s)
     started.callback(embedded.stop)  # a no-op for whatever did not start yet
     return StoreHandle(embedded.start(), f"embedded Valkey in {embedded.store_dir}")
 
@@ -318,6 +317,11 @@ class RunningServer:
         self.server.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        catalog.store.breaker.on_change(self._store_available)
+
+    def _store_available(self, available: bool) -> None:
+        serving = health_pb2.HealthCheckResponse
+        self.health.set(WRITE_SERVICE_NAME, serving.SERVING if available else serving.NOT_SERVING)
 
     def stop(self, grace: float) -> None:
         """Refuse new calls, let in-flight ones finish within grace seconds."""

@@ -1028,8 +1028,9 @@ class Catalog:
         return prepared
 
     def close(self) -> None:
-        """Stop the model worker once in-flight calls are done."""
+        """Stop the model worker once in-flight calls are done, and the store's prober."""
         self._serving.close()
+        self.store.breaker.close()
 
 
 def _check_prompts(prompts: Sequence[str]) -> None:

@@ -108,6 +108,14 @@ def audit_precision(
     return AuditPrecision(reviewed, right, lower, upper, target, needed, below, guard and below)
 
 
+@dataclass(frozen=True)
+class Offered:
+    """What became of an answer offered to the review queue."""
+
+    review_id: str = ""  # the review item it became
+    unqueued: str = ""  # why an answer a person should see could not be queued
+
+
 class Reviews:
     """The review queue of one catalogue."""
 
@@ -158,23 +166,25 @@ class Reviews:
         """The auto-accept band audits measure now: the model version and its calibration."""
         return f"{self.catalog.serving.version}@{self.catalog.calibration.fitted_at_ms}"
 
-    def offer(self, prediction: Prediction, image: bytes, answer: bytes, caller: Caller) -> str:
-        """Queue the answer if a person should see it; returns the review id ('' if not).
-        `answer` is the answer as served (bytes kept for the reviewer)."""
+    def offer(
+        self, prediction: Prediction, image: bytes, answer: bytes, caller: Caller
+    ) -> Offered:
+        """Queue the answer if a person should see it. `answer` is the answer as served
+        (bytes kept for the reviewer)."""
         if caller.skip_review or prediction.category is None:
-            return ""
+            return Offered()
         queue, audit = self.wants(prediction)
         if not queue:
-            return ""
+            return Offered()
         try:
             self.check_guard()
-            return self._enqueue(prediction, image, answer, caller, audit)
+            return Offered(review_id=self._enqueue(prediction, image, answer, caller, audit))
         except Unavailable as exc:
-            # The answer stands (it needs no store); the item is lost, said and counted.
+            # The answer stands (it needs no store); the caller is told, and it is counted.
             with self._lock:
                 self.unqueued += 1
             log.warning("answer not queued for review: %s", exc)
-            return ""
+            return Offered(unqueued=str(exc))
 
     def _enqueue(
         self, prediction: Prediction, image: bytes, answer: bytes, caller: Caller, audit: bool

@@ -31,7 +31,7 @@ from server.catalog import AddResult, Catalog, Prediction, ReferenceInput, Score
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 from server.proto.nearcat.v1 import nearcat_pb2_grpc as pb_grpc
 from server.reindex import Reindexer, ReindexJob, ReindexState
-from server.review import Caller, Reviews, ReviewStats
+from server.review import Caller, Offered, Reviews, ReviewStats
 
 log = logging.getLogger(__name__)
 
@@ -228,10 +228,10 @@ class NearcatServicer(pb_grpc.NearcatServicer):
 
     def _offer(
         self, result: Prediction, image: bytes, message: pb.Classification, caller: Caller
-    ) -> str:
-        """Queue the answer for a person when it needs one; the review id, else ''."""
+    ) -> Offered:
+        """Queue the answer for a person when it needs one."""
         if self.reviews is None:
-            return ""
+            return Offered()
         return self.reviews.offer(result, image, message.SerializeToString(), caller)
 
     def _reindexer(self) -> Reindexer:
@@ -253,13 +253,15 @@ class NearcatServicer(pb_grpc.NearcatServicer):
         caller = Caller(
             request.item_id, dict(request.metadata), REQUEST_ID.get(), request.skip_review
         )
+        offered = self._offer(result, request.image, message, caller)
         return pb.ClassifyResponse(
             classification=message,
             model_version=result.model_version,
             processing_ms=_elapsed_ms(started),
             item_id=request.item_id,
             metadata=request.metadata,
-            review_id=self._offer(result, request.image, message, caller),
+            review_id=offered.review_id,
+            review_unqueued=offered.unqueued,
         )
 
     @rpc
@@ -287,8 +289,15 @@ class NearcatServicer(pb_grpc.NearcatServicer):
             caller = Caller(
                 given.item_id, dict(given.metadata), REQUEST_ID.get(), request.skip_review
             )
-            review_id = self._offer(r, given.image, message, caller)
-            items.append(pb.ClassifyBatchItem(classification=message, review_id=review_id, **echo))
+            offered = self._offer(r, given.image, message, caller)
+            items.append(
+                pb.ClassifyBatchItem(
+                    classification=message,
+                    review_id=offered.review_id,
+                    review_unqueued=offered.unqueued,
+                    **echo,
+                )
+            )
         return pb.ClassifyBatchResponse(
             results=items,
             model_version=_version_of(results, self.catalog),

@@ -20,6 +20,14 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="external Redis/Valkey, e.g. redis://host:6379/0 (default: embedded)"
     )
+    store_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="how long one store command (and a connect) may take before the store "
+        "counts as not answering: its calls then fail with UNAVAILABLE at once until it "
+        "answers again, while Classify goes on from memory",
+    )
     key_prefix: str = Field("nearcat", description="prefix of every key nearcat writes")
     model: str = Field(
         "efficientnet_lite0",

