@@ -43,6 +43,14 @@ _BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 _MB = 1024 * 1024
 _EXIF_ORIENTATION = 0x0112
 
+# The shape a reference image must have. A reference teaches the catalogue what a category
+# looks like; a speck (1x1) or a sliver (1x10000, a banner) shows almost none of the object,
+# and the model's square crop of it is mostly padding or one stretched row of pixels: such
+# a vector would vote for its category on unrelated photos. A photo to classify may have any
+# shape; only what becomes a reference is held to this.
+MIN_REFERENCE_SIDE = 32  # pixels, the shorter side
+MAX_REFERENCE_ASPECT = 20.0  # longer side / shorter side
+
 
 @dataclass(frozen=True)
 class DecodeLimits:
@@ -96,6 +104,38 @@ def decode_image(data: bytes, limits: DecodeLimits, target_size: int | None = No
     with contextlib.suppress(*_PIL_DATA_ERRORS):
         ImageOps.exif_transpose(image, in_place=True)
     return _to_rgb(image)
+
+
+def reference_shape_problem(width: int, height: int) -> str | None:
+    """Why an image of this size cannot be a reference, or None when it can."""
+    short, long = sorted((width, height))
+    if short < MIN_REFERENCE_SIDE:
+        return (
+            f"image too small to be a reference: {width}x{height} pixels; each side must be at "
+            f"least {MIN_REFERENCE_SIDE} pixels: send a larger photo of the object"
+        )
+    if long > MAX_REFERENCE_ASPECT * short:
+        return (
+            f"image too narrow to be a reference: {width}x{height} pixels, an aspect ratio of "
+            f"1:{round(long / short, 1):g}; at most 1:{MAX_REFERENCE_ASPECT:g} is accepted: "
+            "crop it to the object"
+        )
+    return None
+
+
+def check_reference(data: bytes, limits: DecodeLimits) -> None:
+    """Raise ImageDecodeError when these bytes cannot be a reference image because of their
+    shape (`reference_shape_problem`), read from the header without decoding the pixels.
+    Bytes whose header cannot be read pass: decoding them says why, in its own words."""
+    if not 0 < len(data) <= limits.max_bytes:
+        return
+    try:
+        width, height = _open(data, limits).size
+    except ImageDecodeError:
+        return
+    problem = reference_shape_problem(width, height)
+    if problem is not None:
+        raise ImageDecodeError(problem)
 
 
 def decode_rgb(data: bytes, limits: DecodeLimits, target_size: int | None = None) -> np.ndarray:

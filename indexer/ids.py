@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
+# What a reference id looks like, for error messages that have to say it.
+REFERENCE_ID_FORM = (
+    "16 lowercase hexadecimal digits, the first of them 0-7 (a 63-bit number), "
+    "e.g. '5d41402abc4b2a76'"
+)
+
 
 def image_sha256(image: bytes) -> str:
     return hashlib.sha256(image).hexdigest()

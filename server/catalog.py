@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from embedder import Embedder
+from embedder.images import ImageDecodeError, check_reference
 from embedder.text import text_shares
 from indexer.answer import HeadInput, Prediction, ScoredCategory, TextEvidence, answer
 from indexer.calibration import Bound, Calibration, LabelledExample, fit_calibration
@@ -33,7 +34,7 @@ from indexer.errors import (
 )
 from indexer.head import ConfidenceHead
 from indexer.holdout import CALIBRATION_EXAMPLES, held_out_examples
-from indexer.ids import image_sha256, is_reference_id, reference_id
+from indexer.ids import REFERENCE_ID_FORM, image_sha256, is_reference_id, reference_id
 from indexer.index import Hit, IndexConfig, VectorIndex
 from indexer.store import Category, LabelledPhoto, NewReference, Reference, Store
 from indexer.taxonomy import path_of
@@ -135,8 +136,14 @@ def validate_category_name(name: str, what: str = "category name") -> None:
             f"{what} {name!r} contains '>', which is reserved for paths; give the category's "
             f"own name, e.g. {name.rsplit('>', 1)[-1].strip()!r}"
         )
-    if any(unicodedata.category(ch).startswith("C") for ch in name):
+    if _unprintable(name):
         raise InvalidArgument(f"{what} {name!r} contains control or unprintable characters")
+
+
+def _unprintable(text: str) -> bool:
+    """Whether `text` holds a control, format, private-use or unassigned character (Unicode
+    category C*): refused in every text a request carries, names, prompts and queries alike."""
+    return any(unicodedata.category(ch).startswith("C") for ch in text)
 
 
 def _check_metadata(metadata: dict[str, str], where: str) -> None:
@@ -794,12 +801,13 @@ class Catalog:
     def remove_references(self, reference_ids: Sequence[str]) -> int:
         if not reference_ids:
             raise InvalidArgument("no reference ids given")
+        _check_reference_ids(reference_ids)
         try:
             with self._gate.write(), self._use() as s:
                 removed = self.store.remove_references(reference_ids)
                 s.index.remove([r.id for r in removed])
         except NotFound:  # perhaps removed by an attempt whose reply was lost
-            self._drop_unstored([i for i in reference_ids if is_reference_id(i)])
+            self._drop_unstored(list(reference_ids))
             raise
         return len(removed)
 
@@ -993,6 +1001,15 @@ class Catalog:
                 f"{len(items)} {what} in one request; the limit is {limit}: split the request"
             )
 
+    def reference_problem(self, image: bytes) -> str | None:
+        """Why these image bytes cannot become a reference because of their shape (see
+        `embedder.images.reference_shape_problem`), or None."""
+        try:
+            check_reference(image, self._serving.embedder.limits)
+        except ImageDecodeError as exc:
+            return str(exc)
+        return None
+
     def prepare(
         self, category: str, references: Sequence[ReferenceInput], deadline: float | None
     ) -> list[NewReference]:
@@ -1001,8 +1018,13 @@ class Catalog:
         if not references:
             return []
         self._check_count(references, "references")
+        limits = self._serving.embedder.limits
         for i, ref in enumerate(references):
             _check_metadata(ref.metadata, f"reference {i}")
+            try:
+                check_reference(ref.image, limits)
+            except ImageDecodeError as exc:
+                raise InvalidArgument(f"reference {i}: {exc}; nothing was written") from exc
         images = [r.image for r in references]
         labels = [f"reference {i}" for i in range(len(references))]
         _check_deadline(deadline, "embedding; nothing was written")  # queued past it
@@ -1033,6 +1055,19 @@ class Catalog:
         self.store.breaker.close()
 
 
+def _check_reference_ids(reference_ids: Sequence[str]) -> None:
+    malformed = [i for i in reference_ids if not is_reference_id(i)]
+    if malformed:
+        shown = ", ".join(repr(i[:40]) for i in malformed[:5]) + (
+            " ..." if len(malformed) > 5 else ""
+        )
+        raise InvalidArgument(
+            f"{len(malformed)} malformed reference id(s): {shown}; a reference id is "
+            f"{REFERENCE_ID_FORM}, as AddCategory, AddReferences and GetCategory return it "
+            "(`nearcat show-category NAME` lists them); nothing was removed"
+        )
+
+
 def _check_prompts(prompts: Sequence[str]) -> None:
     if len(prompts) > MAX_PROMPTS:
         raise InvalidArgument(f"{len(prompts)} prompts; the limit is {MAX_PROMPTS}")
@@ -1045,6 +1080,11 @@ def _check_text(text: str, what: str) -> None:
         raise InvalidArgument(f"{what} is empty; give a few words such as 'red sneakers'")
     if len(text) > MAX_PROMPT_LENGTH:
         raise InvalidArgument(f"{what} is {len(text)} characters; the limit is {MAX_PROMPT_LENGTH}")
+    if _unprintable(text):
+        raise InvalidArgument(
+            f"{what} {text[:60]!r} contains control or unprintable characters (a tab, a line "
+            "break, ...); send plain text"
+        )
 
 
 def _added(references: Sequence[NewReference], duplicate: Sequence[bool]) -> list[AddedReference]:

@@ -293,12 +293,8 @@ class Reviews:
         notes = ["stored as labelled traffic"]
         reference_id, created = "", False
         if category and self.config.learn and (not right or unsure):
-            reference_id, created = self._learn(item, category, parent, reviewer, exists)
-            notes.append(
-                f"created category {category!r} with this image"
-                if created
-                else f"added as a reference of {category!r}"
-            )
+            reference_id, created, note = self._learn(item, category, parent, reviewer, exists)
+            notes.append(note)
         self.catalog.add_labelled(
             [(item.image, category or NONE_OF_THESE)], source=f"review by {reviewer}"
         )
@@ -323,23 +319,35 @@ class Reviews:
 
     def _learn(
         self, item: ReviewItem, category: str, parent: str, reviewer: str, exists: bool
-    ) -> tuple[str, bool]:
+    ) -> tuple[str, bool, str]:
         """Add the image as a reference of `category` (creating it if need be), with where it
-        came from; returns (reference id, whether the category was created)."""
+        came from; returns (reference id, whether the category was created, what was done).
+        An image that cannot be a reference (a speck, a sliver: any photo can be classified)
+        is not added; the category is still created when the verdict names a new one."""
         provenance = {"source": "review", "reviewer": reviewer, "review_id": item.id}
         if item.item_id:
             provenance["item_id"] = item.item_id
-        reference = ReferenceInput(item.image, provenance)
+        unfit = self.catalog.reference_problem(item.image)
+        references = [] if unfit else [ReferenceInput(item.image, provenance)]
+        reference_id, created = "", False
         if not exists:
             try:
                 made = self.catalog.add_category(
-                    category, parent or None, {"source": "review"}, [reference]
+                    category, parent or None, {"source": "review"}, references
                 )
-                return made.references[0].reference_id, True
+                reference_id = made.references[0].reference_id if references else ""
+                created = True
             except AlreadyExists:  # made meanwhile, or by this verdict's earlier attempt
                 pass
-        added = self.catalog.add_references(category, [reference])
-        return added.references[0].reference_id, False
+        if references and not created:
+            added = self.catalog.add_references(category, references)
+            reference_id = added.references[0].reference_id
+        if unfit:
+            made_note = f"created category {category!r}; " if created else ""
+            return reference_id, created, f"{made_note}not added as a reference: {unfit}"
+        if created:
+            return reference_id, created, f"created category {category!r} with this image"
+        return reference_id, created, f"added as a reference of {category!r}"
 
     def _refuse_if_decided(self, review_id: str, kind: str, category: str) -> VerdictRecord | None:
         """The earlier verdict when it is this one again (a retry); ALREADY_EXISTS when it

@@ -13,7 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedder.images import DecodeLimits, ImageDecodeError, decode_image, decode_rgb
+from embedder.images import (
+    MAX_REFERENCE_ASPECT,
+    MIN_REFERENCE_SIDE,
+    DecodeLimits,
+    ImageDecodeError,
+    check_reference,
+    decode_image,
+    decode_rgb,
+    reference_shape_problem,
+)
 
 LIMITS = DecodeLimits()
 
@@ -265,3 +274,30 @@ def test_decode_rgb_refuses_damaged_jpegs_as_decode_image_does() -> None:
                 decode_rgb(bytes(damaged), LIMITS)
         else:
             np.testing.assert_array_equal(decode_rgb(bytes(damaged), LIMITS), expected)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "fits"),
+    [
+        (MIN_REFERENCE_SIDE, MIN_REFERENCE_SIDE, True),
+        (MIN_REFERENCE_SIDE, int(MIN_REFERENCE_SIDE * MAX_REFERENCE_ASPECT), True),
+        (int(MIN_REFERENCE_SIDE * MAX_REFERENCE_ASPECT) + 1, MIN_REFERENCE_SIDE, False),
+        (MIN_REFERENCE_SIDE - 1, 400, False),
+        (1, 1, False),
+        (1, 10000, False),
+        (4000, 3000, True),
+    ],
+)
+def test_the_shape_a_reference_must_have(width: int, height: int, fits: bool) -> None:
+    assert (reference_shape_problem(width, height) is None) == fits
+
+
+def test_a_reference_s_shape_is_read_from_the_header() -> None:
+    check_reference(encode(noise(64, 48), "PNG"), LIMITS)  # fits: nothing raised
+    with pytest.raises(ImageDecodeError, match=r"too small .* 8x400 pixels"):
+        check_reference(encode(noise(8, 400), "WEBP"), LIMITS)
+    with pytest.raises(ImageDecodeError, match=r"too narrow .* 1:25; at most 1:20"):
+        check_reference(encode(noise(1000, 40), "JPEG"), LIMITS)
+    # Bytes it cannot read pass: decoding them says why.
+    check_reference(b"not an image", LIMITS)
+    check_reference(b"", LIMITS)

@@ -3,11 +3,13 @@ verdicts once, the catalogue learning from them, audits, roles, and UpdateCatego
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from PIL import Image
 
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 from tests.helpers import ServerProcess, make_image
@@ -144,6 +146,26 @@ def test_a_wrong_answer_corrected_classifies_right_next_time(clients: dict[str, 
     after = carl.Classify(pb.ClassifyRequest(image=photo, skip_review=True))
     assert after.classification.categories[0].category == wrong
     assert after.classification.neighbors[0].reference_id == done.reference_id
+
+
+def test_a_photo_that_cannot_be_a_reference_is_still_decided(clients: dict[str, As]) -> None:
+    """Any photo may be classified, but a sliver must not become a reference: the verdict
+    stands, names its new category and says why the photo was not added."""
+    carl, rita, alice = clients["carl"], clients["rita"], clients["admin"]
+    buffer = io.BytesIO()
+    Image.new("RGB", (1000, 40), (200, 30, 90)).save(buffer, format="PNG")
+    answer = carl.Classify(pb.ClassifyRequest(image=buffer.getvalue()))
+    [item] = [i for i in claim_all(rita) if i.id == answer.review_id]
+    done = rita.SubmitVerdict(
+        pb.SubmitVerdictRequest(
+            review_id=item.id, none_of_these=pb.NoneOfThese(new_category="Banners")
+        )
+    )
+    assert done.category_created and done.labelled and done.reference_id == ""
+    assert "not added as a reference: image too narrow" in done.message
+    banners = alice.GetCategory(pb.GetCategoryRequest(name="Banners")).category
+    assert banners.reference_count == 0
+    alice.DeleteCategory(pb.DeleteCategoryRequest(name="Banners"))
 
 
 def test_audits_measure_the_auto_accept_band(clients: dict[str, As]) -> None:

@@ -162,6 +162,7 @@ def test_the_same_image_twice_is_stored_once(stub, store_state) -> None:  # type
 # -- must show 3: every bad input gets its status code and changes nothing -----------------
 
 TRUNCATED_JPEG = make_image("dots", 1)[:600]
+ZEBRA_ID = "00000000deadbeef"  # well-formed, unknown
 
 BAD_CALLS = {
     "classify non-image bytes": (
@@ -277,6 +278,65 @@ BAD_CALLS = {
         ),
         grpc.StatusCode.NOT_FOUND,
         "deadbeef",
+    ),
+    "remove a malformed reference id": (
+        lambda s: s.RemoveReferences(
+            pb.RemoveReferencesRequest(reference_ids=[ZEBRA_ID, "not-an-id", "FFFFFFFFFFFFFFFF"])
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "2 malformed reference id(s): 'not-an-id', 'FFFFFFFFFFFFFFFF'; a reference id is 16 "
+        "lowercase hexadecimal digits",
+    ),
+    "search text with a control character": (
+        lambda s: s.SearchByText(pb.SearchByTextRequest(text="red\x00sneakers")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "control",
+    ),
+    "search text with a line break": (
+        lambda s: s.SearchByText(pb.SearchByTextRequest(text="red\nsneakers")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "control",
+    ),
+    "a 1x1 reference": (
+        lambda s: s.AddReferences(
+            pb.AddReferencesRequest(
+                category="dots", references=[pb.ReferenceImage(image=png(1, 1))]
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "reference 0: image too small to be a reference: 1x1 pixels; each side must be at least 32",
+    ),
+    "a 1x10000 reference": (
+        lambda s: s.AddReferences(
+            pb.AddReferencesRequest(
+                category="dots", references=[pb.ReferenceImage(image=png(1, 10000))]
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "reference 0: image too small",
+    ),
+    "a sliver among good references": (
+        lambda s: s.AddReferences(
+            pb.AddReferencesRequest(
+                category="dots",
+                references=[
+                    pb.ReferenceImage(image=make_image("dots", 44)),
+                    pb.ReferenceImage(image=png(2100, 100)),
+                ],
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "reference 1: image too narrow to be a reference: 2100x100 pixels, an aspect ratio of "
+        "1:21; at most 1:20",
+    ),
+    "a new category with a sliver": (
+        lambda s: s.AddCategory(
+            pb.AddCategoryRequest(
+                name="Banners", references=[pb.ReferenceImage(image=png(40, 1000))]
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "reference 0: image too narrow",
     ),
     "delete an unknown category": (
         lambda s: s.DeleteCategory(pb.DeleteCategoryRequest(name="Nowhere")),

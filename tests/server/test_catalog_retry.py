@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from embedder import create_artifact, load_artifact
-from indexer.errors import AlreadyExists, NotFound
+from indexer.errors import AlreadyExists, InvalidArgument, NotFound
 from indexer.store import Store
 from server.catalog import Catalog, ReferenceInput
 from tests.helpers import make_image, tiny_model_config
@@ -78,9 +78,10 @@ def test_a_retried_delete_that_had_committed_leaves_the_index(
     assert catalog.index.categories() == {"stripes"}
 
 
-def test_removing_malformed_ids_is_not_found_not_a_crash(catalog: Catalog) -> None:
-    catalog.add_category("dots", references=[ReferenceInput(make_image("dots", 1))])
-    for ids in ([""], ["not-hex"], ["0" * 17], ["a" + "0" * 15]):
-        with pytest.raises(NotFound):
+def test_removing_malformed_ids_is_invalid_argument_not_a_crash(catalog: Catalog) -> None:
+    added = catalog.add_category("dots", references=[ReferenceInput(make_image("dots", 1))])
+    good = added.references[0].reference_id
+    for ids in ([""], ["not-hex"], ["0" * 17], ["a" + "0" * 15], [good, "0" * 15]):
+        with pytest.raises(InvalidArgument, match="a reference id is 16 lowercase hexadecimal"):
             catalog.remove_references(ids)
-    assert len(catalog.index) == 1
+    assert len(catalog.index) == 1  # nothing removed, the good id neither
