@@ -1,4 +1,5 @@
-"""The store: Redis/Valkey holds every category, reference, image and vector.
+"""The store: Redis/Valkey holds every category, reference and vector; the reference images
+sit in a blob store (indexer.blobs) under keys the store records.
 
 It is the single source of truth. The FAISS index is derived from it and can always be
 rebuilt from it without re-embedding. Every mutation is atomic (all or nothing). Those of
@@ -12,6 +13,12 @@ entry names the server that wrote it (`origin`): replicas follow the stream and 
 own (server.follower). With the embedded Valkey (`appendfsync always`) a write is on disk
 before the call returns.
 
+Image bytes are written to the blob store first, each key listed as unsure, then the
+reference is recorded in the transaction that also takes the key off the list; a removal
+lists its keys in its transaction and deletes the bytes after. A crash anywhere leaves no
+reference without bytes, and bytes no reference records only on the unsure list, which
+`sweep_blobs` (at every start) clears.
+
 Keys, under a prefix (default ``nearcat``):
 
 - ``categories``            SET of category names
@@ -19,8 +26,11 @@ Keys, under a prefix (default ``nearcat``):
                             former_names (JSON: names before renames)
 - ``refs:<name>``           SET of the category's reference ids
 - ``children:<name>``       SET of the category's child category names
-- ``ref:<id>``              HASH id, category, sha256, metadata (JSON), created_at_ms
-- ``img:<id>``              STRING the reference's image bytes (kept to re-embed for new models)
+- ``ref:<id>``              HASH id, category, sha256, metadata (JSON), created_at_ms, blob (the
+                            key of its image bytes in the blob store, kept to re-embed)
+- ``blobs``                 HASH url, id: the blob store that holds this store's images
+- ``blobs:unsure``          ZSET blob keys written (or orphaned by a removal) whose reference may
+                            not record them, by time: what `sweep_blobs` checks
 - ``vec:<model_version>``   HASH reference id -> float32 vector bytes
 - ``vector_versions``       SET of model versions that have vectors
 - ``calibration:<version>`` STRING JSON: the fitted calibration of that model's votes
@@ -33,18 +43,23 @@ Keys, under a prefix (default ``nearcat``):
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
 import redis
 
+from indexer.blobs import MARKER, Blobs, new_key, open_blobs, reference_of
 from indexer.breaker import CircuitBreaker
 from indexer.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from indexer.ids import reference_id as id_in_category
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -96,6 +111,7 @@ class Reference:
     sha256: str
     metadata: dict[str, str]
     created_at_ms: int
+    blob: str = ""  # the key of its image in the blob store
 
 
 @dataclass(frozen=True)
@@ -160,6 +176,8 @@ class Store:
         self,
         client: redis.Redis,
         prefix: str = "nearcat",
+        *,
+        blobs: Blobs,
         before_commit: Callable[[], None] | None = None,
         origin: str | None = None,
         breaker: CircuitBreaker | None = None,
@@ -167,7 +185,8 @@ class Store:
         """`before_commit`, if given, runs inside every write between its WATCH and its EXEC:
         the seam where tests make another writer race it. `origin` names this server on the
         change stream's entries (default: a fresh id), so that it can skip its own. `breaker`
-        (default: one of its own) fails calls fast while the store does not answer."""
+        (default: one of its own) fails calls fast while the store does not answer. `blobs`
+        holds the reference images (`bind_blobs` finds this store's)."""
         # Any: redis-py types replies as unions of bytes, str and awaitables; this client is
         # synchronous without decode_responses, so every reply is bytes.
         self._redis: Any = client
@@ -175,6 +194,7 @@ class Store:
         self._before_commit = before_commit
         self.origin = origin or uuid.uuid4().hex[:12]
         self.breaker = breaker or CircuitBreaker(client.ping)
+        self.blobs = blobs
         self._put_vectors_script = client.register_script(PUT_VECTORS_SCRIPT)
         self._release_script = client.register_script(RELEASE_SCRIPT)
 
@@ -265,8 +285,8 @@ class Store:
     def _ref_key(self, reference_id: str) -> str:
         return self.key("ref", reference_id)
 
-    def _image_key(self, reference_id: str) -> str:
-        return self.key("img", reference_id)
+    def _unsure_key(self) -> str:
+        return self.key("blobs", "unsure")
 
     def _vectors_key(self, model_version: str) -> str:
         return self.key("vec", model_version)
@@ -333,9 +353,18 @@ class Store:
         )
 
     def _write_references(
-        self, pipe: Any, category: str, references: Sequence[NewReference], model_version: str
+        self,
+        pipe: Any,
+        category: str,
+        references: Sequence[NewReference],
+        model_version: str,
+        blob_keys: dict[str, str],
     ) -> None:
+        """The references' hashes, vectors and set membership; their images are in the blob
+        store already (`_stage`), under `blob_keys`."""
         now = _now_ms()
+        if references:
+            pipe.zrem(self._unsure_key(), *(blob_keys[r.id] for r in references))
         vectors_key = self._vectors_key(model_version)
         for ref in references:
             pipe.hset(
@@ -346,9 +375,9 @@ class Store:
                     "sha256": ref.sha256,
                     "metadata": json.dumps(ref.metadata, sort_keys=True),
                     "created_at_ms": now,
+                    "blob": blob_keys[ref.id],
                 },
             )
-            pipe.set(self._image_key(ref.id), ref.image)
             pipe.hset(vectors_key, ref.id, np.asarray(ref.vector, dtype="<f4").tobytes())
             for version, vector in ref.other_vectors.items():
                 pipe.hset(
@@ -403,8 +432,162 @@ class Store:
         return [_reference_from_hash(fields) if fields else None for fields in self.call(read)]
 
     def get_image(self, reference_id: str) -> bytes | None:
-        data = self.call(lambda: self._redis.get(self._image_key(reference_id)))
-        return bytes(data) if data is not None else None
+        key = self.image_keys([reference_id]).get(reference_id)
+        return self._read_blob(key) if key else None
+
+    def image_keys(self, reference_ids: Sequence[str]) -> dict[str, str]:
+        """Where each reference's image is in `self.blobs` (unknown ids left out): what a
+        worker elsewhere reads the images by (`indexer.blobs.open_blobs(store.blobs.url)`)."""
+
+        def read() -> list[bytes | None]:
+            pipe = self._redis.pipeline(transaction=False)
+            for reference_id in reference_ids:
+                pipe.hget(self._ref_key(reference_id), "blob")
+            return list(pipe.execute())
+
+        found = self.call(read) if reference_ids else []
+        return {i: k.decode() for i, k in zip(reference_ids, found, strict=True) if k}
+
+    # -- image bytes in the blob store -----------------------------------------------------
+
+    def _read_blob(self, key: str) -> bytes | None:
+        try:
+            return self.blobs.get(key)
+        except Exception as exc:  # an unreadable disk, an S3 error: no answer, not a crash
+            raise Unavailable(
+                f"cannot read an image from the blob store at {self.blobs.url} ({exc}); "
+                "retry shortly"
+            ) from exc
+
+    def _stage(self, references: Sequence[NewReference]) -> dict[str, str]:
+        """Write these references' images to the blob store under fresh keys, each listed as
+        unsure first; returns reference id -> key. The write that records them takes them off
+        the list; `_settle` deletes those it did not record."""
+        images = {r.id: r.image for r in references}
+        keys = {i: new_key(i) for i in images}
+        if not keys:
+            return keys
+        now = _now_ms()
+        self.call(lambda: self._redis.zadd(self._unsure_key(), {k: now for k in keys.values()}))
+        try:
+            for reference_id, key in keys.items():
+                self.blobs.put(key, images[reference_id])
+        except Exception as exc:
+            raise Unavailable(
+                f"cannot write to the blob store at {self.blobs.url} ({exc}); nothing was "
+                "added; retry shortly"
+            ) from exc
+        return keys
+
+    def _settle(self, keys: dict[str, str], recorded: set[str]) -> None:
+        """Delete the staged images the write did not record (duplicates, a refusal)."""
+        self._delete_blobs([k for i, k in keys.items() if i not in recorded])
+
+    def _settled(self, keys: dict[str, str], recorded: set[str], write: Callable[[], T]) -> T:
+        """write(), which records the staged `keys` of the ids it puts in `recorded`; then
+        the rest are deleted. A write that may or may not have been applied (Unavailable)
+        leaves its keys to `sweep_blobs`."""
+        try:
+            result = write()
+        except Unavailable:
+            raise
+        except BaseException:
+            self._settle(keys, set())
+            raise
+        self._settle(keys, recorded)
+        return result
+
+    def _forget_blobs(self, pipe: Any, references: Sequence[Reference]) -> None:
+        """In a removal's transaction: list its images as unsure (as old: no write is in
+        flight for them), so that a crash before `_drop_blobs` leaves them to the sweep."""
+        keys = [r.blob for r in references if r.blob]
+        if keys:
+            pipe.zadd(self._unsure_key(), dict.fromkeys(keys, 0))
+
+    def _drop_blobs(self, references: Sequence[Reference]) -> None:
+        self._delete_blobs([r.blob for r in references if r.blob])
+
+    def _delete_blobs(self, keys: list[str]) -> None:
+        """Delete unsure images no reference records; on failure they stay listed, for the
+        next `sweep_blobs` (the call that got here has done its work: it does not fail)."""
+        if not keys:
+            return
+        try:
+            self.blobs.delete(keys)
+            self.call(lambda: self._redis.zrem(self._unsure_key(), *keys))
+        except Exception as exc:
+            log.warning("%d image(s) left for the next sweep: %s", len(keys), exc)
+
+    def sweep_blobs(self, older_than_s: float = 60.0) -> int:
+        """Delete images no reference records (a crash between writing the bytes and
+        recording them, or between a removal and deleting its bytes), listed as unsure for
+        longer than `older_than_s` (younger ones may belong to a write in flight); returns
+        how many were deleted."""
+        cutoff = _now_ms() - int(older_than_s * 1000)
+        keys = [
+            k.decode()
+            for k in self.call(
+                lambda: self._redis.zrangebyscore(self._unsure_key(), "-inf", cutoff)
+            )
+        ]
+        if not keys:
+            return 0
+
+        def recorded() -> list[bytes | None]:
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.hget(self._ref_key(reference_of(key)), "blob")
+            return list(pipe.execute())
+
+        orphans = [
+            k
+            for k, r in zip(keys, self.call(recorded), strict=True)
+            if r is None or r.decode() != k
+        ]
+        self.blobs.delete(orphans)
+        self.call(lambda: self._redis.zrem(self._unsure_key(), *keys))
+        return len(orphans)
+
+    def migrate_images(self, batch: int = 200) -> int:
+        """Move image bytes that earlier versions kept in Redis (``img:<id>``) to the blob
+        store; idempotent and resumable (each batch is one transaction). Returns how many
+        were moved."""
+        moved = 0
+        pattern = self.key("img", "*")
+        cursor = 0
+        while True:
+            cursor, names = self.call(partial(self._redis.scan, cursor, pattern, batch))
+            if names:
+                moved += self._migrate_batch([n.decode() for n in names])
+            if cursor == 0:
+                return moved
+
+    def _migrate_batch(self, names: list[str]) -> int:
+        ids = [n.rsplit(":", 1)[1] for n in names]
+        images = self.call(lambda: self._redis.mget(names))
+        keys = self._stage(
+            [
+                NewReference(id=i, sha256="", image=bytes(data), vector=np.zeros(0))
+                for i, data in zip(ids, images, strict=True)
+                if data is not None
+            ]
+        )
+        recorded: set[str] = set()
+
+        def body(pipe: Any) -> None:
+            exists = [pipe.exists(self._ref_key(i)) for i in ids]
+            pipe.multi()
+            recorded.clear()
+            recorded.update(i for i, live in zip(ids, exists, strict=True) if live and i in keys)
+            for i in recorded:
+                pipe.hset(self._ref_key(i), "blob", keys[i])
+            if recorded:
+                pipe.zrem(self._unsure_key(), *(keys[i] for i in recorded))
+            pipe.delete(*names)
+
+        watch = [self._ref_key(i) for i in ids]
+        self._settled(keys, recorded, lambda: self.transaction(body, watch, "retry moves none"))
+        return len(recorded)
 
     def iter_vectors(self, model_version: str, batch_size: int = 10_000) -> Iterator[VectorBatch]:
         """Every stored vector of model_version, category by category, in batches; one read
@@ -632,6 +815,8 @@ class Store:
         watch = [self._category_key(name)]
         if parent:
             watch.append(self._category_key(parent))
+        blob_keys = self._stage(references)
+        recorded: set[str] = set()
 
         def body(pipe: Any) -> tuple[Category, list[bool]]:
             if pipe.exists(self._category_key(name)):
@@ -657,7 +842,9 @@ class Store:
             pipe.sadd(self.key("categories"), name)
             if parent:
                 pipe.sadd(self._children_key(parent), name)
-            self._write_references(pipe, name, new, model_version)
+            self._write_references(pipe, name, new, model_version, blob_keys)
+            recorded.clear()
+            recorded.update(r.id for r in new)
             self._log_change(
                 pipe,
                 "add_category",
@@ -668,15 +855,16 @@ class Store:
             category = Category(name, parent, dict(metadata), created, len(new), list(prompts))
             return category, duplicate
 
-        return self.transaction(
-            body, watch, f"if it was, the retry fails with AlreadyExists (category {name!r})"
-        )
+        if_applied = f"if it was, the retry fails with AlreadyExists (category {name!r})"
+        return self._settled(blob_keys, recorded, lambda: self.transaction(body, watch, if_applied))
 
     def add_references(
         self, category: str, references: Sequence[NewReference], model_version: str
     ) -> list[bool]:
         """Add references atomically; returns, per reference, whether it was already there."""
         watch = [self._category_key(category), *(self._ref_key(r.id) for r in references)]
+        blob_keys = self._stage(references)
+        recorded: set[str] = set()
 
         def body(pipe: Any) -> list[bool]:
             if not pipe.exists(self._category_key(category)):
@@ -692,7 +880,9 @@ class Store:
                 references, {names[0] for names in aliases if any(stored[i] for i in names)}
             )
             pipe.multi()
-            self._write_references(pipe, category, new, model_version)
+            self._write_references(pipe, category, new, model_version, blob_keys)
+            recorded.clear()
+            recorded.update(r.id for r in new)
             if new:
                 self._log_change(
                     pipe,
@@ -702,9 +892,8 @@ class Store:
                 )
             return duplicate
 
-        return self.transaction(
-            body, watch, "if it was, the retry reports these references as duplicates"
-        )
+        if_applied = "if it was, the retry reports these references as duplicates"
+        return self._settled(blob_keys, recorded, lambda: self.transaction(body, watch, if_applied))
 
     def update_category(
         self,
@@ -843,9 +1032,11 @@ class Store:
             self._log_change(pipe, "remove_references", references=",".join(unique_ids))
             return removed
 
-        return self.transaction(
+        removed = self.transaction(
             body, watch, "if it was, the retry fails with NotFound for these references"
         )
+        self._drop_blobs(removed)
+        return removed
 
     def delete_category(self, name: str) -> list[Reference]:
         """Delete a leaf category and all its references; returns the references removed."""
@@ -879,18 +1070,52 @@ class Store:
             self._log_change(pipe, "delete_category", category=name, references=",".join(ids))
             return removed
 
-        return self.transaction(
+        removed = self.transaction(
             body, watch, f"if it was, the retry fails with NotFound (category {name!r})"
         )
+        self._drop_blobs(removed)
+        return removed
 
     def _delete_references(
         self, pipe: Any, references: Sequence[Reference], versions: Sequence[str]
     ) -> None:
+        """In a removal's transaction; `_drop_blobs` deletes the images after it."""
+        self._forget_blobs(pipe, references)
         for ref in references:
-            pipe.delete(self._ref_key(ref.id), self._image_key(ref.id))
+            pipe.delete(self._ref_key(ref.id))
             pipe.srem(self._refs_key(ref.category), ref.id)
             for version in versions:
                 pipe.hdel(self._vectors_key(version), ref.id)
+
+
+class BlobStoreMismatch(RuntimeError):
+    """The blob store given is not the one that holds this store's images."""
+
+
+def bind_blobs(client: redis.Redis, prefix: str, url: str | None, default: str) -> Blobs:
+    """The blob store of the store at `client`/`prefix`: `url` when given, else the one the
+    store recorded, else `default` (which is then recorded). Every blob store carries an id
+    (indexer.blobs.MARKER) that the store records, so that a server given another place (a
+    replica on another machine without the shared directory, a mistyped bucket) refuses to
+    start instead of serving references whose images it cannot find."""
+    record_key = f"{prefix}:blobs"
+    reply: Any = client.hgetall(record_key)
+    recorded = {k.decode(): v.decode() for k, v in reply.items()}
+    blobs = open_blobs(url or recorded.get("url") or default)
+    marker = blobs.get(MARKER)
+    if "id" in recorded:
+        if marker is None or marker.decode() != recorded["id"]:
+            raise BlobStoreMismatch(
+                f"this store's reference images are in the blob store at {recorded['url']} "
+                f"(id {recorded['id']}), and {blobs.url} is not it; give --blob-url the same "
+                "place (on another machine: the same shared directory, or the same bucket)"
+            )
+        return blobs
+    ident = marker.decode() if marker is not None else uuid.uuid4().hex
+    if marker is None:
+        blobs.put(MARKER, ident.encode())
+    client.hset(record_key, mapping={"url": blobs.url, "id": ident})
+    return blobs
 
 
 def split_duplicates(
@@ -934,4 +1159,5 @@ def _reference_from_hash(fields: dict[bytes, bytes]) -> Reference:
         sha256=fields[b"sha256"].decode(),
         metadata=json.loads(fields[b"metadata"]),
         created_at_ms=int(fields[b"created_at_ms"]),
+        blob=fields.get(b"blob", b"").decode(),
     )

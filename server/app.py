@@ -22,12 +22,13 @@ from embedder import ArtifactError, DecodeLimits, Embedder, load_artifact, resol
 from embedder.model import artifact_version
 from embedder.registry import ModelRegistry
 from embedder.text import TextTower, load_text_tower
+from indexer.blobs import Blobs
 from indexer.calibration import Bound
 from indexer.decision import DecisionPolicy, Thresholds
 from indexer.embedded import EmbeddedValkey, dropped_connection_retry
 from indexer.index import IndexConfig
 from indexer.review_store import ReviewStore
-from indexer.store import Store
+from indexer.store import BlobStoreMismatch, Store, bind_blobs
 from indexer.vote import VoteConfig
 from server.auth import AuthInterceptor, TokenTable, load_tokens
 from server.catalog import Catalog, Limits
@@ -88,6 +89,26 @@ def open_store(settings: Settings, started: ExitStack) -> StoreHandle:
     embedded = EmbeddedValkey(settings.data_dir, settings.store_timeout_s)
     started.callback(embedded.stop)  # a no-op for whatever did not start yet
     return StoreHandle(embedded.start(), f"embedded Valkey in {embedded.store_dir}")
+
+
+def open_blob_store(settings: Settings, client: redis.Redis) -> Blobs:
+    try:
+        return bind_blobs(
+            client, settings.key_prefix, settings.blob_url, str(settings.data_dir / "blobs")
+        )
+    except ValueError as exc:  # a malformed --blob-url, or s3:// without boto3
+        raise BlobStoreMismatch(str(exc)) from exc
+
+
+def tidy_blobs(store: Store) -> None:
+    """Move images earlier versions kept in Redis to the blob store; delete bytes a crash
+    left that no reference records."""
+    moved = store.migrate_images()
+    if moved:
+        log.info("moved %d reference images from Redis to %s", moved, store.blobs.url)
+    swept = store.sweep_blobs()
+    if swept:
+        log.info("deleted %d image files no reference records (left by a crash)", swept)
 
 
 class StoreUnreachable(ConnectionError):
@@ -185,7 +206,8 @@ def build_catalog(
     """The catalogue on the store's active model, its index loaded, and the reindexer (an
     interrupted reindex resumed). Interrupted half-way (a stop signal during the minutes of
     embedding), it closes what it started."""
-    store = Store(client, settings.key_prefix)
+    store = Store(client, settings.key_prefix, blobs=open_blob_store(settings, client))
+    tidy_blobs(store)
     registry = ModelRegistry(settings.data_dir / "models" / "registry")
     open_model = model_opener(settings)
     embedder, text = open_model(active_model(settings, store, registry))

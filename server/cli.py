@@ -117,6 +117,7 @@ def _setting_name(field: str) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from embedder import ArtifactError
+    from indexer.store import BlobStoreMismatch
     from server.app import PortInUse, StoreUnreachable, serve
     from server.auth import TokenError
     from server.logging_setup import configure_logging
@@ -128,7 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         serve(settings, announce=lambda line: print(line, flush=True))
     except ArtifactError as exc:  # e.g. a model file that fails its checksum
         raise CommandError(f"cannot serve the model: {exc}") from exc
-    except (TokenError, TlsError, PortInUse, StoreUnreachable) as exc:
+    except (TokenError, TlsError, PortInUse, StoreUnreachable, BlobStoreMismatch) as exc:
         raise CommandError(str(exc)) from exc
 
 

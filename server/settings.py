@@ -20,6 +20,13 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="external Redis/Valkey, e.g. redis://host:6379/0 (default: embedded)"
     )
+    blob_url: str | None = Field(
+        None,
+        description="where reference images are kept: a directory, file:///path, or "
+        "s3://bucket/prefix (AWS_* environment; pip install 'nearcat[s3]'). Default: the "
+        "one the store recorded, else DATA_DIR/blobs. Replicas on several machines need a "
+        "shared directory or a bucket",
+    )
     store_timeout_s: float = Field(
         1.0,
         gt=0,

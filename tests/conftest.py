@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from indexer.blobs import DirBlobs
 from indexer.embedded import EmbeddedValkey
 from indexer.store import Store
 from tests.helpers import ExternalValkey
@@ -24,8 +25,8 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def store(valkey: redis.Redis) -> Store:
-    return Store(valkey, prefix=f"test-{uuid.uuid4().hex[:8]}")
+def store(valkey: redis.Redis, tmp_path: Path) -> Store:
+    return Store(valkey, prefix=f"test-{uuid.uuid4().hex[:8]}", blobs=DirBlobs(tmp_path / "blobs"))
 
 
 @pytest.fixture(scope="session")

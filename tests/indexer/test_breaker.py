@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
+from indexer.blobs import DirBlobs
 from indexer.embedded import dropped_connection_retry
 from indexer.errors import Unavailable
 from indexer.store import Store
@@ -25,7 +27,7 @@ def timed(call: object) -> float:
 
 
 def test_a_silent_store_fails_fast_after_one_timeout_and_recovers(
-    external: ExternalValkey,
+    external: ExternalValkey, tmp_path: Path
 ) -> None:
     client = redis.Redis(
         port=external.port,
@@ -33,7 +35,7 @@ def test_a_silent_store_fails_fast_after_one_timeout_and_recovers(
         socket_connect_timeout=TIMEOUT_S,
         retry=dropped_connection_retry(),
     )
-    store = Store(client, "breaker")
+    store = Store(client, "breaker", blobs=DirBlobs(tmp_path))
     heard: list[bool] = []
     store.breaker.on_change(heard.append)
     store.create_category("Shoes", None, {}, [], "v1")
@@ -56,11 +58,13 @@ def test_a_silent_store_fails_fast_after_one_timeout_and_recovers(
     store.breaker.close()
 
 
-def test_a_stopped_store_is_reported_but_each_call_still_tries(external: ExternalValkey) -> None:
+def test_a_stopped_store_is_reported_but_each_call_still_tries(
+    external: ExternalValkey, tmp_path: Path
+) -> None:
     """Refused connections fail fast by themselves; the breaker only reports them (health),
     and the first call after the store is back works."""
     client = redis.Redis(port=external.port, retry=dropped_connection_retry())
-    store = Store(client, "breaker")
+    store = Store(client, "breaker", blobs=DirBlobs(tmp_path))
     heard: list[bool] = []
     store.breaker.on_change(heard.append)
     external.stop()

@@ -206,7 +206,7 @@ def lossy(valkey: redis.Redis, store: Store) -> Iterator[tuple[Store, ExecReplyD
         socket_timeout=10.0,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
     )
-    yield Store(client, prefix=store.prefix), proxy
+    yield Store(client, prefix=store.prefix, blobs=store.blobs), proxy
     client.close()
     proxy.close()
 
@@ -250,7 +250,7 @@ def test_a_write_that_loses_a_race_runs_again(store: Store, valkey: redis.Redis)
         if len(calls) == 1:  # between this add's WATCH and its EXEC
             assert store.add_references("Shoes", [ref], VERSION) == [False]
 
-    racing = Store(valkey, store.prefix, before_commit=race)
+    racing = Store(valkey, store.prefix, blobs=store.blobs, before_commit=race)
     assert racing.add_references("Shoes", [ref], VERSION) == [True]
     assert len(calls) == 2
     assert store.reference_ids("Shoes") == [ref.id]
@@ -280,7 +280,7 @@ def test_a_removal_also_removes_vectors_of_a_version_stored_meanwhile(
         if len(calls) == 1:  # a reindex to model-b stores its first vector meanwhile
             store.put_vectors("model-b", {ref.id: np.ones(4)})
 
-    racing = Store(valkey, store.prefix, before_commit=race)
+    racing = Store(valkey, store.prefix, blobs=store.blobs, before_commit=race)
     if removal == "remove_references":
         racing.remove_references([ref.id])
     else:
