@@ -6,12 +6,15 @@
 - A CSV with an image-path column and a label column (e.g. the clothing dataset).
 
 Problems (missing files, clashing names) are collected and reported, never raised mid-way,
-so one bad row does not stop a long import.
+so one bad row does not stop a long import. Category names are Unicode NFC, as the server
+stores them: a folder macOS named "Café" (decomposed, "e" and a combining accent) is the
+category "Café" typed on any other keyboard.
 """
 
 from __future__ import annotations
 
 import csv
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +72,7 @@ def load_folder_tree(root: Path) -> Dataset:
                     f"{len(files)} images directly in {root} have no category folder; skipped"
                 )
             continue
-        parts = folder.relative_to(root).parts
+        parts = tuple(_nfc(part) for part in folder.relative_to(root).parts)
         clash = _register_path(dataset, root, parts, seen_at)
         if clash:
             dataset.problems.append(clash)
@@ -104,7 +107,7 @@ def load_csv(
     """Rows of (image path, label). Paths are relative to the CSV's folder; `path_template`
     turns a column value into a path, e.g. ``images/{}.jpg``."""
     csv_path = Path(csv_path)
-    excluded = set(exclude_labels)
+    excluded = {_nfc(label) for label in exclude_labels}
     dataset = Dataset()
     with open(csv_path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
@@ -116,7 +119,7 @@ def load_csv(
                 )
         missing = 0
         for row in reader:
-            label = (row[label_column] or "").strip()
+            label = _nfc((row[label_column] or "").strip())
             if not label or label in excluded:
                 continue
             path = csv_path.parent / path_template.format(row[path_column])
@@ -137,6 +140,10 @@ def load_csv(
             "say how its path column becomes a file path, e.g. 'images/{}.jpg'?"
         )
     return dataset
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
 
 
 def load_dataset(source: Path, **csv_options: object) -> Dataset:

@@ -16,6 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from indexer.names import normalise_name
+
 if TYPE_CHECKING:
     from indexer.calibration import Calibration
 
@@ -111,7 +113,7 @@ class DecisionPolicy:
                     + (f"; unknown keys {sorted(unknown)}" if unknown else "")
                 )
             auto = values.get("auto_accept", default.auto_accept)
-            per_category[name] = Thresholds(
+            per_category[normalise_name(name)] = Thresholds(
                 auto_accept=None if auto is None else float(auto),
                 flag=float(values.get("flag", default.flag)),
             )

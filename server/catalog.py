@@ -36,6 +36,7 @@ from indexer.head import ConfidenceHead
 from indexer.holdout import CALIBRATION_EXAMPLES, held_out_examples
 from indexer.ids import REFERENCE_ID_FORM, image_sha256, is_reference_id, reference_id
 from indexer.index import Hit, IndexConfig, VectorIndex
+from indexer.names import case_twin_warning, case_twins, normalise_name
 from indexer.store import Category, LabelledPhoto, NewReference, Reference, Store
 from indexer.taxonomy import path_of
 from indexer.vote import VoteConfig
@@ -102,6 +103,7 @@ class AddedReference:
 class AddResult:
     category: Category
     references: list[AddedReference]
+    warnings: tuple[str, ...] = ()  # for a person: e.g. a name that differs only in case
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,14 @@ class Status:
     change_position: str = "0-0"  # the stream's last entry its state includes
     change_lag: int = 0  # entries of the stream not applied yet (at most 10,000 counted)
     change_lag_s: float = 0.0  # how long the oldest of them has waited
+
+
+def category_name(name: str, what: str = "category name") -> str:
+    """A name from a request, normalised (`normalise_name`) and checked
+    (`validate_category_name`)."""
+    name = normalise_name(name)
+    validate_category_name(name, what)
+    return name
 
 
 def validate_category_name(name: str, what: str = "category name") -> None:
@@ -649,8 +659,10 @@ class Catalog:
         the serving model (and a reindex's new one); returns how many were new. They drive
         the next calibration (`calibrate`). All or nothing: a bad image refuses the call."""
         self._check_count(photos, "labelled photos")
-        for i, (_, label) in enumerate(photos):
-            validate_category_name(label, f"label of photo {i}")
+        photos = [
+            (image, category_name(label, f"label of photo {i}"))
+            for i, (image, label) in enumerate(photos)
+        ]
         if not source.strip():
             raise InvalidArgument("source is empty; say where the labels came from")
         images = [image for image, _ in photos]
@@ -686,11 +698,12 @@ class Catalog:
         """Create a category with optional first references and text prompts; all or nothing.
 
         A category with prompts is classifiable at once, before any reference image, when
-        the model has a text tower.
+        the model has a text tower. A name that differs only in case from an existing one is
+        allowed (they are two categories), logged and returned as a warning.
         """
-        validate_category_name(name)
+        name = category_name(name)
         if parent:
-            validate_category_name(parent, "parent category name")
+            parent = self._stored_name(parent, "parent category name")
         if parent == name:
             raise InvalidArgument(f"category {name!r} cannot be its own parent")
         _check_metadata(metadata or {}, f"category {name!r}")
@@ -719,7 +732,7 @@ class Catalog:
         except AlreadyExists:  # perhaps created by an attempt whose reply was lost
             self._follow_store(name)
             raise
-        return AddResult(category, _added(prepared, duplicate))
+        return AddResult(category, _added(prepared, duplicate), self._case_twins(name))
 
     def add_references(
         self,
@@ -728,7 +741,7 @@ class Catalog:
         deadline: float | None = None,
     ) -> AddResult:
         """Add references to an existing category; all or nothing; duplicates are not stored."""
-        validate_category_name(category)
+        category = self._stored_name(category)
         if not references:
             raise InvalidArgument("no references given: send at least one image")
         if self.store.get_category(category) is None:
@@ -763,11 +776,11 @@ class Catalog:
     ) -> Category:
         """Rename, move, or replace prompts or metadata, atomically in the store; the index,
         the taxonomy and the text evidence follow before the call returns."""
-        validate_category_name(name)
+        name = self._stored_name(name)
         if new_name is not None:
-            validate_category_name(new_name, "new name")
+            new_name = category_name(new_name, "new name")
         if parent:
-            validate_category_name(parent, "parent category name")
+            parent = self._stored_name(parent, "parent category name")
         if parent is not None and parent in (name, new_name):
             raise InvalidArgument(f"category {name!r} cannot be its own parent")
         if metadata is not None:
@@ -793,10 +806,12 @@ class Catalog:
             for child, above in list(self._parents.items()):
                 if above == name:
                     self._parents[child] = category.name
+        if category.name != name:
+            self._case_twins(category.name)
         return category
 
     def has_category(self, name: str) -> bool:
-        return self.store.get_category(name) is not None
+        return self.store.get_category(self._stored_name(name)) is not None
 
     def remove_references(self, reference_ids: Sequence[str]) -> int:
         if not reference_ids:
@@ -812,7 +827,7 @@ class Catalog:
         return len(removed)
 
     def delete_category(self, name: str) -> int:
-        validate_category_name(name)
+        name = self._stored_name(name)
         try:
             with self._gate.write(), self._use() as s:
                 removed = self.store.delete_category(name)
@@ -827,7 +842,7 @@ class Catalog:
     # -- reads ---------------------------------------------------------------------------
 
     def get_category(self, name: str) -> Category:
-        validate_category_name(name)
+        name = self._stored_name(name)
         category = self.store.get_category(name)
         if category is None:
             raise NotFound(f"category {name!r} does not exist")
@@ -837,6 +852,7 @@ class Catalog:
         """A category's references, newest first; a page of them with `limit`."""
         if offset < 0 or limit < 0:
             raise InvalidArgument(f"offset and limit must not be negative; got {offset}, {limit}")
+        name = self._stored_name(name)
         ids = self.store.reference_ids(name)
         found = [r for r in self.store.get_references(ids) if r is not None]
         found.sort(key=lambda r: (-r.created_at_ms, r.id))
@@ -937,6 +953,25 @@ class Catalog:
                 state.calibration = Calibration.from_json(self.store.get_calibration(version) or {})
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _stored_name(self, given: str, what: str = "category name") -> str:
+        """The name under which the category a request names is stored: the NFC form
+        (`normalise_name`), or the name as given for a category stored before names were
+        normalised (which is then still found, renamed or deleted by its own spelling)."""
+        name = category_name(given, what)
+        if name == given or self.store.get_category(name) is not None:
+            return name
+        return given if self.store.get_category(given) is not None else name
+
+    def _case_twins(self, name: str) -> tuple[str, ...]:
+        """Warnings when other categories' names differ from `name` only in case (or Unicode
+        form): they are allowed, but mostly a typo that splits one category in two."""
+        twins = case_twins(name, self.store.category_names())
+        if not twins:
+            return ()
+        warning = case_twin_warning(name, twins)
+        log.warning("%s", warning)
+        return (warning,)
 
     def _follow_store(self, name: str) -> None:
         """Bring what this server holds of category `name` (its vectors in the index, its

@@ -247,9 +247,10 @@ def cmd_import(args: argparse.Namespace) -> None:
 
     stub = connect(args)
     existing = {c.name for c in stub.ListCategories(pb.ListCategoriesRequest()).categories}
-    for name in dataset.categories():
-        if name not in existing:
-            stub.AddCategory(pb.AddCategoryRequest(name=name, parent=dataset.parents[name] or ""))
+    created = [name for name in dataset.categories() if name not in existing]
+    for name in created:
+        stub.AddCategory(pb.AddCategoryRequest(name=name, parent=dataset.parents[name] or ""))
+    note_case_twins(stub, created, existing | set(created))
 
     counts: Counter[str] = Counter()
     groups = dataset.by_category()
@@ -360,12 +361,14 @@ def cmd_add_category(args: argparse.Namespace) -> None:
     request = pb.AddCategoryRequest(
         name=args.name, parent=args.parent or "", prompts=args.prompt, references=references
     )
+    stub = connect(args)
     with _bad_image_named(args.images):
-        category = connect(args).AddCategory(request).category
+        category = stub.AddCategory(request).category
     what = [_reference_images(category.reference_count)]
     if category.prompts:
         what.append(f"prompts: {'; '.join(category.prompts)}")
     print(f"added {' > '.join(category.path)} ({', '.join(what)})")
+    note_case_twins(stub, [category.name])
 
 
 def cmd_update_category(args: argparse.Namespace) -> None:
@@ -386,11 +389,30 @@ def cmd_update_category(args: argparse.Namespace) -> None:
             if not sep:
                 raise CommandError(f"--metadata {entry!r}: expected KEY=VALUE")
             request.metadata[key] = value
-    category = connect(args).UpdateCategory(request).category
+    stub = connect(args)
+    category = stub.UpdateCategory(request).category
     what = [_reference_images(category.reference_count)]
     if category.prompts:
         what.append(f"prompts: {'; '.join(category.prompts)}")
     print(f"updated {' > '.join(category.path)} ({', '.join(what)})")
+    if args.rename is not None:
+        note_case_twins(stub, [category.name])
+
+
+def note_case_twins(stub: Any, created: Sequence[str], names: Iterable[str] = ()) -> None:
+    """A note on stderr for each category just created (or renamed) whose name differs only
+    in case from another's (the server logs it too; its answers have no field for it).
+    `names`: every category's name, when the caller has them; else they are listed."""
+    from indexer.names import case_twin_warning, case_twins
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    names = list(names)
+    if not names:
+        names = [c.name for c in stub.ListCategories(pb.ListCategoriesRequest()).categories]
+    for name in created:
+        twins = case_twins(name, names)
+        if twins:
+            print(f"note: {case_twin_warning(name, twins)}", file=sys.stderr)
 
 
 def cmd_zero_shot(args: argparse.Namespace) -> None:

@@ -27,6 +27,7 @@ from indexer.errors import (
     NotFound,
     Unavailable,
 )
+from indexer.names import normalise_name
 from indexer.review_store import (
     NewReviewItem,
     QueueCounts,
@@ -35,7 +36,7 @@ from indexer.review_store import (
     VerdictRecord,
     now_ms,
 )
-from server.catalog import Catalog, ReferenceInput, validate_category_name
+from server.catalog import Catalog, ReferenceInput, category_name
 
 log = logging.getLogger("nearcat.review")
 
@@ -166,9 +167,7 @@ class Reviews:
         """The auto-accept band audits measure now: the model version and its calibration."""
         return f"{self.catalog.serving.version}@{self.catalog.calibration.fitted_at_ms}"
 
-    def offer(
-        self, prediction: Prediction, image: bytes, answer: bytes, caller: Caller
-    ) -> Offered:
+    def offer(self, prediction: Prediction, image: bytes, answer: bytes, caller: Caller) -> Offered:
         """Queue the answer if a person should see it. `answer` is the answer as served
         (bytes kept for the reviewer)."""
         if caller.skip_review or prediction.category is None:
@@ -228,7 +227,7 @@ class Reviews:
             reviewer,
             max_items,
             int((lease_s or self.config.lease_s) * 1000),
-            category=category,
+            category=normalise_name(category),
             decision=decision,
             audit=audit,
             peek=peek,
@@ -270,7 +269,7 @@ class Reviews:
         category = category.strip()
         kind = "none" if none_of_these else "category"
         if category:
-            validate_category_name(category, "category")
+            category = category_name(category, "category")
         elif not none_of_these:
             raise InvalidArgument("a verdict names the right category, none of these, or skip")
         earlier = self._refuse_if_decided(review_id, kind, category)
@@ -330,24 +329,28 @@ class Reviews:
         unfit = self.catalog.reference_problem(item.image)
         references = [] if unfit else [ReferenceInput(item.image, provenance)]
         reference_id, created = "", False
+        warnings: tuple[str, ...] = ()
         if not exists:
             try:
                 made = self.catalog.add_category(
                     category, parent or None, {"source": "review"}, references
                 )
                 reference_id = made.references[0].reference_id if references else ""
-                created = True
+                created, warnings = True, made.warnings
             except AlreadyExists:  # made meanwhile, or by this verdict's earlier attempt
                 pass
         if references and not created:
             added = self.catalog.add_references(category, references)
             reference_id = added.references[0].reference_id
         if unfit:
-            made_note = f"created category {category!r}; " if created else ""
-            return reference_id, created, f"{made_note}not added as a reference: {unfit}"
-        if created:
-            return reference_id, created, f"created category {category!r} with this image"
-        return reference_id, created, f"added as a reference of {category!r}"
+            note = f"not added as a reference: {unfit}"
+            if created:
+                note = f"created category {category!r}; {note}"
+        elif created:
+            note = f"created category {category!r} with this image"
+        else:
+            note = f"added as a reference of {category!r}"
+        return reference_id, created, "; ".join([note, *warnings])
 
     def _refuse_if_decided(self, review_id: str, kind: str, category: str) -> VerdictRecord | None:
         """The earlier verdict when it is this one again (a retry); ALREADY_EXISTS when it

@@ -316,8 +316,10 @@ class NearcatServicer(pb_grpc.NearcatServicer):
             deadline_of(context),
             list(request.prompts),
         )
+        # The response has no field for warnings (a name that differs only in case from
+        # another category's): the catalogue logs them.
         return pb.AddCategoryResponse(
-            category=_category(result.category, self.catalog.path(request.name)),
+            category=_category(result.category, self.catalog.path(result.category.name)),
             references=_added(result),
         )
 
@@ -330,7 +332,7 @@ class NearcatServicer(pb_grpc.NearcatServicer):
         )
         duplicates = sum(r.duplicate for r in result.references)
         return pb.AddReferencesResponse(
-            category=_category(result.category, self.catalog.path(request.category)),
+            category=_category(result.category, self.catalog.path(result.category.name)),
             references=_added(result),
             added=len(result.references) - duplicates,
             duplicates=duplicates,
@@ -366,7 +368,7 @@ class NearcatServicer(pb_grpc.NearcatServicer):
     ) -> pb.GetCategoryResponse:
         category = self.catalog.get_category(request.name)
         references = (
-            self.catalog.references(request.name, request.offset, request.limit)
+            self.catalog.references(category.name, request.offset, request.limit)
             if request.include_references
             else []
         )

@@ -38,6 +38,16 @@ def test_leaf_folders_are_categories_and_ancestors_are_parents(tmp_path: Path) -
     assert dataset.problems == []
 
 
+def test_category_names_are_nfc_however_the_file_system_spells_them(tmp_path: Path) -> None:
+    touch(tmp_path / "Cafe\u0301/1.jpg")  # decomposed, as macOS names folders
+    assert [i.category for i in load_folder_tree(tmp_path).images] == ["Caf\u00e9"]
+    (tmp_path / "labels.csv").write_text(
+        "image,label\nCafe\u0301/1.jpg,Cafe\u0301\nCafe\u0301/1.jpg,Th\u00e9\n", encoding="utf-8"
+    )
+    dataset = load_csv(tmp_path / "labels.csv", exclude_labels=["The\u0301"])
+    assert [i.category for i in dataset.images] == ["Caf\u00e9"]
+
+
 def test_clashing_folder_names_are_reported_and_skipped(tmp_path: Path) -> None:
     touch(tmp_path / "Men/Shirts/1.jpg")
     touch(tmp_path / "Women/Shirts/2.jpg")

@@ -66,6 +66,13 @@ def test_per_category_thresholds_from_a_file(tmp_path: Path) -> None:
     assert policy.thresholds("Shoes") == Thresholds(0.7, 0.6)
 
 
+def test_a_thresholds_file_names_categories_as_the_catalogue_does(tmp_path: Path) -> None:
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps({"Cafe\u0301": {"flag": 0.5}}))  # decomposed
+    policy = DecisionPolicy.load(Thresholds(flag=0.6), path)
+    assert policy.thresholds("Caf\u00e9") == Thresholds(flag=0.5)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

@@ -128,6 +128,16 @@ def test_import_a_folder_tree_then_classify(server: ServerProcess, tmp_path: Pat
     assert "Patterns > stripes" in text
 
 
+def test_a_category_whose_name_differs_only_in_case_gets_a_note(server: ServerProcess) -> None:
+    first = nearcat("add-category", "Straw hats", "--server", server.address)
+    assert "note:" not in first.stderr
+    twin = nearcat("add-category", "straw Hats", "--server", server.address)
+    assert "added straw Hats" in twin.stdout
+    assert "note: category 'straw Hats' differs only in case from 'Straw hats'" in twin.stderr
+    for name in ("Straw hats", "straw Hats"):
+        nearcat("delete-category", name, "--yes", "--server", server.address)
+
+
 def test_classify_reports_a_bad_file_and_exits_1(server: ServerProcess, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"junk")

@@ -168,6 +168,22 @@ def test_a_photo_that_cannot_be_a_reference_is_still_decided(clients: dict[str, 
     alice.DeleteCategory(pb.DeleteCategoryRequest(name="Banners"))
 
 
+def test_a_new_category_named_in_a_verdict_is_warned_of_a_case_twin(
+    clients: dict[str, As],
+) -> None:
+    carl, rita, alice = clients["carl"], clients["rita"], clients["admin"]
+    answer = carl.Classify(pb.ClassifyRequest(image=make_image("checkers", 311)))
+    [item] = [i for i in claim_all(rita) if i.id == answer.review_id]
+    done = rita.SubmitVerdict(
+        pb.SubmitVerdictRequest(
+            review_id=item.id, none_of_these=pb.NoneOfThese(new_category="STRIPES")
+        )
+    )
+    assert done.category_created and done.category == "STRIPES"
+    assert "'STRIPES' differs only in case from 'stripes'" in done.message
+    alice.DeleteCategory(pb.DeleteCategoryRequest(name="STRIPES"))
+
+
 def test_audits_measure_the_auto_accept_band(clients: dict[str, As]) -> None:
     carl, rita = clients["carl"], clients["rita"]
     before = rita.GetReviewStats(pb.GetReviewStatsRequest()).audit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 import time
@@ -143,6 +144,33 @@ def test_batch_reports_each_image_on_its_own(stub) -> None:  # type: ignore[no-u
     assert len(first.classification.categories) == 2
     assert bad.error.code == "INVALID_ARGUMENT" and "image 1" in bad.error.message
     assert third.classification.categories[0].category == "checkers"
+
+
+def test_a_name_is_one_category_whichever_unicode_form_it_comes_in(stub, server) -> None:  # type: ignore[no-untyped-def]
+    composed, decomposed = "Caf\u00e9", "Cafe\u0301"  # "é" as one code point, or e + accent
+    photo = make_image("stripes", 810)
+    made = stub.AddCategory(
+        pb.AddCategoryRequest(name=decomposed, references=[pb.ReferenceImage(image=photo)])
+    )
+    assert made.category.name == composed and list(made.category.path) == [composed]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.AddCategory(pb.AddCategoryRequest(name=composed))
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    added = stub.AddReferences(
+        pb.AddReferencesRequest(
+            category=decomposed, references=[pb.ReferenceImage(image=make_image("stripes", 811))]
+        )
+    )
+    assert list(added.category.path) == [composed] and added.category.reference_count == 2
+    got = stub.GetCategory(pb.GetCategoryRequest(name=decomposed, include_references=True))
+    assert got.category.name == composed and len(got.references) == 2
+    assert classify(stub, photo).classification.categories[0].category == composed
+    # Another category whose name differs only in case is allowed, and the server warns.
+    stub.AddCategory(pb.AddCategoryRequest(name="CAFE\u0301"))
+    warned = [json.loads(line)["msg"] for line in server.log().splitlines() if "differs" in line]
+    assert any("category 'CAF\u00c9' differs only in case from 'Caf\u00e9'" in m for m in warned)
+    assert stub.DeleteCategory(pb.DeleteCategoryRequest(name="CAF\u00c9")).references_removed == 0
+    assert stub.DeleteCategory(pb.DeleteCategoryRequest(name=decomposed)).references_removed == 2
 
 
 def test_the_same_image_twice_is_stored_once(stub, store_state) -> None:  # type: ignore[no-untyped-def]

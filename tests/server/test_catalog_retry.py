@@ -85,3 +85,51 @@ def test_removing_malformed_ids_is_invalid_argument_not_a_crash(catalog: Catalog
         with pytest.raises(InvalidArgument, match="a reference id is 16 lowercase hexadecimal"):
             catalog.remove_references(ids)
     assert len(catalog.index) == 1  # nothing removed, the good id neither
+
+
+COMPOSED, DECOMPOSED = "Caf\u00e9", "Cafe\u0301"
+
+
+def test_names_are_one_whatever_unicode_form_they_arrive_in(catalog: Catalog) -> None:
+    image = ReferenceInput(make_image("dots", 5))
+    made = catalog.add_category(DECOMPOSED, references=[image])
+    assert made.category.name == COMPOSED and made.warnings == ()
+    with pytest.raises(AlreadyExists):
+        catalog.add_category(COMPOSED)
+    added = catalog.add_references(DECOMPOSED, [ReferenceInput(make_image("dots", 6))])
+    assert added.category.name == COMPOSED and added.category.reference_count == 2
+    assert catalog.get_category(DECOMPOSED).name == COMPOSED
+    assert len(catalog.references(DECOMPOSED)) == 2
+    assert catalog.has_category(DECOMPOSED)
+    child = catalog.add_category("Espresso", parent=DECOMPOSED)
+    assert child.category.parent == COMPOSED
+    assert catalog.path("Espresso") == [COMPOSED, "Espresso"]
+    renamed = catalog.update_category(DECOMPOSED, new_name="Cre\u0300me")
+    assert renamed.name == "Cr\u00e8me" and catalog.index.categories() == {"Cr\u00e8me"}
+    catalog.delete_category("Espresso")
+    assert catalog.delete_category("Cre\u0300me") == 2
+    assert catalog.list_categories() == []
+
+
+def test_a_name_stored_before_names_were_normalised_is_still_reachable(
+    catalog: Catalog, store: Store
+) -> None:
+    store.create_category(DECOMPOSED, None, {}, [], catalog.embedder.version)
+    assert catalog.get_category(DECOMPOSED).name == DECOMPOSED
+    catalog.add_references(DECOMPOSED, [ReferenceInput(make_image("dots", 7))])
+    assert catalog.delete_category(DECOMPOSED) == 1
+
+
+def test_a_name_that_differs_only_in_case_is_allowed_with_a_warning(
+    catalog: Catalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    catalog.add_category("Shoes")
+    twin = catalog.add_category("SHOES")
+    assert twin.category.name == "SHOES"
+    [warning] = twin.warnings
+    assert "'SHOES' differs only in case from 'Shoes'" in warning
+    assert warning in caplog.text
+    caplog.clear()
+    catalog.update_category("SHOES", new_name="shoes")  # a rename into a twin: logged too
+    assert "'shoes' differs only in case from 'Shoes'" in caplog.text
+    assert catalog.add_category("Boots").warnings == ()
