@@ -33,6 +33,8 @@ Keys, under a prefix (default ``nearcat``):
                             not record them, by time: what `sweep_blobs` checks
 - ``vec:<model_version>``   HASH reference id -> float32 vector bytes
 - ``vector_versions``       SET of model versions that have vectors
+- ``vector_dtypes``         HASH model version -> float32 or float16: how its vectors are kept
+                            (fixed by its first write; absent: float32)
 - ``calibration:<version>`` STRING JSON: the fitted calibration of that model's votes
 - ``model``                 HASH active (the model version served), previous (rollback target)
 - ``reindex``               STRING JSON: the last or running reindex (target, progress, outcome)
@@ -64,6 +66,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHANGE_STREAM_MAXLEN = 1_000_000
+VECTOR_DTYPES = {"float32": "<f4", "float16": "<f2"}
 
 # put_vectors in one step, so that no removal can come between the check and the write.
 # KEYS: the version's vector hash, vector_versions, then each reference's hash.
@@ -181,12 +184,15 @@ class Store:
         before_commit: Callable[[], None] | None = None,
         origin: str | None = None,
         breaker: CircuitBreaker | None = None,
+        vector_dtype: str = "float32",
     ) -> None:
         """`before_commit`, if given, runs inside every write between its WATCH and its EXEC:
         the seam where tests make another writer race it. `origin` names this server on the
         change stream's entries (default: a fresh id), so that it can skip its own. `breaker`
         (default: one of its own) fails calls fast while the store does not answer. `blobs`
-        holds the reference images (`bind_blobs` finds this store's)."""
+        holds the reference images (`bind_blobs` finds this store's). `vector_dtype` is how
+        the vectors of a model version first written by this store are kept (float16 halves
+        their memory; a version keeps the type it was first written with)."""
         # Any: redis-py types replies as unions of bytes, str and awaitables; this client is
         # synchronous without decode_responses, so every reply is bytes.
         self._redis: Any = client
@@ -195,6 +201,10 @@ class Store:
         self.origin = origin or uuid.uuid4().hex[:12]
         self.breaker = breaker or CircuitBreaker(client.ping)
         self.blobs = blobs
+        if vector_dtype not in VECTOR_DTYPES:
+            raise ValueError(f"vector dtype {vector_dtype!r}: choose {' or '.join(VECTOR_DTYPES)}")
+        self.vector_dtype = vector_dtype
+        self._dtypes: dict[str, str] = {}  # model version -> numpy dtype, once recorded
         self._put_vectors_script = client.register_script(PUT_VECTORS_SCRIPT)
         self._release_script = client.register_script(RELEASE_SCRIPT)
 
@@ -338,6 +348,28 @@ class Store:
             self._trip(exc)
             raise Unavailable(f"the store is unreachable ({exc}); retry shortly") from exc
 
+    def _dtype(self, model_version: str, writing: bool = False) -> str:
+        """The numpy dtype of `model_version`'s stored vectors; `writing` records this
+        store's type for a version that has none yet."""
+        cached = self._dtypes.get(model_version)
+        if cached is not None:
+            return cached
+        key = self.key("vector_dtypes")
+        if writing:
+            self.call(lambda: self._redis.hsetnx(key, model_version, self.vector_dtype))
+        recorded = self.call(lambda: self._redis.hget(key, model_version))
+        if recorded is None:
+            return VECTOR_DTYPES["float32"]  # written before types were recorded
+        dtype = VECTOR_DTYPES[recorded.decode()]
+        self._dtypes[model_version] = dtype
+        return dtype
+
+    def _pack(self, model_version: str, vector: np.ndarray) -> bytes:
+        return np.asarray(vector, dtype=self._dtype(model_version, writing=True)).tobytes()
+
+    def _unpack(self, model_version: str, data: bytes) -> np.ndarray:
+        return np.frombuffer(data, dtype=self._dtype(model_version)).astype(np.float32)
+
     def _trip(self, exc: BaseException | None) -> None:
         """Tell the breaker: a store that did not answer in time makes the calls after this
         one fail at once instead of each waiting out the timeout."""
@@ -378,11 +410,9 @@ class Store:
                     "blob": blob_keys[ref.id],
                 },
             )
-            pipe.hset(vectors_key, ref.id, np.asarray(ref.vector, dtype="<f4").tobytes())
+            pipe.hset(vectors_key, ref.id, self._pack(model_version, ref.vector))
             for version, vector in ref.other_vectors.items():
-                pipe.hset(
-                    self._vectors_key(version), ref.id, np.asarray(vector, dtype="<f4").tobytes()
-                )
+                pipe.hset(self._vectors_key(version), ref.id, self._pack(version, vector))
             pipe.sadd(self._refs_key(category), ref.id)
         versions = {model_version, *(v for r in references for v in r.other_vectors)}
         if references:
@@ -598,11 +628,11 @@ class Store:
                 chunk = ids[start : start + batch_size]
                 blobs = self._vector_blobs(model_version, chunk)
                 present = [(i, b) for i, b in zip(chunk, blobs, strict=True) if b is not None]
-                vectors = [np.frombuffer(b, dtype="<f4") for _, b in present]
+                vectors = [self._unpack(model_version, b) for _, b in present]
                 yield VectorBatch(
                     reference_ids=[i for i, _ in present],
                     categories=[category] * len(present),
-                    vectors=np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 0)),
+                    vectors=np.stack(vectors) if vectors else np.zeros((0, 0)),
                     missing_ids=[i for i, b in zip(chunk, blobs, strict=True) if b is None],
                 )
 
@@ -614,7 +644,7 @@ class Store:
         """The stored vectors of model_version for these references (absent ones left out)."""
         blobs = self._vector_blobs(model_version, ids) if ids else []
         return {
-            i: np.frombuffer(b, dtype="<f4").astype(np.float32)
+            i: self._unpack(model_version, b)
             for i, b in zip(ids, blobs, strict=True)
             if b is not None
         }
@@ -697,7 +727,7 @@ class Store:
         ]
         args: list[str | bytes] = [model_version]
         for i in ids:
-            args += [i, np.asarray(vectors[i], dtype="<f4").tobytes()]
+            args += [i, self._pack(model_version, vectors[i])]
         stored = self.call(lambda: self._put_vectors_script(keys=keys, args=args))
         return [i.decode() for i in stored]
 
@@ -753,7 +783,7 @@ class Store:
                 pipe.hset(
                     self.key("lvec", model_version),
                     item.id,
-                    np.asarray(vector, dtype="<f4").tobytes(),
+                    self._pack(model_version, vector),
                 )
             return new
 
@@ -779,7 +809,7 @@ class Store:
                 label=f[b"label"].decode(),
                 source=f[b"source"].decode(),
                 at_ms=int(f[b"at_ms"]),
-                vector=np.frombuffer(b, dtype="<f4").astype(np.float32) if b is not None else None,
+                vector=self._unpack(model_version, b) if b is not None else None,
             )
             for i, f, b in zip(ids, fields, blobs, strict=True)
             if f
@@ -797,7 +827,7 @@ class Store:
     def put_labelled_vectors(self, model_version: str, vectors: dict[str, np.ndarray]) -> None:
         """Vectors of another model version for stored labelled photos (a reindex)."""
         if vectors:
-            mapping = {i: np.asarray(v, dtype="<f4").tobytes() for i, v in vectors.items()}
+            mapping = {i: self._pack(model_version, v) for i, v in vectors.items()}
             key = self.key("lvec", model_version)
             self.call(lambda: self._redis.hset(key, mapping=mapping))
 

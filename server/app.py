@@ -206,7 +206,12 @@ def build_catalog(
     """The catalogue on the store's active model, its index loaded, and the reindexer (an
     interrupted reindex resumed). Interrupted half-way (a stop signal during the minutes of
     embedding), it closes what it started."""
-    store = Store(client, settings.key_prefix, blobs=open_blob_store(settings, client))
+    store = Store(
+        client,
+        settings.key_prefix,
+        blobs=open_blob_store(settings, client),
+        vector_dtype=settings.vector_dtype,
+    )
     tidy_blobs(store)
     registry = ModelRegistry(settings.data_dir / "models" / "registry")
     open_model = model_opener(settings)

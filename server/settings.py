@@ -27,6 +27,12 @@ class Settings(BaseSettings):
         "one the store recorded, else DATA_DIR/blobs. Replicas on several machines need a "
         "shared directory or a bucket",
     )
+    vector_dtype: Literal["float32", "float16"] = Field(
+        "float32",
+        description="how a model version's vectors are kept in the store: float16 halves "
+        "their memory at a small recall cost (`nearcat bench store`); a version keeps the "
+        "type it was first written with, so this applies from the next reindex",
+    )
     store_timeout_s: float = Field(
         1.0,
         gt=0,

@@ -1,4 +1,4 @@
-"""`nearcat bench {embed,serve,index}`: measured speed, printed as a table and saved as JSON."""
+"""`nearcat bench {embed,serve,index,store}`: measured, printed as a table, saved as JSON."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ def at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
     return value
+
+
+def run_store(args: argparse.Namespace) -> None:
+    from server.bench_store import bench_store
+
+    result = bench_store(sizes=args.sizes, dim=args.dim, queries=args.queries, k=args.k)
+    write_json(result, args.json)
 
 
 def run_index(args: argparse.Namespace) -> None:
@@ -190,3 +197,19 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     index.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128])
     index.add_argument("--json", type=Path, help="write the results here")
     index.set_defaults(run=run_index)
+
+    store = kinds.add_parser(
+        "store",
+        help="Redis memory per reference, start-up load time, float16's recall cost",
+        description="Writes synthetic references through the real store (an embedded Valkey "
+        "in a temporary directory, images to a blob directory) with float32 and with float16 "
+        "vectors, then loads them as a starting server does. Reports Redis memory per "
+        "reference, the load time, recall@k of float16 against float32, and both "
+        "extrapolated to 1M references. 100k references take a few minutes.",
+    )
+    store.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="references")
+    store.add_argument("--dim", type=int, default=512, help="vector dimension")
+    store.add_argument("--queries", type=int, default=500, help="queries for recall@k")
+    store.add_argument("--k", type=int, default=10, help="neighbours per query (recall@k)")
+    store.add_argument("--json", type=Path, help="write the results here")
+    store.set_defaults(run=run_store)

@@ -305,3 +305,26 @@ def test_labelled_photos_are_stored_once_with_a_vector_per_version(store: Store)
     store.put_labelled_vectors("model-b", {other.id: np.ones(4)})
     assert {x.id for x in store.labelled("model-b") if x.vector is not None} == {other.id}
     assert store.get_labelled_image(other.id) == b"img2"
+
+
+def test_float16_vectors_take_half_the_memory_and_keep_their_type(
+    store: Store, valkey: redis.Redis
+) -> None:
+    half = Store(valkey, f"{store.prefix}-f16", blobs=store.blobs, vector_dtype="float16")
+    refs = [new_ref("Shoes", bytes([i]) * 8, dim=512) for i in range(20)]
+    for s in (store, half):
+        s.create_category("Shoes", None, {}, refs, VERSION)
+    full_bytes = valkey.memory_usage(store.key("vec", VERSION))
+    half_bytes = valkey.memory_usage(half.key("vec", VERSION))
+    assert half_bytes < 0.6 * full_bytes
+    got = half.get_vectors(VERSION, [r.id for r in refs])
+    for ref in refs:
+        assert got[ref.id].dtype == np.float32
+        np.testing.assert_allclose(got[ref.id], ref.vector, rtol=1e-3, atol=1e-3)
+    # A server started with the other type reads (and adds to) the version as recorded.
+    other = Store(valkey, half.prefix, blobs=store.blobs, vector_dtype="float32")
+    extra = new_ref("Shoes", b"extra", dim=512)
+    other.add_references("Shoes", [extra], VERSION)
+    assert len(valkey.hget(half.key("vec", VERSION), extra.id) or b"") == 512 * 2
+    [batch] = list(other.iter_vectors(VERSION))
+    assert batch.vectors.shape == (21, 512)

@@ -43,6 +43,21 @@ def test_bench_index(tmp_path: Path) -> None:
     assert ivf[0]["add_to_found_ms"] > 0
 
 
+def test_bench_store(tmp_path: Path) -> None:
+    data = bench(tmp_path, "store", "--sizes", "1500", "--dim", "64", "--queries", "50")
+    rows = {r["vector_dtype"]: r for r in data["results"]}
+    assert set(rows) == {"float32", "float16"}
+    assert rows["float32"]["recall_vs_first"] == 1.0
+    assert 0.5 < rows["float16"]["recall_vs_first"] <= 1.0
+    # The vectors' hash halves; the rest of a reference (its hash, its id in a set) stays.
+    f32, f16 = (rows[t]["vector_bytes_per_reference"] for t in ("float32", "float16"))
+    assert f16 < 0.6 * f32
+    assert (
+        rows["float16"]["redis_bytes_per_reference"] < rows["float32"]["redis_bytes_per_reference"]
+    )
+    assert rows["float32"]["memory_mb_at_1m"] > 0 and rows["float32"]["load_s"] >= 0
+
+
 def test_bench_embed(tmp_path: Path, model_artifact: Path) -> None:
     data = bench(
         tmp_path, "embed", "--model", str(model_artifact), "--runtime", "torch",
