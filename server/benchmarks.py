@@ -315,6 +315,25 @@ def _images_per_second(
     return best, float(np.median(timings) * 1000)
 
 
+def _model_cpu_s_per_image(
+    run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, seconds: float
+) -> float:
+    """CPU seconds (this process, all its threads) the model alone spends per image."""
+    run(pixels)  # warm-up
+    images = 0
+    cpu, started = time.process_time(), time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        run(pixels)
+        images += len(pixels)
+    return (time.process_time() - cpu) / images
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads, not its children) process `pid` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _gpu() -> dict[str, Any]:
     import torch
 
@@ -593,6 +612,7 @@ def bench_serve(
     progress("model-only speed (batch 32, batch 1)")
     before, _ = _images_per_second(embedder.embed_pixels, pixels, seconds=5)
     _, model_batch1_ms = _images_per_second(embedder.embed_pixels, pixels[:1], seconds=3)
+    model_cpu = _model_cpu_s_per_image(embedder.embed_pixels, pixels, seconds=3)
 
     with tempfile.TemporaryDirectory(prefix="nearcat-bench-") as tmp:
         server = ServerProcess(
@@ -615,7 +635,11 @@ def bench_serve(
                 f"{clients} concurrent clients, {images_per_call} image(s) per call, "
                 f"for {seconds:.0f} s"
             )
+            assert server.process is not None
+            cpu_before = process_cpu_s(server.process.pid)
             load = _drive(stub, images, clients, seconds, images_per_call)
+            server_cpu = process_cpu_s(server.process.pid) - cpu_before
+            classified = load["images_per_s"] * load["seconds"]
             progress(f"1 client, {latency_calls} calls")
             single = []
             for i in range(latency_calls):
@@ -642,6 +666,12 @@ def bench_serve(
         "model_only_ms_batch1": model_batch1_ms,
         "concurrent": load,
         "e2e_ratio": load["images_per_s"] / model_rate,
+        # The server's own cost, apart from the clients sharing its cores: the model's CPU
+        # time per image over the server process's under the same load (1.0: nothing but
+        # the model; decoding, batching, search, voting and gRPC make up the rest).
+        "model_cpu_ms_per_image": model_cpu * 1000,
+        "server_cpu_ms_per_image": server_cpu / classified * 1000 if classified else None,
+        "server_efficiency": model_cpu * classified / server_cpu if server_cpu else None,
         "batch1": batch1,
         "batch1_p50_over_model_ms": batch1["p50_ms"] - model_batch1_ms,
     }
@@ -655,6 +685,7 @@ def bench_serve(
     print(
         f"model only: {model_rate:.0f} images/s at batch 32, {model_batch1_ms:.1f} ms at batch 1; "
         f"e2e_ratio {result['e2e_ratio']:.2f}; "
+        f"server efficiency {result['server_efficiency'] or float('nan'):.2f}; "
         f"batch-1 p50 is model + {result['batch1_p50_over_model_ms']:.1f} ms"
     )
     return result

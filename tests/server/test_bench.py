@@ -102,6 +102,7 @@ def test_bench_serve(tmp_path: Path, model_artifact: Path, images_per_call: int)
         load["requests"] * images_per_call / load["seconds"]
     )
     assert data["e2e_ratio"] > 0 and data["batch1"]["p50_ms"] > 0
+    assert 0 < data["server_efficiency"] < 2 and data["server_cpu_ms_per_image"] > 0
     assert data["references"] == 9
     assert data["head_categories"] == 0  # 9 references are too few to calibrate on
     assert (data["runtime"], data["device"]) == ("OnnxBackend", "cpu")
