@@ -40,7 +40,7 @@ from indexer.names import case_twin_warning, case_twins, normalise_name
 from indexer.store import Category, LabelledPhoto, NewReference, Reference, Store
 from indexer.taxonomy import path_of
 from indexer.vote import VoteConfig
-from server.serving import Batching, Serving, SwitchGate
+from server.serving import Batching, Serving, SwitchGate, text_cosines
 
 if TYPE_CHECKING:
     from embedder.text import TextTower
@@ -87,7 +87,9 @@ class ZeroShot:
 
 @dataclass(frozen=True)
 class TextSearch:
-    categories: list[ScoredCategory]  # by how well their prompts (or names) match the text
+    # best first: the cosine similarity of the text with their prompts (or name), 1 for a
+    # category one of whose prompts is the text
+    categories: list[ScoredCategory]
     references: list[Hit]  # nearest reference images to the text, when the model can say
     model_version: str
 
@@ -529,8 +531,14 @@ class Catalog:
             matrix = s.text_snapshot(sorted(self._parents))
             if matrix is not None:
                 names, vectors = matrix
-                similarity = vectors @ vector[0]
-                order = np.argsort(-similarity)[:top_n]
+                # A category whose own text is the query (one of its prompts, ignoring case
+                # and spacing) scores what a text scores against itself, 1, and comes first:
+                # its prompts' mean direction alone may be nearer another category's text.
+                similarity = text_cosines(vectors, vector[0])
+                matched = s.text_matches(query, names)
+                exact = np.array([name in matched for name in names], dtype=bool)
+                similarity[exact] = 1.0
+                order = np.lexsort((~exact, -similarity))[:top_n]
                 categories = [
                     ScoredCategory(names[i], float(similarity[i]), self.path(names[i]))
                     for i in order

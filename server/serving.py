@@ -9,6 +9,7 @@ switch; a retired state is closed once the last call using it has finished.
 from __future__ import annotations
 
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ class Serving:
         # others' names (encoded only once text is needed: the text model is big to load).
         self._text_lock = threading.Lock()
         self.prompted: dict[str, np.ndarray] = {}
+        self._prompt_keys: dict[str, frozenset[str]] = {}  # each prompt's `text_key`
         self._names: dict[str, np.ndarray] = {}
         self._text_matrix: tuple[list[str], np.ndarray] | None = None
         # Calls using this state right now, and whether it has been replaced (see Catalog).
@@ -156,7 +158,19 @@ class Serving:
         with self._text_lock:
             for category, vector in zip(categories, vectors, strict=True):
                 self.prompted[category.name] = vector
+                self._prompt_keys[category.name] = frozenset(map(text_key, category.prompts))
             self._text_matrix = None
+
+    def text_matches(self, text: str, names: Sequence[str]) -> set[str]:
+        """Those of `names` whose own text is `text`, ignoring case and spacing: one of its
+        prompts, or, for a category without prompts, its name."""
+        key = text_key(text)
+        with self._text_lock:
+            return {
+                name
+                for name in names
+                if key in self._prompt_keys.get(name, frozenset([text_key(name)]))
+            }
 
     def prompted_names(self) -> set[str]:
         with self._text_lock:
@@ -169,6 +183,7 @@ class Serving:
     def drop_text(self, name: str) -> None:
         with self._text_lock:
             self.prompted.pop(name, None)
+            self._prompt_keys.pop(name, None)
             self._names.pop(name, None)
             self._text_matrix = None
 
@@ -193,6 +208,19 @@ class Serving:
     def close(self) -> None:
         """Stop the model worker once in-flight calls are done."""
         self.batcher.close()
+
+
+def text_key(text: str) -> str:
+    """What two texts that differ only in case, spacing or Unicode form have in common."""
+    return unicodedata.normalize("NFC", " ".join(text.split())).casefold()
+
+
+def text_cosines(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """The cosine similarity of each row of `vectors` with `query`, in [-1, 1]. Text vectors
+    are not all unit length (the packaged tower's are class weightings of length 0.04-0.26):
+    their plain dot product ranks the longest first, not the most alike."""
+    norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(query)
+    return np.asarray((vectors @ query) / np.clip(norms, 1e-12, None), dtype=np.float32)
 
 
 def prompt_ensemble(vectors: np.ndarray) -> np.ndarray:

@@ -69,6 +69,32 @@ def test_a_prompt_weighs_what_the_same_words_weigh_as_a_name(server: ServerProce
         stub.DeleteCategory(pb.DeleteCategoryRequest(name="Kilts"))
 
 
+def test_a_prompt_s_own_text_finds_its_category_first(server: ServerProcess) -> None:
+    """The packaged tower's text vectors are class weightings of different lengths: ranked by
+    their plain dot product, "a skirt" found Dress (a name) before Skirt, whose prompt it is.
+    Scores are cosines; a prompt's own text scores 1 and comes first, even where the mean of
+    the category's prompts is nearer another category's text ("a kilt" and Kilts)."""
+    stub = server.stub()
+    stub.AddCategory(pb.AddCategoryRequest(name="Dress"))  # known by their names alone
+    stub.AddCategory(pb.AddCategoryRequest(name="Kilts"))
+    stub.AddCategory(pb.AddCategoryRequest(name="Skirt", prompts=["a skirt", "a kilt"]))
+    try:
+        for text in ("a skirt", "a kilt", "  A   KILT "):
+            request = pb.SearchByTextRequest(text=text, top_n=10, k=1)
+            found = stub.SearchByText(request).categories
+            assert found[0].category == "Skirt", (text, found)
+            assert found[0].score == pytest.approx(1.0)
+            assert found[1].score < 1.0
+        request = pb.SearchByTextRequest(text="a tartan skirt", top_n=10, k=1)
+        scores = [c.score for c in stub.SearchByText(request).categories]
+        assert scores == sorted(scores, reverse=True)
+        assert all(-1.0 <= score < 1.0 for score in scores)
+        assert scores[0] > 0.5  # a cosine, not a dot product of short vectors (< 0.12)
+    finally:
+        for name in ("Skirt", "Kilts", "Dress"):
+            stub.DeleteCategory(pb.DeleteCategoryRequest(name=name))
+
+
 @pytest.mark.parametrize(
     ("prompts", "message"),
     [([""], "prompt 0 is empty"), (["x" * 301], "the limit is 300"), (["ok"] * 33, "limit is 32")],
