@@ -241,6 +241,23 @@ def test_replicas_share_the_store_and_keep_their_own_data(
     assert len(set(data_volumes)) == len(replicas), "replicas must not share a --data-dir"
 
 
+def test_replicas_share_one_blob_store(
+    services: dict[str, dict[str, Any]], replicas: list[str]
+) -> None:
+    """Reference images are read by every replica (a reindex, GetReferenceImage), and a
+    server refuses a blob store that is not its store's: all must mount the same one."""
+    shared = set()
+    for name in replicas:
+        env = environment(services[name])
+        blob_dir = env.get("NEARCAT_BLOB_URL", "")
+        assert blob_dir.startswith("/"), f"{name}: NEARCAT_BLOB_URL must be a shared directory"
+        assert not blob_dir.startswith(env["NEARCAT_DATA_DIR"]), f"{name}: inside its data dir"
+        mounted = [source for source, target in volumes(services[name]) if target == blob_dir]
+        assert len(mounted) == 1 and named_volume(mounted[0]), f"{name}: {blob_dir} not a volume"
+        shared.add((mounted[0], blob_dir))
+    assert len(shared) == 1, f"replicas mount different blob stores: {shared}"
+
+
 def test_the_store_is_durable(services: dict[str, dict[str, Any]]) -> None:
     """Every acknowledged write is on disk: a reference added is not lost in a crash."""
     command = as_argv(services[STORE]["command"])
