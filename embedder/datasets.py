@@ -6,9 +6,10 @@
 - A CSV with an image-path column and a label column (e.g. the clothing dataset).
 
 Problems (missing files, clashing names) are collected and reported, never raised mid-way,
-so one bad row does not stop a long import. Category names are Unicode NFC, as the server
-stores them: a folder macOS named "Café" (decomposed, "e" and a combining accent) is the
-category "Café" typed on any other keyboard.
+so one bad row does not stop a long import; every file of a tree that is not taken is
+listed with the reason (`Dataset.skipped`), never silently left out. Category names are
+Unicode NFC, as the server stores them: a folder macOS named "Café" (decomposed, "e" and a
+combining accent) is the category "Café" typed on any other keyboard.
 """
 
 from __future__ import annotations
@@ -20,6 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+# Image formats people keep beside their photos that nearcat does not read, for the reason
+# it gives when it skips one.
+OTHER_IMAGE_FORMATS = {
+    ".gif": "GIF",
+    ".avif": "AVIF",
+    ".heic": "HEIC",
+    ".heif": "HEIF",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".bmp": "BMP",
+    ".svg": "SVG",
+    ".jxl": "JPEG XL",
+}
 
 
 @dataclass(frozen=True)
@@ -29,13 +43,21 @@ class LabeledImage:
     group: str | None = None
 
 
+@dataclass(frozen=True)
+class SkippedFile:
+    path: Path
+    reason: str
+
+
 @dataclass
 class Dataset:
-    """Images with their categories, each category's parent, and what could not be used."""
+    """Images with their categories, each category's parent, and what could not be used:
+    problems (a clash, missing rows) and the files of a tree that were not taken."""
 
     images: list[LabeledImage] = field(default_factory=list)
     parents: dict[str, str | None] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
 
     def categories(self) -> list[str]:
         """Every category, parents before their children."""
@@ -65,20 +87,44 @@ def load_folder_tree(root: Path) -> Dataset:
     dataset = Dataset()
     seen_at: dict[str, Path] = {}
     for folder in sorted(p for p in [root, *root.rglob("*")] if p.is_dir()):
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files or folder == root:
-            if files:
-                dataset.problems.append(
-                    f"{len(files)} images directly in {root} have no category folder; skipped"
-                )
+        files = []
+        for path in sorted(p for p in folder.iterdir() if not p.is_dir()):
+            reason = not_an_image(path)
+            if reason is None:
+                files.append(path)
+            else:
+                dataset.skipped.append(SkippedFile(path, reason))
+        if folder == root:
+            where = f"directly in {root}, not in a category folder (e.g. {root / 'Shoes'})"
+            dataset.skipped.extend(SkippedFile(path, where) for path in files)
+            continue
+        if not files:
             continue
         parts = tuple(_nfc(part) for part in folder.relative_to(root).parts)
         clash = _register_path(dataset, root, parts, seen_at)
         if clash:
             dataset.problems.append(clash)
+            reason = f"category name {parts[-1]!r} is used by another folder too (see above)"
+            dataset.skipped.extend(SkippedFile(path, reason) for path in files)
             continue
         dataset.images.extend(LabeledImage(p, parts[-1]) for p in files)
     return dataset
+
+
+def not_an_image(path: Path) -> str | None:
+    """Why a file of a folder tree is not taken as an image, by its name; None if it is.
+    Its content is the server's to judge (a .jpg that is not one is refused, saying so)."""
+    if path.name.startswith("."):
+        return "a hidden file (e.g. .DS_Store, or macOS's ._ copy of a photo's metadata)"
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return None
+    if suffix in OTHER_IMAGE_FORMATS:
+        return (
+            f"{OTHER_IMAGE_FORMATS[suffix]} image: nearcat reads JPEG, PNG and WebP only; "
+            "convert it to add it"
+        )
+    return "not an image nearcat reads: JPEG, PNG and WebP only (.jpg, .jpeg, .png, .webp)"
 
 
 def _register_path(

@@ -238,42 +238,98 @@ def read_file(path: str | Path) -> bytes:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
+    """Every file is accounted for: added, already there, skipped (not an image nearcat
+    reads: listed before the import starts) or failed (unreadable, or refused by the server:
+    listed as it goes, and the exit status is 1)."""
+    import grpc
     from tqdm import tqdm
 
     from server.commands.sources import load_source
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
-    dataset = load_source(args.source, args)
+    dataset = load_source(args.source, args, show_skipped=None)
 
     stub = connect(args)
-    existing = {c.name for c in stub.ListCategories(pb.ListCategoriesRequest()).categories}
-    created = [name for name in dataset.categories() if name not in existing]
-    for name in created:
-        stub.AddCategory(pb.AddCategoryRequest(name=name, parent=dataset.parents[name] or ""))
-    note_case_twins(stub, created, existing | set(created))
-
     counts: Counter[str] = Counter()
     groups = dataset.by_category()
-    with tqdm(total=len(dataset.images), unit="img", desc="importing") as bar:
-        for category, images in groups.items():
-            request = pb.GetCategoryRequest(name=category, include_references=True)
-            stored_ids = {r.id for r in stub.GetCategory(request).references}
-            new = new_images(images, category, stored_ids, counts, bar)
-            for batch in import_batches(new, args.batch_size, IMPORT_BATCH_BYTES):
-                ok, bad = send_references(stub, category, batch)
-                counts["added"] += ok
-                counts["failed"] += len(bad)
-                for path, reason in bad:
-                    tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)
-                bar.update(len(batch))
-    added, skipped, failed = counts["added"], counts["skipped"], counts["failed"]
+    with _resumable(args.server, counts, len(dataset.images)):
+        existing = {c.name for c in stub.ListCategories(pb.ListCategoriesRequest()).categories}
+        created = [name for name in dataset.categories() if name not in existing]
+        for name in created:
+            request = pb.AddCategoryRequest(name=name, parent=dataset.parents[name] or "")
+            stub.AddCategory(request)
+        note_case_twins(stub, created, existing | set(created))
+        with tqdm(total=len(dataset.images), unit="img", desc="importing") as bar:
+            for category, images in groups.items():
+                request = pb.GetCategoryRequest(name=category, include_references=True)
+                stored_ids = {r.id for r in stub.GetCategory(request).references}
+                new = new_images(images, category, stored_ids, counts, bar)
+                for batch in import_batches(new, args.batch_size, IMPORT_BATCH_BYTES):
+                    ok, bad = send_references(stub, category, batch)
+                    counts["added"] += ok
+                    counts["failed"] += len(bad)
+                    for path, reason in bad:
+                        tqdm.write(f"failed {path}: {reason}", file=sys.stderr)
+                    bar.update(len(batch))
+    added, stored, failed = counts["added"], counts["stored"], counts["failed"]
+    skipped = f"{len(dataset.skipped)} skipped (listed above), " if dataset.skipped else ""
     print(
         f"imported {added} new references into {len(groups)} categories; "
-        f"{skipped} already there, {failed} failed"
+        f"{stored} already there, {skipped}{failed} failed"
     )
     if args.calibrate and added:
         grouped = any(image.group is not None for image in dataset.images)
-        calibrate(stub, GROUP_METADATA if grouped else "")
+        try:
+            calibrate(stub, GROUP_METADATA if grouped else "")
+        except grpc.RpcError as exc:
+            stopped = stopped_answering(exc, args.server)
+            if stopped is None:
+                raise
+            raise CommandError(
+                f"the images are stored, but {stopped} before calibrating: once it answers "
+                "again, run `nearcat calibrate`"
+            ) from None
+    if failed:
+        print(
+            f"nearcat: {failed} file{'s' if failed != 1 else ''} could not be added (listed "
+            "above as failed): fix or remove them, then run the same command again; images "
+            "already stored are skipped",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+
+
+def stopped_answering(exc: Any, server: str) -> str | None:
+    """What happened, for a person, when a call failed because the server went away (or
+    lost its store) or did not answer in time; None for any other failure."""
+    import grpc
+
+    code = exc.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"the server at {server} went away or lost its store (UNAVAILABLE: {exc.details()})"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"the server at {server} did not answer in time (DEADLINE_EXCEEDED: {exc.details()})"
+    return None
+
+
+@contextmanager
+def _resumable(server: str, counts: Counter[str], total: int) -> Iterator[None]:
+    """Around an import's calls: a server that stops answering part-way ends the import with
+    how far it got and how to go on (re-running resumes: what is stored is skipped)."""
+    import grpc
+
+    try:
+        yield
+    except grpc.RpcError as exc:
+        stopped = stopped_answering(exc, server)
+        if stopped is None:
+            raise
+        done = counts["added"] + counts["stored"] + counts["failed"]
+        raise CommandError(
+            f"{stopped} after {done} of {total} images ({counts['added']} added): once "
+            "it answers again, run the same command again: images already stored are "
+            "skipped, so the import resumes where it stopped"
+        ) from None
 
 
 def calibrate(stub: Any, group_by: str) -> None:
@@ -446,7 +502,7 @@ def new_images(
     bar: Any,
 ) -> Iterator[tuple[LabeledImage, bytes]]:
     """The images not stored yet, with their bytes. An unreadable file is reported and
-    skipped (a long import goes on); one already stored is counted and skipped."""
+    counted as failed (a long import goes on); one already stored is counted and skipped."""
     from tqdm import tqdm
 
     from indexer.ids import image_sha256, reference_id
@@ -455,12 +511,12 @@ def new_images(
         try:
             data = image.path.read_bytes()
         except OSError as exc:
-            tqdm.write(f"skipped {image.path}: cannot read it ({exc.strerror})", sys.stderr)
+            tqdm.write(f"failed {image.path}: cannot read it ({exc.strerror})", sys.stderr)
             counts["failed"] += 1
             bar.update(1)
             continue
         if reference_id(category, image_sha256(data)) in stored_ids:
-            counts["skipped"] += 1
+            counts["stored"] += 1
             bar.update(1)
             continue
         yield image, data
@@ -914,7 +970,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Add reference images to a running server. SOURCE is a folder whose image-holding "
         "folders are categories (their ancestor folders become parent categories), or a CSV "
         "with an image-path column and a label column. Categories are created as needed; "
-        "images already stored are skipped, so re-running is safe.",
+        "images already stored are skipped, so re-running is safe, and resumes an import the "
+        "server broke off. Files that are not images nearcat reads (JPEG, PNG, WebP) are "
+        "listed with the reason and skipped; one that cannot be read or that the server "
+        "refuses is listed too and makes the exit status 1.",
     )
     imp.add_argument("source", type=Path, metavar="SOURCE", help="folder tree or .csv file")
     add_csv_arguments(imp)

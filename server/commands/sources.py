@@ -34,8 +34,12 @@ def add_csv_arguments(parser: Any) -> None:
     )
 
 
-def load_source(source: Path, args: argparse.Namespace, flag: str = "") -> Dataset:
-    """The labelled images of a folder tree or CSV; problems are printed as warnings."""
+def load_source(
+    source: Path, args: argparse.Namespace, flag: str = "", show_skipped: int | None = 5
+) -> Dataset:
+    """The labelled images of a folder tree or CSV; problems are printed as warnings, then
+    the files left out (not images nearcat reads, ...) with the reason: the first
+    `show_skipped` and their count, or all of them (None)."""
     from embedder.datasets import load_dataset
     from server.commands import CommandError
 
@@ -53,6 +57,11 @@ def load_source(source: Path, args: argparse.Namespace, flag: str = "") -> Datas
         raise CommandError(f"{where}: {exc}") from exc
     for problem in dataset.problems:
         print(f"warning: {problem}", file=sys.stderr)
+    shown = dataset.skipped if show_skipped is None else dataset.skipped[:show_skipped]
+    for skipped in shown:
+        print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    if len(shown) < len(dataset.skipped):
+        print(f"... {len(dataset.skipped)} files of {where} skipped in all", file=sys.stderr)
     if not dataset.images:
         raise CommandError(f"{where}: no images found")
     return dataset

@@ -36,6 +36,12 @@ def test_leaf_folders_are_categories_and_ancestors_are_parents(tmp_path: Path) -
         ("3.webp", "Pear"),
     }
     assert dataset.problems == []
+    assert [(s.path.name, s.reason) for s in dataset.skipped] == [
+        (
+            "notes.txt",
+            "not an image nearcat reads: JPEG, PNG and WebP only (.jpg, .jpeg, .png, .webp)",
+        )
+    ]
 
 
 def test_category_names_are_nfc_however_the_file_system_spells_them(tmp_path: Path) -> None:
@@ -48,6 +54,34 @@ def test_category_names_are_nfc_however_the_file_system_spells_them(tmp_path: Pa
     assert [i.category for i in dataset.images] == ["Caf\u00e9"]
 
 
+def test_every_file_left_out_is_listed_with_the_reason(tmp_path: Path) -> None:
+    """Nothing is silently ignored: an import says what it left out and why."""
+    for name in ("1.jpg", "2.JPEG", "3.gif", "4.avif", "5.heic", "notes.txt", ".DS_Store"):
+        touch(tmp_path / "Shoes" / name)
+    touch(tmp_path / "Shoes" / "._1.jpg")  # macOS's metadata beside a photo: not a JPEG
+    touch(tmp_path / "Hats" / "only.tiff")  # a folder of nothing readable is no category
+    dataset = load_folder_tree(tmp_path)
+    assert sorted(i.path.name for i in dataset.images) == ["1.jpg", "2.JPEG"]
+    assert list(dataset.parents) == ["Shoes"]
+    reasons = {s.path.name: s.reason for s in dataset.skipped}
+    assert sorted(reasons) == [
+        ".DS_Store",
+        "._1.jpg",
+        "3.gif",
+        "4.avif",
+        "5.heic",
+        "notes.txt",
+        "only.tiff",
+    ]
+    assert reasons["3.gif"] == (
+        "GIF image: nearcat reads JPEG, PNG and WebP only; convert it to add it"
+    )
+    assert reasons["4.avif"].startswith("AVIF image") and reasons["5.heic"].startswith("HEIC")
+    assert reasons["only.tiff"].startswith("TIFF image")
+    assert reasons["notes.txt"].startswith("not an image nearcat reads")
+    assert reasons["._1.jpg"].startswith("a hidden file")
+
+
 def test_clashing_folder_names_are_reported_and_skipped(tmp_path: Path) -> None:
     touch(tmp_path / "Men/Shirts/1.jpg")
     touch(tmp_path / "Women/Shirts/2.jpg")
@@ -55,7 +89,10 @@ def test_clashing_folder_names_are_reported_and_skipped(tmp_path: Path) -> None:
     dataset = load_folder_tree(tmp_path)
     assert [i.path.name for i in dataset.images] == ["1.jpg"]
     assert any("'Shirts' is used by both" in p for p in dataset.problems)
-    assert any("no category folder" in p for p in dataset.problems)
+    assert {(s.path.name, s.reason.split(",")[0]) for s in dataset.skipped} == {
+        ("2.jpg", "category name 'Shirts' is used by another folder too (see above)"),
+        ("loose.jpg", f"directly in {tmp_path}"),
+    }
 
 
 def test_csv_with_template_group_exclusions_and_missing_files(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -88,15 +89,36 @@ def test_import_a_folder_tree_then_classify(server: ServerProcess, tmp_path: Pat
         folder.mkdir(parents=True)
         for seed in range(5):
             (folder / f"{seed}.jpg").write_bytes(make_image(kind, seed))
-    (tree / "Patterns" / "dots" / "broken.jpg").write_bytes(b"not a jpeg")
+    broken = tree / "Patterns" / "dots" / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    # Files that are not images nearcat reads are skipped, each named with the reason.
+    (tree / "Patterns" / "dots" / "anim.gif").write_bytes(b"GIF89a...")
+    (tree / "Patterns" / "dots" / "photo.avif").write_bytes(b"\0\0\0\x1cftypavif")
+    (tree / "Patterns" / "notes.txt").write_text("where these came from")
+    (tree / "Patterns" / "stripes" / ".DS_Store").write_bytes(b"\0")
 
-    first = nearcat("import", str(tree), "--server", server.address, "--batch-size", "4")
+    args = ("--server", server.address)
+    first = nearcat("import", str(tree), *args, "--batch-size", "4", check=False)
     assert "imported 15 new references" in first.stdout
-    assert "1 failed" in first.stdout and "broken.jpg" in first.stderr
+    assert "4 skipped (listed above), 1 failed" in first.stdout
+    for name, reason in [
+        ("anim.gif", "GIF image: nearcat reads JPEG, PNG and WebP only"),
+        ("photo.avif", "AVIF image: nearcat reads JPEG, PNG and WebP only"),
+        ("notes.txt", "not an image nearcat reads"),
+        (".DS_Store", "a hidden file"),
+    ]:
+        assert f"{name}: {reason}" in first.stderr
+    assert f"failed {broken}: " in first.stderr and "not an image" in first.stderr
+    # A failure is an error: exit status 1 and what to do, after the import finished.
+    assert first.returncode == 1
+    assert "1 file could not be added" in first.stderr
+    assert "run the same command again" in first.stderr
     # 15 references are too few to calibrate on; import says so and carries on
     assert "not calibrated: " in first.stderr and "too few to calibrate on" in first.stderr
-    again = nearcat("import", str(tree), "--server", server.address)
+    broken.unlink()
+    again = nearcat("import", str(tree), *args)
     assert "imported 0 new references" in again.stdout and "15 already there" in again.stdout
+    assert again.returncode == 0
 
     listed = [
         json.loads(line)
@@ -136,6 +158,53 @@ def test_a_category_whose_name_differs_only_in_case_gets_a_note(server: ServerPr
     assert "note: category 'straw Hats' differs only in case from 'Straw hats'" in twin.stderr
     for name in ("Straw hats", "straw Hats"):
         nearcat("delete-category", name, "--yes", "--server", server.address)
+
+
+def test_an_import_cut_short_by_the_server_says_rerunning_resumes(
+    tmp_path: Path, model_artifact: Path
+) -> None:
+    tree = tmp_path / "photos"
+    (tree / "dots").mkdir(parents=True)
+    for seed in range(60):
+        (tree / "dots" / f"{seed}.jpg").write_bytes(make_image("dots", seed))
+    data_dir = tmp_path / "data"
+    server = ServerProcess(data_dir, model_artifact).start()
+    importer = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "import", str(tree), "--batch-size", "1"]
+        + ["--no-calibrate", "--server", server.address],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stub = server.stub()
+        stored = 0
+        while stored < 3 and importer.poll() is None:
+            stored = stub.GetStatus(pb.GetStatusRequest()).index_size
+            time.sleep(0.01)
+        server.kill()
+        out, err = importer.communicate(timeout=120)
+    finally:
+        if importer.poll() is None:
+            importer.kill()
+    assert 0 < stored < 60, "the import was not caught in the middle"
+    assert importer.returncode == 2, out + err
+    assert f"the server at {server.address} went away or lost its store (UNAVAILABLE" in err
+    assert "of 60 images" in err
+    assert "run the same command again: images already stored are skipped" in err
+
+    server = ServerProcess(data_dir, model_artifact).start()
+    try:
+        rerun = nearcat("import", str(tree), "--no-calibrate", "--server", server.address)
+        assert server.stub().GetStatus(pb.GetStatusRequest()).index_size == 60
+    finally:
+        server.stop()
+    counts = re.search(r"imported (\d+) new references .*; (\d+) already there", rerun.stdout)
+    assert counts is not None, rerun.stdout
+    added, already = int(counts[1]), int(counts[2])
+    assert added + already == 60 and already >= stored  # what was stored is not sent again
+    assert "0 failed" in rerun.stdout
 
 
 def test_classify_reports_a_bad_file_and_exits_1(server: ServerProcess, tmp_path: Path) -> None:
