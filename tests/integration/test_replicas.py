@@ -145,3 +145,43 @@ def test_a_model_switch_on_one_server_switches_the_other(
     eventually(lambda: b.GetStatus(pb.GetStatusRequest()).model_version == started.target_version)
     assert top(b, make_image("dots", 5)) == "late"
     assert b.GetStatus(pb.GetStatusRequest()).embedding_dim == 256
+    # And back: a rollback through B is what A serves.
+    b.Rollback(pb.RollbackRequest())
+    eventually(lambda: a.GetStatus(pb.GetStatusRequest()).model_version != started.target_version)
+    assert a.GetStatus(pb.GetStatusRequest()).embedding_dim != 256
+
+
+def test_a_third_replica_answers_alike_and_a_killed_one_catches_up(
+    pair: tuple[ServerProcess, ServerProcess], model_artifact: Path
+) -> None:
+    first, second = pair
+    socket = first.data_dir / "valkey" / "valkey.sock"
+    third = ServerProcess(
+        first.data_dir.parent / "c", model_artifact, ["--redis-url", f"unix://{socket}"]
+    ).start()
+    try:
+        a, c = first.stub(), third.stub()
+        refs = [pb.ReferenceImage(image=make_image("checkers", s)) for s in (40, 41)]
+        a.AddCategory(pb.AddCategoryRequest(name="grid", references=refs))
+        assert eventually(lambda: top(c, make_image("checkers", 40)) == "grid") < IN_STEP_S
+        third.kill()  # kill -9: it hears nothing of what follows
+        refs = [pb.ReferenceImage(image=make_image("stripes", s)) for s in (50, 51)]
+        a.AddCategory(pb.AddCategoryRequest(name="lines", references=refs))
+        third = ServerProcess(third.data_dir, model_artifact, third.extra_args).start()
+        c = third.stub()
+        assert top(c, make_image("stripes", 50)) == "lines"
+        # All three answer the same photos the same way.
+        for seed in range(3):
+            for kind in ("stripes", "checkers", "dots"):
+                answers = {
+                    (r.categories[0].category, r.decision, round(r.confidence, 4))
+                    for r in (
+                        s.Classify(
+                            pb.ClassifyRequest(image=make_image(kind, 200 + seed), skip_review=True)
+                        ).classification
+                        for s in (a, second.stub(), c)
+                    )
+                }
+                assert len(answers) == 1, (kind, seed, answers)
+    finally:
+        assert third.stop() == 0, third.log()
