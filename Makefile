@@ -11,7 +11,7 @@ setup: $(STAMP)  ## create .venv and install nearcat with its dev tools
 # Re-installs only when pyproject.toml changes, so `make setup` is cheap to re-run.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,ray]'
 	touch $(STAMP)
 
 # The console's browser tests drive Debian's chromium (Playwright's own downloads are not used).

@@ -253,6 +253,8 @@ def build_catalog(
             settings.reindex_batch,
             settings.reindex_validation_examples,
             settings.reindex_group_by,
+            settings.runtime,
+            settings.device,
         ),
     )
     try:

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -58,6 +58,13 @@ EMBED_BATCH = 32
 # Labelled traffic from which it, rather than the references, calibrates: below this many
 # photos a person labelled, the grouped leave-one-out over thousands of references says more.
 MIN_LABELLED = 100
+
+# What embeds stored references (id, category) for a serving state, `batch_size` at a time:
+# yields each batch's (reference ids, vectors), in any order, leaving out references removed
+# meanwhile; `Catalog.fill` stores and indexes each batch before it asks for the next. The
+# catalogue's own model worker by default (`Catalog.embed_here`); server.ray_engine on Ray.
+Batches = Generator[tuple[list[str], np.ndarray], None, None]
+EmbedEngine = Callable[["Serving", Sequence[tuple[str, str]], int], Batches]
 
 
 @dataclass(frozen=True)
@@ -310,19 +317,42 @@ class Catalog:
 
     def _embed_stored(self, serving: Serving, references: Sequence[tuple[str, str]]) -> int:
         """Embed stored references (id, category) from their stored images, store the vectors
-        and index them; returns how many. One removed meanwhile (its image gone) is skipped:
-        a reindex runs beside live writes and must not fail on a deletion."""
-        images = {i: self.store.get_image(i) for i, _ in references}
-        present = [(i, category) for i, category in references if images[i] is not None]
-        if not present:
-            return 0
-        ids = [i for i, _ in present]
-        vectors, _ = serving.embed(
-            [images[i] or b"" for i in ids], [f"stored reference {i}" for i in ids]
+        and index them; returns how many."""
+        category_of = dict(references)
+        return sum(
+            self._keep_embedded(serving, ids, vectors, category_of)
+            for ids, vectors in self.embed_here(serving, references, max(len(references), 1))
         )
+
+    def embed_here(
+        self, serving: Serving, references: Sequence[tuple[str, str]], batch_size: int
+    ) -> Batches:
+        """The in-process engine (see `EmbedEngine`): the stored images through `serving`'s
+        model worker. One removed meanwhile (its image gone) is left out: a reindex runs
+        beside live writes and must not fail on a deletion."""
+        for start in range(0, len(references), batch_size):
+            chunk = references[start : start + batch_size]
+            images = {i: self.store.get_image(i) for i, _ in chunk}
+            ids = [i for i, _ in chunk if images[i] is not None]
+            if ids:
+                vectors, _ = serving.embed(
+                    [images[i] or b"" for i in ids], [f"stored reference {i}" for i in ids]
+                )
+                yield ids, vectors
+
+    def _keep_embedded(
+        self,
+        serving: Serving,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        category_of: Mapping[str, str],
+    ) -> int:
+        """Store one batch of `serving`'s vectors and index those still stored (one removed
+        meanwhile is not); returns how many."""
         stored = set(self.store.put_vectors(serving.version, dict(zip(ids, vectors, strict=True))))
-        kept = [n for n, i in enumerate(ids) if i in stored]  # removed since: not indexed
-        serving.index.add([ids[n] for n in kept], [present[n][1] for n in kept], vectors[kept])
+        kept = [n for n, i in enumerate(ids) if i in stored]
+        categories = [category_of[ids[n]] for n in kept]
+        serving.index.add([ids[n] for n in kept], categories, vectors[kept])
         return len(kept)
 
     # -- start-up ------------------------------------------------------------------------
@@ -361,11 +391,13 @@ class Catalog:
         on_progress: Callable[[int, int], None] | None = None,
         batch_size: int = EMBED_BATCH,
         stop: threading.Event | None = None,
+        engine: EmbedEngine | None = None,
     ) -> tuple[int, int]:
         """Build `serving.index` from the store: load every stored vector of its version and
         embed, in batches, the references that have none (each batch stored before the next,
-        so an interrupted fill resumes where it stopped). Tells `on_progress(done, total)`
-        after each batch; returns (vectors loaded, references embedded)."""
+        so an interrupted fill resumes where it stopped), with `engine` (default: in
+        process). Tells `on_progress(done, total)` after each batch; returns (vectors
+        loaded, references embedded)."""
         version = serving.version
         ids: list[str] = []
         categories: list[str] = []
@@ -387,13 +419,19 @@ class Catalog:
         if on_progress is not None:
             on_progress(len(ids), total)
         embedded = 0
-        for start in range(0, len(missing), batch_size):
-            if stop is not None and stop.is_set():
-                break
-            chunk = missing[start : start + batch_size]
-            embedded += self._embed_stored(serving, [(r.id, r.category) for r in chunk])
-            if on_progress is not None:
-                on_progress(len(ids) + embedded, total)
+        todo = [(r.id, r.category) for r in missing]
+        category_of = dict(todo)
+        batches = (engine or self.embed_here)(serving, todo, batch_size)
+        try:
+            while stop is None or not stop.is_set():
+                result = next(batches, None)
+                if result is None:
+                    break
+                embedded += self._keep_embedded(serving, *result, category_of)
+                if on_progress is not None:
+                    on_progress(len(ids) + embedded, total)
+        finally:
+            batches.close()  # a stopped engine lets go of what it holds (a Ray cluster)
         # A fill that embedded most of its vectors began as a flat index over the few stored
         # ones (none, in a fresh reindex); give it the kind its size calls for.
         serving.index = serving.index.resized()

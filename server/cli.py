@@ -841,9 +841,19 @@ def cmd_reindex(args: argparse.Namespace) -> None:
         return
     if not args.model:
         raise CommandError("give --model NEW (or --status to see the last reindex)")
-    request = pb.ReindexRequest(model=args.model, skip_validation=args.no_validate)
+    request = pb.ReindexRequest(
+        model=args.model,
+        skip_validation=args.no_validate,
+        engine=args.engine or "",
+        ray_address=args.ray_address or "",
+        ray_workers=args.ray_workers or 0,
+    )
     if args.max_accuracy_drop is not None:
         request.max_accuracy_drop = args.max_accuracy_drop
+    if args.ray_cpus_per_worker is not None:
+        request.ray_cpus_per_worker = args.ray_cpus_per_worker
+    if args.ray_gpus_per_worker is not None:
+        request.ray_gpus_per_worker = args.ray_gpus_per_worker
     if args.metrics:
         try:
             request.metrics_json = read_file(args.metrics).decode()
@@ -898,6 +908,7 @@ def describe_reindex(status: Any) -> str:
         f"{'rollback' if status.rollback else 'reindex'} to {status.target_version}: {state} "
         f"({status.done} of {status.total} references"
         + (f", resumed at {status.resumed_from}" if status.resumed_from else "")
+        + (f", embedded on {status.engine}" if status.engine not in ("", "in-process") else "")
         + ")",
         f"  serving {status.active_version}",
     ]
@@ -1190,6 +1201,39 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help="a JSON file (e.g. from `nearcat eval --json`) kept with the version in the "
         "server's model registry",
+    )
+    reindex.add_argument(
+        "--engine",
+        choices=["in-process", "ray"],
+        help="what embeds the references: in-process (the default: the server's own model "
+        "worker) or ray (model workers on a Ray cluster; the server needs "
+        "`pip install 'nearcat[ray]'`; docs/ray.md)",
+    )
+    reindex.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="with --engine ray: the cluster, HOST:PORT or ray://HOST:PORT, 'auto' (one "
+        "running on the server's machine) or 'local' (start one there); default: "
+        "RAY_ADDRESS on the server, else one running there, else a new one there",
+    )
+    reindex.add_argument(
+        "--ray-workers",
+        type=int,
+        metavar="N",
+        help="with --engine ray: model workers, each loading the model once (default 2)",
+    )
+    reindex.add_argument(
+        "--ray-cpus-per-worker",
+        type=float,
+        metavar="C",
+        help="with --engine ray: CPUs each worker reserves and runs the model on (default 1)",
+    )
+    reindex.add_argument(
+        "--ray-gpus-per-worker",
+        type=float,
+        metavar="G",
+        help="with --engine ray: GPUs each worker reserves, fractions share one; above 0 the "
+        "model runs on the GPU (default: 1 when the server runs with --device cuda, else 0)",
     )
     reindex.add_argument("--no-wait", dest="wait", action="store_false", help="start it and return")
     reindex.add_argument(

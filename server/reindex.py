@@ -6,6 +6,10 @@ vectors are stored (`vec:<version>`) before the next is embedded; so a server ki
 a reindex resumes it on its next start, embedding only references still without a vector of
 the new version. Classification never waits for it: it runs beside the serving state with a
 model worker of its own (server.serving), and the catalogue swaps the two in one step.
+
+What embeds the references is the job's engine: that model worker, in the server's process
+(the default), or model workers on a Ray cluster (server.ray_engine); either way the
+server stores each batch, validates and switches, and a resumed job keeps its engine.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from embedder.registry import ModelRegistry
 from indexer.calibration import Bound, Calibration, LabelledExample, fit_calibration
 from indexer.errors import FailedPrecondition, InvalidArgument, NearcatError
 from indexer.head import ConfidenceHead
+from server.ray_engine import RayEngine, RayOptions, require_ray
 
 if TYPE_CHECKING:
     from embedder import Embedder
@@ -47,6 +52,9 @@ class ReindexState(StrEnum):
 
 UNFINISHED = (ReindexState.RUNNING, ReindexState.VALIDATING)
 
+IN_PROCESS = "in-process"  # the engines a reindex can run on (ReindexRequest.engine)
+RAY = "ray"
+
 
 @dataclass(frozen=True)
 class ReindexConfig:
@@ -54,6 +62,8 @@ class ReindexConfig:
     batch_size: int = 32  # references embedded (and stored) per step
     validation_examples: int = 2000  # references sampled for a leave-one-shoot-out check
     group_by: str = "group"  # metadata key whose references must not vote for each other
+    runtime: str = "auto"  # the server's --runtime and --device: Ray workers run the model
+    device: str = "auto"  # as the server would (GPU workers by default on a cuda server)
 
 
 @dataclass
@@ -78,6 +88,11 @@ class ReindexJob:
     # The model as it was asked for (an artifact directory or a registered name): what
     # another replica registers to follow the switch.
     source: str = ""
+    ray: RayOptions | None = None  # embedded on Ray with these (resolved) options
+
+    @property
+    def engine(self) -> str:
+        return RAY if self.ray is not None else IN_PROCESS
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "state": self.state.value}
@@ -87,6 +102,8 @@ class ReindexJob:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["state"] = ReindexState(values.get("state", "failed"))
+        if isinstance(values.get("ray"), dict):
+            values["ray"] = RayOptions(**values["ray"])
         return cls(**values)
 
     @property
@@ -124,14 +141,17 @@ class Reindexer:
         metrics: dict[str, Any] | None = None,
         max_accuracy_drop: float | None = None,
         validate: bool = True,
+        engine: str = IN_PROCESS,
+        ray: RayOptions | None = None,
     ) -> ReindexJob:
         """Begin re-embedding every reference with `model` (an artifact directory on the
-        server, a registered model name, or a version in the registry)."""
+        server, a registered model name, or a version in the registry), on `engine`."""
         if not model:
             raise InvalidArgument("no model given: pass an artifact directory or a model name")
         drop = self.config.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop
         if not 0 <= drop <= 1:
             raise InvalidArgument(f"max_accuracy_drop must be between 0 and 1, got {drop}")
+        on_ray = self._ray_options(engine, ray)
         with self._lock:
             self._refuse_if_running()  # at once, before copying or building anything
         # Outside the lock: registering may copy an artifact or build a named model, and
@@ -143,7 +163,12 @@ class Reindexer:
             if version == current:
                 raise FailedPrecondition(f"model {version} is already the one served")
             job = ReindexJob(
-                version, current, validate=validate, max_accuracy_drop=drop, source=model
+                version,
+                current,
+                validate=validate,
+                max_accuracy_drop=drop,
+                source=model,
+                ray=on_ray,
             )
             self._launch(job)
             return job
@@ -208,7 +233,13 @@ class Reindexer:
             job.state = ReindexState.DONE
             self.store.put_reindex(job.to_json())
             return
-        log.info("resuming the reindex to %s (%d of %d done)", job.target, job.done, job.total)
+        log.info(
+            "resuming the reindex to %s (%d of %d done, %s)",
+            job.target,
+            job.done,
+            job.total,
+            job.engine,
+        )
         job.state = ReindexState.RUNNING
         with self._lock:
             self._launch(job)
@@ -220,6 +251,23 @@ class Reindexer:
             self._thread.join()
 
     # -- the job -------------------------------------------------------------------------
+
+    def _ray_options(self, engine: str, ray: RayOptions | None) -> RayOptions | None:
+        """The Ray options a job runs with, None for the in-process engine; refused at once
+        when they cannot be used (an unknown engine, Ray options without Ray, no Ray)."""
+        if engine in ("", IN_PROCESS):
+            if ray is not None and ray != RayOptions():
+                raise InvalidArgument(
+                    "ray_address, ray_workers, ray_cpus_per_worker and ray_gpus_per_worker "
+                    f"are for engine {RAY!r} only: add --engine {RAY}"
+                )
+            return None
+        if engine != RAY:
+            raise InvalidArgument(
+                f"unknown reindex engine {engine!r}: give {IN_PROCESS!r} (the default) or {RAY!r}"
+            )
+        require_ray()
+        return (ray or RayOptions()).resolved(self.config.device)
 
     def _refuse_if_running(self) -> None:
         job = self._job
@@ -309,7 +357,11 @@ class Reindexer:
             job.done, job.total = done, total
             self._save(job)
 
-        self.catalog.fill(pending, progress, self.config.batch_size, self._stop)
+        engine = None
+        if job.ray is not None:
+            artifact = self.registry.get(job.target).path
+            engine = RayEngine(job.ray, artifact, self.config.runtime, self.store, self._stop)
+        self.catalog.fill(pending, progress, self.config.batch_size, self._stop, engine)
         if not self._stop.is_set():
             self.catalog.embed_labelled(pending)
 

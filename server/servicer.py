@@ -30,6 +30,7 @@ from server.call_context import CLIENT_NAME, CLIENT_ROLE, REQUEST_ID
 from server.catalog import AddResult, Catalog, Prediction, ReferenceInput, ScoredCategory
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 from server.proto.nearcat.v1 import nearcat_pb2_grpc as pb_grpc
+from server.ray_engine import RayOptions
 from server.reindex import Reindexer, ReindexJob, ReindexState
 from server.review import Caller, Offered, Reviews, ReviewStats
 
@@ -201,6 +202,7 @@ def _reindex_status(job: ReindexJob | None, active: str) -> pb.ReindexStatus:
         validation_examples=job.validation_examples,
         max_accuracy_drop=job.max_accuracy_drop,
         rollback=job.rollback,
+        engine=job.engine,
     )
 
 
@@ -457,6 +459,13 @@ class NearcatServicer(pb_grpc.NearcatServicer):
             metrics,
             request.max_accuracy_drop if request.HasField("max_accuracy_drop") else None,
             validate=not request.skip_validation,
+            engine=request.engine,
+            ray=RayOptions(
+                request.ray_address,
+                request.ray_workers,
+                request.ray_cpus_per_worker if request.HasField("ray_cpus_per_worker") else None,
+                request.ray_gpus_per_worker if request.HasField("ray_gpus_per_worker") else None,
+            ),
         )
         return _reindex_status(job, self.catalog.serving.version)
 

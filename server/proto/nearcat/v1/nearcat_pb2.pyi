@@ -554,16 +554,26 @@ class DriftStatus(_message.Message):
     def __init__(self, window: _Optional[int] = ..., baseline_size: _Optional[int] = ..., recent_size: _Optional[int] = ..., ready: _Optional[bool] = ..., category_psi: _Optional[float] = ..., confidence_psi: _Optional[float] = ...) -> None: ...
 
 class ReindexRequest(_message.Message):
-    __slots__ = ("model", "max_accuracy_drop", "skip_validation", "metrics_json")
+    __slots__ = ("model", "max_accuracy_drop", "skip_validation", "metrics_json", "engine", "ray_address", "ray_workers", "ray_cpus_per_worker", "ray_gpus_per_worker")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MAX_ACCURACY_DROP_FIELD_NUMBER: _ClassVar[int]
     SKIP_VALIDATION_FIELD_NUMBER: _ClassVar[int]
     METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    RAY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RAY_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    RAY_CPUS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
+    RAY_GPUS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
     model: str
     max_accuracy_drop: float
     skip_validation: bool
     metrics_json: str
-    def __init__(self, model: _Optional[str] = ..., max_accuracy_drop: _Optional[float] = ..., skip_validation: _Optional[bool] = ..., metrics_json: _Optional[str] = ...) -> None: ...
+    engine: str
+    ray_address: str
+    ray_workers: int
+    ray_cpus_per_worker: float
+    ray_gpus_per_worker: float
+    def __init__(self, model: _Optional[str] = ..., max_accuracy_drop: _Optional[float] = ..., skip_validation: _Optional[bool] = ..., metrics_json: _Optional[str] = ..., engine: _Optional[str] = ..., ray_address: _Optional[str] = ..., ray_workers: _Optional[int] = ..., ray_cpus_per_worker: _Optional[float] = ..., ray_gpus_per_worker: _Optional[float] = ...) -> None: ...
 
 class GetReindexStatusRequest(_message.Message):
     __slots__ = ()
@@ -574,7 +584,7 @@ class RollbackRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReindexStatus(_message.Message):
-    __slots__ = ("state", "target_version", "previous_version", "active_version", "done", "total", "resumed_from", "started_at_ms", "finished_at_ms", "message", "validated", "accuracy_before", "accuracy_after", "validation_examples", "max_accuracy_drop", "rollback")
+    __slots__ = ("state", "target_version", "previous_version", "active_version", "done", "total", "resumed_from", "started_at_ms", "finished_at_ms", "message", "validated", "accuracy_before", "accuracy_after", "validation_examples", "max_accuracy_drop", "rollback", "engine")
     STATE_FIELD_NUMBER: _ClassVar[int]
     TARGET_VERSION_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -591,6 +601,7 @@ class ReindexStatus(_message.Message):
     VALIDATION_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     MAX_ACCURACY_DROP_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
     state: ReindexState
     target_version: str
     previous_version: str
@@ -607,7 +618,8 @@ class ReindexStatus(_message.Message):
     validation_examples: int
     max_accuracy_drop: float
     rollback: bool
-    def __init__(self, state: _Optional[_Union[ReindexState, str]] = ..., target_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., active_version: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., resumed_from: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., message: _Optional[str] = ..., validated: _Optional[bool] = ..., accuracy_before: _Optional[float] = ..., accuracy_after: _Optional[float] = ..., validation_examples: _Optional[int] = ..., max_accuracy_drop: _Optional[float] = ..., rollback: _Optional[bool] = ...) -> None: ...
+    engine: str
+    def __init__(self, state: _Optional[_Union[ReindexState, str]] = ..., target_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., active_version: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., resumed_from: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., message: _Optional[str] = ..., validated: _Optional[bool] = ..., accuracy_before: _Optional[float] = ..., accuracy_after: _Optional[float] = ..., validation_examples: _Optional[int] = ..., max_accuracy_drop: _Optional[float] = ..., rollback: _Optional[bool] = ..., engine: _Optional[str] = ...) -> None: ...
 
 class UpdateCategoryRequest(_message.Message):
     __slots__ = ("name", "new_name", "parent", "set_prompts", "prompts", "set_metadata", "metadata")
