@@ -18,13 +18,16 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from server.commands import CommandError
+from server.message_limit import CLIENT_MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from embedder.datasets import LabeledImage
     from server.settings import Settings
+
+Item = TypeVar("Item")
 
 # Modules under server/commands/ that add their own subcommands (train, eval, export, ...).
 COMMAND_MODULES: list[str] = [
@@ -35,7 +38,10 @@ COMMAND_MODULES: list[str] = [
 ]
 
 DEFAULT_SERVER = os.environ.get("NEARCAT_SERVER", "127.0.0.1:50051")
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# What one message to or from the server may hold at most, here; the server has its own
+# limit on what it receives (--max-message-bytes, 64 MiB by default), and a request over it
+# gets advice on splitting it (server.message_limit).
+MAX_MESSAGE_BYTES = CLIENT_MAX_MESSAGE_BYTES
 IMPORT_BATCH = 16
 # Bytes of images per AddReferences call: well under the message limit, whatever the photos.
 IMPORT_BATCH_BYTES = MAX_MESSAGE_BYTES // 4
@@ -418,7 +424,13 @@ def cmd_add_category(args: argparse.Namespace) -> None:
         name=args.name, parent=args.parent or "", prompts=args.prompt, references=references
     )
     stub = connect(args)
-    with _bad_image_named(args.images):
+    within = _within_message_limit(
+        "AddCategory",
+        [r.image for r in references],
+        "create the category with the first of them, then add the rest with "
+        "`nearcat add-references`, a group at a time",
+    )
+    with _bad_image_named(args.images), within:
         category = stub.AddCategory(request).category
     what = [_reference_images(category.reference_count)]
     if category.prompts:
@@ -523,11 +535,11 @@ def new_images(
 
 
 def import_batches(
-    items: Iterable[tuple[LabeledImage, bytes]], max_images: int, max_bytes: int
-) -> Iterator[list[tuple[LabeledImage, bytes]]]:
+    items: Iterable[tuple[Item, bytes]], max_images: int, max_bytes: int
+) -> Iterator[list[tuple[Item, bytes]]]:
     """Consecutive batches of at most `max_images` images and (unless one image alone is
     larger) `max_bytes` bytes: a folder of big photos must not exceed the message limit."""
-    batch: list[tuple[LabeledImage, bytes]] = []
+    batch: list[tuple[Item, bytes]] = []
     size = 0
     for image, data in items:
         if batch and (len(batch) >= max_images or size + len(data) > max_bytes):
@@ -565,7 +577,10 @@ def send_references(
         if exc.code() != grpc.StatusCode.INVALID_ARGUMENT and not too_large:
             raise  # a rate limit that outlasted the waits, too, ends the import
         if len(batch) == 1:
-            return 0, [(batch[0][0].path, exc.details())]
+            from server.message_limit import advice
+
+            data = batch[0][1]
+            return 0, [(batch[0][0].path, advice(exc.details(), "", [len(data)]) or exc.details())]
     results = [send_references(stub, category, [item]) for item in batch]
     return sum(added for added, _ in results), [bad for _, bads in results for bad in bads]
 
@@ -587,10 +602,13 @@ def cmd_classify(args: argparse.Namespace) -> None:
     stub = connect(args)
     options = pb.ClassifyOptions(top_n=args.top_n)
     exit_code = 0
-    for start in range(0, len(args.files), CLASSIFY_BATCH):
-        paths = args.files[start : start + CLASSIFY_BATCH]
-        images = [read_file(path) for path in paths]
-        response = stub.ClassifyBatch(pb.ClassifyBatchRequest(images=images, options=options))
+    files = ((path, read_file(path)) for path in args.files)
+    for batch in import_batches(files, CLASSIFY_BATCH, IMPORT_BATCH_BYTES):
+        paths = [path for path, _ in batch]
+        images = [image for _, image in batch]
+        request = pb.ClassifyBatchRequest(images=images, options=options)
+        with _within_message_limit("ClassifyBatch", images):
+            response = stub.ClassifyBatch(request)
         for path, item in zip(paths, response.results, strict=True):
             if item.HasField("error"):
                 exit_code = 1
@@ -734,7 +752,12 @@ def cmd_add_references(args: argparse.Namespace) -> None:
 
     references = _file_references(args.images)
     request = pb.AddReferencesRequest(category=args.category, references=references)
-    with _bad_image_named(args.images):
+    within = _within_message_limit(
+        "AddReferences",
+        [r.image for r in references],
+        "run `nearcat add-references` once per group",
+    )
+    with _bad_image_named(args.images), within:
         answer = connect(args).AddReferences(request)
     for path, added in zip(args.images, answer.references, strict=True):
         if added.duplicate:
@@ -765,6 +788,25 @@ def _bad_image_named(paths: Sequence[str]) -> Iterator[None]:
         if exc.code() != grpc.StatusCode.INVALID_ARGUMENT or found is None:
             raise
         raise CommandError(f"{paths[int(found[1])]}: {found[2]}") from None
+
+
+@contextmanager
+def _within_message_limit(rpc: str, images: Sequence[bytes], how: str = "") -> Iterator[None]:
+    """Around a call that sends these images: a request over the server's (or this
+    client's) message limit ends with the limit and how to split it (`how`: how, here)."""
+    import grpc
+
+    from server.message_limit import advice
+
+    try:
+        yield
+    except grpc.RpcError as exc:
+        said = None
+        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            said = advice(exc.details(), rpc, [len(image) for image in images], how)
+        if said is None:
+            raise
+        raise CommandError(said) from None
 
 
 def cmd_remove_references(args: argparse.Namespace) -> None:
@@ -1273,7 +1315,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"nearcat: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except grpc.RpcError as exc:
-        print(f"nearcat: the server answered {exc.code().name}: {exc.details()}", file=sys.stderr)
+        from server.message_limit import advice
+
+        said = advice(exc.details()) if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else None
+        if said is not None:
+            print(f"nearcat: {said}", file=sys.stderr)
+        else:
+            answer = f"{exc.code().name}: {exc.details()}"
+            print(f"nearcat: the server answered {answer}", file=sys.stderr)
         raise SystemExit(2) from None
     except (KeyboardInterrupt, ImportError) as exc:
         # A stop signal while a compiled module initialises (onnxruntime, loading the model)

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from server.message_limit import CLIENT_MAX_MESSAGE_BYTES, advice
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 from server.proto.nearcat.v1 import nearcat_pb2_grpc as pb_grpc
 from server.settings import Settings
@@ -23,7 +24,7 @@ from server.settings import Settings
 ROLE_RANK = {"classify": 0, "reviewer": 1, "admin": 2}
 TIMEOUT_S = 30.0
 CLASSIFY_TIMEOUT_S = 60.0
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_MESSAGE_BYTES = CLIENT_MAX_MESSAGE_BYTES  # the server has its own: --max-message-bytes
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class Refused(Exception):
             return cls(name, "this server does not offer that yet (UNIMPLEMENTED)")
         if code is grpc.StatusCode.UNAVAILABLE:
             return cls(name, f"the nearcat server is unreachable: {details or 'no answer'}")
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED and (said := advice(details)):
+            return cls(name, said)  # a message over the size limit, which gRPC words badly
         return cls(name, details or name)
 
 

@@ -379,6 +379,39 @@ BAD_CALLS = {
 }
 
 
+def test_a_request_over_the_message_limit_says_how_to_split_it(  # type: ignore[no-untyped-def]
+    server, stub, store_state, tmp_path: Path
+) -> None:
+    """gRPC refuses it before nearcat sees it (RESOURCE_EXHAUSTED, in its own words); the
+    CLI names the limit and how many of the images one call can carry."""
+    from tests.integration.test_cli import nearcat
+
+    paths = []
+    for i in range(4):  # 2.2 MB each: 8.9 MB in one request, over the 7.6 MB limit
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(png(860, 860, noise=True))
+    before = store_state()
+    at = ("--server", server.address)
+    added = nearcat("add-references", "dots", *map(str, paths), *at, check=False)
+    assert added.returncode == 2, added.stderr
+    assert (
+        "nearcat: the request is 8.5 MB, more than the 7.6 MB the server accepts in one message "
+        "(nearcat serve --max-message-bytes): split it into several AddReferences calls of at "
+        "most 3 of these images each (run `nearcat add-references` once per group)"
+    ) in added.stderr
+    classified = nearcat("classify", *map(str, paths), *at, check=False)
+    assert classified.returncode == 2
+    assert "several ClassifyBatch calls of at most 3 of these images each" in classified.stderr
+    assert store_state() == before
+    # split as told, it goes through
+    nearcat("add-references", "dots", *map(str, paths[:3]), *at)
+    nearcat("add-references", "dots", str(paths[3]), *at)
+    gone = stub.GetCategory(pb.GetCategoryRequest(name="dots", include_references=True))
+    new = [r.id for r in gone.references if r.metadata.get("source", "").startswith(str(tmp_path))]
+    assert len(new) == 4
+    stub.RemoveReferences(pb.RemoveReferencesRequest(reference_ids=new))
+
+
 @pytest.mark.parametrize("case", list(BAD_CALLS))
 def test_bad_input_gets_its_status_and_changes_nothing(stub, store_state, case: str) -> None:  # type: ignore[no-untyped-def]
     call, code, words = BAD_CALLS[case]
