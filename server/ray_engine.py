@@ -13,6 +13,11 @@ server would no longer stop gracefully), its C++ core writes to stderr, and a st
 wait for a cluster that is still starting. The child gets the job on stdin and sends the
 vectors back on stdout; it stops when its stdin closes, so also when the server dies.
 
+The workers read the images themselves from the blob store (indexer.blobs), given its URL
+and each reference's key, so a cluster does not funnel every image through the server; a
+worker that does not see the server's blob store (another directory, another bucket) fails
+at once, by the store's id (indexer.blobs.MARKER), instead of finding no images.
+
 The model travels as the artifact's files through Ray's object store, not as a path: a
 cluster's nodes seldom share the server's disk, the object store copies it once per node
 rather than once per worker, and each worker verifies the files' checksums as it loads them
@@ -28,11 +33,13 @@ import logging
 import os
 import pickle
 import queue
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,12 +47,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+from indexer.blobs import MARKER
 from indexer.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
     from types import ModuleType
 
     from embedder import DecodeLimits
+    from indexer.blobs import Blobs
     from indexer.store import Store
     from server.catalog import Batches
     from server.serving import Serving
@@ -58,6 +67,7 @@ DEFAULT_WORKERS = 2
 # must not wait for a cluster that is still starting (or cannot place a worker at all).
 STOP_POLL_SECONDS = 0.2
 DRIVER_COMMAND = [sys.executable, "-c", "from server.ray_engine import drive; drive()"]
+BLOB_READ_TRIES = 3  # a blob store hiccup (an S3 5xx) must not fail an hours-long reindex
 DRIVER_EXIT_SECONDS = 20.0  # for the driver to let go of the cluster when told; then SIGKILL
 
 
@@ -139,16 +149,19 @@ class RayEngine:
     ) -> Batches:
         if not references:
             return  # nothing to embed: no cluster needed
-        rows = self._rows([i for i, _ in references])
+        keys = self.store.image_keys([i for i, _ in references])  # removed ones left out
+        blobs = self.store.blobs
+        marker = blobs.get(MARKER)
         job = {
             "options": self.options,
             "artifact": str(self.artifact),
             "runtime": self.runtime,
             "limits": serving.embedder.limits,
             "batch_size": batch_size,
-            "rows": rows,
+            "blobs": (blobs.url, marker.decode() if marker else ""),
+            "rows": [{"id": i, "key": key} for i, key in keys.items()],
         }
-        log.info("embedding %d references on Ray: %s", len(rows), self.options.describe())
+        log.info("embedding %d references on Ray: %s", len(keys), self.options.describe())
         driver = subprocess.Popen(DRIVER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         # Bounded: when the server stores slower than the workers embed, the driver waits
         # (and Ray Data with it) instead of piling vectors up in the server's memory.
@@ -175,17 +188,7 @@ class RayEngine:
                     return
         finally:
             finished.set()
-            _end(driver)  # at once, or for a stop: the cluster's workers go with it
-
-    def _rows(self, reference_ids: Sequence[str]) -> list[dict[str, Any]]:
-        """What the pipeline starts from: each reference's id and image bytes (a reference
-        removed meanwhile is left out)."""
-        rows = []
-        for reference_id in reference_ids:
-            image = self.store.get_image(reference_id)
-            if image is not None:
-                rows.append({"id": reference_id, "image": image})
-        return rows
+            _end(driver, reader)  # at once, or for a stop: the workers go with it
 
 
 def _read_frames(
@@ -213,26 +216,27 @@ def _read_frames(
         driver.stdin.flush()  # left open: closing it tells the driver to stop
         while put(frame := pickle.load(driver.stdout)) and frame[0] == "batch":
             pass
-    except (EOFError, OSError, pickle.UnpicklingError):
+    except (EOFError, OSError, ValueError, pickle.UnpicklingError):
         code = driver.wait()
         put(("error", f"its driver process exited with {code} (see the server's log)"))
 
 
-def _end(driver: subprocess.Popen[bytes]) -> None:
+def _end(driver: subprocess.Popen[bytes], reader: threading.Thread) -> None:
     """Tell the driver to stop, by closing its stdin (it leaves the cluster, whose workers
-    then go), and reap it; killed when it does not exit in time."""
-    for pipe in (driver.stdin, driver.stdout):
-        try:
-            if pipe is not None:
-                pipe.close()
-        except OSError:  # a driver already gone
-            pass
+    then go), and reap it, killed when it does not exit in time; then its reader, which
+    its exit ends."""
+    with contextlib.suppress(OSError):  # a driver already gone
+        if driver.stdin is not None:
+            driver.stdin.close()
     try:
         driver.wait(DRIVER_EXIT_SECONDS)
     except subprocess.TimeoutExpired:
         log.warning("the Ray driver did not stop in %gs: killing it", DRIVER_EXIT_SECONDS)
         driver.kill()
         driver.wait()
+    reader.join(DRIVER_EXIT_SECONDS)
+    if driver.stdout is not None:
+        driver.stdout.close()
 
 
 # -- in the driver process -----------------------------------------------------------------
@@ -301,7 +305,10 @@ def _reason(exc: BaseException) -> str:
         return str(exc)
     cause = getattr(exc, "cause", None) or exc
     lines = [line for line in str(cause).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else repr(cause)
+    if not lines:
+        return repr(cause)
+    # Ray quotes a worker's traceback, whose last line names the error's class first.
+    return re.sub(r"^(?:[a-z_]\w*\.)+[A-Z]\w*: |^[A-Z]\w*(?:Error|Exception): ", "", lines[-1])
 
 
 def _join(ray: ModuleType, options: RayOptions) -> None:
@@ -336,6 +343,7 @@ def _pipeline(ray: ModuleType, job: dict[str, Any]) -> Any:
             "device": options.device,
             "threads": max(1, int(options.cpus_per_worker or 1)),
             "limits": job["limits"],
+            "blobs": job["blobs"],
         },
         batch_size=job["batch_size"],
         batch_format="numpy",
@@ -346,9 +354,9 @@ def _pipeline(ray: ModuleType, job: dict[str, Any]) -> Any:
 
 
 class EmbedWorker:
-    """One model worker of the pipeline (a Ray actor): loads the model once, then embeds
-    batch after batch of image bytes into vectors, as the server's own model worker would
-    (same artifact, runtime and decoding limits)."""
+    """One model worker of the pipeline (a Ray actor): loads the model once, then, batch
+    after batch, reads the images from the blob store and embeds them, as the server's own
+    model worker would (same artifact, runtime and decoding limits)."""
 
     def __init__(
         self,
@@ -357,11 +365,13 @@ class EmbedWorker:
         device: str,
         threads: int,
         limits: DecodeLimits,
+        blobs: tuple[str, str],
     ) -> None:
         import ray
 
         from embedder import load_artifact
 
+        self.blobs = _open_blobs(*blobs)
         files: dict[str, bytes] = ray.get(model[0])
         with tempfile.TemporaryDirectory(prefix="nearcat-model-") as tmp:
             for name, data in files.items():
@@ -373,9 +383,12 @@ class EmbedWorker:
         from embedder import ImageDecodeError
 
         ids, pixels = [], []
-        for reference_id, image in zip(batch["id"], batch["image"], strict=True):
+        for reference_id, key in zip(batch["id"], batch["key"], strict=True):
+            image = self._read(str(key))
+            if image is None:  # removed since the job began
+                continue
             try:
-                pixels.append(self.embedder.decode(bytes(image)))
+                pixels.append(self.embedder.decode(image))
             except ImageDecodeError as exc:
                 raise InvalidArgument(f"stored reference {reference_id}: {exc}") from exc
             ids.append(str(reference_id))
@@ -384,3 +397,36 @@ class EmbedWorker:
         else:
             vectors = self.embedder.embed_pixels(np.stack(pixels))
         return {"id": np.asarray(ids, dtype=object), "vector": vectors}
+
+    def _read(self, key: str) -> bytes | None:
+        for attempt in range(BLOB_READ_TRIES):
+            try:
+                return self.blobs.get(key)
+            except Exception:  # an unreadable disk, an S3 error: try again, then fail
+                if attempt == BLOB_READ_TRIES - 1:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+        return None
+
+
+def _open_blobs(url: str, ident: str) -> Blobs:
+    """The server's blob store, as this worker sees it; FailedPrecondition when it is not
+    the same one (its id differs or is missing: a directory not shared at the same path on
+    this node, another bucket, missing credentials)."""
+    import socket
+
+    from indexer.blobs import open_blobs
+
+    where = f"Ray worker on {socket.gethostname()}"
+    try:
+        blobs = open_blobs(url)
+        found = blobs.get(MARKER)
+    except Exception as exc:
+        raise FailedPrecondition(f"{where} cannot read the blob store {url}: {exc}") from exc
+    if found is None or found.decode() != ident:
+        raise FailedPrecondition(
+            f"{where} does not see the server's blob store at {url} (its id "
+            f"{'is missing' if found is None else 'differs'}): the workers must read the same "
+            "images, from a directory shared at the same path on every node or an s3:// bucket"
+        )
+    return blobs

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from embedder.images import DecodeLimits
+from indexer.blobs import DirBlobs
 from indexer.errors import FailedPrecondition, InvalidArgument
 from server import ray_engine
 from server.ray_engine import INSTALL_HINT, RayEngine, RayOptions
@@ -43,12 +44,14 @@ else:  # "wait": until the server closes stdin
 """
 
 
-class Images:
-    def __init__(self, images: dict[str, bytes]) -> None:
-        self.images = images
+class Store:
+    """Where the references' images are: a blob store and the keys of those still stored."""
 
-    def get_image(self, reference_id: str) -> bytes | None:
-        return self.images.get(reference_id)
+    def __init__(self, blobs: DirBlobs, keys: dict[str, str]) -> None:
+        self.blobs, self.keys = blobs, keys
+
+    def image_keys(self, reference_ids: list[str]) -> dict[str, str]:
+        return {i: self.keys[i] for i in reference_ids if i in self.keys}
 
 
 def engine(
@@ -58,7 +61,7 @@ def engine(
     monkeypatch.setattr(
         ray_engine, "DRIVER_COMMAND", [sys.executable, "-c", FAKE_DRIVER, mode, str(marker)]
     )
-    store = Images({"r1": b"one", "r2": b"two"})  # r3 was removed meanwhile
+    store = Store(DirBlobs(tmp_path / "blobs"), {"r1": "r1.a", "r2": "r2.b"})  # r3: removed
     options = RayOptions().resolved("cpu")
     ray = RayEngine(options, tmp_path, "auto", store, stop)  # type: ignore[arg-type]
     serving = SimpleNamespace(embedder=SimpleNamespace(limits=DecodeLimits()))
@@ -151,3 +154,19 @@ def test_a_job_records_its_engine_so_that_a_resumed_one_keeps_it() -> None:
     again = ReindexJob.from_json(job.to_json())
     assert again.ray == options and again.engine == "ray"
     assert ReindexJob.from_json(ReindexJob("v2", "v1").to_json()).engine == "in-process"
+
+
+@pytest.mark.parametrize(
+    ("raised", "reason"),
+    [
+        (
+            "The actor died because of an error raised in its creation task\n"
+            "indexer.errors.FailedPrecondition: Ray worker on node-3 does not see the blob store",
+            "Ray worker on node-3 does not see the blob store",
+        ),
+        ("Traceback ...\nOSError: [Errno 5] Input/output error", "[Errno 5] Input/output error"),
+        ("stored reference r1: cannot decode", "stored reference r1: cannot decode"),
+    ],
+)
+def test_a_workers_error_is_reported_without_rays_wrapping(raised: str, reason: str) -> None:
+    assert ray_engine._reason(RuntimeError(raised)) == reason
