@@ -1,4 +1,5 @@
-"""`nearcat bench {embed,serve,index,store}`: measured, printed as a table, saved as JSON."""
+"""`nearcat bench {embed,serve,reindex,index,store}`: measured, printed as a table, saved as
+JSON."""
 
 from __future__ import annotations
 
@@ -102,6 +103,25 @@ def run_serve(args: argparse.Namespace) -> None:
     write_json(result, args.json)
 
 
+def run_reindex(args: argparse.Namespace) -> None:
+    from server.benchmarks import bench_reindex
+
+    _, references = serve_images(args)
+    result = bench_reindex(
+        args.model,
+        args.models_dir,
+        references,
+        ray_workers=args.ray_workers,
+        ray_cpus_per_worker=args.ray_cpus_per_worker,
+        ray_address=args.ray_address,
+        repeats=args.repeats,
+        batch=args.batch,
+        runtime=args.runtime,
+        device=args.device,
+    )
+    write_json(result, args.json)
+
+
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench = commands.add_parser(
         "bench",
@@ -178,6 +198,36 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     serve.add_argument("--json", type=Path, help="write the results here")
     serve.set_defaults(run=run_serve)
+
+    reindex = kinds.add_parser(
+        "reindex",
+        help="reindex images/s: in process against Ray with N workers",
+        description="Starts a server with an embedded store in a temporary dir, adds "
+        "references, then re-embeds them all again and again (the same model under a fresh "
+        "version each time, validation off), in process and on Ray with each --ray-workers, "
+        "taking turns. images_per_s counts from the request to the last vector stored; "
+        "steady_images_per_s from the first batch stored (workers up). Without "
+        "--ray-address a Ray cluster is started on this machine for the bench. Images: "
+        "--data, else ../shared/datasets/clothing, else generated. Needs nearcat[ray].",
+    )
+    reindex.add_argument("--model", default="efficientnet_lite0", help="name or artifact dir")
+    reindex.add_argument("--models-dir", type=Path, default=Path("var/models"))
+    reindex.add_argument("--data", type=Path, help="folder tree or CSV of images")
+    reindex.add_argument("--categories", type=int, default=10, help="categories to add")
+    reindex.add_argument("--references", type=int, default=40, help="references per category")
+    reindex.add_argument(
+        "--ray-workers", type=at_least_one, nargs="*", default=[1, 2], help="worker counts"
+    )
+    reindex.add_argument("--ray-cpus-per-worker", type=float, default=1.0)
+    reindex.add_argument("--ray-address", help="a running cluster (default: start one here)")
+    reindex.add_argument("--repeats", type=at_least_one, default=3, help="runs per engine")
+    reindex.add_argument(
+        "--batch", type=at_least_one, default=32, help="the server's --reindex-batch"
+    )
+    reindex.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto")
+    reindex.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    reindex.add_argument("--json", type=Path, help="write the results here")
+    reindex.set_defaults(run=run_reindex)
 
     index = kinds.add_parser(
         "index",

@@ -170,3 +170,26 @@ def test_a_job_records_its_engine_so_that_a_resumed_one_keeps_it() -> None:
 )
 def test_a_workers_error_is_reported_without_rays_wrapping(raised: str, reason: str) -> None:
     assert ray_engine._reason(RuntimeError(raised)) == reason
+
+
+def test_the_status_line_names_the_ray_engine() -> None:
+    from server.cli import describe_reindex
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    status = pb.ReindexStatus(
+        state=pb.REINDEX_RUNNING, target_version="v2", done=3, total=9, engine="ray"
+    )
+    assert "(3 of 9 references, embedded on ray)" in describe_reindex(status)
+    status.engine = "in-process"
+    assert "(3 of 9 references)" in describe_reindex(status)
+
+
+def test_the_reindex_bench_targets_the_same_model_under_a_fresh_version(
+    model_artifact: Path, tmp_path: Path
+) -> None:
+    from embedder.model import artifact_version, verify_artifact
+    from server.benchmarks import renamed_artifact
+
+    copy = renamed_artifact(model_artifact, tmp_path / "copy", "lite0-bench1")
+    assert verify_artifact(copy) == artifact_version(copy) != artifact_version(model_artifact)
+    assert artifact_version(copy).startswith("lite0-bench1-")
