@@ -68,6 +68,9 @@ DEFAULT_WORKERS = 2
 # must not wait for a cluster that is still starting (or cannot place a worker at all).
 STOP_POLL_SECONDS = 0.2
 DRIVER_COMMAND = [sys.executable, "-c", "from server.ray_engine import drive; drive()"]
+# How long the workers may take to start: an autoscaling cluster adds nodes in minutes, but
+# workers no node can hold (a GPU the cluster lacks) must fail the job, not stall it forever.
+WORKERS_START_S = 600
 BLOB_READERS = 16  # a worker's concurrent blob reads
 BLOB_READ_TRIES = 3  # a blob store hiccup (an S3 5xx) must not fail an hours-long reindex
 DRIVER_EXIT_SECONDS = 20.0  # for the driver to let go of the cluster when told; then SIGKILL
@@ -330,6 +333,7 @@ def _join(ray: ModuleType, options: RayOptions) -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # bars would garble the server's log
     context.print_on_execution_start = False
+    context.wait_for_min_actors_s = WORKERS_START_S
 
 
 def _pipeline(ray: ModuleType, job: dict[str, Any]) -> Any:
