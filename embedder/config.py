@@ -16,6 +16,10 @@ FAMILIES = ("timm", "open_clip")
 INTERPOLATIONS = ("bilinear", "bicubic")
 WEIGHT_KINDS = ("package", "hub", "file", "random")
 
+# The model a new store serves: the most accurate packaged backbone that keeps one server on
+# 2 cores above 60 images/s (docs/benchmarks.md, "Backbones: Lite0 / Lite1 / Lite2").
+DEFAULT_MODEL = "efficientnet_lite1"
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from embedder.config import DEFAULT_MODEL
+
 
 class Settings(BaseSettings):
     """Everything `nearcat serve` can be told. Each field is also NEARCAT_<FIELD>."""
@@ -43,7 +45,7 @@ class Settings(BaseSettings):
     )
     key_prefix: str = Field("nearcat", description="prefix of every key nearcat writes")
     model: str = Field(
-        "efficientnet_lite0",
+        DEFAULT_MODEL,
         description="registered model name or model artifact directory; serves a new store, "
         "whereas a store that has served before keeps its model until `nearcat reindex`",
     )
@@ -120,7 +122,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(50_000_000, ge=1, description="largest width x height")
     max_images_per_request: int = Field(256, ge=1, description="images in one call at most")
     max_message_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="largest gRPC message received"
+        64 * 1024 * 1024,
+        ge=1024,
+        description="largest gRPC message received; gRPC refuses a larger request with "
+        "RESOURCE_EXHAUSTED before nearcat sees it, and nearcat's CLI and console then say "
+        "how to split it",
     )
     workers: int = Field(16, ge=1, description="threads serving calls")
     max_batch: int = Field(32, ge=1, description="images the model runs at once at most")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from embedder.config import DEFAULT_MODEL
 from server.commands import write_json
 
 EPILOG = """\
@@ -139,7 +140,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "model's GFLOP per image, and in the same run a float32 GEMM measurement; "
         "compute_ratio = images/s x GFLOP per image / GEMM GFLOP/s.",
     )
-    embed.add_argument("--model", default="efficientnet_lite0", help="name or artifact dir")
+    embed.add_argument("--model", default=DEFAULT_MODEL, help="name or artifact dir")
     embed.add_argument("--models-dir", type=Path, default=Path("var/models"))
     embed.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     embed.add_argument("--runtime", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
@@ -163,7 +164,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "measured in the same run. Images: --data, else ../shared/datasets/clothing, else "
         "generated.",
     )
-    serve.add_argument("--model", default="efficientnet_lite0", help="name or artifact dir")
+    serve.add_argument("--model", default=DEFAULT_MODEL, help="name or artifact dir")
     serve.add_argument("--models-dir", type=Path, default=Path("var/models"))
     serve.add_argument("--data", type=Path, help="folder tree or CSV of images")
     serve.add_argument("--categories", type=int, default=10, help="categories to add")
@@ -210,7 +211,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--ray-address a Ray cluster is started on this machine for the bench. Images: "
         "--data, else ../shared/datasets/clothing, else generated. Needs nearcat[ray].",
     )
-    reindex.add_argument("--model", default="efficientnet_lite0", help="name or artifact dir")
+    reindex.add_argument("--model", default=DEFAULT_MODEL, help="name or artifact dir")
     reindex.add_argument("--models-dir", type=Path, default=Path("var/models"))
     reindex.add_argument("--data", type=Path, help="folder tree or CSV of images")
     reindex.add_argument("--categories", type=int, default=10, help="categories to add")

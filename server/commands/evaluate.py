@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from embedder.config import DEFAULT_MODEL
 from embedder.splits import MAX_GROUP_SHARE
 from server.commands import CommandError, write_json
 from server.commands.sources import add_csv_arguments, load_source
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
         list[LabeledImage],
     ]
 
-DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_MODELS_DIR = Path("var/models")
 SKIPPED_SHOWN = 10
 

@@ -18,7 +18,7 @@ def test_defaults_serve_locally_with_the_packaged_model(monkeypatch: pytest.Monk
         monkeypatch.delenv(name, raising=False)
     settings = settings_for()
     assert (settings.host, settings.port, settings.data_dir) == ("127.0.0.1", 50051, Path("var"))
-    assert settings.redis_url is None and settings.model == "efficientnet_lite0"
+    assert settings.redis_url is None and settings.model == "efficientnet_lite1"
 
 
 def test_env_vars_override_defaults_and_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
