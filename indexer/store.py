@@ -462,8 +462,12 @@ class Store:
         return [_reference_from_hash(fields) if fields else None for fields in self.call(read)]
 
     def get_image(self, reference_id: str) -> bytes | None:
-        key = self.image_keys([reference_id]).get(reference_id)
-        return self._read_blob(key) if key else None
+        return self.get_images([reference_id])[reference_id]
+
+    def get_images(self, reference_ids: Sequence[str]) -> dict[str, bytes | None]:
+        """Each reference's image (None for an unknown id), its key read in one round trip."""
+        keys = self.image_keys(reference_ids)
+        return {i: self._read_blob(keys[i]) if i in keys else None for i in reference_ids}
 
     def image_keys(self, reference_ids: Sequence[str]) -> dict[str, str]:
         """Where each reference's image is in `self.blobs` (unknown ids left out): what a

@@ -567,6 +567,17 @@ def _drive(
     }
 
 
+def _add_catalogue(stub: Any, references: Mapping[str, Sequence[bytes]]) -> None:
+    """One category per entry, with its reference images."""
+    from server.proto.nearcat.v1 import nearcat_pb2 as pb
+
+    for name, refs in references.items():
+        stub.AddCategory(
+            pb.AddCategoryRequest(name=name, references=[pb.ReferenceImage(image=r) for r in refs]),
+            timeout=300,
+        )
+
+
 def _calibrate(stub: Any) -> int:
     """Calibrate, as a catalogue is after `nearcat import`, so answers blend in the head; the
     head's categories, 0 when there are too few references to calibrate."""
@@ -622,13 +633,7 @@ def bench_serve(
         ).start()
         try:
             stub = server.stub()
-            for name, refs in references.items():
-                stub.AddCategory(
-                    pb.AddCategoryRequest(
-                        name=name, references=[pb.ReferenceImage(image=r) for r in refs]
-                    ),
-                    timeout=120,
-                )
+            _add_catalogue(stub, references)
             head_categories = _calibrate(stub)
             _drive(stub, images, clients, 2, images_per_call)  # warm-up
             progress(
@@ -811,13 +816,7 @@ def bench_reindex(
         ).start()
         try:
             stub = server.stub()
-            for name, refs in references.items():
-                stub.AddCategory(
-                    pb.AddCategoryRequest(
-                        name=name, references=[pb.ReferenceImage(image=r) for r in refs]
-                    ),
-                    timeout=300,
-                )
+            _add_catalogue(stub, references)
             count = 0
             for repeat in range(repeats):
                 for label, options in engines:

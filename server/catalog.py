@@ -332,7 +332,7 @@ class Catalog:
         beside live writes and must not fail on a deletion."""
         for start in range(0, len(references), batch_size):
             chunk = references[start : start + batch_size]
-            images = {i: self.store.get_image(i) for i, _ in chunk}
+            images = self.store.get_images([i for i, _ in chunk])
             ids = [i for i, _ in chunk if images[i] is not None]
             if ids:
                 vectors, _ = serving.embed(

@@ -9,8 +9,6 @@ replica left out of Envoy, or a store that stopped being durable fails here rath
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -341,21 +339,3 @@ def test_envoy_listens_where_compose_publishes_and_keeps_admin_local(
         for host, _, target in published:
             if target == admin["port_value"]:
                 assert host == "127.0.0.1", "Envoy's admin must not be reachable from afar"
-
-
-# -- the Compose specification, where a schema is at hand -----------------------------------
-
-
-def test_compose_file_matches_the_compose_specification(compose: dict[str, Any]) -> None:
-    """Only with a compose-spec schema shipped by an installed package (none is downloaded)."""
-    jsonschema = pytest.importorskip("jsonschema")
-    schemas = [
-        file
-        for dist in importlib.metadata.distributions()
-        for file in dist.files or []
-        if file.name in {"compose-spec.json", "compose_spec.json"}
-    ]
-    if not schemas:
-        pytest.skip("no installed package ships the compose-spec JSON schema")
-    schema = json.loads(Path(str(schemas[0].locate())).read_text())
-    jsonschema.validate(compose, schema)
