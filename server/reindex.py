@@ -311,8 +311,6 @@ class Reindexer:
                 pending.close()
                 return
             if job.validate and not self._validate(job, pending):
-                self.catalog.end_reindex()
-                pending.close()
                 return
             # The store records "done" in the switch's own write; the job that `status` shows
             # says so only once the switch has happened, never before.
@@ -403,6 +401,9 @@ class Reindexer:
             f"with {job.target} ({after[2]})"
         )
         if job.accuracy_after < job.accuracy_before - job.max_accuracy_drop:
+            # Dropped before the job says "refused": whoever reads that sees no pending state.
+            self.catalog.end_reindex()
+            pending.close()
             job.state = ReindexState.REFUSED
             job.finished_at_ms = int(time.time() * 1000)
             job.message = (

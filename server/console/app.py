@@ -26,7 +26,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -250,6 +250,9 @@ class Console:
             Route("/review", r(self.review_page, "reviewer"), methods=["GET", "POST"]),
             Route("/review/image/{review_id}", r(self.review_image, "reviewer")),
             Route("/health", r(self.health_page)),
+            # Browsers ask for it on their own (an image opened by itself, say): a 404 there
+            # would be an error in every such tab's console.
+            Route("/favicon.ico", lambda _: FileResponse(HERE / "static" / "favicon.svg")),
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ]
 
