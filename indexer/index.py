@@ -7,10 +7,11 @@ write, never written to first. Reference ids map one-to-one onto FAISS int64 ids
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import threading
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +117,7 @@ class VectorIndex:
         self._index = make_faiss_index(dim, self.config, training)
         self.kind = "flat" if isinstance(self._index, faiss.IndexIDMap2) else "ivf"
         self._category_of: dict[int, str] = {}
-        self._counts: Counter[str] = Counter()
+        self._ids_of: dict[str, set[int]] = {}  # each category's FAISS ids
         self._lock = threading.Lock()
         self._gpu_resources: Any = None
         self._gpu_index: Any = None
@@ -196,7 +197,7 @@ class VectorIndex:
                 self._gpu_index.add_with_ids(vectors, ids)
             for i, row in zip(ids.tolist(), fresh, strict=True):
                 self._category_of[i] = categories[row]
-                self._counts[categories[row]] += 1
+                self._ids_of.setdefault(categories[row], set()).add(i)
 
     def remove(self, reference_ids: Sequence[str]) -> None:
         ids = np.array([faiss_id(r) for r in reference_ids], dtype=np.int64)
@@ -205,9 +206,10 @@ class VectorIndex:
             for i in ids.tolist():
                 category = self._category_of.pop(i, None)
                 if category is not None:
-                    self._counts[category] -= 1
-                    if not self._counts[category]:
-                        del self._counts[category]
+                    held = self._ids_of[category]
+                    held.discard(i)
+                    if not held:
+                        del self._ids_of[category]
             self._gpu_index = None
 
     def reference_ids(self) -> set[str]:
@@ -220,45 +222,55 @@ class VectorIndex:
             return [i for i in reference_ids if faiss_id(i) in self._category_of]
 
     def reference_ids_of(self, category: str) -> set[str]:
-        """The ids held for one category (a scan: for repairs, not for every call)."""
+        """The ids held for one category."""
         with self._lock:
-            return {reference_id_of_faiss(i) for i, c in self._category_of.items() if c == category}
+            return {reference_id_of_faiss(i) for i in self._ids_of.get(category, ())}
 
     def members(self) -> dict[str, set[str]]:
-        """Every category's reference ids, in one scan (for calibration, not every call)."""
-        out: dict[str, set[str]] = {}
+        """Every category's reference ids (for calibration, not every call)."""
         with self._lock:
-            for i, category in self._category_of.items():
-                out.setdefault(category, set()).add(reference_id_of_faiss(i))
-        return out
+            return {
+                category: {reference_id_of_faiss(i) for i in ids}
+                for category, ids in self._ids_of.items()
+            }
 
     def relabel(self, old: str, new: str) -> None:
         """Category `old` is now called `new` (a rename): its vectors stay as they are."""
         with self._lock:
-            for i, category in self._category_of.items():
-                if category == old:
-                    self._category_of[i] = new
-            if old in self._counts:
-                self._counts[new] = self._counts.pop(old)
+            moved = self._ids_of.pop(old, set())
+            for i in moved:
+                self._category_of[i] = new
+            if moved:
+                self._ids_of.setdefault(new, set()).update(moved)
 
     def categories(self) -> set[str]:
         """The categories with at least one vector in the index."""
         with self._lock:
-            return set(self._counts)
+            return set(self._ids_of)
 
     def count(self, category: str) -> int:
         """Vectors of one category in the index."""
         with self._lock:
-            return self._counts.get(category, 0)
+            return len(self._ids_of.get(category, ()))
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        """The k nearest references of each query, nearest first."""
+    def search(
+        self, queries: np.ndarray, k: int, within: Collection[str] | None = None
+    ) -> list[list[Hit]]:
+        """The k nearest references of each query, nearest first; with `within`, the k
+        nearest of those categories' references only."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
-            k = min(k, len(self))
+            params = None
+            size = len(self)
+            if within is not None:
+                params, size = self._restricted(within)
+            k = min(k, size)
             if k == 0 or len(queries) == 0:
                 return [[] for _ in range(len(queries))]
-            similarities, ids = self._searcher().search(queries, k)
+            if params is None:
+                similarities, ids = self._searcher().search(queries, k)
+            else:  # GPU indexes take no selector: the CPU index answers
+                similarities, ids = self._index.search(queries, k, params=params)
             categories = self._category_of
             return [
                 [
@@ -268,6 +280,21 @@ class VectorIndex:
                 ]
                 for row_s, row_i in zip(similarities.tolist(), ids.tolist(), strict=True)
             ]
+
+    def _restricted(self, within: Collection[str]) -> tuple[faiss.SearchParameters, int]:
+        """Search parameters that see only `within`'s references, and how many there are.
+        IVF probes more lists the smaller their share, so that as many of them are scanned as
+        an unrestricted search scans of all."""
+        held = [self._ids_of[c] for c in within if c in self._ids_of]
+        size = sum(len(ids) for ids in held)
+        chosen = np.fromiter(itertools.chain.from_iterable(held), np.int64, size)
+        selector = faiss.IDSelectorBatch(chosen)
+        if isinstance(self._index, faiss.IndexIDMap2):
+            return faiss.SearchParameters(sel=selector), size
+        ivf = faiss.extract_index_ivf(self._index)
+        share = size / max(1, len(self))
+        nprobe = min(ivf.nlist, math.ceil(ivf.nprobe / max(share, 1e-9)))
+        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe), size
 
     def _searcher(self) -> faiss.Index:
         if self._gpu_resources is None:

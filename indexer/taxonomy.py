@@ -8,7 +8,7 @@ then says "confident parent, uncertain leaf" instead of guessing a leaf.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from indexer.vote import CategoryScore
@@ -50,3 +50,10 @@ def level_scores(
         levels.append(LevelScore(len(levels) + 1, best, mass[best]))
         node = best
     return levels
+
+
+def categories_under(nodes: Collection[str], parents: Mapping[str, str | None]) -> set[str]:
+    """The categories at or below any of `nodes`: what a caller's restriction to taxonomy
+    nodes (a department, or an allow-list of leaves) lets an answer name."""
+    chosen = set(nodes)
+    return {c for c in parents if chosen.intersection(path_of(c, parents))}

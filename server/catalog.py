@@ -38,7 +38,7 @@ from indexer.ids import REFERENCE_ID_FORM, image_sha256, is_reference_id, refere
 from indexer.index import Hit, IndexConfig, VectorIndex
 from indexer.names import case_twin_warning, case_twins, normalise_name
 from indexer.store import Category, LabelledPhoto, NewReference, Reference, Store
-from indexer.taxonomy import path_of
+from indexer.taxonomy import categories_under, path_of
 from indexer.vote import VoteConfig
 from server.serving import Batching, Serving, SwitchGate, text_cosines
 
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 MAX_NAME_LENGTH = 100
 MAX_TOP_N = 100
 MAX_K = 1000
+MAX_WITHIN = 1000  # categories a classification can be restricted to
 MAX_METADATA_BYTES = 16 * 1024
 MAX_PROMPTS = 32
 MAX_PROMPT_LENGTH = 300
@@ -445,8 +446,13 @@ class Catalog:
         top_n: int = 5,
         k: int | None = None,
         deadline: float | None = None,
+        within: Sequence[str] = (),
     ) -> list[Prediction | NearcatError]:
-        """Classify each image; a bad image gets its own error and does not fail the others."""
+        """Classify each image; a bad image gets its own error and does not fail the others.
+
+        `within`: taxonomy nodes (a department, or an allow-list of leaves) the caller knows
+        the answer is at or under; the vote, the head, the text, calibration and bands then
+        see those categories only, and the evidence comes from their references."""
         self._check_count(images, "images")
         top_n = top_n or 5
         k = k or self.vote.k
@@ -454,18 +460,26 @@ class Catalog:
             raise InvalidArgument(f"top_n must be between 1 and {MAX_TOP_N}, got {top_n}")
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
+        allowed = self._allowed(within)
         with self._use() as s:
             if len(s.index) == 0 and not s.prompted:
                 raise FailedPrecondition(
                     "no reference images yet: add a category with AddCategory (or `nearcat import`)"
                 )
+            if allowed is not None and not self._nameable(s) & allowed:
+                raise FailedPrecondition(
+                    f"nothing under {_listed(within)} can be named yet: add reference images "
+                    "(or text prompts) to a category there, or widen the restriction"
+                )
             with s.batcher.expecting():
                 decoded = s.decode_each(images)
                 _check_deadline(deadline, "embedding")
                 vectors, semantics = s.embed_decoded(decoded)
-            found = s.index.search(vectors, k)
+            found = s.index.search(vectors, k, allowed)
             head = s.calibration.head  # once per call, as are its probabilities
             present = s.index.categories()
+            if allowed is not None:
+                present &= allowed
             rows = head.probabilities(vectors) if head is not None and len(vectors) else None
             held = head.held(present) if head is not None else None
             out: list[Prediction | NearcatError] = []
@@ -485,7 +499,7 @@ class Catalog:
                         head=HeadInput(head, rows[row], held)
                         if head is not None and rows is not None
                         else None,
-                        text=self._text_evidence(s, semantics[row]),
+                        text=self._text_evidence(s, semantics[row], allowed),
                         top_n=top_n,
                         model_version=s.version,
                     )
@@ -514,20 +528,47 @@ class Catalog:
         head = s.calibration.head
         return head is not None and head.covers(cls._nameable(s))
 
-    def _text_evidence(self, s: Serving, semantic: np.ndarray) -> TextEvidence | None:
+    def _text_evidence(
+        self, s: Serving, semantic: np.ndarray, allowed: set[str] | None = None
+    ) -> TextEvidence | None:
         """The text tower's say on one image, for categories with text prompts: each
         category's share of the text softmax over every category's text (its prompts, or its
-        name), and for the prompted ones the weight m / (m + references), m the
-        `prompt_weight`. None without prompted categories (nothing changes)."""
+        name; only the `allowed` ones when restricted), and for the prompted ones the weight
+        m / (m + references), m the `prompt_weight`. None without prompted categories
+        (nothing changes)."""
         if not s.prompted or s.text is None:
             return None
         matrix = s.text_snapshot(sorted(self._parents))
         if matrix is None:
             return None
         names, vectors = matrix
+        if allowed is not None:
+            rows = [i for i, name in enumerate(names) if name in allowed]
+            if not rows:
+                return None
+            names, vectors = [names[i] for i in rows], vectors[rows]
         share = text_shares(s.text, semantic, vectors)[0]
         prompted = {name: s.index.count(name) for name in names if name in s.prompted}
         return TextEvidence.weighed(names, share.tolist(), prompted, self.prompt_weight)
+
+    def _allowed(self, within: Sequence[str]) -> set[str] | None:
+        """The categories a restriction to `within` lets an answer name; None: no
+        restriction. A name that is not a category is refused: a typo would otherwise
+        narrow the answer to nothing."""
+        if not within:
+            return None
+        if len(within) > MAX_WITHIN:
+            raise InvalidArgument(
+                f"{len(within)} categories to restrict to; the limit is {MAX_WITHIN}"
+            )
+        parents = dict(self._parents)  # a copy: writes may change it meanwhile
+        unknown = sorted({n for n in within if n not in parents})
+        if unknown:
+            raise InvalidArgument(
+                f"cannot restrict to {_listed(unknown)}: no such category "
+                "(ListCategories shows the names; they are case-sensitive)"
+            )
+        return categories_under(within, parents)
 
     def path(self, category: str) -> list[str]:
         """Ancestors then the category itself."""
@@ -1134,6 +1175,12 @@ class Catalog:
         """Stop the model worker once in-flight calls are done, and the store's prober."""
         self._serving.close()
         self.store.breaker.close()
+
+
+def _listed(names: Sequence[str], shown: int = 5) -> str:
+    """Names quoted for a message, the first few of a long list."""
+    quoted = ", ".join(repr(n) for n in names[:shown])
+    return quoted + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _check_reference_ids(reference_ids: Sequence[str]) -> None:

@@ -600,7 +600,7 @@ def cmd_classify(args: argparse.Namespace) -> None:
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
     stub = connect(args)
-    options = pb.ClassifyOptions(top_n=args.top_n)
+    options = pb.ClassifyOptions(top_n=args.top_n, within=args.within)
     exit_code = 0
     files = ((path, read_file(path)) for path in args.files)
     for batch in import_batches(files, CLASSIFY_BATCH, IMPORT_BATCH_BYTES):
@@ -1056,6 +1056,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classify.add_argument("files", nargs="+", metavar="FILE", help="JPEG, PNG or WebP files")
     classify.add_argument("--top-n", type=int, default=3, help="categories to show per image")
+    classify.add_argument(
+        "--within",
+        action="append",
+        default=[],
+        metavar="CATEGORY",
+        help="only answer with this category or those under it (a department the photo is "
+        "known to be from); repeat for several",
+    )
     classify.add_argument("--json", action="store_true", help="one JSON object per line")
     classify.set_defaults(run=cmd_classify)
 

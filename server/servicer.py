@@ -247,7 +247,11 @@ class NearcatServicer(pb_grpc.NearcatServicer):
     ) -> pb.ClassifyResponse:
         started = time.perf_counter()
         [result] = self.catalog.classify(
-            [request.image], request.options.top_n, request.options.k, deadline_of(context)
+            [request.image],
+            request.options.top_n,
+            request.options.k,
+            deadline_of(context),
+            request.options.within,
         )
         if isinstance(result, NearcatError):
             raise result
@@ -279,6 +283,7 @@ class NearcatServicer(pb_grpc.NearcatServicer):
             request.options.top_n,
             request.options.k,
             deadline_of(context),
+            request.options.within,
         )
         items = []
         for given, r in zip(inputs, results, strict=True):

@@ -147,3 +147,32 @@ def test_an_index_filled_by_adds_is_resized_to_the_kind_its_size_calls_for() -> 
         assert [(h.reference_id, h.category) for h in row] == [
             (ids[i], categories[i]) for i in want
         ]
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_a_restricted_search_is_the_exact_search_over_those_categories_alone(kind: str) -> None:
+    vectors = clustered(3000, 16, clusters=10)
+    ids = [reference_id("c", str(i)) for i in range(3000)]
+    categories = [f"cat{i % 30}" for i in range(3000)]
+    index = VectorIndex.build(16, ids, categories, vectors, IndexConfig(kind), use_gpu=False)
+    assert index.kind == kind
+    within = {"cat3", "cat17"}  # 200 of 3,000: IVF probes more lists to find as many
+    queries = clustered(20, 16, clusters=10, seed=3)
+    allowed = np.array([c in within for c in categories])
+    expected = np.argsort(-(queries @ vectors[allowed].T), axis=1)[:, :10]
+    allowed_ids = [ids[i] for i in np.flatnonzero(allowed)]
+    found = index.search(queries, 10, within)
+    assert all(h.category in within for row in found for h in row)
+    recall = np.mean(
+        [
+            len({h.reference_id for h in row} & {allowed_ids[i] for i in want}) / 10
+            for row, want in zip(found, expected, strict=True)
+        ]
+    )
+    assert recall >= (1.0 if kind == "flat" else 0.9)
+    assert index.search(queries, 10, {"no-such"}) == [[] for _ in range(20)]
+    index.relabel("cat3", "renamed")
+    assert {h.category for row in index.search(queries, 10, {"renamed"}) for h in row} == {
+        "renamed"
+    }
+    assert index.count("renamed") == 100 and index.count("cat3") == 0

@@ -36,12 +36,14 @@ REINDEX_REFUSED: ReindexState
 REINDEX_FAILED: ReindexState
 
 class ClassifyOptions(_message.Message):
-    __slots__ = ("top_n", "k")
+    __slots__ = ("top_n", "k", "within")
     TOP_N_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    WITHIN_FIELD_NUMBER: _ClassVar[int]
     top_n: int
     k: int
-    def __init__(self, top_n: _Optional[int] = ..., k: _Optional[int] = ...) -> None: ...
+    within: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, top_n: _Optional[int] = ..., k: _Optional[int] = ..., within: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
     __slots__ = ("image", "options", "item_id", "metadata", "skip_review")
