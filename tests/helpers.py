@@ -129,3 +129,14 @@ def projected_artifact(source: Path, out_dir: Path, dim: int = 256, collapse: bo
     return write_artifact(
         network, dataclasses.replace(config, name=name, projection_dim=dim), out_dir
     )
+
+
+def make_shot(kind: str, seed: int, shot: int, size: int = 96) -> bytes:
+    """Shot `shot` of one item (`make_image(kind, seed)`): 0 is the photo, later ones crop a
+    little more and re-encode a little worse. Near-duplicates, as a burst of one product."""
+    image = Image.open(io.BytesIO(make_image(kind, seed, size=size)))
+    if shot:
+        image = image.crop((shot, shot, size - shot, size - shot)).resize((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90 - 5 * shot)
+    return buffer.getvalue()

@@ -9,7 +9,23 @@ kNN accuracy separately on trained and held-out categories, so fine-tuning canno
 give up the open-set promise.
 """
 
-from embedder.training.loop import TrainResult, train
-from embedder.training.options import TrainOptions
+from __future__ import annotations
 
-__all__ = ["TrainOptions", "TrainResult", "train"]
+from typing import TYPE_CHECKING, Any
+
+from embedder.training.options import TrainOptions
+from embedder.training.recipes import DEFAULT_RECIPE, RECIPES
+
+if TYPE_CHECKING:
+    from embedder.training.loop import TrainResult, train
+
+__all__ = ["DEFAULT_RECIPE", "RECIPES", "TrainOptions", "TrainResult", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    """The loop (and PyTorch) load on first use: the CLI reads options and recipes without."""
+    if name in ("train", "TrainResult"):
+        from embedder.training import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

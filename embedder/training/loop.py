@@ -42,7 +42,9 @@ from embedder.training.loss import build_loss
 from embedder.training.options import TrainOptions
 from embedder.training.validation import (
     Classifier,
+    EstimateCheck,
     SplitAccuracy,
+    check_estimate,
     selection_score,
     split_accuracy,
 )
@@ -67,6 +69,7 @@ def train(
     work_dir: Path | None = None,
     resume: bool = False,
     provenance: dict[str, Any] | None = None,
+    labelled_val: bool = False,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Fine-tune `options.base` on `data.trainable()` and write the best epoch to `out_dir`.
@@ -75,6 +78,8 @@ def train(
     epoch; with `resume` a killed run continues after its last finished epoch. `provenance`
     (data source, command) is recorded in the artifact's training.json. `classify` answers
     the validation queries from the training images (the command gives the served answer).
+    `labelled_val`: `data.val` is labelled traffic (`--val`), not a part of the split; it
+    only changes how a disagreement between validation and test is explained.
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -247,6 +252,9 @@ def train(
     log(f"best epoch {state['best_epoch']}: val {_describe(final_val)}")
     log(f"test (once, at the end): {_describe(final_test)}")
     log(f"frozen baseline on test: {_describe(baseline_test)}")
+    estimate = check_estimate(final_val, final_test)
+    for line in _estimate_report(estimate, labelled_val):
+        log(line)
     metadata = {
         "base": {"spec": options.base, "version": base_version},
         "options": options.to_dict(),
@@ -268,6 +276,7 @@ def train(
         "frozen_baseline": {"val": state["baseline_val"], "test": baseline_test.to_dict()},
         "val": final_val.to_dict(),
         "test": final_test.to_dict(),
+        "estimate": {**estimate.to_dict(), "val_source": "labelled" if labelled_val else "split"},
         "wall_time_s": round(wall_s, 1),
     }
     network.to("cpu")
@@ -476,6 +485,46 @@ def _accuracy(
 def _describe(accuracy: SplitAccuracy) -> str:
     held = "n/a" if accuracy.held_out is None else f"{accuracy.held_out:.1%}"
     return f"seen {accuracy.seen:.1%}, held-out {held}"
+
+
+def _estimate_report(check: EstimateCheck, labelled_val: bool) -> list[str]:
+    """The estimate beside the test part's top-1, and a warning when they disagree."""
+    source = "the labelled photos (--val)" if labelled_val else "the split's val part"
+    if check.estimate is None or check.measured is None or check.gap is None:
+        return [f"estimate not checked: {source} or the test part holds no image"]
+    lines = [
+        f"validation estimate (kept epoch, {source}): top-1 {check.estimate:.1%}; test part, "
+        f"measured once: top-1 {check.measured:.1%} ({100 * check.gap:+.1f} points)"
+    ]
+    if check.agrees:
+        return lines
+    apart = f"the validation estimate and the test part differ by {100 * abs(check.gap):.1f} "
+    apart += f"points (more than {100 * check.tolerance:.0f})"
+    if labelled_val and check.gap < 0:
+        meaning = (
+            "the test part is drawn from --data like the training images and likely holds "
+            "near-duplicates of them (bursts, one sender's photos), so it is inflated: expect "
+            "traffic like the --val photos to score the estimate; --group-column with what "
+            "ties such images together gives a test part to trust"
+        )
+    elif labelled_val:
+        meaning = (
+            "the --val photos score above the test part drawn from --data: they are few, or "
+            "unlike --data (another mix of categories); the estimate holds for traffic like them"
+        )
+    elif check.gap > 0:
+        meaning = (
+            "val likely holds near-duplicates of training images (bursts, one sender's "
+            "photos), so the estimate is inflated and real traffic will score lower; pass "
+            "--val with labelled traffic, or --group-column with what ties such images together"
+        )
+    else:
+        meaning = (
+            "val and test hold unlike images (few of them, or near-duplicates of training "
+            "images on the test side); pass --val with labelled traffic, or --group-column "
+            "with what ties such images together"
+        )
+    return [*lines, f"warning: {apart}: {meaning}"]
 
 
 def _features(

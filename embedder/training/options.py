@@ -1,9 +1,12 @@
-"""Every knob of a training run, recorded in the artifact and checked on resume."""
+"""Every knob of a training run, recorded in the artifact and checked on resume (the recipe
+it started from included)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
+
+from embedder.training.recipes import RECIPES
 
 HEAD_INITS = ("pca", "random")
 AUGMENTS = ("cached", "online")
@@ -14,8 +17,9 @@ Blocks = int | Literal["all"]
 @dataclass(frozen=True)
 class TrainOptions:
     """Hyper-parameters of one run. The defaults are the CPU-sized settings measured on the
-    clothing data (docs/benchmarks.md, Training)."""
+    clothing data (docs/benchmarks.md, Training); `from_recipe` starts from a named recipe."""
 
+    recipe: str | None = None  # the recipe the values started from (embedder/training/recipes)
     base: str = "efficientnet_lite0"  # registered model name or artifact directory
     name: str | None = None  # output model name; default "<base>-arcface"
     embedding_dim: int = 512
@@ -37,8 +41,8 @@ class TrainOptions:
     weight_decay: float = 1e-4
     # CPU practicality
     trainable_blocks: Blocks = 1  # last backbone blocks that train ("all": the stem too)
-    # "cached": a few augmented views per image run through the frozen prefix once (CPU);
-    # "online": a fresh augmented view every epoch, the prefix run on every batch (GPU)
+    # "cached": a few augmented views per image run through the frozen prefix once (fast);
+    # "online": a fresh augmented view every epoch, the prefix run on every batch (best)
     augment: str = "cached"
     cached_views: int = 1  # augmented views cached per training image, beside the plain one
     workers: int = 2  # data-loader processes decoding and augmenting images
@@ -48,7 +52,26 @@ class TrainOptions:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda"
 
+    @classmethod
+    def from_recipe(cls, recipe: str, **explicit: Any) -> TrainOptions:
+        """`recipe`'s values over the defaults, then every `explicit` value that is not None
+        (a flag the user gave) over the recipe's. A recipe's head-only epochs yield to fewer
+        `epochs` given explicitly (`--epochs 1` on `best` trains one head-only epoch)."""
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+        known = {f.name for f in fields(cls)} - {"recipe"}
+        unknown = sorted(set(explicit) - known)
+        if unknown:
+            raise TypeError(f"not TrainOptions fields: {', '.join(unknown)}")
+        given = {name: value for name, value in explicit.items() if value is not None}
+        values = {**RECIPES[recipe].options, **given}
+        if "epochs" in given and "freeze_epochs" not in given and "freeze_epochs" in values:
+            values["freeze_epochs"] = min(values["freeze_epochs"], given["epochs"])
+        return cls(recipe=recipe, **values)
+
     def __post_init__(self) -> None:
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}: choose one of {', '.join(RECIPES)}")
         positive = ("embedding_dim", "epochs", "batch_size", "m_per_class", "k", "subcenters")
         for field in positive:
             if getattr(self, field) <= 0:

@@ -18,6 +18,12 @@ import numpy as np
 # (reference vectors, their categories, query vectors) -> each query's answer
 Classifier = Callable[[np.ndarray, Sequence[str], np.ndarray], list[str]]
 
+ESTIMATE_TOLERANCE = 0.05
+"""How far (top-1, either way) the kept epoch's validation estimate may sit from the test
+part measured once at the end before training warns. Issue 18's target: the estimate within
+5 points of the real traffic's top-1. Further apart, the estimate is not one to act on: most
+often val holds near-duplicates of training images (bursts, one sender's photos)."""
+
 
 @dataclass(frozen=True)
 class SplitAccuracy:
@@ -28,8 +34,18 @@ class SplitAccuracy:
     queries_seen: int
     queries_held_out: int
 
+    @property
+    def top1(self) -> float | None:
+        """Top-1 over every query, seen and held-out categories together (None: no query)."""
+        total = self.queries_seen + self.queries_held_out
+        if total == 0:
+            return None
+        held_out = self.held_out or 0.0
+        return (self.seen * self.queries_seen + held_out * self.queries_held_out) / total
+
     def to_dict(self) -> dict[str, float | int | None]:
         return {
+            "top1": self.top1,
             "seen_top1": self.seen,
             "held_out_top1": self.held_out,
             "queries_seen": self.queries_seen,
@@ -69,3 +85,36 @@ def selection_score(accuracy: SplitAccuracy, held_out_floor: float | None) -> fl
     if accuracy.held_out >= held_out_floor:
         return accuracy.seen
     return accuracy.held_out - 1.0
+
+
+@dataclass(frozen=True)
+class EstimateCheck:
+    """The kept epoch's validation top-1 beside the test part's, measured once at the end."""
+
+    estimate: float | None  # val top-1 (the split's val part, or the --val photos)
+    measured: float | None  # test top-1
+    tolerance: float = ESTIMATE_TOLERANCE
+
+    @property
+    def gap(self) -> float | None:
+        """Estimate minus measured: positive when validation promised more than test gave."""
+        if self.estimate is None or self.measured is None:
+            return None
+        return self.estimate - self.measured
+
+    @property
+    def agrees(self) -> bool | None:
+        return None if self.gap is None else abs(self.gap) <= self.tolerance
+
+    def to_dict(self) -> dict[str, float | bool | None]:
+        return {
+            "val_top1": self.estimate,
+            "test_top1": self.measured,
+            "gap": self.gap,
+            "tolerance": self.tolerance,
+            "agrees": self.agrees,
+        }
+
+
+def check_estimate(val: SplitAccuracy, test: SplitAccuracy) -> EstimateCheck:
+    return EstimateCheck(estimate=val.top1, measured=test.top1)

@@ -19,10 +19,15 @@ from embedder.splits import Split
 from embedder.training import TrainOptions, train
 from embedder.training.checkpoint import load_checkpoint
 from embedder.training.features import CachedViews
-from embedder.training.loop import drop_unreadable, principal_directions
+from embedder.training.loop import _estimate_report, drop_unreadable, principal_directions
 from embedder.training.loss import build_loss
-from embedder.training.validation import SplitAccuracy, selection_score
-from tests.helpers import KINDS, make_image, tiny_model_config
+from embedder.training.validation import (
+    ESTIMATE_TOLERANCE,
+    SplitAccuracy,
+    check_estimate,
+    selection_score,
+)
+from tests.helpers import KINDS, make_image, make_shot, tiny_model_config
 
 
 def nearest(references: np.ndarray, categories: list[str], queries: np.ndarray) -> list[str]:
@@ -150,6 +155,16 @@ def test_a_killed_run_resumes_after_its_last_finished_epoch(
 
     with pytest.raises(FileExistsError, match="--resume"):
         train(tiny_split, options, out, work_dir=work, classify=nearest, log=lambda line: None)
+    with pytest.raises(ValueError, match=r"\['recipe'\]"):  # same values, another recipe
+        train(
+            tiny_split,
+            replace(options, recipe="fast"),
+            out,
+            work_dir=work,
+            resume=True,
+            classify=nearest,
+            log=lambda line: None,
+        )
     changed = TrainOptions(base=str(tiny_base), embedding_dim=16, epochs=4, **FAST)
     with pytest.raises(ValueError, match="epochs"):
         train(
@@ -289,3 +304,56 @@ def test_a_whole_network_run_with_online_augmentation_trains_the_stem_too(
     assert any("cached frozen features of 25 views" in line for line in lines)  # plain only
     assert any("broken.jpg" in problem for problem in result.metadata["problems"])
     assert load_artifact(result.artifact).dim == 16
+
+
+def test_top1_counts_every_query_and_the_estimate_is_checked_both_ways() -> None:
+    accuracy = SplitAccuracy(seen=0.8, held_out=0.5, queries_seen=8, queries_held_out=2)
+    assert accuracy.top1 == pytest.approx(0.74)
+    assert SplitAccuracy(seen=0.0, held_out=None, queries_seen=0, queries_held_out=0).top1 is None
+    assert ESTIMATE_TOLERANCE == 0.05
+
+    def check(val: float, test: float) -> list[str]:
+        one = {"held_out": None, "queries_seen": 100, "queries_held_out": 0}
+        estimate = check_estimate(SplitAccuracy(seen=val, **one), SplitAccuracy(seen=test, **one))
+        return _estimate_report(estimate, labelled_val=False)
+
+    close = check(0.82, 0.78)
+    assert len(close) == 1 and "top-1 82.0%" in close[0] and "+4.0 points" in close[0]
+    for far in (check(0.90, 0.80), check(0.70, 0.80)):  # either way
+        assert far[1].startswith("warning: the validation estimate and the test part differ by")
+        assert "--val" in far[1] and "--group-column" in far[1]
+    assert "near-duplicates of training images" in check(0.90, 0.80)[1]
+
+
+def test_a_val_part_of_near_duplicates_gives_an_estimate_train_warns_about(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    """Val holds another shot of each training item (a burst split apart), test holds other
+    items: the estimate is inflated, and train says so beside the test part's figure."""
+    train_images, val, test = [], [], []
+    for k, kind in enumerate(KINDS):
+        for item in range(8):
+            for shot in range(2):
+                path = tmp_path / f"{kind}-{item}-{shot}.jpg"
+                path.write_bytes(make_shot(kind, 100 * k + item, shot))
+                (val if shot else train_images).append(LabeledImage(path, kind))
+            path = tmp_path / f"{kind}-other-{item}.jpg"
+            path.write_bytes(make_image(kind, 700 + 10 * k + item, size=96))
+            test.append(LabeledImage(path, kind))
+    options = TrainOptions(base=str(tiny_base), embedding_dim=16, epochs=2, **FAST)
+    lines: list[str] = []
+    result = train(
+        Split(train_images, val, test, held_out=[]),
+        options,
+        tmp_path / "model",
+        classify=nearest,
+        log=lines.append,
+    )
+    estimate = result.metadata["estimate"]
+    assert estimate["val_source"] == "split"
+    assert estimate["val_top1"] == result.metadata["val"]["top1"] >= 0.9
+    assert estimate["gap"] > ESTIMATE_TOLERANCE and estimate["agrees"] is False
+    assert any(line.startswith("validation estimate (kept epoch, the split's val part)")
+               for line in lines)  # fmt: skip
+    warning = next(line for line in lines if line.startswith("warning: the validation"))
+    assert "val likely holds near-duplicates of training images" in warning
