@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,8 @@ class LabeledImage:
     path: Path
     category: str
     group: str | None = None
+    # Labels besides the category (`nearcat import --attribute-column`): name -> value.
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -149,16 +151,18 @@ def load_csv(
     path_template: str = "{}",
     group_column: str | None = None,
     exclude_labels: Iterable[str] = (),
+    attribute_columns: Sequence[str] = (),
 ) -> Dataset:
     """Rows of (image path, label). Paths are relative to the CSV's folder; `path_template`
-    turns a column value into a path, e.g. ``images/{}.jpg``."""
+    turns a column value into a path, e.g. ``images/{}.jpg``. Each of `attribute_columns`
+    becomes an attribute of its row's image, named as the column (a blank cell: none)."""
     csv_path = Path(csv_path)
     excluded = {_nfc(label) for label in exclude_labels}
     dataset = Dataset()
     with open(csv_path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
-        for column in (path_column, label_column, group_column):
+        for column in (path_column, label_column, group_column, *attribute_columns):
             if column and column not in columns:
                 raise ValueError(
                     f"{csv_path} has no column {column!r}; its columns are {', '.join(columns)}"
@@ -176,7 +180,12 @@ def load_csv(
                 continue
             # A blank cell is no group, not one group "" of every ungrouped image.
             group = ((row[group_column] or "").strip() or None) if group_column else None
-            dataset.images.append(LabeledImage(path, label, group))
+            attributes = {
+                column: value
+                for column in attribute_columns
+                if (value := _nfc((row[column] or "").strip()))
+            }
+            dataset.images.append(LabeledImage(path, label, group, attributes))
             dataset.parents.setdefault(label, None)
     if missing > 5:
         dataset.problems.append(f"... {missing} missing image files in all")

@@ -11,6 +11,7 @@ the calibration fit and the reindex check all call it (the fit and the check thr
     decide     unknown when far from every reference; auto-accept from the threshold the
                labelled evidence earned; flag; else review with the top 3 (indexer.decision)
     levels     probabilities summed up the taxonomy, and the confident ancestor
+    attributes each attribute the neighbours carry, voted and tempered (indexer.attributes)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from indexer.attributes import Attributes, AttributeScore, attribute_scores
 from indexer.calibration import Calibration
 from indexer.decision import Decision, DecisionPolicy
 from indexer.head import ConfidenceHead
@@ -52,6 +54,8 @@ class Prediction:
     model_version: str = ""  # the version that answered: one per call, never a mix
     # The answer's calibrated probability: what the bands read.
     confidence: float = 0.0
+    # Each attribute the nearest references carry, with its values' probabilities.
+    attributes: list[AttributeScore] = field(default_factory=list)
 
     @property
     def category(self) -> str | None:
@@ -145,15 +149,20 @@ def answer(
     text: TextEvidence | None = None,
     top_n: int = 5,
     model_version: str = "",
+    attributes_of: Mapping[str, Attributes] | None = None,
 ) -> Prediction:
     """The served answer for one image from its nearest references `hits` (best first).
 
     `indexed`: the categories that have reference images (one known from its prompts alone
-    is never auto-accepted: zero-shot scores are not calibrated, a person confirms)."""
+    is never auto-accepted: zero-shot scores are not calibrated, a person confirms).
+    `attributes_of`: reference id -> its attributes, for those that carry any."""
     parents = parents or {}
     scores = calibration.apply(evidence(hits, vote, head, text))
+    attributes = attribute_scores(hits, attributes_of or {}, vote, calibration.attributes)
     if not scores:
-        return Prediction([], list(hits), Decision.UNKNOWN, model_version=model_version)
+        return Prediction(
+            [], list(hits), Decision.UNKNOWN, model_version=model_version, attributes=attributes
+        )
     top = scores[0]
     if top.category in indexed:
         decision = policy.decide(
@@ -175,6 +184,7 @@ def answer(
         confident_ancestor=_confident_ancestor(decision, top.category, levels, policy, calibration),
         model_version=model_version,
         confidence=top.score,
+        attributes=attributes,
     )
 
 

@@ -179,6 +179,8 @@ class Calibration:
     fitted_at_ms: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     head: ConfidenceHead | None = None
+    # Per attribute: its temperature and what it was fitted on (indexer.attributes).
+    attributes: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def fitted(self) -> bool:

@@ -39,6 +39,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 
 from indexer.answer import HeadInput, evidence
+from indexer.attributes import AttributeExample, Attributes, attribute_shares
 from indexer.calibration import LabelledExample
 from indexer.head import ConfidenceHead, cross_fitted_head, fit_head, fittable
 from indexer.index import Hit, VectorIndex
@@ -204,6 +205,51 @@ def reference_examples(
         head = fit.out_of_fold[i] if fit is not None else None
         examples += _asked(seen, hits, categories[i], vote, head, present)
     return examples, fit.head if fit is not None else None
+
+
+def attribute_examples(
+    index: VectorIndex,
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    categories: Sequence[str],
+    attributes_of: Mapping[str, Attributes],
+    vote: VoteConfig,
+    group_of: Mapping[str, str] | None = None,
+    size: int = CALIBRATION_EXAMPLES,
+) -> list[AttributeExample]:
+    """What attribute temperatures fit on: a sample of the references that carry attributes
+    (`ids` etc. are all the index's references), each asked of the others outside its shoot
+    and its stored group, for each attribute it carries. Always references: labelled
+    traffic carries no attributes."""
+    carrying = sorted(i for i, rid in enumerate(ids) if rid in attributes_of)
+    if not carrying:
+        return []
+    picked = sorted(random.Random(0).sample(carrying, min(size, len(carrying))))
+    shoot_of = shoots(index, ids, vectors, categories)
+    groups = group_of or {}
+    shoot_size, group_size = Counter(shoot_of.values()), Counter(groups.values())
+    depths = [
+        vote.k
+        + shoot_size[shoot_of[ids[i]]]
+        + (group_size[groups[ids[i]]] if ids[i] in groups else 0)
+        for i in picked
+    ]
+    found = _deep(index, np.asarray(vectors)[picked], depths)
+    examples = []
+    for i, hits in zip(picked, found, strict=True):
+        rid = ids[i]
+        mine = groups.get(rid)
+        seen = [
+            h
+            for h in hits
+            if shoot_of.get(h.reference_id) != shoot_of[rid]
+            and (mine is None or groups.get(h.reference_id) != mine)
+        ][: vote.k]
+        shares = attribute_shares(seen, attributes_of, vote)
+        for name, truth in attributes_of[rid].items():
+            if name in shares:
+                examples.append(AttributeExample(name, shares[name][0], truth))
+    return examples
 
 
 def labelled_examples(

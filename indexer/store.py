@@ -27,7 +27,9 @@ Keys, under a prefix (default ``nearcat``):
 - ``refs:<name>``           SET of the category's reference ids
 - ``children:<name>``       SET of the category's child category names
 - ``ref:<id>``              HASH id, category, sha256, metadata (JSON), created_at_ms, blob (the
-                            key of its image bytes in the blob store, kept to re-embed)
+                            key of its image bytes in the blob store, kept to re-embed),
+                            attributes (JSON)
+- ``attributes``            HASH reference id -> its attributes (JSON), for those with any
 - ``blobs``                 HASH url, id: the blob store that holds this store's images
 - ``blobs:unsure``          ZSET blob keys written (or orphaned by a removal) whose reference may
                             not record them, by time: what `sweep_blobs` checks
@@ -66,6 +68,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHANGE_STREAM_MAXLEN = 1_000_000
+READ_CHUNK = 10_000  # ids per command of a bulk read, so no reply grows past the timeout
 VECTOR_DTYPES = {"float32": "<f4", "float16": "<f2"}
 
 # put_vectors in one step, so that no removal can come between the check and the write.
@@ -115,6 +118,7 @@ class Reference:
     metadata: dict[str, str]
     created_at_ms: int
     blob: str = ""  # the key of its image in the blob store
+    attributes: dict[str, str] = field(default_factory=dict)  # e.g. {"kids": "true"}
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ class NewReference:
     image: bytes
     vector: np.ndarray
     metadata: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, str] = field(default_factory=dict)
     # Vectors of other model versions, written in the same transaction (a reindex running).
     other_vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -408,8 +413,11 @@ class Store:
                     "metadata": json.dumps(ref.metadata, sort_keys=True),
                     "created_at_ms": now,
                     "blob": blob_keys[ref.id],
+                    "attributes": json.dumps(ref.attributes, sort_keys=True),
                 },
             )
+            if ref.attributes:  # also in one hash, which a server loads in one read
+                pipe.hset(self.key("attributes"), ref.id, json.dumps(ref.attributes))
             pipe.hset(vectors_key, ref.id, self._pack(model_version, ref.vector))
             for version, vector in ref.other_vectors.items():
                 pipe.hset(self._vectors_key(version), ref.id, self._pack(version, vector))
@@ -666,6 +674,24 @@ class Store:
         return {
             i.decode(): name for name, ids in zip(names, self.call(read), strict=True) for i in ids
         }
+
+    def all_attributes(self) -> dict[str, dict[str, str]]:
+        """Every reference that carries attributes, with them (one read)."""
+        reply = self.call(lambda: self._redis.hgetall(self.key("attributes")))
+        return {k.decode(): json.loads(v) for k, v in reply.items()}
+
+    def attributes_of(self, reference_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Those of these references that carry attributes, with them."""
+        ids = list(reference_ids)
+
+        def read() -> list[bytes | None]:
+            pipe = self._redis.pipeline(transaction=False)
+            for start in range(0, len(ids), READ_CHUNK):
+                pipe.hmget(self.key("attributes"), ids[start : start + READ_CHUNK])
+            return [value for chunk in pipe.execute() for value in chunk]
+
+        reply = self.call(read) if ids else []
+        return {i: json.loads(v) for i, v in zip(ids, reply, strict=True) if v}
 
     def get_model(self) -> ModelVersions | None:
         """The active model version and the previous one, None before the first start."""
@@ -1115,6 +1141,8 @@ class Store:
     ) -> None:
         """In a removal's transaction; `_drop_blobs` deletes the images after it."""
         self._forget_blobs(pipe, references)
+        if references:
+            pipe.hdel(self.key("attributes"), *(ref.id for ref in references))
         for ref in references:
             pipe.delete(self._ref_key(ref.id))
             pipe.srem(self._refs_key(ref.category), ref.id)
@@ -1194,4 +1222,5 @@ def _reference_from_hash(fields: dict[bytes, bytes]) -> Reference:
         metadata=json.loads(fields[b"metadata"]),
         created_at_ms=int(fields[b"created_at_ms"]),
         blob=fields.get(b"blob", b"").decode(),
+        attributes=json.loads(fields.get(b"attributes", b"{}")),
     )

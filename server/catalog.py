@@ -22,6 +22,7 @@ from embedder import Embedder
 from embedder.images import ImageDecodeError, check_reference
 from embedder.text import text_shares
 from indexer.answer import HeadInput, Prediction, ScoredCategory, TextEvidence, answer
+from indexer.attributes import MAX_ATTRIBUTES, fit_attributes
 from indexer.calibration import Bound, Calibration, LabelledExample, fit_calibration
 from indexer.decision import DecisionPolicy
 from indexer.errors import (
@@ -33,7 +34,7 @@ from indexer.errors import (
     NotFound,
 )
 from indexer.head import ConfidenceHead
-from indexer.holdout import CALIBRATION_EXAMPLES, held_out_examples
+from indexer.holdout import CALIBRATION_EXAMPLES, attribute_examples, held_out_examples
 from indexer.ids import REFERENCE_ID_FORM, image_sha256, is_reference_id, reference_id
 from indexer.index import Hit, IndexConfig, VectorIndex
 from indexer.names import case_twin_warning, case_twins, normalise_name
@@ -51,6 +52,7 @@ MAX_NAME_LENGTH = 100
 MAX_TOP_N = 100
 MAX_K = 1000
 MAX_WITHIN = 1000  # categories a classification can be restricted to
+MAX_ATTRIBUTE_CHARS = 100
 MAX_METADATA_BYTES = 16 * 1024
 MAX_PROMPTS = 32
 MAX_PROMPT_LENGTH = 300
@@ -79,6 +81,7 @@ class Limits:
 class ReferenceInput:
     image: bytes
     metadata: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, str] = field(default_factory=dict)  # answered for images too
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,21 @@ def _check_metadata(metadata: dict[str, str], where: str) -> None:
         raise InvalidArgument(f"{where}: metadata has an empty key")
 
 
+def _check_attributes(attributes: dict[str, str], where: str) -> None:
+    """Attributes are answered for images, so each must be a short printable label."""
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidArgument(
+            f"{where}: {len(attributes)} attributes; the limit is {MAX_ATTRIBUTES}"
+        )
+    for name, value in attributes.items():
+        for what, text in (("name", name), ("value", value)):
+            if not text.strip() or len(text) > MAX_ATTRIBUTE_CHARS or _unprintable(text):
+                raise InvalidArgument(
+                    f"{where}: attribute {what} {text!r} must be 1 to {MAX_ATTRIBUTE_CHARS} "
+                    "printable characters (e.g. kids=true, colour=red)"
+                )
+
+
 def _check_deadline(deadline: float | None, before: str) -> None:
     if deadline is not None and time.monotonic() > deadline:
         raise DeadlineExceeded(f"deadline passed before {before}")
@@ -211,6 +229,9 @@ class Catalog:
         self.index_config = index_config or IndexConfig()
         self.batching = batching or Batching()
         self._parents: dict[str, str | None] = {}
+        # The attributes of the references held (those that carry any): model-independent,
+        # so one table serves every state; followed wherever the index follows the store.
+        self._attributes: dict[str, dict[str, str]] = {}
         self._state_lock = threading.Lock()
         self._serving = self.new_serving(embedder, text)
         # The state a reindex is building: while it is set, writes embed for it too.
@@ -304,8 +325,10 @@ class Catalog:
     def _level(self, serving: Serving, stored: Mapping[str, str], held: set[str]) -> None:
         """Make the index, which holds `held`, hold exactly `stored` (id -> category): drop
         the rest, add the missing with their stored vector, or embedded now without one."""
-        serving.index.remove(sorted(held - stored.keys()))
+        gone = sorted(held - stored.keys())
+        serving.index.remove(gone)
         missing = [i for i in stored if i not in held]
+        self._follow_attributes(missing, gone)
         if not missing:
             return
         vectors = self.store.get_vectors(serving.version, missing)
@@ -366,6 +389,7 @@ class Catalog:
         categories_now = self.store.list_categories()
         for category in categories_now:
             self._parents[category.name] = category.parent
+        self._attributes = self.store.all_attributes()
         serving = self._serving
         serving.set_texts(categories_now)
         bar = tqdm(desc="embedding", disable=not progress)
@@ -502,6 +526,7 @@ class Catalog:
                         text=self._text_evidence(s, semantics[row], allowed),
                         top_n=top_n,
                         model_version=s.version,
+                        attributes_of=self._attributes,
                     )
                 )
                 row += 1
@@ -663,7 +688,11 @@ class Catalog:
     ) -> Calibration:
         """Store this calibration for `s`'s version and serve it."""
         # Kept so that a refit after the categories change (server.recalibrate) is alike.
-        calibration = replace(calibration, extra={**calibration.extra, "group_by": group_by})
+        calibration = replace(
+            calibration,
+            extra={**calibration.extra, "group_by": group_by},
+            attributes=self._fit_attributes(s, group_by),
+        )
         self.store.put_calibration(s.version, calibration.to_json())
         s.calibration = calibration
         return calibration
@@ -675,19 +704,11 @@ class Catalog:
         came from: the labelled traffic stored for `s`'s version when there are at least
         `MIN_LABELLED`, else leave-one-shoot-out over a sample of the references. The sample
         is drawn the same way for every model version, so two versions are measured alike."""
-        ids: list[str] = []
-        categories: list[str] = []
-        parts = []
-        for batch in self.store.iter_vectors(s.version):
-            ids += batch.reference_ids
-            categories += batch.categories
-            if batch.reference_ids:
-                parts.append(batch.vectors)
+        ids, categories, vectors = self._stored_vectors(s)
         if len(set(categories)) < 2:
             raise FailedPrecondition(
                 "calibration needs references in at least two categories; add more first"
             )
-        vectors = np.concatenate(parts)
         labelled = [x for x in self.store.labelled(s.version) if x.vector is not None]
         if len(labelled) >= MIN_LABELLED:
             photos = (
@@ -699,13 +720,14 @@ class Catalog:
             )
             sources = sorted({x.source for x in labelled})
             return examples, head, f"{len(labelled)} labelled photos ({', '.join(sources)})"
-        groups: dict[str, str] = {}
-        if group_by:
-            for ref in self.store.get_references(ids):
-                if ref is not None and group_by in ref.metadata:
-                    groups[ref.id] = ref.metadata[group_by]
         examples, head = held_out_examples(
-            s.index, ids, vectors, categories, self.vote, group_of=groups, size=max_examples
+            s.index,
+            ids,
+            vectors,
+            categories,
+            self.vote,
+            group_of=self._groups(ids, group_by),
+            size=max_examples,
         )
         asked = sum(not e.open_set for e in examples)
         how = f"leave-one-shoot-out over {asked} references" + (
@@ -714,6 +736,40 @@ class Catalog:
         if labelled:
             how += f"; {len(labelled)} labelled photos are fewer than {MIN_LABELLED}"
         return examples, head, how
+
+    def _stored_vectors(self, s: Serving) -> tuple[list[str], list[str], np.ndarray]:
+        """Every stored reference with a vector for `s`'s version: ids, categories, vectors."""
+        ids: list[str] = []
+        categories: list[str] = []
+        parts = [np.zeros((0, s.embedder.dim), dtype=np.float32)]
+        for batch in self.store.iter_vectors(s.version):
+            ids += batch.reference_ids
+            categories += batch.categories
+            if batch.reference_ids:
+                parts.append(batch.vectors)
+        return ids, categories, np.concatenate(parts)
+
+    def _groups(self, ids: Sequence[str], group_by: str | None) -> dict[str, str]:
+        """Reference id -> its value of the `group_by` metadata (e.g. its sender)."""
+        if not group_by:
+            return {}
+        return {
+            ref.id: ref.metadata[group_by]
+            for ref in self.store.get_references(ids)
+            if ref is not None and group_by in ref.metadata
+        }
+
+    def _fit_attributes(self, s: Serving, group_by: str | None) -> dict[str, dict[str, float]]:
+        """Each attribute's temperature, fitted on references asked of the others outside
+        their shoot and group (`indexer.holdout.attribute_examples`)."""
+        held = dict(self._attributes)
+        if not held:
+            return {}
+        ids, categories, vectors = self._stored_vectors(s)
+        examples = attribute_examples(
+            s.index, ids, vectors, categories, held, self.vote, self._groups(ids, group_by)
+        )
+        return fit_attributes(examples)
 
     def embed_labelled(self, serving: Serving) -> int:
         """Embed, for `serving`'s version, the stored labelled photos it has no vector for
@@ -908,6 +964,7 @@ class Catalog:
             with self._gate.write(), self._use() as s:
                 removed = self.store.remove_references(reference_ids)
                 s.index.remove([r.id for r in removed])
+                self._follow_attributes([], [r.id for r in removed])
         except NotFound:  # perhaps removed by an attempt whose reply was lost
             self._drop_unstored(list(reference_ids))
             raise
@@ -919,6 +976,7 @@ class Catalog:
             with self._gate.write(), self._use() as s:
                 removed = self.store.delete_category(name)
                 s.index.remove([r.id for r in removed])
+                self._follow_attributes([], [r.id for r in removed])
                 self._parents.pop(name, None)
                 s.drop_text(name)
         except NotFound:  # perhaps deleted by an attempt whose reply was lost
@@ -1004,6 +1062,7 @@ class Catalog:
         with self._gate.switch():
             categories = self.store.list_categories()
             self._parents = {c.name: c.parent for c in categories}
+            self._attributes = self.store.all_attributes()
             for state in self._states():
                 self.sync_index(state)
                 for name in state.prompted_names():
@@ -1102,7 +1161,9 @@ class Catalog:
         with self._gate.switch(), self._use() as s:
             held = s.index.holds(reference_ids)
             found = self.store.get_references(held)
-            s.index.remove([i for i, ref in zip(held, found, strict=True) if ref is None])
+            gone = [i for i, ref in zip(held, found, strict=True) if ref is None]
+            s.index.remove(gone)
+            self._follow_attributes([], gone)
 
     def _index_new(self, s: Serving, category: str, references: Sequence[NewReference]) -> None:
         # Duplicates too, once each: a write that committed while its reply was lost (store
@@ -1113,6 +1174,15 @@ class Catalog:
             s.index.add(
                 [r.id for r in new], [category] * len(new), np.stack([r.vector for r in new])
             )
+            # As stored: a duplicate keeps the attributes it was first added with.
+            self._follow_attributes([r.id for r in new if r.attributes])
+
+    def _follow_attributes(self, added: Sequence[str], removed: Sequence[str] = ()) -> None:
+        """Hold the stored attributes of the references `added`, drop those `removed`."""
+        for gone in removed:
+            self._attributes.pop(gone, None)
+        if added:
+            self._attributes.update(self.store.attributes_of(added))
 
     def _check_count(self, items: Sequence[object], what: str) -> None:
         if not items:
@@ -1143,6 +1213,7 @@ class Catalog:
         limits = self._serving.embedder.limits
         for i, ref in enumerate(references):
             _check_metadata(ref.metadata, f"reference {i}")
+            _check_attributes(ref.attributes, f"reference {i}")
             try:
                 check_reference(ref.image, limits)
             except ImageDecodeError as exc:
@@ -1164,6 +1235,7 @@ class Catalog:
                     image=ref.image,
                     vector=vector,
                     metadata=dict(ref.metadata),
+                    attributes=dict(ref.attributes),
                     other_vectors={pending.version: other[i]}
                     if pending is not None and other is not None
                     else {},

@@ -365,6 +365,12 @@ def calibrate(stub: Any, group_by: str) -> None:
         )
     else:
         print(f"nothing will be auto-accepted: {fitted.no_auto_accept_reason}")
+    for fit in fitted.attributes:
+        print(
+            f"attribute {fit.name}: temperature {fit.temperature:.3f}, right {fit.accuracy:.1%} "
+            f"of {fit.examples} references asked of other shoots, ECE {fit.ece_before:.3f} -> "
+            f"{fit.ece_after:.3f}"
+        )
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
@@ -565,7 +571,10 @@ def send_references(
         return pb.AddReferencesRequest(
             category=category,
             references=[
-                pb.ReferenceImage(image=data, metadata=_metadata(image)) for image, data in items
+                pb.ReferenceImage(
+                    image=data, metadata=_metadata(image), attributes=dict(image.attributes)
+                )
+                for image, data in items
             ],
         )
 
@@ -634,6 +643,10 @@ def print_result(path: str, item: Any, model_version: str, as_json: bool) -> Non
                     "model_version": model_version,
                     "decision": DECISIONS[result.decision],
                     "confidence": round(result.confidence, 4),
+                    "attributes": {
+                        a.name: {v.value: round(v.probability, 4) for v in a.values}
+                        for a in result.attributes
+                    },
                     "levels": [
                         {"depth": lv.depth, "category": lv.category, "score": round(lv.score, 4)}
                         for lv in result.levels
@@ -674,6 +687,9 @@ def print_result(path: str, item: Any, model_version: str, as_json: bool) -> Non
         )
     for other in result.categories[1:]:
         print(f"    {' > '.join(other.path)}  ({other.score:.2f})")
+    for attribute in result.attributes:
+        values = ", ".join(f"{v.value} {v.probability:.2f}" for v in attribute.values[:3])
+        print(f"    {attribute.name}: {values}  ({attribute.voters} of the neighbours say)")
 
 
 # -- categories and status -----------------------------------------------------------------
@@ -1038,6 +1054,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV column grouping images that look alike (e.g. sender_id: one person's photos "
         f"share background and light); stored as the {GROUP_METADATA!r} metadata, so the "
         "calibration never lets a group vote for itself",
+    )
+    imp.add_argument(
+        "--attribute-column",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="CSV column whose value is an attribute of the image (e.g. kids: true/false), "
+        "named as the column; `nearcat classify` then answers it for new photos, from the "
+        "nearest references' values (repeatable; a blank cell: the image has none)",
     )
     imp.add_argument(
         "--no-calibrate",

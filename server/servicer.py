@@ -104,6 +104,7 @@ def _reference(reference: Reference) -> pb.Reference:
         sha256=reference.sha256,
         metadata=reference.metadata,
         created_at_ms=reference.created_at_ms,
+        attributes=reference.attributes,
     )
 
 
@@ -132,6 +133,14 @@ def _classification(prediction: Prediction) -> pb.Classification:
         confident_ancestor=(
             _level(prediction.confident_ancestor) if prediction.confident_ancestor else None
         ),
+        attributes=[
+            pb.AttributeScore(
+                name=a.name,
+                values=[pb.AttributeValue(value=v, probability=p) for v, p in a.values],
+                voters=a.voters,
+            )
+            for a in prediction.attributes
+        ],
     )
 
 
@@ -155,11 +164,25 @@ def calibration_message(calibration: Calibration, head_current: bool) -> pb.Cali
         accepted_share=calibration.accepted_share,
         no_auto_accept_reason=calibration.reason,
         labelled_needed=calibration.labelled_needed,
+        attributes=[
+            pb.AttributeFit(
+                name=name,
+                temperature=fit["temperature"],
+                examples=int(fit["examples"]),
+                accuracy=fit["accuracy"],
+                ece_before=fit["ece_before"],
+                ece_after=fit["ece_after"],
+            )
+            for name, fit in sorted(calibration.attributes.items())
+        ],
     )
 
 
 def _references(request_references: Any) -> list[ReferenceInput]:
-    return [ReferenceInput(image=r.image, metadata=dict(r.metadata)) for r in request_references]
+    return [
+        ReferenceInput(image=r.image, metadata=dict(r.metadata), attributes=dict(r.attributes))
+        for r in request_references
+    ]
 
 
 def _added(result: AddResult) -> list[pb.AddedReference]:

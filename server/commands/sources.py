@@ -52,6 +52,7 @@ def load_source(
             path_template=args.path_template,
             group_column=getattr(args, "group_column", None),
             exclude_labels=args.exclude_label,
+            attribute_columns=getattr(args, "attribute_column", None) or (),
         )
     except (ValueError, OSError) as exc:
         raise CommandError(f"{where}: {exc}") from exc

@@ -97,20 +97,40 @@ class LevelScore(_message.Message):
     def __init__(self, depth: _Optional[int] = ..., category: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Classification(_message.Message):
-    __slots__ = ("categories", "neighbors", "decision", "confidence", "levels", "confident_ancestor")
+    __slots__ = ("categories", "neighbors", "decision", "confidence", "levels", "confident_ancestor", "attributes")
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     NEIGHBORS_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     LEVELS_FIELD_NUMBER: _ClassVar[int]
     CONFIDENT_ANCESTOR_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     categories: _containers.RepeatedCompositeFieldContainer[CategoryScore]
     neighbors: _containers.RepeatedCompositeFieldContainer[Neighbor]
     decision: Decision
     confidence: float
     levels: _containers.RepeatedCompositeFieldContainer[LevelScore]
     confident_ancestor: LevelScore
-    def __init__(self, categories: _Optional[_Iterable[_Union[CategoryScore, _Mapping]]] = ..., neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ..., decision: _Optional[_Union[Decision, str]] = ..., confidence: _Optional[float] = ..., levels: _Optional[_Iterable[_Union[LevelScore, _Mapping]]] = ..., confident_ancestor: _Optional[_Union[LevelScore, _Mapping]] = ...) -> None: ...
+    attributes: _containers.RepeatedCompositeFieldContainer[AttributeScore]
+    def __init__(self, categories: _Optional[_Iterable[_Union[CategoryScore, _Mapping]]] = ..., neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ..., decision: _Optional[_Union[Decision, str]] = ..., confidence: _Optional[float] = ..., levels: _Optional[_Iterable[_Union[LevelScore, _Mapping]]] = ..., confident_ancestor: _Optional[_Union[LevelScore, _Mapping]] = ..., attributes: _Optional[_Iterable[_Union[AttributeScore, _Mapping]]] = ...) -> None: ...
+
+class AttributeScore(_message.Message):
+    __slots__ = ("name", "values", "voters")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    VOTERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    values: _containers.RepeatedCompositeFieldContainer[AttributeValue]
+    voters: int
+    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Iterable[_Union[AttributeValue, _Mapping]]] = ..., voters: _Optional[int] = ...) -> None: ...
+
+class AttributeValue(_message.Message):
+    __slots__ = ("value", "probability")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    value: str
+    probability: float
+    def __init__(self, value: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
     __slots__ = ("classification", "model_version", "processing_ms", "item_id", "metadata", "review_id", "review_unqueued")
@@ -208,8 +228,15 @@ class ClassifyBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ClassifyBatchItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., processing_ms: _Optional[float] = ...) -> None: ...
 
 class ReferenceImage(_message.Message):
-    __slots__ = ("image", "metadata")
+    __slots__ = ("image", "metadata", "attributes")
     class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -218,9 +245,11 @@ class ReferenceImage(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, image: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, image: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Category(_message.Message):
     __slots__ = ("name", "parent", "metadata", "created_at_ms", "reference_count", "path", "prompts")
@@ -248,8 +277,15 @@ class Category(_message.Message):
     def __init__(self, name: _Optional[str] = ..., parent: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ..., reference_count: _Optional[int] = ..., path: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Reference(_message.Message):
-    __slots__ = ("id", "category", "sha256", "metadata", "created_at_ms")
+    __slots__ = ("id", "category", "sha256", "metadata", "created_at_ms", "attributes")
     class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -261,12 +297,14 @@ class Reference(_message.Message):
     SHA256_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     category: str
     sha256: str
     metadata: _containers.ScalarMap[str, str]
     created_at_ms: int
-    def __init__(self, id: _Optional[str] = ..., category: _Optional[str] = ..., sha256: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., category: _Optional[str] = ..., sha256: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at_ms: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AddedReference(_message.Message):
     __slots__ = ("reference_id", "sha256", "duplicate")
@@ -432,7 +470,7 @@ class CalibrateRequest(_message.Message):
     def __init__(self, group_by_metadata: _Optional[str] = ...) -> None: ...
 
 class Calibration(_message.Message):
-    __slots__ = ("temperature", "unknown_below", "examples", "ece_before", "ece_after", "source", "fitted_at_ms", "accuracy", "head_categories", "head_current", "has_auto_accept", "auto_accept_threshold", "target_precision", "bound_level", "precision_bound", "accepted_share", "no_auto_accept_reason", "labelled_needed")
+    __slots__ = ("temperature", "unknown_below", "examples", "ece_before", "ece_after", "source", "fitted_at_ms", "accuracy", "head_categories", "head_current", "has_auto_accept", "auto_accept_threshold", "target_precision", "bound_level", "precision_bound", "accepted_share", "no_auto_accept_reason", "labelled_needed", "attributes")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_BELOW_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -451,6 +489,7 @@ class Calibration(_message.Message):
     ACCEPTED_SHARE_FIELD_NUMBER: _ClassVar[int]
     NO_AUTO_ACCEPT_REASON_FIELD_NUMBER: _ClassVar[int]
     LABELLED_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     unknown_below: float
     examples: int
@@ -469,7 +508,24 @@ class Calibration(_message.Message):
     accepted_share: float
     no_auto_accept_reason: str
     labelled_needed: int
-    def __init__(self, temperature: _Optional[float] = ..., unknown_below: _Optional[float] = ..., examples: _Optional[int] = ..., ece_before: _Optional[float] = ..., ece_after: _Optional[float] = ..., source: _Optional[str] = ..., fitted_at_ms: _Optional[int] = ..., accuracy: _Optional[float] = ..., head_categories: _Optional[int] = ..., head_current: _Optional[bool] = ..., has_auto_accept: _Optional[bool] = ..., auto_accept_threshold: _Optional[float] = ..., target_precision: _Optional[float] = ..., bound_level: _Optional[float] = ..., precision_bound: _Optional[float] = ..., accepted_share: _Optional[float] = ..., no_auto_accept_reason: _Optional[str] = ..., labelled_needed: _Optional[int] = ...) -> None: ...
+    attributes: _containers.RepeatedCompositeFieldContainer[AttributeFit]
+    def __init__(self, temperature: _Optional[float] = ..., unknown_below: _Optional[float] = ..., examples: _Optional[int] = ..., ece_before: _Optional[float] = ..., ece_after: _Optional[float] = ..., source: _Optional[str] = ..., fitted_at_ms: _Optional[int] = ..., accuracy: _Optional[float] = ..., head_categories: _Optional[int] = ..., head_current: _Optional[bool] = ..., has_auto_accept: _Optional[bool] = ..., auto_accept_threshold: _Optional[float] = ..., target_precision: _Optional[float] = ..., bound_level: _Optional[float] = ..., precision_bound: _Optional[float] = ..., accepted_share: _Optional[float] = ..., no_auto_accept_reason: _Optional[str] = ..., labelled_needed: _Optional[int] = ..., attributes: _Optional[_Iterable[_Union[AttributeFit, _Mapping]]] = ...) -> None: ...
+
+class AttributeFit(_message.Message):
+    __slots__ = ("name", "temperature", "examples", "accuracy", "ece_before", "ece_after")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    ECE_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    ECE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    temperature: float
+    examples: int
+    accuracy: float
+    ece_before: float
+    ece_after: float
+    def __init__(self, name: _Optional[str] = ..., temperature: _Optional[float] = ..., examples: _Optional[int] = ..., accuracy: _Optional[float] = ..., ece_before: _Optional[float] = ..., ece_after: _Optional[float] = ...) -> None: ...
 
 class LabelledImage(_message.Message):
     __slots__ = ("image", "category")

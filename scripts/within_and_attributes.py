@@ -1,5 +1,5 @@
-"""What a caller's restriction buys (issue 18, `ClassifyOptions.within`): the served answer
-for each query photo with and without the department the caller knows.
+"""Issue 18's served extras on the clothing trees: what a caller's restriction buys
+(`ClassifyOptions.within`), and how well the `kids` attribute is answered.
 
 The clothing trees of ../shared/tools/clothing_trees.py get a two-level taxonomy (DEPARTMENTS:
 tops / bottoms / footwear / other, the issue's example; a made-up split, not tuned on
@@ -7,15 +7,19 @@ anything). For each seed, an in-process catalogue (real Valkey, `server.catalog.
 packaged model) holds the tree's references under their departments, calibrates on the
 tree's labelled photos as a running catalogue would, then classifies every query twice:
 free, and `within` its true category's department (what a seller who picked the department
-tells the marketplace). The same function serves both (`Catalog.classify`). Prints JSON:
-top-1, auto-accept share and precision, per seed and mean ± sd, and the per-seed gains.
+tells the marketplace). The same function serves both (`Catalog.classify`). The references
+carry the dataset's `kids` column as an attribute (as `nearcat import --attribute-column
+kids` stores it); the free answers' kids probabilities are scored against the queries' own
+kids values, beside the always-"False" baseline. Prints JSON: top-1, auto-accept share and
+precision, the kids figures, per seed and mean ± sd, and the per-seed gains.
 
-    .venv/bin/python scripts/restriction_benefit.py --seeds 0 1 2 3 4 > restriction.json
+    .venv/bin/python scripts/within_and_attributes.py --seeds 0 1 2 3 4 > extras.json
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import subprocess
@@ -33,15 +37,17 @@ sys.path.insert(0, str(ROOT))
 
 from embedder import load_artifact, resolve_model  # noqa: E402
 from embedder.config import DEFAULT_MODEL  # noqa: E402
-from embedder.datasets import load_folder_tree  # noqa: E402
+from embedder.datasets import LabeledImage, load_folder_tree  # noqa: E402
 from embedder.text import load_text_tower  # noqa: E402
 from indexer.blobs import DirBlobs  # noqa: E402
+from indexer.calibration import ece  # noqa: E402
 from indexer.decision import Decision  # noqa: E402
 from indexer.embedded import EmbeddedValkey  # noqa: E402
 from indexer.store import Store  # noqa: E402
 from server.catalog import Catalog, Prediction, ReferenceInput  # noqa: E402
 
 TREES_TOOL = ROOT.parent / "shared" / "tools" / "clothing_trees.py"
+CLOTHING_CSV = ROOT.parent / "shared" / "datasets" / "clothing" / "images.csv"
 DEPARTMENTS = {
     "Tops": [
         "Blazer",
@@ -85,8 +91,15 @@ def tree(work: Path, seed: int) -> Path:
     return out
 
 
-def fill(catalog: Catalog, folder: Path) -> None:
-    """The references under their departments, and the labelled photos; then calibrate."""
+def kids_of() -> dict[str, str]:
+    """Image file stem -> its kids value, from the dataset's CSV."""
+    with open(CLOTHING_CSV, newline="", encoding="utf-8") as handle:
+        return {row["image"]: row["kids"] for row in csv.DictReader(handle) if row["kids"]}
+
+
+def fill(catalog: Catalog, folder: Path, kids: dict[str, str]) -> dict[str, Any]:
+    """The references under their departments, with their kids attribute, and the labelled
+    photos; then calibrate. Returns the kids attribute's fit."""
     refs = load_folder_tree(folder / "refs").images
     for department in DEPARTMENTS:
         catalog.add_category(department)
@@ -97,17 +110,25 @@ def fill(catalog: Catalog, folder: Path) -> None:
         for category, paths in sorted(by_category.items()):
             catalog.add_category(category, parent=department_of(category))
             for part in chunks(paths, BATCH):
-                catalog.add_references(category, [ReferenceInput(p.read_bytes()) for p in part])
+                catalog.add_references(
+                    category,
+                    [ReferenceInput(p.read_bytes(), attributes=_kids(p, kids)) for p in part],
+                )
                 bar.update(len(part))
     labelled = load_folder_tree(folder / "labelled").images
     for part in chunks(labelled, BATCH):
         catalog.add_labelled([(i.path.read_bytes(), i.category) for i in part], "labelled tree")
-    catalog.calibrate()
+    return dict(catalog.calibrate().attributes.get("kids", {}))
 
 
-def served(catalog: Catalog, folder: Path, restrict: bool) -> list[tuple[str, Prediction]]:
+def _kids(path: Path, kids: dict[str, str]) -> dict[str, str]:
+    value = kids.get(path.stem)
+    return {"kids": value} if value else {}
+
+
+def served(catalog: Catalog, folder: Path, restrict: bool) -> list[tuple[LabeledImage, Prediction]]:
     queries = load_folder_tree(folder / "queries").images
-    groups: dict[str, list[Any]] = {}
+    groups: dict[str, list[LabeledImage]] = {}
     for image in queries:
         groups.setdefault(department_of(image.category) if restrict else "", []).append(image)
     out = []
@@ -118,13 +139,13 @@ def served(catalog: Catalog, folder: Path, restrict: bool) -> list[tuple[str, Pr
                 results = catalog.classify([i.path.read_bytes() for i in part], within=within)
                 for image, result in zip(part, results, strict=True):
                     if isinstance(result, Prediction):
-                        out.append((image.category, result))
+                        out.append((image, result))
                 bar.update(len(part))
     return out
 
 
-def figures(answers: list[tuple[str, Prediction]]) -> dict[str, Any]:
-    right = [truth == p.category for truth, p in answers]
+def figures(answers: list[tuple[LabeledImage, Prediction]]) -> dict[str, Any]:
+    right = [image.category == p.category for image, p in answers]
     auto = [
         r for r, (_, p) in zip(right, answers, strict=True) if p.decision is Decision.AUTO_ACCEPT
     ]
@@ -133,6 +154,36 @@ def figures(answers: list[tuple[str, Prediction]]) -> dict[str, Any]:
         "top1": round(sum(right) / len(right), 4),
         "auto_accepted": round(len(auto) / len(answers), 4),
         "auto_accept_precision": round(sum(auto) / len(auto), 4) if auto else None,
+    }
+
+
+def kids_figures(
+    answers: list[tuple[LabeledImage, Prediction]], kids: dict[str, str]
+) -> dict[str, Any]:
+    """The kids answer against each query's own value: accuracy of the most probable value,
+    the always-"False" baseline, recall and precision of "True", ECE of the top value."""
+    truths, tops, sure = [], [], []
+    for image, prediction in answers:
+        truth = kids.get(image.path.stem)
+        found = [a for a in prediction.attributes if a.name == "kids"]
+        if truth is None or not found:
+            continue
+        value, probability = found[0].values[0]
+        truths.append(truth)
+        tops.append(value)
+        sure.append(probability)
+    right = [t == v for t, v in zip(truths, tops, strict=True)]
+    said_true = [t for t, v in zip(truths, tops, strict=True) if v == "True"]
+    are_true = [v for t, v in zip(truths, tops, strict=True) if t == "True"]
+    return {
+        "answered": len(truths),
+        "accuracy": round(sum(right) / len(right), 4),
+        "always_false_accuracy": round(truths.count("False") / len(truths), 4),
+        "true_recall": round(are_true.count("True") / len(are_true), 4) if are_true else None,
+        "true_precision": (
+            round(said_true.count("True") / len(said_true), 4) if said_true else None
+        ),
+        "ece": round(ece(sure, right), 4),
     }
 
 
@@ -148,10 +199,13 @@ def measure(seed: int, args: argparse.Namespace) -> dict[str, Any]:
             catalog = Catalog(store, embedder, text=load_text_tower(embedder))
             try:
                 started = time.perf_counter()
-                fill(catalog, folder)
+                kids = kids_of()
+                kids_fit = fill(catalog, folder, kids)
+                free = served(catalog, folder, restrict=False)
                 result = {
-                    "free": figures(served(catalog, folder, restrict=False)),
+                    "free": figures(free),
                     "within_department": figures(served(catalog, folder, restrict=True)),
+                    "kids": {**kids_figures(free, kids), "fit": kids_fit},
                     "model_version": embedder.version,
                     "wall_s": round(time.perf_counter() - started, 1),
                 }
@@ -163,7 +217,9 @@ def measure(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def spread(values: list[float]) -> dict[str, Any]:
+def spread(values: list[float]) -> dict[str, Any] | None:
+    if not values:
+        return None
     return {
         "mean": round(statistics.mean(values), 4),
         "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None,
@@ -177,7 +233,7 @@ def main() -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="registered name or artifact")
-    parser.add_argument("--work", type=Path, default=ROOT / "var" / "restriction")
+    parser.add_argument("--work", type=Path, default=ROOT / "var" / "extras")
     args = parser.parse_args()
     runs = {seed: measure(seed, args) for seed in args.seeds}
     summary: dict[str, Any] = {}
@@ -187,6 +243,10 @@ def main() -> None:
             for key in ("top1", "auto_accepted", "auto_accept_precision")
         }
     # Same splits for both: the gain is compared seed by seed.
+    summary["kids"] = {
+        key: spread([r["kids"][key] for r in runs.values() if r["kids"][key] is not None])
+        for key in ("accuracy", "always_false_accuracy", "true_recall", "true_precision", "ece")
+    }
     summary["gain"] = {
         key: spread([r["within_department"][key] - r["free"][key] for r in runs.values()])
         for key in ("top1", "auto_accepted")
