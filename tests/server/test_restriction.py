@@ -1,5 +1,6 @@
 """A classification restricted to what the caller knows (`ClassifyOptions.within`): in process
-with a real Valkey and the packaged model, and the refusals over real gRPC."""
+with a real Valkey and the packaged model; over real gRPC the restriction, its refusals and
+the answer's attributes."""
 
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def test_unknown_names_and_empty_departments_are_refused_with_what_to_do(
         catalog.classify([make_image("dots", 1)], within=["Empty"])
 
 
-def test_the_restriction_travels_over_grpc_in_classify_and_classify_batch(
+def test_the_restriction_and_attributes_travel_over_grpc(
     tmp_path: Path, model_artifact: Path
 ) -> None:
     server = ServerProcess(tmp_path / "data", model_artifact).start()
@@ -100,8 +101,19 @@ def test_the_restriction_travels_over_grpc_in_classify_and_classify_batch(
         for name in TREE:
             stub.AddCategory(pb.AddCategoryRequest(name=name))
         for kind, parent in LEAVES.items():
-            refs = [pb.ReferenceImage(image=make_image(kind, s)) for s in range(4)]
+            refs = [
+                pb.ReferenceImage(
+                    image=make_image(kind, s), attributes={"round": str(kind == "dots")}
+                )
+                for s in range(4)
+            ]
             stub.AddCategory(pb.AddCategoryRequest(name=kind, parent=parent, references=refs))
+        got = stub.GetCategory(pb.GetCategoryRequest(name="dots", include_references=True))
+        assert {dict(r.attributes)["round"] for r in got.references} == {"True"}
+        free = stub.Classify(pb.ClassifyRequest(image=make_image("dots", 9)), timeout=60)
+        [round_] = free.classification.attributes
+        assert round_.name == "round" and round_.values[0].value == "True"
+        assert round_.voters == len(free.classification.neighbors)
         options = pb.ClassifyOptions(within=["Patterns"])
         answer = stub.Classify(
             pb.ClassifyRequest(image=make_image("dots", 9), options=options), timeout=60
