@@ -217,7 +217,14 @@ def test_too_many_files_are_refused_with_a_reason(login: Any) -> None:
     assert page.url.endswith("/category?name=stripes")
 
 
-def test_try_it_classifies_a_dropped_photo(login: Any) -> None:
+def test_try_it_classifies_a_dropped_photo(login: Any, stub: Any) -> None:
+    marked = [
+        pb.ReferenceImage(image=make_image("stripes", 300 + i), attributes={"lines": "yes"})
+        for i in range(3)
+    ]
+    stub.AddReferences(
+        pb.AddReferencesRequest(category="stripes", references=marked), metadata=metadata("alice")
+    )
     page = login("carl")  # classify is enough to try
     page.click("text=Try it")
     page.set_input_files(
@@ -230,6 +237,7 @@ def test_try_it_classifies_a_dropped_photo(login: Any) -> None:
     neighbours = page.locator("#result .thumbs img")
     assert neighbours.count() >= 3
     page.wait_for_function(LOADED, arg="#result .thumbs img")
+    assert "lines = yes" in page.locator("#attributes").inner_text()
 
 
 def test_a_photo_dropped_on_try_it_is_classified(login: Any) -> None:
