@@ -179,6 +179,21 @@ def test_a_reindex_that_loses_accuracy_is_refused(
     assert stored is not None and stored["state"] == "refused"
 
 
+def test_a_catalogue_moves_to_the_default_backbone_by_its_name(
+    catalog: Catalog, reindexer: Reindexer, store: Store
+) -> None:
+    """A catalogue started on Lite0 (before Lite1 became the default) moves by name: the
+    packaged model is built, every reference re-embedded, validated and switched."""
+    from embedder.config import DEFAULT_MODEL
+
+    assert catalog.serving.version.startswith("efficientnet_lite0-")
+    reindexer.start(DEFAULT_MODEL)
+    job = wait(reindexer, timeout=300)
+    assert job.state == ReindexState.DONE, job.message
+    assert catalog.serving.version.startswith(f"{DEFAULT_MODEL}-") and len(catalog.index) == 36
+    assert predict(catalog, "stripes", 5).categories[0].category == "stripes"
+
+
 def test_a_model_whose_weights_cannot_be_downloaded_is_refused_with_the_way_out(
     reindexer: Reindexer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
