@@ -194,12 +194,7 @@ def reference_examples(
                 shoot_of.get(r) != own[i] and (mine[i] is None or groups.get(r) != mine[i])
                 for r in members.get(categories[i], ())
             )
-        seen = [
-            h
-            for h in hits
-            if shoot_of.get(h.reference_id) != own[i]
-            and (mine[i] is None or groups.get(h.reference_id) != mine[i])
-        ][: vote.k]
+        seen = _judges(hits, own[i], mine[i], shoot_of, groups)[: vote.k]
         if not seen or not left[key]:  # a category that is one shoot: no honest example
             continue
         head = fit.out_of_fold[i] if fit is not None else None
@@ -238,18 +233,28 @@ def attribute_examples(
     examples = []
     for i, hits in zip(picked, found, strict=True):
         rid = ids[i]
-        mine = groups.get(rid)
-        seen = [
-            h
-            for h in hits
-            if shoot_of.get(h.reference_id) != shoot_of[rid]
-            and (mine is None or groups.get(h.reference_id) != mine)
-        ][: vote.k]
+        seen = _judges(hits, shoot_of[rid], groups.get(rid), shoot_of, groups)[: vote.k]
         shares = attribute_shares(seen, attributes_of, vote)
         for name, truth in attributes_of[rid].items():
             if name in shares:
                 examples.append(AttributeExample(name, shares[name][0], truth))
     return examples
+
+
+def _judges(
+    hits: Sequence[Hit],
+    shoot: int,
+    group: str | None,
+    shoot_of: Mapping[str, int],
+    groups: Mapping[str, str],
+) -> list[Hit]:
+    """The hits that may judge a reference honestly: outside its shoot and its group."""
+    return [
+        h
+        for h in hits
+        if shoot_of.get(h.reference_id) != shoot
+        and (group is None or groups.get(h.reference_id) != group)
+    ]
 
 
 def labelled_examples(
