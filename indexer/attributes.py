@@ -16,6 +16,7 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ def attribute_scores(
     hits: Sequence[Hit],
     attributes_of: Mapping[str, Attributes],
     vote: VoteConfig,
-    fitted: Mapping[str, Mapping[str, float]],
+    fitted: Mapping[str, Mapping[str, Any]],
 ) -> list[AttributeScore]:
     """The calibrated attributes of one image, by name (`fitted`: `fit_attributes`'s
     result; an attribute it lacks keeps its raw shares); none when no neighbour carries
@@ -89,9 +90,11 @@ def attribute_scores(
     return out
 
 
-def fit_attributes(examples: Sequence[AttributeExample]) -> dict[str, dict[str, float]]:
+def fit_attributes(
+    examples: Sequence[AttributeExample], source: str = ""
+) -> dict[str, dict[str, Any]]:
     """Per attribute with enough examples: the temperature of least log-loss, and what it was
-    fitted on (examples, top-1 accuracy, ECE before and after)."""
+    fitted on (`source`, examples, top-1 accuracy, ECE before and after)."""
     by_name: dict[str, list[AttributeExample]] = defaultdict(list)
     for example in examples:
         by_name[example.name].append(example)
@@ -107,6 +110,7 @@ def fit_attributes(examples: Sequence[AttributeExample]) -> dict[str, dict[str, 
         temperature, _ = least_log_loss(top, correct)
         right = correct.astype(bool).tolist()
         fitted[name] = {
+            "source": source,
             "temperature": temperature,
             "examples": len(group),
             "accuracy": float(correct.mean()),

@@ -180,7 +180,7 @@ class Calibration:
     extra: dict[str, Any] = field(default_factory=dict)
     head: ConfidenceHead | None = None
     # Per attribute: its temperature and what it was fitted on (indexer.attributes).
-    attributes: dict[str, dict[str, float]] = field(default_factory=dict)
+    attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def fitted(self) -> bool:

@@ -241,6 +241,24 @@ def attribute_examples(
     return examples
 
 
+def labelled_attribute_examples(
+    index: VectorIndex,
+    vectors: np.ndarray,
+    truths: Sequence[Attributes],
+    attributes_of: Mapping[str, Attributes],
+    vote: VoteConfig,
+) -> list[AttributeExample]:
+    """Labelled photos (`vectors`, each with its own attributes, `truths`) asked of the whole
+    catalogue, as traffic is: for each attribute a photo carries that its neighbours vote on."""
+    examples = []
+    for hits, truth in zip(index.search(np.asarray(vectors), vote.k), truths, strict=True):
+        shares = attribute_shares(hits, attributes_of, vote)
+        for name, value in truth.items():
+            if name in shares:
+                examples.append(AttributeExample(name, shares[name][0], value))
+    return examples
+
+
 def _judges(
     hits: Sequence[Hit],
     shoot: int,

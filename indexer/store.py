@@ -156,6 +156,7 @@ class LabelledPhoto:
     sha256: str
     image: bytes
     at_ms: int = 0
+    attributes: dict[str, str] = field(default_factory=dict)  # as a reference's
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ class StoredLabel:
     source: str
     at_ms: int
     vector: np.ndarray | None
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -807,6 +809,7 @@ class Store:
                             "source": item.source,
                             "sha256": item.sha256,
                             "at_ms": str(item.at_ms or _now_ms()),
+                            "attributes": json.dumps(item.attributes, sort_keys=True),
                         },
                     )
                     pipe.set(self.key("limg", item.id), item.image)
@@ -840,6 +843,7 @@ class Store:
                 source=f[b"source"].decode(),
                 at_ms=int(f[b"at_ms"]),
                 vector=self._unpack(model_version, b) if b is not None else None,
+                attributes=json.loads(f.get(b"attributes", b"{}")),
             )
             for i, f, b in zip(ids, fields, blobs, strict=True)
             if f

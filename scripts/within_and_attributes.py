@@ -9,7 +9,9 @@ tree's labelled photos as a running catalogue would, then classifies every query
 free, and `within` its true category's department (what a seller who picked the department
 tells the marketplace). The same function serves both (`Catalog.classify`). The references
 carry the dataset's `kids` column as an attribute (as `nearcat import --attribute-column
-kids` stores it); the free answers' kids probabilities are scored against the queries' own
+kids` stores it), and so do the labelled photos (`nearcat calibrate --labelled ...
+--attribute-column kids`: the attribute's fit uses them; --no-labelled-kids: the references
+asked of other shoots); the free answers' kids probabilities are scored against the queries' own
 kids values, beside the always-"False" baseline. Prints JSON: top-1, auto-accept share and
 precision, the kids figures, per seed and mean ± sd, and the per-seed gains.
 
@@ -97,7 +99,9 @@ def kids_of() -> dict[str, str]:
         return {row["image"]: row["kids"] for row in csv.DictReader(handle) if row["kids"]}
 
 
-def fill(catalog: Catalog, folder: Path, kids: dict[str, str]) -> dict[str, Any]:
+def fill(
+    catalog: Catalog, folder: Path, kids: dict[str, str], labelled_kids: bool
+) -> dict[str, Any]:
     """The references under their departments, with their kids attribute, and the labelled
     photos; then calibrate. Returns the kids attribute's fit."""
     refs = load_folder_tree(folder / "refs").images
@@ -117,7 +121,11 @@ def fill(catalog: Catalog, folder: Path, kids: dict[str, str]) -> dict[str, Any]
                 bar.update(len(part))
     labelled = load_folder_tree(folder / "labelled").images
     for part in chunks(labelled, BATCH):
-        catalog.add_labelled([(i.path.read_bytes(), i.category) for i in part], "labelled tree")
+        catalog.add_labelled(
+            [(i.path.read_bytes(), i.category) for i in part],
+            "labelled tree",
+            attributes=[_kids(i.path, kids) for i in part] if labelled_kids else (),
+        )
     return dict(catalog.calibrate().attributes.get("kids", {}))
 
 
@@ -200,7 +208,7 @@ def measure(seed: int, args: argparse.Namespace) -> dict[str, Any]:
             try:
                 started = time.perf_counter()
                 kids = kids_of()
-                kids_fit = fill(catalog, folder, kids)
+                kids_fit = fill(catalog, folder, kids, not args.no_labelled_kids)
                 free = served(catalog, folder, restrict=False)
                 result = {
                     "free": figures(free),
@@ -233,6 +241,11 @@ def main() -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="registered name or artifact")
+    parser.add_argument(
+        "--no-labelled-kids",
+        action="store_true",
+        help="the labelled photos carry no kids value: the attribute fits on references",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "extras")
     args = parser.parse_args()
     runs = {seed: measure(seed, args) for seed in args.seeds}

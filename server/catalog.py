@@ -34,7 +34,12 @@ from indexer.errors import (
     NotFound,
 )
 from indexer.head import ConfidenceHead
-from indexer.holdout import CALIBRATION_EXAMPLES, attribute_examples, held_out_examples
+from indexer.holdout import (
+    CALIBRATION_EXAMPLES,
+    attribute_examples,
+    held_out_examples,
+    labelled_attribute_examples,
+)
 from indexer.ids import REFERENCE_ID_FORM, image_sha256, is_reference_id, reference_id
 from indexer.index import Hit, IndexConfig, VectorIndex
 from indexer.names import case_twin_warning, case_twins, normalise_name
@@ -759,17 +764,27 @@ class Catalog:
             if ref is not None and group_by in ref.metadata
         }
 
-    def _fit_attributes(self, s: Serving, group_by: str | None) -> dict[str, dict[str, float]]:
-        """Each attribute's temperature, fitted on references asked of the others outside
-        their shoot and group (`indexer.holdout.attribute_examples`)."""
+    def _fit_attributes(self, s: Serving, group_by: str | None) -> dict[str, dict[str, Any]]:
+        """Each attribute's temperature, fitted on honest examples, best first: labelled
+        photos that carry attributes, when there are `MIN_LABELLED`, asked of the whole
+        catalogue as traffic is; else references asked of the others outside their shoot
+        and group (`indexer.holdout.attribute_examples`)."""
         held = dict(self._attributes)
         if not held:
             return {}
+        labelled = [
+            x for x in self.store.labelled(s.version) if x.vector is not None and x.attributes
+        ]
+        if len(labelled) >= MIN_LABELLED:
+            vectors = np.stack([x.vector for x in labelled if x.vector is not None])
+            truths = [x.attributes for x in labelled]
+            examples = labelled_attribute_examples(s.index, vectors, truths, held, self.vote)
+            return fit_attributes(examples, f"{len(labelled)} labelled photos")
         ids, categories, vectors = self._stored_vectors(s)
         examples = attribute_examples(
             s.index, ids, vectors, categories, held, self.vote, self._groups(ids, group_by)
         )
-        return fit_attributes(examples)
+        return fit_attributes(examples, "references asked of other shoots and groups")
 
     def embed_labelled(self, serving: Serving) -> int:
         """Embed, for `serving`'s version, the stored labelled photos it has no vector for
@@ -796,12 +811,22 @@ class Catalog:
             return self.store.labelled_count(s.version)
 
     def add_labelled(
-        self, photos: Sequence[tuple[bytes, str]], source: str, deadline: float | None = None
+        self,
+        photos: Sequence[tuple[bytes, str]],
+        source: str,
+        deadline: float | None = None,
+        attributes: Sequence[Mapping[str, str]] = (),
     ) -> int:
         """Store photos a person labelled (image, category) as labelled traffic, embedded by
         the serving model (and a reindex's new one); returns how many were new. They drive
-        the next calibration (`calibrate`). All or nothing: a bad image refuses the call."""
+        the next calibration (`calibrate`), with their `attributes` (one mapping per photo,
+        or none) the attributes' too. All or nothing: a bad image refuses the call."""
         self._check_count(photos, "labelled photos")
+        given = list(attributes) or [{}] * len(photos)
+        if len(given) != len(photos):
+            raise InvalidArgument(f"{len(given)} attribute sets for {len(photos)} photos")
+        for i, labels in enumerate(given):
+            _check_attributes(dict(labels), f"labelled photo {i}")
         photos = [
             (image, category_name(label, f"label of photo {i}"))
             for i, (image, label) in enumerate(photos)
@@ -816,9 +841,13 @@ class Catalog:
             pending = self._pending
             other = pending.embed(images, names)[0] if pending is not None else None
             items = []
-            for image, label in photos:
+            for (image, label), labels in zip(photos, given, strict=True):
                 sha = image_sha256(image)
-                items.append(LabelledPhoto(reference_id(label, sha), label, source, sha, image))
+                items.append(
+                    LabelledPhoto(
+                        reference_id(label, sha), label, source, sha, image, 0, dict(labels)
+                    )
+                )
             _check_deadline(deadline, "writing; nothing was written")
             new = self.store.add_labelled(items, s.version, list(vectors))
             if pending is not None and other is not None:

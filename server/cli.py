@@ -368,7 +368,7 @@ def calibrate(stub: Any, group_by: str) -> None:
     for fit in fitted.attributes:
         print(
             f"attribute {fit.name}: temperature {fit.temperature:.3f}, right {fit.accuracy:.1%} "
-            f"of {fit.examples} references asked of other shoots, ECE {fit.ece_before:.3f} -> "
+            f"of {fit.examples} examples ({fit.source}), ECE {fit.ece_before:.3f} -> "
             f"{fit.ece_after:.3f}"
         )
 
@@ -395,7 +395,10 @@ def add_labelled(stub: Any, args: argparse.Namespace) -> None:
     def send(items: Sequence[tuple[LabeledImage, bytes]]) -> None:
         nonlocal added
         request = pb.AddLabelledRequest(
-            images=[pb.LabelledImage(image=data, category=i.category) for i, data in items],
+            images=[
+                pb.LabelledImage(image=data, category=i.category, attributes=dict(i.attributes))
+                for i, data in items
+            ],
             source=source,
         )
         try:
@@ -1163,6 +1166,15 @@ def build_parser() -> argparse.ArgumentParser:
         "below apply); stored durably for the serving model version",
     )
     add_csv_arguments(calibrate_cmd)
+    calibrate_cmd.add_argument(
+        "--attribute-column",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="CSV column holding an attribute of each labelled photo (as for `nearcat "
+        "import`): from 100 such photos on, the attributes' calibration fits on them "
+        "instead of on references (repeatable)",
+    )
     calibrate_cmd.add_argument(
         "--group-by",
         metavar="KEY",

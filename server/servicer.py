@@ -172,6 +172,7 @@ def calibration_message(calibration: Calibration, head_current: bool) -> pb.Cali
                 accuracy=fit["accuracy"],
                 ece_before=fit["ece_before"],
                 ece_after=fit["ece_after"],
+                source=fit.get("source", ""),
             )
             for name, fit in sorted(calibration.attributes.items())
         ],
@@ -467,6 +468,7 @@ class NearcatServicer(pb_grpc.NearcatServicer):
             [(item.image, item.category) for item in request.images],
             request.source,
             deadline_of(context),
+            [dict(item.attributes) for item in request.images],
         )
         return pb.AddLabelledResponse(added=added, total=self.catalog.labelled_count())
 

@@ -74,14 +74,16 @@ def test_the_calibration_fits_each_attribute_on_other_shoots_and_keeps_it(
 ) -> None:
     calibration = catalog.calibrate(group_by="group")
     fit = calibration.attributes["pattern"]
-    assert fit["examples"] >= 30 and 0 < fit["temperature"]
+    assert fit["examples"] >= 30 and fit["temperature"] > 0
     assert 0.0 <= fit["accuracy"] <= 1.0
     stored = store.get_calibration(catalog.serving.version) or {}
     assert stored["attributes"]["pattern"]["temperature"] == fit["temperature"]
 
 
 def test_attributes_are_stored_returned_followed_on_removal_and_loaded_at_start(
-    catalog: Catalog, store: Store, embedder  # type: ignore[no-untyped-def]
+    catalog: Catalog,
+    store: Store,
+    embedder,  # type: ignore[no-untyped-def]
 ) -> None:
     [reference, *_] = catalog.references("A")
     assert reference.attributes["pattern"] in {"stripes", "dots"}
@@ -97,6 +99,22 @@ def test_attributes_are_stored_returned_followed_on_removal_and_loaded_at_start(
         assert fresh._attributes == store.all_attributes() and fresh._attributes
     finally:
         fresh.close()
+
+
+def test_labelled_photos_with_attributes_are_what_the_attributes_fit_on_once_enough(
+    catalog: Catalog,
+) -> None:
+    kinds = ["stripes", "checkers", "dots"]
+    photos = [(make_image(kind, 2000 + n), "A") for n in range(34) for kind in kinds]
+    labels = [{"pattern": kind} for _ in range(34) for kind in kinds]
+    assert catalog.add_labelled(photos[:99], "test", attributes=labels[:99]) == 99
+    fewer = catalog.calibrate().attributes["pattern"]
+    assert fewer["source"] == "references asked of other shoots and groups"
+    catalog.add_labelled(photos[99:], "test", attributes=labels[99:])
+    fit = catalog.calibrate().attributes["pattern"]
+    assert fit["source"] == "102 labelled photos" and fit["examples"] == 102
+    with pytest.raises(InvalidArgument, match="1 attribute sets for 2 photos"):
+        catalog.add_labelled(photos[:2], "test", attributes=labels[:1])
 
 
 @pytest.mark.parametrize(

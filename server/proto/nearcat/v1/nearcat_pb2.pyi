@@ -512,28 +512,39 @@ class Calibration(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., unknown_below: _Optional[float] = ..., examples: _Optional[int] = ..., ece_before: _Optional[float] = ..., ece_after: _Optional[float] = ..., source: _Optional[str] = ..., fitted_at_ms: _Optional[int] = ..., accuracy: _Optional[float] = ..., head_categories: _Optional[int] = ..., head_current: _Optional[bool] = ..., has_auto_accept: _Optional[bool] = ..., auto_accept_threshold: _Optional[float] = ..., target_precision: _Optional[float] = ..., bound_level: _Optional[float] = ..., precision_bound: _Optional[float] = ..., accepted_share: _Optional[float] = ..., no_auto_accept_reason: _Optional[str] = ..., labelled_needed: _Optional[int] = ..., attributes: _Optional[_Iterable[_Union[AttributeFit, _Mapping]]] = ...) -> None: ...
 
 class AttributeFit(_message.Message):
-    __slots__ = ("name", "temperature", "examples", "accuracy", "ece_before", "ece_after")
+    __slots__ = ("name", "temperature", "examples", "accuracy", "ece_before", "ece_after", "source")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     ECE_BEFORE_FIELD_NUMBER: _ClassVar[int]
     ECE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     temperature: float
     examples: int
     accuracy: float
     ece_before: float
     ece_after: float
-    def __init__(self, name: _Optional[str] = ..., temperature: _Optional[float] = ..., examples: _Optional[int] = ..., accuracy: _Optional[float] = ..., ece_before: _Optional[float] = ..., ece_after: _Optional[float] = ...) -> None: ...
+    source: str
+    def __init__(self, name: _Optional[str] = ..., temperature: _Optional[float] = ..., examples: _Optional[int] = ..., accuracy: _Optional[float] = ..., ece_before: _Optional[float] = ..., ece_after: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
 
 class LabelledImage(_message.Message):
-    __slots__ = ("image", "category")
+    __slots__ = ("image", "category", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     category: str
-    def __init__(self, image: _Optional[bytes] = ..., category: _Optional[str] = ...) -> None: ...
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, image: _Optional[bytes] = ..., category: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AddLabelledRequest(_message.Message):
     __slots__ = ("images", "source")
