@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.cli import print_result
+from server.commands.classify import print_result
 from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
 
@@ -26,6 +26,7 @@ def test_an_interrupt_inside_a_compiled_modules_start_is_an_interrupt(
     """pybind11 modules (onnxruntime) turn a signal during their initialisation into
     "ImportError: initialization failed" caused by the KeyboardInterrupt: a stop, not a crash."""
     from server import cli
+    from server.commands import operate
 
     def import_interrupted(args: object) -> None:
         try:
@@ -33,7 +34,7 @@ def test_an_interrupt_inside_a_compiled_modules_start_is_an_interrupt(
         except KeyboardInterrupt as interrupt:
             raise ImportError("initialization failed") from interrupt
 
-    monkeypatch.setattr(cli, "cmd_status", import_interrupted)
+    monkeypatch.setattr(operate, "cmd_status", import_interrupted)
     with pytest.raises(SystemExit) as stopped:
         cli.main(["status"])
     assert stopped.value.code == 130
@@ -42,7 +43,8 @@ def test_an_interrupt_inside_a_compiled_modules_start_is_an_interrupt(
 
 def test_a_real_import_error_is_not_taken_for_an_interrupt(monkeypatch: pytest.MonkeyPatch) -> None:
     from server import cli
+    from server.commands import operate
 
-    monkeypatch.setattr(cli, "cmd_status", lambda args: _raising(ImportError("no onnxruntime")))
+    monkeypatch.setattr(operate, "cmd_status", lambda args: _raising(ImportError("no onnxruntime")))
     with pytest.raises(ImportError, match="no onnxruntime"):
         cli.main(["status"])

@@ -6,7 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 from embedder.datasets import LabeledImage
-from server.cli import import_batches, new_images
+from server.commands.catalogue import new_images
+from server.commands.client import import_batches
 
 
 def _items(*sizes: int) -> list[tuple[LabeledImage, bytes]]:

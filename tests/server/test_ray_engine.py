@@ -173,7 +173,7 @@ def test_a_workers_error_is_reported_without_rays_wrapping(raised: str, reason: 
 
 
 def test_the_status_line_names_the_ray_engine() -> None:
-    from server.cli import describe_reindex
+    from server.commands.operate import describe_reindex
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 
     status = pb.ReindexStatus(
