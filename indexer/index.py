@@ -290,11 +290,12 @@ class VectorIndex:
         chosen = np.fromiter(itertools.chain.from_iterable(held), np.int64, size)
         selector = faiss.IDSelectorBatch(chosen)
         if isinstance(self._index, faiss.IndexIDMap2):
-            return faiss.SearchParameters(sel=selector), size
+            # The stubs lack the keyword constructor faiss's Python layer adds.
+            return faiss.SearchParameters(sel=selector), size  # type: ignore[call-arg]
         ivf = faiss.extract_index_ivf(self._index)
         share = size / max(1, len(self))
         nprobe = min(ivf.nlist, math.ceil(ivf.nprobe / max(share, 1e-9)))
-        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe), size
+        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe), size  # type: ignore[call-arg]
 
     def _searcher(self) -> faiss.Index:
         if self._gpu_resources is None:
