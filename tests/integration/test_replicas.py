@@ -68,12 +68,16 @@ def test_writes_on_one_server_are_answered_by_the_other(
         a.AddCategory(pb.AddCategoryRequest(name=kind, references=refs))
     waited = [eventually(lambda: b.GetStatus(pb.GetStatusRequest()).index_size == 32)]
 
-    made = a.AddCategory(
-        pb.AddCategoryRequest(
-            name="dots", references=[pb.ReferenceImage(image=make_image("dots", s)) for s in (1, 2)]
-        )
-    )
+    dots = [
+        pb.ReferenceImage(image=make_image("dots", s), attributes={"round": "yes"}) for s in (1, 2)
+    ]
+    made = a.AddCategory(pb.AddCategoryRequest(name="dots", references=dots))
     waited.append(eventually(lambda: top(b, make_image("dots", 1)) == "dots"))
+    # Their attributes follow too: B answers them.
+    on_b = b.Classify(pb.ClassifyRequest(image=make_image("dots", 1), skip_review=True))
+    assert [(x.name, x.values[0].value) for x in on_b.classification.attributes] == [
+        ("round", "yes")
+    ]
 
     # A reference removed through B is no longer evidence on A.
     gone = made.references[0].reference_id
