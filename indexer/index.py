@@ -270,7 +270,10 @@ class VectorIndex:
             if params is None:
                 similarities, ids = self._searcher().search(queries, k)
             else:  # GPU indexes take no selector: the CPU index answers
-                similarities, ids = self._index.search(queries, k, params=params)
+                # Once faiss.contrib.torch_utils is imported (pytorch-metric-learning does,
+                # for training), `search` takes no `params`; the numpy search it wraps does.
+                search = getattr(self._index, "search_numpy", self._index.search)
+                similarities, ids = search(queries, k, params=params)
             categories = self._category_of
             return [
                 [

@@ -176,3 +176,14 @@ def test_a_restricted_search_is_the_exact_search_over_those_categories_alone(kin
         "renamed"
     }
     assert index.count("renamed") == 100 and index.count("cat3") == 0
+
+
+def test_a_restricted_search_works_once_faiss_torch_utils_is_imported() -> None:
+    """pytorch-metric-learning imports faiss.contrib.torch_utils, whose `search` takes no
+    search parameters: a process that trains and serves must still restrict."""
+    import faiss.contrib.torch_utils  # noqa: F401
+
+    vectors = clustered(200, 8, clusters=4)
+    ids = [reference_id("c", str(i)) for i in range(200)]
+    index = VectorIndex.build(8, ids, [f"c{i % 4}" for i in range(200)], vectors, use_gpu=False)
+    assert {h.category for h in index.search(vectors[:3], 5, {"c1"})[0]} == {"c1"}
