@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -22,12 +21,11 @@ from embedder import Embedder
 from embedder.images import ImageDecodeError, check_reference
 from embedder.text import text_shares
 from indexer.answer import HeadInput, Prediction, ScoredCategory, TextEvidence, answer
-from indexer.attributes import MAX_ATTRIBUTES, fit_attributes
+from indexer.attributes import fit_attributes
 from indexer.calibration import Bound, Calibration, LabelledExample, fit_calibration
 from indexer.decision import DecisionPolicy
 from indexer.errors import (
     AlreadyExists,
-    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NearcatError,
@@ -40,12 +38,26 @@ from indexer.holdout import (
     held_out_examples,
     labelled_attribute_examples,
 )
-from indexer.ids import REFERENCE_ID_FORM, image_sha256, is_reference_id, reference_id
+from indexer.ids import image_sha256, reference_id
 from indexer.index import Hit, IndexConfig, VectorIndex
-from indexer.names import case_twin_warning, case_twins, normalise_name
+from indexer.names import case_twin_warning, case_twins
 from indexer.store import Category, LabelledPhoto, NewReference, Reference, Store
 from indexer.taxonomy import categories_under, path_of
 from indexer.vote import VoteConfig
+from server.requests import (
+    MAX_K,
+    MAX_LABELS,
+    MAX_TOP_N,
+    MAX_WITHIN,
+    category_name,
+    check_attributes,
+    check_deadline,
+    check_metadata,
+    check_prompts,
+    check_reference_ids,
+    check_text,
+    listed,
+)
 from server.serving import Batching, Serving, SwitchGate, text_cosines
 
 if TYPE_CHECKING:
@@ -53,15 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_NAME_LENGTH = 100
-MAX_TOP_N = 100
-MAX_K = 1000
-MAX_WITHIN = 1000  # categories a classification can be restricted to
-MAX_ATTRIBUTE_CHARS = 100
-MAX_METADATA_BYTES = 16 * 1024
-MAX_PROMPTS = 32
-MAX_PROMPT_LENGTH = 300
-MAX_LABELS = 256
 EMBED_BATCH = 32
 # Labelled traffic from which it, rather than the references, calibrates: below this many
 # photos a person labelled, the grouped leave-one-out over thousands of references says more.
@@ -140,68 +143,6 @@ class Status:
     change_position: str = "0-0"  # the stream's last entry its state includes
     change_lag: int = 0  # entries of the stream not applied yet (at most 10,000 counted)
     change_lag_s: float = 0.0  # how long the oldest of them has waited
-
-
-def category_name(name: str, what: str = "category name") -> str:
-    """A name from a request, normalised (`normalise_name`) and checked
-    (`validate_category_name`)."""
-    name = normalise_name(name)
-    validate_category_name(name, what)
-    return name
-
-
-def validate_category_name(name: str, what: str = "category name") -> None:
-    if not name:
-        raise InvalidArgument(f"{what} is empty; give a name such as 'Shoes'")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidArgument(
-            f"{what} is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}"
-        )
-    if name != name.strip():
-        raise InvalidArgument(f"{what} {name!r} has leading or trailing spaces; remove them")
-    if ">" in name:
-        raise InvalidArgument(
-            f"{what} {name!r} contains '>', which is reserved for paths; give the category's "
-            f"own name, e.g. {name.rsplit('>', 1)[-1].strip()!r}"
-        )
-    if _unprintable(name):
-        raise InvalidArgument(f"{what} {name!r} contains control or unprintable characters")
-
-
-def _unprintable(text: str) -> bool:
-    """Whether `text` holds a control, format, private-use or unassigned character (Unicode
-    category C*): refused in every text a request carries, names, prompts and queries alike."""
-    return any(unicodedata.category(ch).startswith("C") for ch in text)
-
-
-def _check_metadata(metadata: dict[str, str], where: str) -> None:
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
-    if size > MAX_METADATA_BYTES:
-        raise InvalidArgument(
-            f"{where}: metadata is {size} bytes; the limit is {MAX_METADATA_BYTES}"
-        )
-    if any(not k for k in metadata):
-        raise InvalidArgument(f"{where}: metadata has an empty key")
-
-
-def _check_attributes(attributes: dict[str, str], where: str) -> None:
-    """Attributes are answered for images, so each must be a short printable label."""
-    if len(attributes) > MAX_ATTRIBUTES:
-        raise InvalidArgument(
-            f"{where}: {len(attributes)} attributes; the limit is {MAX_ATTRIBUTES}"
-        )
-    for name, value in attributes.items():
-        for what, text in (("name", name), ("value", value)):
-            if not text.strip() or len(text) > MAX_ATTRIBUTE_CHARS or _unprintable(text):
-                raise InvalidArgument(
-                    f"{where}: attribute {what} {text!r} must be 1 to {MAX_ATTRIBUTE_CHARS} "
-                    "printable characters (e.g. kids=true, colour=red)"
-                )
-
-
-def _check_deadline(deadline: float | None, before: str) -> None:
-    if deadline is not None and time.monotonic() > deadline:
-        raise DeadlineExceeded(f"deadline passed before {before}")
 
 
 class Catalog:
@@ -497,12 +438,12 @@ class Catalog:
                 )
             if allowed is not None and not self._nameable(s) & allowed:
                 raise FailedPrecondition(
-                    f"nothing under {_listed(within)} can be named yet: add reference images "
+                    f"nothing under {listed(within)} can be named yet: add reference images "
                     "(or text prompts) to a category there, or widen the restriction"
                 )
             with s.batcher.expecting():
                 decoded = s.decode_each(images)
-                _check_deadline(deadline, "embedding")
+                check_deadline(deadline, "embedding")
                 vectors, semantics = s.embed_decoded(decoded)
             found = s.index.search(vectors, k, allowed)
             head = s.calibration.head  # once per call, as are its probabilities
@@ -595,7 +536,7 @@ class Catalog:
         unknown = sorted({n for n in within if n not in parents})
         if unknown:
             raise InvalidArgument(
-                f"cannot restrict to {_listed(unknown)}: no such category "
+                f"cannot restrict to {listed(unknown)}: no such category "
                 "(ListCategories shows the names; they are case-sensitive)"
             )
         return categories_under(within, parents)
@@ -615,7 +556,7 @@ class Catalog:
             if len(labels) > MAX_LABELS:
                 raise InvalidArgument(f"{len(labels)} labels; the limit is {MAX_LABELS}")
             for i, label in enumerate(labels):
-                _check_text(label, f"label {i}")
+                check_text(label, f"label {i}")
             label_vectors = s.encode_text(labels)
             with s.batcher.expecting():
                 [decoded] = s.decode_each([image])
@@ -630,7 +571,7 @@ class Catalog:
         """Categories whose text matches the query, and the reference images nearest to it."""
         with self._use() as s:
             text = s.require_text()
-            _check_text(query, "text")
+            check_text(query, "text")
             top_n = top_n or 5
             k = k or self.vote.k
             if not 1 <= top_n <= MAX_TOP_N or not 1 <= k <= MAX_K:
@@ -826,7 +767,7 @@ class Catalog:
         if len(given) != len(photos):
             raise InvalidArgument(f"{len(given)} attribute sets for {len(photos)} photos")
         for i, labels in enumerate(given):
-            _check_attributes(dict(labels), f"labelled photo {i}")
+            check_attributes(dict(labels), f"labelled photo {i}")
         photos = [
             (image, category_name(label, f"label of photo {i}"))
             for i, (image, label) in enumerate(photos)
@@ -835,7 +776,7 @@ class Catalog:
             raise InvalidArgument("source is empty; say where the labels came from")
         images = [image for image, _ in photos]
         names = [f"labelled photo {i}" for i in range(len(photos))]
-        _check_deadline(deadline, "embedding; nothing was written")
+        check_deadline(deadline, "embedding; nothing was written")
         with self._use() as s:
             vectors, _ = s.embed(images, names)
             pending = self._pending
@@ -848,7 +789,7 @@ class Catalog:
                         reference_id(label, sha), label, source, sha, image, 0, dict(labels)
                     )
                 )
-            _check_deadline(deadline, "writing; nothing was written")
+            check_deadline(deadline, "writing; nothing was written")
             new = self.store.add_labelled(items, s.version, list(vectors))
             if pending is not None and other is not None:
                 self.store.put_labelled_vectors(
@@ -878,8 +819,8 @@ class Catalog:
             parent = self._stored_name(parent, "parent category name")
         if parent == name:
             raise InvalidArgument(f"category {name!r} cannot be its own parent")
-        _check_metadata(metadata or {}, f"category {name!r}")
-        _check_prompts(prompts)
+        check_metadata(metadata or {}, f"category {name!r}")
+        check_prompts(prompts)
         try:
             with self._gate.write(), self._use() as s:
                 if prompts:
@@ -956,9 +897,9 @@ class Catalog:
         if parent is not None and parent in (name, new_name):
             raise InvalidArgument(f"category {name!r} cannot be its own parent")
         if metadata is not None:
-            _check_metadata(metadata, f"category {name!r}")
+            check_metadata(metadata, f"category {name!r}")
         if prompts is not None:
-            _check_prompts(prompts)
+            check_prompts(prompts)
         if new_name is None and parent is None and prompts is None and metadata is None:
             raise InvalidArgument("nothing to change: give a new name, parent, prompts or metadata")
         with self._gate.write(), self._use() as s:
@@ -988,7 +929,7 @@ class Catalog:
     def remove_references(self, reference_ids: Sequence[str]) -> int:
         if not reference_ids:
             raise InvalidArgument("no reference ids given")
-        _check_reference_ids(reference_ids)
+        check_reference_ids(reference_ids)
         try:
             with self._gate.write(), self._use() as s:
                 removed = self.store.remove_references(reference_ids)
@@ -1241,19 +1182,19 @@ class Catalog:
         self._check_count(references, "references")
         limits = self._serving.embedder.limits
         for i, ref in enumerate(references):
-            _check_metadata(ref.metadata, f"reference {i}")
-            _check_attributes(ref.attributes, f"reference {i}")
+            check_metadata(ref.metadata, f"reference {i}")
+            check_attributes(ref.attributes, f"reference {i}")
             try:
                 check_reference(ref.image, limits)
             except ImageDecodeError as exc:
                 raise InvalidArgument(f"reference {i}: {exc}; nothing was written") from exc
         images = [r.image for r in references]
         labels = [f"reference {i}" for i in range(len(references))]
-        _check_deadline(deadline, "embedding; nothing was written")  # queued past it
+        check_deadline(deadline, "embedding; nothing was written")  # queued past it
         vectors, _ = self._serving.embed(images, labels)
         pending = self._pending
         other = pending.embed(images, labels)[0] if pending is not None else None
-        _check_deadline(deadline, "writing the references; nothing was written")
+        check_deadline(deadline, "writing the references; nothing was written")
         prepared = []
         for i, (ref, vector) in enumerate(zip(references, vectors, strict=True)):
             sha = image_sha256(ref.image)
@@ -1276,44 +1217,6 @@ class Catalog:
         """Stop the model worker once in-flight calls are done, and the store's prober."""
         self._serving.close()
         self.store.breaker.close()
-
-
-def _listed(names: Sequence[str], shown: int = 5) -> str:
-    """Names quoted for a message, the first few of a long list."""
-    quoted = ", ".join(repr(n) for n in names[:shown])
-    return quoted + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-
-def _check_reference_ids(reference_ids: Sequence[str]) -> None:
-    malformed = [i for i in reference_ids if not is_reference_id(i)]
-    if malformed:
-        shown = ", ".join(repr(i[:40]) for i in malformed[:5]) + (
-            " ..." if len(malformed) > 5 else ""
-        )
-        raise InvalidArgument(
-            f"{len(malformed)} malformed reference id(s): {shown}; a reference id is "
-            f"{REFERENCE_ID_FORM}, as AddCategory, AddReferences and GetCategory return it "
-            "(`nearcat show-category NAME` lists them); nothing was removed"
-        )
-
-
-def _check_prompts(prompts: Sequence[str]) -> None:
-    if len(prompts) > MAX_PROMPTS:
-        raise InvalidArgument(f"{len(prompts)} prompts; the limit is {MAX_PROMPTS}")
-    for i, prompt in enumerate(prompts):
-        _check_text(prompt, f"prompt {i}")
-
-
-def _check_text(text: str, what: str) -> None:
-    if not text.strip():
-        raise InvalidArgument(f"{what} is empty; give a few words such as 'red sneakers'")
-    if len(text) > MAX_PROMPT_LENGTH:
-        raise InvalidArgument(f"{what} is {len(text)} characters; the limit is {MAX_PROMPT_LENGTH}")
-    if _unprintable(text):
-        raise InvalidArgument(
-            f"{what} {text[:60]!r} contains control or unprintable characters (a tab, a line "
-            "break, ...); send plain text"
-        )
 
 
 def _added(references: Sequence[NewReference], duplicate: Sequence[bool]) -> list[AddedReference]:

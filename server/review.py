@@ -36,7 +36,8 @@ from indexer.review_store import (
     VerdictRecord,
     now_ms,
 )
-from server.catalog import Catalog, ReferenceInput, category_name
+from server.catalog import Catalog, ReferenceInput
+from server.requests import category_name
 
 log = logging.getLogger("nearcat.review")
 
