@@ -85,6 +85,18 @@ def test_the_queue_is_bounded_and_counts_what_it_drops(queue: ReviewStore) -> No
     assert queue.counts().get("dropped_expired") == 3 and queue.counts().pending == 0
 
 
+def test_queueing_drops_what_expired_in_the_same_round_trip(queue: ReviewStore) -> None:
+    old = [queue.enqueue(item(n), 100, DAY_MS) for n in range(2)]
+    time.sleep(0.05)
+    new = queue.enqueue(item(2), 100, 20)  # whatever is older than 20 ms goes
+    assert [queue.get(i) for i in old] == [None, None] and queue.get(new) is not None
+    assert queue.counts().get("dropped_expired") == 2
+    # Ids: the time in ms then a counter, 20 hex digits, ordered as queued.
+    ids = [*old, new]
+    assert all(len(i) == 20 and int(i, 16) for i in ids) and ids == sorted(ids)
+    assert abs(int(new[:12], 16) - now_ms()) < 60_000
+
+
 def test_a_verdict_closes_the_item_once(queue: ReviewStore) -> None:
     review_id = queue.enqueue(item(1), 100, DAY_MS)
     taken = queue.take(review_id, "rita", 60_000)
