@@ -27,14 +27,14 @@ def at_least_one(text: str) -> int:
 
 
 def run_store(args: argparse.Namespace) -> None:
-    from server.bench_store import bench_store
+    from server.bench.store import bench_store
 
     result = bench_store(sizes=args.sizes, dim=args.dim, queries=args.queries, k=args.k)
     write_json(result, args.json)
 
 
 def run_index(args: argparse.Namespace) -> None:
-    from server.benchmarks import bench_index
+    from server.bench.index import bench_index
 
     result = bench_index(
         sizes=args.sizes,
@@ -51,7 +51,7 @@ CLOTHING_CSV = Path(__file__).resolve().parents[2].parent / "shared/datasets/clo
 
 
 def run_embed(args: argparse.Namespace) -> None:
-    from server.benchmarks import bench_embed
+    from server.bench.embed import bench_embed
 
     result = bench_embed(
         args.model,
@@ -85,7 +85,7 @@ def serve_images(args: argparse.Namespace) -> tuple[list[bytes], dict[str, list[
 
 
 def run_serve(args: argparse.Namespace) -> None:
-    from server.benchmarks import bench_serve
+    from server.bench.serve import bench_serve
 
     queries, references = serve_images(args)
     result = bench_serve(
@@ -105,7 +105,7 @@ def run_serve(args: argparse.Namespace) -> None:
 
 
 def run_reindex(args: argparse.Namespace) -> None:
-    from server.benchmarks import bench_reindex
+    from server.bench.reindex import bench_reindex
 
     _, references = serve_images(args)
     result = bench_reindex(

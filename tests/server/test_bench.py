@@ -74,7 +74,7 @@ def test_bench_embed(tmp_path: Path, model_artifact: Path) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without")
 def test_bench_embed_on_cuda_without_a_gpu_says_so(model_artifact: Path) -> None:
-    from server.benchmarks import bench_embed
+    from server.bench.embed import bench_embed
 
     with pytest.raises(ValueError, match="sees no CUDA GPU"):
         bench_embed(str(model_artifact), Path("var/models"), device="cuda")

@@ -188,7 +188,7 @@ def test_the_reindex_bench_targets_the_same_model_under_a_fresh_version(
     model_artifact: Path, tmp_path: Path
 ) -> None:
     from embedder.model import artifact_version, verify_artifact
-    from server.benchmarks import renamed_artifact
+    from server.bench.reindex import renamed_artifact
 
     copy = renamed_artifact(model_artifact, tmp_path / "copy", "lite0-bench1")
     assert verify_artifact(copy) == artifact_version(copy) != artifact_version(model_artifact)

@@ -24,7 +24,7 @@ from indexer.embedded import EmbeddedValkey
 from indexer.ids import image_sha256, reference_id
 from indexer.index import IndexConfig, VectorIndex
 from indexer.store import NewReference, Store
-from server.benchmarks import catalogue_vectors, machine, print_table
+from server.bench.common import catalogue_vectors, machine, print_table
 
 VERSION = "bench"
 PER_CATEGORY = 1000  # references per category, written one category per transaction
