@@ -40,7 +40,8 @@ RECIPES: dict[str, Recipe] = {
         summary="the last 3 blocks and the head, on a fresh augmented view every epoch",
         source="docs/benchmarks.md, Training: 'Three blocks on freshly augmented images, on the "
         "CPU (2026-11-23)', +3.7 points top-1 over frozen on three seeds (GPU run C's recipe); "
-        "'Recipes fast and best on the clothing trees': +2.0 points, fast +0.1",
+        "'Recipes fast and best on the clothing trees': from Lite0 +2.0 points (fast +0.1), "
+        "from Lite1 +1.6 (fast -0.7)",
         options=MappingProxyType(
             {
                 "augment": "online",

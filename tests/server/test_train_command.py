@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from embedder import create_artifact, load_artifact
+from embedder.config import DEFAULT_MODEL
 from embedder.training import RECIPES, TrainOptions
 from server.cli import CommandError, build_parser
 from server.commands.train import options_from
@@ -147,7 +148,7 @@ def test_a_flag_given_beats_the_recipe_and_the_recipe_beats_the_default() -> Non
     assert (mixed.recipe, mixed.augment, mixed.epochs) == ("best", "online", 12)
     assert (mixed.trainable_blocks, mixed.subcenters, mixed.lr_head) == (1, 1, 1e-3)
     assert _options(["--base", "elsewhere"]).base == "elsewhere"
-    assert _options([]).base == default.base == "efficientnet_lite0"
+    assert _options([]).base == default.base == DEFAULT_MODEL  # train from what is served
     # fewer epochs than the recipe's head-only ones: those yield, unless given too
     assert _options(["--epochs", "1"]).freeze_epochs == 1
     with pytest.raises(ValueError, match="freeze_epochs must be in"):
