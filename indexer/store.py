@@ -13,11 +13,11 @@ entry names the server that wrote it (`origin`): replicas follow the stream and 
 own (server.follower). With the embedded Valkey (`appendfsync always`) a write is on disk
 before the call returns.
 
-Image bytes are written to the blob store first, each key listed as unsure, then the
-reference is recorded in the transaction that also takes the key off the list; a removal
-lists its keys in its transaction and deletes the bytes after. A crash anywhere leaves no
-reference without bytes, and bytes no reference records only on the unsure list, which
-`sweep_blobs` (at every start) clears.
+Image bytes (references' and labelled photos') are written to the blob store first, each key
+listed as unsure, then the reference or photo is recorded in the transaction that also takes
+the key off the list; a removal lists its keys in its transaction and deletes the bytes after.
+A crash anywhere leaves no reference without bytes, and bytes nothing records only on the
+unsure list, which `sweep_blobs` (at every start) clears.
 
 Keys, under a prefix (default ``nearcat``):
 
@@ -30,6 +30,10 @@ Keys, under a prefix (default ``nearcat``):
                             key of its image bytes in the blob store, kept to re-embed),
                             attributes (JSON)
 - ``attributes``            HASH reference id -> its attributes (JSON), for those with any
+- ``labelled``              SET of labelled photos' ids (photos a person labelled, not references)
+- ``lab:<id>``              HASH label, source, sha256, at_ms, attributes (JSON), blob (the key
+                            of its image bytes in the blob store)
+- ``lvec:<model_version>``  HASH labelled photo id -> vector bytes
 - ``blobs``                 HASH url, id: the blob store that holds this store's images
 - ``blobs:unsure``          ZSET blob keys written (or orphaned by a removal) whose reference may
                             not record them, by time: what `sweep_blobs` checks
@@ -70,6 +74,9 @@ T = TypeVar("T")
 CHANGE_STREAM_MAXLEN = 1_000_000
 READ_CHUNK = 10_000  # ids per command of a bulk read, so no reply grows past the timeout
 VECTOR_DTYPES = {"float32": "<f4", "float16": "<f2"}
+# Blob keys of labelled photos start with this, so the sweep knows which hash records them
+# (reference ids are hex).
+LABELLED_BLOB = "labelled-"
 
 # put_vectors in one step, so that no removal can come between the check and the write.
 # KEYS: the version's vector hash, vector_versions, then each reference's hash.
@@ -503,12 +510,12 @@ class Store:
                 "retry shortly"
             ) from exc
 
-    def _stage(self, references: Sequence[NewReference]) -> dict[str, str]:
-        """Write these references' images to the blob store under fresh keys, each listed as
-        unsure first; returns reference id -> key. The write that records them takes them off
-        the list; `_settle` deletes those it did not record."""
-        images = {r.id: r.image for r in references}
-        keys = {i: new_key(i) for i in images}
+    def _stage(self, images: dict[str, bytes], owner: str = "") -> dict[str, str]:
+        """Write images (reference id, or with `owner` LABELLED_BLOB a labelled photo's id ->
+        bytes) to the blob store under fresh keys, each listed as unsure first; returns id ->
+        key. The write that records them takes them off the list; `_settle` deletes those it
+        did not record."""
+        keys = {i: new_key(owner + i) for i in images}
         if not keys:
             return keys
         now = _now_ms()
@@ -580,7 +587,7 @@ class Store:
         def recorded() -> list[bytes | None]:
             pipe = self._redis.pipeline(transaction=False)
             for key in keys:
-                pipe.hget(self._ref_key(reference_of(key)), "blob")
+                pipe.hget(self._owner_key(reference_of(key)), "blob")
             return list(pipe.execute())
 
         orphans = [
@@ -592,44 +599,50 @@ class Store:
         self.call(lambda: self._redis.zrem(self._unsure_key(), *keys))
         return len(orphans)
 
-    def migrate_images(self, batch: int = 200) -> int:
-        """Move image bytes that earlier versions kept in Redis (``img:<id>``) to the blob
-        store; idempotent and resumable (each batch is one transaction). Returns how many
-        were moved."""
-        moved = 0
-        pattern = self.key("img", "*")
-        cursor = 0
-        while True:
-            cursor, names = self.call(partial(self._redis.scan, cursor, pattern, batch))
-            if names:
-                moved += self._migrate_batch([n.decode() for n in names])
-            if cursor == 0:
-                return moved
+    def _owner_key(self, owner: str) -> str:
+        """The hash that records a blob key's image: a reference's, or a labelled photo's."""
+        if owner.startswith(LABELLED_BLOB):
+            return self.key("lab", owner.removeprefix(LABELLED_BLOB))
+        return self._ref_key(owner)
 
-    def _migrate_batch(self, names: list[str]) -> int:
+    def migrate_images(self, batch: int = 200) -> int:
+        """Move image bytes that earlier versions kept in Redis (references' ``img:<id>``,
+        labelled photos' ``limg:<id>``) to the blob store; idempotent and resumable (each
+        batch is one transaction). Returns how many were moved."""
+        moved = 0
+        for legacy, owner in (("img", ""), ("limg", LABELLED_BLOB)):
+            pattern = self.key(legacy, "*")
+            cursor = 0
+            while True:
+                cursor, names = self.call(partial(self._redis.scan, cursor, pattern, batch))
+                if names:
+                    moved += self._migrate_batch([n.decode() for n in names], owner)
+                if cursor == 0:
+                    break
+        return moved
+
+    def _migrate_batch(self, names: list[str], owner: str) -> int:
         ids = [n.rsplit(":", 1)[1] for n in names]
         images = self.call(lambda: self._redis.mget(names))
         keys = self._stage(
-            [
-                NewReference(id=i, sha256="", image=bytes(data), vector=np.zeros(0))
-                for i, data in zip(ids, images, strict=True)
-                if data is not None
-            ]
+            {i: bytes(data) for i, data in zip(ids, images, strict=True) if data is not None},
+            owner,
         )
+        records = {i: self._owner_key(owner + i) for i in ids}
         recorded: set[str] = set()
 
         def body(pipe: Any) -> None:
-            exists = [pipe.exists(self._ref_key(i)) for i in ids]
+            exists = [pipe.exists(records[i]) for i in ids]
             pipe.multi()
             recorded.clear()
             recorded.update(i for i, live in zip(ids, exists, strict=True) if live and i in keys)
             for i in recorded:
-                pipe.hset(self._ref_key(i), "blob", keys[i])
+                pipe.hset(records[i], "blob", keys[i])
             if recorded:
                 pipe.zrem(self._unsure_key(), *(keys[i] for i in recorded))
             pipe.delete(*names)
 
-        watch = [self._ref_key(i) for i in ids]
+        watch = list(records.values())
         self._settled(keys, recorded, lambda: self.transaction(body, watch, "retry moves none"))
         return len(recorded)
 
@@ -793,14 +806,20 @@ class Store:
         if not items:
             return 0
         ids = self.key("labelled")
+        # Photos never leave the set: only those not in it yet need their bytes written.
+        stored = set(self.call(lambda: self._redis.smembers(ids)))
+        keys = self._stage(
+            {i.id: i.image for i in items if i.id.encode() not in stored}, LABELLED_BLOB
+        )
+        recorded: set[str] = set()
 
         def body(pipe: Any) -> int:
             known = set(pipe.smembers(ids))
             pipe.multi()
-            new = 0
+            recorded.clear()
             for item, vector in zip(items, vectors, strict=True):
-                if item.id.encode() not in known:
-                    new += 1
+                if item.id.encode() not in known and item.id in keys and item.id not in recorded:
+                    recorded.add(item.id)
                     pipe.sadd(ids, item.id)
                     pipe.hset(
                         self.key("lab", item.id),
@@ -810,17 +829,21 @@ class Store:
                             "sha256": item.sha256,
                             "at_ms": str(item.at_ms or _now_ms()),
                             "attributes": json.dumps(item.attributes, sort_keys=True),
+                            "blob": keys[item.id],
                         },
                     )
-                    pipe.set(self.key("limg", item.id), item.image)
                 pipe.hset(
                     self.key("lvec", model_version),
                     item.id,
                     self._pack(model_version, vector),
                 )
-            return new
+            if recorded:
+                pipe.zrem(self._unsure_key(), *(keys[i] for i in recorded))
+            return len(recorded)
 
-        return self.transaction(body, [ids], "labelled photos stored")
+        return self._settled(
+            keys, recorded, lambda: self.transaction(body, [ids], "labelled photos stored")
+        )
 
     def labelled(self, model_version: str) -> list[StoredLabel]:
         """Every stored labelled photo, with its vector of `model_version` (None: not
@@ -855,8 +878,8 @@ class Store:
         return int(self.call(lambda: self._redis.hlen(self.key("lvec", model_version))))
 
     def get_labelled_image(self, labelled_id: str) -> bytes | None:
-        data = self.call(lambda: self._redis.get(self.key("limg", labelled_id)))
-        return bytes(data) if data is not None else None
+        blob = self.call(lambda: self._redis.hget(self.key("lab", labelled_id), "blob"))
+        return self._read_blob(blob.decode()) if blob is not None else None
 
     def put_labelled_vectors(self, model_version: str, vectors: dict[str, np.ndarray]) -> None:
         """Vectors of another model version for stored labelled photos (a reindex)."""
@@ -879,7 +902,7 @@ class Store:
         watch = [self._category_key(name)]
         if parent:
             watch.append(self._category_key(parent))
-        blob_keys = self._stage(references)
+        blob_keys = self._stage({r.id: r.image for r in references})
         recorded: set[str] = set()
 
         def body(pipe: Any) -> tuple[Category, list[bool]]:
@@ -927,7 +950,7 @@ class Store:
     ) -> list[bool]:
         """Add references atomically; returns, per reference, whether it was already there."""
         watch = [self._category_key(category), *(self._ref_key(r.id) for r in references)]
-        blob_keys = self._stage(references)
+        blob_keys = self._stage({r.id: r.image for r in references})
         recorded: set[str] = set()
 
         def body(pipe: Any) -> list[bool]:

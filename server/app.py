@@ -105,7 +105,9 @@ def tidy_blobs(store: Store) -> None:
     left that no reference records."""
     moved = store.migrate_images()
     if moved:
-        log.info("moved %d reference images from Redis to %s", moved, store.blobs.url)
+        log.info(
+            "moved %d images (references, labelled photos) from Redis to %s", moved, store.blobs.url
+        )
     swept = store.sweep_blobs()
     if swept:
         log.info("deleted %d image files no reference records (left by a crash)", swept)

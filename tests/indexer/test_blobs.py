@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
 from indexer.blobs import DirBlobs, open_blobs
 from indexer.errors import AlreadyExists
-from indexer.store import BlobStoreMismatch, Store, bind_blobs
+from indexer.store import LABELLED_BLOB, BlobStoreMismatch, LabelledPhoto, Store, bind_blobs
 from tests.indexer.test_store import new_ref
 
 VERSION = "v1"
@@ -62,7 +63,7 @@ def test_sweep_finds_what_a_crash_left(store: Store, valkey: redis.Redis, tmp_pa
     kept = new_ref("Shoes", b"kept")
     store.create_category("Shoes", None, {}, [kept], VERSION)
     # Died after writing the bytes, before recording the reference:
-    store._stage([new_ref("Shoes", b"never recorded")])
+    store._stage({"00000000000000dd": b"never recorded"})
     # Died after a removal's transaction, before deleting its bytes:
     gone = new_ref("Shoes", b"removed")
     store.add_references("Shoes", [gone], VERSION)
@@ -91,6 +92,26 @@ def test_images_kept_in_redis_by_earlier_versions_migrate(
     assert all(store.get_image(r.id) == r.image for r in refs)
     assert len(files(store)) == 5
     assert store.migrate_images() == 0  # idempotent
+
+
+def test_labelled_photos_kept_in_redis_migrate_and_a_crash_left_copy_is_swept(
+    store: Store, valkey: redis.Redis
+) -> None:
+    photo = LabelledPhoto("00000000000000aa", "Shoes", "review", "ab" * 32, b"labelled bytes")
+    store.add_labelled([photo], VERSION, [np.ones(4)])
+    [key] = files(store)
+    store.blobs.delete([key])  # as an earlier version stored it:
+    valkey.hdel(store.key("lab", photo.id), "blob")
+    valkey.set(store.key("limg", photo.id), photo.image)
+    valkey.set(store.key("limg", "00000000000000bb"), b"no such photo")
+    assert store.migrate_images() == 1
+    assert not list(valkey.scan_iter(match=store.key("limg", "*")))
+    assert store.get_labelled_image(photo.id) == photo.image
+    # Died after writing a labelled photo's bytes, before recording it:
+    store._stage({"00000000000000cc": b"never recorded"}, LABELLED_BLOB)
+    assert len(files(store)) == 2
+    assert store.sweep_blobs(older_than_s=0) == 1
+    assert store.get_labelled_image(photo.id) == photo.image
 
 
 def test_a_store_refuses_another_blob_store(valkey: redis.Redis, tmp_path: Path) -> None:

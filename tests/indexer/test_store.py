@@ -307,6 +307,23 @@ def test_labelled_photos_are_stored_once_with_a_vector_per_version(store: Store)
     assert store.get_labelled_image(other.id) == b"img2"
 
 
+def test_labelled_photos_images_live_in_the_blob_store(store: Store, valkey: redis.Redis) -> None:
+    from indexer.store import LabelledPhoto
+
+    photos = [
+        LabelledPhoto(f"{i:016x}", "Shoes", "review", "ab" * 32, bytes([i]) * 9) for i in range(3)
+    ]
+    assert store.add_labelled(photos[:2], VERSION, [np.ones(4)] * 2) == 2
+    # Known photos again, with one new: only the new one's bytes are written.
+    assert store.add_labelled(photos, VERSION, [np.ones(4)] * 3) == 1
+    assert [store.get_labelled_image(p.id) for p in photos] == [p.image for p in photos]
+    assert store.get_labelled_image("00000000000000ff") is None
+    assert not list(valkey.scan_iter(match=store.key("limg", "*")))
+    assert len([k for k in store.blobs.stored_keys() if k.startswith("labelled-")]) == 3
+    assert valkey.zcard(store.key("blobs", "unsure")) == 0
+    assert store.sweep_blobs(older_than_s=0) == 0  # recorded: never swept
+
+
 def test_float16_vectors_take_half_the_memory_and_keep_their_type(
     store: Store, valkey: redis.Redis
 ) -> None:
