@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     )
     blob_url: str | None = Field(
         None,
-        description="where reference images are kept: a directory, file:///path, or "
+        description="where reference images and labelled photos are kept: a directory, "
+        "file:///path, or "
         "s3://bucket/prefix (AWS_* environment; pip install 'nearcat[s3]'). Default: the "
         "one the store recorded, else DATA_DIR/blobs. Replicas on several machines need a "
         "shared directory or a bucket",
