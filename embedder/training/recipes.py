@@ -41,7 +41,7 @@ RECIPES: dict[str, Recipe] = {
         source="docs/benchmarks.md, Training: 'Three blocks on freshly augmented images, on the "
         "CPU (2026-11-23)', +3.7 points top-1 over frozen on three seeds (GPU run C's recipe); "
         "'Recipes fast and best on the clothing trees': from Lite0 +2.0 points (fast +0.1), "
-        "from Lite1 +1.6 (fast -0.7)",
+        "from Lite1 +1.6 and +4.7 on seeds 0-1 (fast -0.7)",
         options=MappingProxyType(
             {
                 "augment": "online",

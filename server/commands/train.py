@@ -32,9 +32,10 @@ Recipes (--recipe; a flag given explicitly overrides the recipe's value for it):
   best  (the default; use it) the last 3 backbone blocks and the head train on a fresh
         augmented view of every image each epoch (up to 12 epochs, the first 2 head only),
         3 centres per class, and no epoch that loses held-out accuracy is kept. The most
-        accurate measured: on the clothing trees (seed 0) +1.6 points top-1 over the frozen
-        default backbone (82.9% against 81.3%; fast: -0.7). On 2 CPU cores about 45 minutes
-        for 4,000 images, so about 2 hours for 10,000; minutes on a GPU.
+        accurate measured: on the clothing trees +1.6 and +4.7 points top-1 over the frozen
+        default backbone (seeds 0, 1: 82.9% and 83.9%; fast on seed 0: -0.7). On 2 CPU
+        cores about 40 minutes for 4,000 images, so about 2 hours for 10,000; minutes on a
+        GPU.
   fast  the last block and the head train on the frozen blocks' features, cached once per
         image and per augmented view (up to 10 epochs, the first head only). About 20
         minutes for 4,000 images on 2 CPU cores, under an hour for 10,000; a rerun with other
