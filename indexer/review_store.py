@@ -71,10 +71,10 @@ return drop(ids, ARGV[1])
 )
 
 # Queue an item in one round trip (a review write is on the answer's path: five round trips
-# cost the server about 0.4 ms more CPU per unsure answer than this one): a new id (the time in ms, then the
-# counter KEYS[6]: unique across servers and ordered), expired items dropped (at most
-# EXPIRE_BATCH a call), the item written, the oldest past the bound dropped. ARGV: now_ms,
-# expiry cutoff_ms, max_items, the image, then the item's field/value pairs.
+# cost the server about 0.4 ms more CPU per unsure answer than this one): a new id (the time
+# in ms, then the counter KEYS[6]: unique across servers and ordered), expired items dropped
+# (at most EXPIRE_BATCH a call), the item written, the oldest past the bound dropped. ARGV:
+# now_ms, expiry cutoff_ms, max_items, the image, then the item's field/value pairs.
 EXPIRE_BATCH = 1000
 ENQUEUE_SCRIPT = (
     DROP_FUNCTION

@@ -806,19 +806,24 @@ class Store:
         if not items:
             return 0
         ids = self.key("labelled")
+        asked = [i.id for i in items]
+
+        def stored(client: Any) -> set[str]:
+            """Which of these photos are stored (one membership test each, not the set)."""
+            found = client.smismember(ids, asked)
+            return {i for i, there in zip(asked, found, strict=True) if there}
+
         # Photos never leave the set: only those not in it yet need their bytes written.
-        stored = set(self.call(lambda: self._redis.smembers(ids)))
-        keys = self._stage(
-            {i.id: i.image for i in items if i.id.encode() not in stored}, LABELLED_BLOB
-        )
+        before = self.call(lambda: stored(self._redis))
+        keys = self._stage({i.id: i.image for i in items if i.id not in before}, LABELLED_BLOB)
         recorded: set[str] = set()
 
         def body(pipe: Any) -> int:
-            known = set(pipe.smembers(ids))
+            known = stored(pipe)
             pipe.multi()
             recorded.clear()
             for item, vector in zip(items, vectors, strict=True):
-                if item.id.encode() not in known and item.id in keys and item.id not in recorded:
+                if item.id not in known and item.id in keys and item.id not in recorded:
                     recorded.add(item.id)
                     pipe.sadd(ids, item.id)
                     pipe.hset(
