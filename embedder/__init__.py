@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from embedder.artifact import create_artifact, load_artifact, resolve_model
     from embedder.config import (
         ModelConfig,
         PreprocessConfig,
@@ -17,16 +18,9 @@ if TYPE_CHECKING:
         list_models,
         register_config,
     )
+    from embedder.errors import ArtifactChecksumError, ArtifactError, WeightsError
     from embedder.images import DecodeLimits, ImageDecodeError, decode_image
-    from embedder.model import (
-        ArtifactChecksumError,
-        ArtifactError,
-        Embedder,
-        WeightsError,
-        create_artifact,
-        load_artifact,
-        resolve_model,
-    )
+    from embedder.model import Embedder
 
 _MODULE_OF = {
     "ModelConfig": "embedder.config",
@@ -37,13 +31,13 @@ _MODULE_OF = {
     "DecodeLimits": "embedder.images",
     "ImageDecodeError": "embedder.images",
     "decode_image": "embedder.images",
-    "ArtifactChecksumError": "embedder.model",
-    "ArtifactError": "embedder.model",
+    "ArtifactChecksumError": "embedder.errors",
+    "ArtifactError": "embedder.errors",
     "Embedder": "embedder.model",
-    "WeightsError": "embedder.model",
-    "create_artifact": "embedder.model",
-    "load_artifact": "embedder.model",
-    "resolve_model": "embedder.model",
+    "WeightsError": "embedder.errors",
+    "create_artifact": "embedder.artifact",
+    "load_artifact": "embedder.artifact",
+    "resolve_model": "embedder.artifact",
 }
 
 __all__ = [

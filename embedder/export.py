@@ -28,20 +28,13 @@ from PIL import Image, ImageDraw, ImageFilter
 from timm.layers import Conv2dSame
 from torch import nn
 
+from embedder.artifact import CONFIG_FILE, ONNX_FILE, _read_artifact_config, _sha256, load_network
 from embedder.atomic import FILE_MODE, exclusive, fsync_dir, replace_text
+from embedder.backends import TorchBackend
 from embedder.config import ModelConfig
 from embedder.images import ImageDecodeError
-from embedder.model import (
-    CONFIG_FILE,
-    ONNX_FILE,
-    Embedder,
-    EmbeddingNetwork,
-    TorchBackend,
-    WithSemantics,
-    _read_artifact_config,
-    _sha256,
-    load_network,
-)
+from embedder.model import Embedder
+from embedder.network import EmbeddingNetwork, WithSemantics
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from embedder.model import ArtifactError, available_cores
+from embedder.backends import available_cores
+from embedder.errors import ArtifactError
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedder.artifact import CONFIG_FILE, verify_artifact
 from embedder.atomic import exclusive, replace_text
-from embedder.model import CONFIG_FILE, ArtifactError, verify_artifact
+from embedder.errors import ArtifactError
 
 ENTRY_FILE = "registry.json"
 

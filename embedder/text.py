@@ -255,15 +255,10 @@ class ClipTextTower:
 def load_text_tower(embedder: Embedder) -> TextTower | None:
     """The text tower that matches `embedder`'s zero-shot head, from its artifact; None when
     the model has no head. Never touches a hub: the sentence model ships in a package."""
-    from embedder.model import (
-        ArtifactError,
-        ClipHead,
-        ImageNetSoftmaxHead,
-        OpenClipImageEncoder,
-        TorchBackend,
-        load_network,
-        zero_shot_spec,
-    )
+    from embedder.artifact import load_network, zero_shot_spec
+    from embedder.backends import TorchBackend
+    from embedder.errors import ArtifactError
+    from embedder.network import ClipHead, ImageNetSoftmaxHead, OpenClipImageEncoder
 
     if not embedder.semantic_dim or embedder.path is None:
         return None

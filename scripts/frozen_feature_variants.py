@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from embedder.artifact import load_artifact, resolve_model  # noqa: E402
 from embedder.datasets import load_dataset  # noqa: E402
-from embedder.model import Embedder, load_artifact, resolve_model  # noqa: E402
+from embedder.model import Embedder  # noqa: E402
 from embedder.splits import split_dataset  # noqa: E402
 from indexer.vote import VoteConfig  # noqa: E402
 from server.evaluation.embedding import EmbeddedImages  # noqa: E402

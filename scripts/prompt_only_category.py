@@ -37,8 +37,8 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from embedder import Embedder, ImageDecodeError  # noqa: E402
+from embedder.artifact import load_artifact, resolve_model  # noqa: E402
 from embedder.datasets import LabeledImage  # noqa: E402
-from embedder.model import load_artifact, resolve_model  # noqa: E402
 from embedder.text import TextTower, load_text_tower, text_shares  # noqa: E402
 from indexer.answer import TextEvidence, evidence  # noqa: E402
 from indexer.ids import image_sha256, reference_id  # noqa: E402

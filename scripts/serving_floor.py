@@ -105,7 +105,7 @@ def grpc_cost(kind: str, seconds: float, clients: int) -> dict[str, float]:
 
 
 def decode_cost(files: list[bytes], threads: int, seconds: float) -> dict[str, float]:
-    from embedder.model import load_artifact, resolve_model
+    from embedder.artifact import load_artifact, resolve_model
 
     embedder = load_artifact(resolve_model("efficientnet_lite0", Path("var/models")))
     done = [0] * threads

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from embedder import ArtifactError, DecodeLimits, Embedder, load_artifact, resolve_model
-from embedder.model import artifact_version
+from embedder.artifact import artifact_version
 from embedder.registry import ModelRegistry
 from embedder.text import TextTower, load_text_tower
 from indexer.blobs import Blobs

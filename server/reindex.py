@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedder import ArtifactError, WeightsError
-from embedder.model import resolve_model
+from embedder.artifact import resolve_model
 from embedder.registry import ModelRegistry
 from indexer.calibration import Bound, Calibration, LabelledExample, fit_calibration
 from indexer.errors import FailedPrecondition, InvalidArgument, NearcatError

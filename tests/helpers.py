@@ -113,7 +113,7 @@ def projected_artifact(source: Path, out_dir: Path, dim: int = 256, collapse: bo
     import torch
     from torch import nn
 
-    from embedder.model import load_network, write_artifact
+    from embedder.artifact import load_network, write_artifact
 
     network, config, _ = load_network(source)
     head = nn.Linear(config.embedding_dim, dim)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from embedder.model import EmbeddingNetwork
+from embedder.network import EmbeddingNetwork
 from embedder.training.options import ALL_BLOCKS, Blocks
 
 

@@ -23,17 +23,11 @@ from pytorch_metric_learning.samplers import MPerClassSampler
 from torch import nn
 from torch.utils.data import DataLoader
 
+from embedder.artifact import TRAINING_FILE, load_network, resolve_model, write_artifact
 from embedder.atomic import replace_file
 from embedder.config import ModelConfig
 from embedder.datasets import LabeledImage
-from embedder.model import (
-    TRAINING_FILE,
-    EmbeddingNetwork,
-    build_network,
-    load_network,
-    resolve_model,
-    write_artifact,
-)
+from embedder.network import EmbeddingNetwork, build_network
 from embedder.splits import Split
 from embedder.training.backbone import Prefix, Tail, split, tail_parameters
 from embedder.training.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint

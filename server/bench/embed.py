@@ -25,7 +25,7 @@ def gemm_gflops(
     TF32), and each round ends with a synchronisation."""
     import torch
 
-    from embedder.model import TORCH_PRECISIONS
+    from embedder.backends import TORCH_PRECISIONS
 
     dtype = TORCH_PRECISIONS[precision] or torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
@@ -56,7 +56,7 @@ def gflop_per_image(artifact: Any) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from embedder.model import load_network
+    from embedder.artifact import load_network
 
     network, config, _ = load_network(artifact)
     size = config.preprocess.input_size
@@ -93,7 +93,9 @@ def _variants(runtime: str, device: str) -> list[dict[str, Any]]:
 def _load_embedder(artifact: Any, runtime: str, device: str, variant: dict[str, Any]) -> Any:
     """The artifact's Embedder for one measured configuration; ValueError if unavailable."""
     from embedder import load_artifact
-    from embedder.model import Embedder, TorchBackend, load_network
+    from embedder.artifact import load_network
+    from embedder.backends import TorchBackend
+    from embedder.model import Embedder
 
     if device == "cpu":
         return load_artifact(artifact, runtime=runtime)

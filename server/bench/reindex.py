@@ -24,7 +24,7 @@ def renamed_artifact(source: Path, out_dir: Path, name: str) -> Path:
     import json
     import shutil
 
-    from embedder.model import CONFIG_FILE
+    from embedder.artifact import CONFIG_FILE
 
     out_dir.mkdir(parents=True)
     for file in source.iterdir():
@@ -109,7 +109,7 @@ def bench_reindex(
     import tempfile
 
     from embedder import load_artifact, resolve_model
-    from embedder.model import artifact_version
+    from embedder.artifact import artifact_version
     from server.process import ServerProcess
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
 

@@ -300,7 +300,7 @@ def trained_split(model_dir: Path) -> TrainedSplit | None:
     """The split of a model trained by `nearcat train` (None for any other model): it may
     only be evaluated on that split, since on another some queries are images it trained on.
     A model trained before splits had fingerprints is refused: its split cannot be checked."""
-    from embedder.model import TRAINING_FILE
+    from embedder.artifact import TRAINING_FILE
 
     record_file = model_dir / TRAINING_FILE
     if not record_file.exists():
@@ -431,7 +431,7 @@ def choose_images(
     dataset = load_source(args.data, args, "--data")
     images = dataset.images
     if args.group_column is None:  # as `nearcat train` does: bursts stay on one side
-        from embedder.model import load_artifact, resolve_model
+        from embedder.artifact import load_artifact, resolve_model
         from server.evaluation.evaluate import FROZEN_BASELINE, grouped_by_shoots
 
         frozen = load_artifact(resolve_model(FROZEN_BASELINE, args.models_dir))

@@ -278,7 +278,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from embedder.model import ArtifactError, WeightsError
+    from embedder.errors import ArtifactError, WeightsError
     from embedder.splits import FOLDS, Split, split_dataset
     from embedder.training import train
     from indexer.vote import VoteConfig
@@ -368,7 +368,7 @@ def options_from(args: argparse.Namespace) -> TrainOptions:
 def _shoots(images: list[LabeledImage], args: argparse.Namespace) -> list[LabeledImage]:
     """The images grouped into shoots by the frozen packaged model, so that near-duplicate
     shots of one product never sit on both sides of the split (as eval --data does)."""
-    from embedder.model import load_artifact, resolve_model
+    from embedder.artifact import load_artifact, resolve_model
     from server.evaluation.evaluate import FROZEN_BASELINE, grouped_by_shoots
 
     print(

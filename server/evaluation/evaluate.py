@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
+from embedder.artifact import artifact_version, load_artifact, resolve_model
 from embedder.datasets import LabeledImage
-from embedder.model import Embedder, artifact_version, load_artifact, resolve_model
+from embedder.model import Embedder
 from embedder.training.validation import Classifier
 from indexer import answer as served_answer
 from indexer.answer import HeadInput, Prediction

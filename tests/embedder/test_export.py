@@ -28,8 +28,8 @@ from embedder import (
     register_config,
     resolve_model,
 )
+from embedder.backends import TorchBackend
 from embedder.export import ExportError, export_artifact, generated_images
-from embedder.model import TorchBackend
 from embedder.onnx_backend import OnnxBackend
 from server.cli import main
 from tests.helpers import KINDS, make_image, tiny_model_config

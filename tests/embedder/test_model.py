@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+import embedder.artifact as artifact_module
 import embedder.config as config_module
-import embedder.model as model_module
 from embedder import (
     ArtifactChecksumError,
     ArtifactError,
@@ -36,13 +36,9 @@ from embedder import (
     register_config,
     resolve_model,
 )
-from embedder.model import (
-    TorchBackend,
-    build_network,
-    load_network,
-    load_pretrained,
-    map_state_dict_by_order,
-)
+from embedder.artifact import load_network
+from embedder.backends import TorchBackend
+from embedder.network import build_network, load_pretrained, map_state_dict_by_order
 from tests.helpers import tiny_model_config
 
 CLOTHING = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "clothing"
@@ -419,7 +415,7 @@ def test_create_artifact_loses_a_race_cleanly(
         target.mkdir()
         (target / "config.json").write_text("{}")
 
-    monkeypatch.setattr(model_module, "load_pretrained", another_writer_finishes_first)
+    monkeypatch.setattr(artifact_module, "load_pretrained", another_writer_finishes_first)
     with pytest.raises(FileExistsError, match="meanwhile"):
         create_artifact(TINY_TIMM, target)
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary directory left
@@ -446,7 +442,7 @@ def test_resolve_model_materialises_a_name_once(
     def must_not_rebuild(*args: Any) -> Path:
         raise AssertionError("the artifact was rebuilt")
 
-    monkeypatch.setattr(model_module, "create_artifact", must_not_rebuild)
+    monkeypatch.setattr(artifact_module, "create_artifact", must_not_rebuild)
     assert resolve_model(TINY_TIMM.name, tmp_path) == artifact
     assert resolve_model(str(artifact), tmp_path / "elsewhere") == artifact
     assert (artifact / "weights.pt").stat().st_mtime_ns == written.st_mtime_ns
@@ -494,7 +490,7 @@ def test_a_packaged_model_materialised_before_zero_shot_heads_is_rebuilt_with_on
     def must_not_rebuild(*args: Any) -> Path:
         raise AssertionError("the artifact was rebuilt")
 
-    monkeypatch.setattr(model_module, "create_artifact", must_not_rebuild)
+    monkeypatch.setattr(artifact_module, "create_artifact", must_not_rebuild)
     assert resolve_model("efficientnet_lite0", tmp_path) == rebuilt
     assert resolve_model("efficientnet_lite0", model_artifact.parent) == model_artifact
 
@@ -507,7 +503,7 @@ def test_a_rebuild_that_fails_keeps_the_old_artifact(
     def offline(*args: Any) -> Path:
         raise WeightsError("the weights need a download, and this machine is offline")
 
-    monkeypatch.setattr(model_module, "create_artifact", offline)
+    monkeypatch.setattr(artifact_module, "create_artifact", offline)
     import embedder.export as export_module
 
     monkeypatch.setattr(export_module, "export_if_missing", lambda path: None)
@@ -524,7 +520,9 @@ def test_a_rebuild_that_cannot_be_moved_into_place_puts_the_old_artifact_back(
     fails, the old one must come back before the rebuild's directory is deleted."""
     old, version = _without_zero_shot_head(model_artifact, tmp_path)
     monkeypatch.setattr(
-        model_module, "create_artifact", lambda config, path: shutil.copytree(model_artifact, path)
+        artifact_module,
+        "create_artifact",
+        lambda config, path: shutil.copytree(model_artifact, path),
     )
     import embedder.export as export_module
 

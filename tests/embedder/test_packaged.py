@@ -16,10 +16,10 @@ import timm
 import torch
 
 import embedder.config as config_module
-import embedder.model as model_module
+import embedder.network as network_module
 from embedder import WeightsError, get_config, load_artifact, resolve_model
 from embedder.export import generated_images
-from embedder.model import (
+from embedder.network import (
     ImageNetSoftmaxHead,
     build_network,
     load_pretrained,
@@ -57,7 +57,7 @@ def load_with(
     """Load model `name` from `state` written where its package's file would be."""
     path = tmp_path / "weights.pth"
     torch.save(state, path)
-    monkeypatch.setattr(model_module, "packaged_weights_file", lambda package: path)
+    monkeypatch.setattr(network_module, "packaged_weights_file", lambda package: path)
     config = get_config(name)
     load_pretrained(build_network(config), config)
 
@@ -82,7 +82,9 @@ def test_packaged_weights_map_onto_every_tensor(
     assert source["_fc.weight"].shape == (1000, 1280)
     config = get_config(name)
     with_classifier = timm.create_model(config.architecture, pretrained=False)
-    assert len(model_module.map_state_dict_by_order(source, with_classifier.state_dict())) == count
+    assert (
+        len(network_module.map_state_dict_by_order(source, with_classifier.state_dict())) == count
+    )
 
     network = build_network(config)
     load_pretrained(network, config)

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from embedder import ModelConfig, PreprocessConfig, create_artifact, load_artifact
+from embedder.artifact import ZERO_SHOT_FILE, load_network, write_artifact
 from embedder.export import export_artifact, generated_images
-from embedder.model import ZERO_SHOT_FILE, Embedder, load_network, write_artifact
+from embedder.model import Embedder
 from embedder.text import (
     ClipTextTower,
     ImageNetConseTower,

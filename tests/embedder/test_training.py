@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from embedder import create_artifact, load_artifact
+from embedder.artifact import load_network
 from embedder.datasets import LabeledImage
-from embedder.model import load_network
 from embedder.splits import Split
 from embedder.training import TrainOptions, train
 from embedder.training.checkpoint import load_checkpoint

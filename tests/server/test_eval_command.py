@@ -236,7 +236,7 @@ def test_zero_shot_reports_accuracy_from_category_names(
 def test_zero_shot_refuses_a_model_without_a_head(
     clothing_like: Path, model_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from embedder.model import load_network, write_artifact
+    from embedder.artifact import load_network, write_artifact
 
     network, config, _ = load_network(model_artifact)
     network.semantic = None

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 import server.evaluation.report as report_module
+from embedder.artifact import create_artifact, load_artifact
 from embedder.datasets import LabeledImage, load_folder_tree
-from embedder.model import Embedder, create_artifact, load_artifact
+from embedder.model import Embedder
 from indexer.calibration import Calibration, expected_calibration_error, reliability_bins
 from indexer.vote import VoteConfig
 from server.commands.evaluate import print_summary

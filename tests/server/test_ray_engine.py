@@ -187,7 +187,7 @@ def test_the_status_line_names_the_ray_engine() -> None:
 def test_the_reindex_bench_targets_the_same_model_under_a_fresh_version(
     model_artifact: Path, tmp_path: Path
 ) -> None:
-    from embedder.model import artifact_version, verify_artifact
+    from embedder.artifact import artifact_version, verify_artifact
     from server.bench.reindex import renamed_artifact
 
     copy = renamed_artifact(model_artifact, tmp_path / "copy", "lite0-bench1")
