@@ -3,7 +3,6 @@ implementation of it (ONNX Runtime's is embedder.onnx_backend)."""
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Protocol
 
@@ -12,8 +11,6 @@ import torch
 from torch import nn
 
 from embedder.network import EmbeddingNetwork
-
-log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):

@@ -3,7 +3,6 @@ model was trained with (the artifact's config) bound to it."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
@@ -16,8 +15,6 @@ from PIL import Image
 from embedder.backends import Backend, SemanticBackend
 from embedder.config import ModelConfig
 from embedder.images import DecodeLimits, ImageDecodeError, decode_rgb
-
-log = logging.getLogger(__name__)
 
 # Wider images are centre-cut before resizing; up to this ratio the result is exactly timm's.
 _MAX_ASPECT_RATIO = 4

@@ -5,7 +5,6 @@ hub weights (every tensor's shape checked)."""
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -17,8 +16,6 @@ from torch import nn
 
 from embedder.config import PACKAGED_WEIGHTS, ModelConfig
 from embedder.errors import ArtifactError, WeightsError
-
-log = logging.getLogger(__name__)
 
 # Softness of the packaged head's ImageNet softmax, chosen on the clothing train+val images
 # (docs/benchmarks.md, "Zero-shot"); the test images were scored once, with it fixed.
