@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from embedder import ArtifactError, DecodeLimits, Embedder, load_artifact, resolve_model
 from embedder.artifact import artifact_version
+from embedder.backends import available_cores
 from embedder.registry import ModelRegistry
 from embedder.text import TextTower, load_text_tower
 from indexer.blobs import Blobs
@@ -43,7 +44,7 @@ from server.recalibrate import Recalibrator
 from server.reindex import ModelOpener, ReindexConfig, Reindexer
 from server.review import ReviewConfig, Reviews
 from server.servicer import NearcatServicer
-from server.serving import Batching
+from server.serving import Batching, model_layout
 from server.settings import Settings
 from server.tls import server_credentials
 
@@ -141,9 +142,11 @@ def model_opener(settings: Settings) -> ModelOpener:
     """How this server loads a model version: checksums verified, with its text tower."""
     limits = DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
 
+    _, threads = model_layout(settings.model_workers, settings.device)
+
     def open_model(path: Path) -> tuple[Embedder, TextTower | None]:
         embedder = load_artifact(
-            path, limits=limits, runtime=settings.runtime, device=settings.device
+            path, limits, threads, runtime=settings.runtime, device=settings.device
         )
         return embedder, load_text_tower(embedder)
 
@@ -218,12 +221,23 @@ def build_catalog(
     registry = ModelRegistry(settings.data_dir / "models" / "registry")
     open_model = model_opener(settings)
     embedder, text = open_model(active_model(settings, store, registry))
+    workers, threads = model_layout(settings.model_workers, settings.device)
+    log.info(
+        "model: %d worker(s), %s thread(s) each",
+        workers,
+        threads or available_cores(),
+    )
     catalog = Catalog(
         store,
         embedder,
         VoteConfig(settings.k, settings.votes_per_category, settings.vote_temperature),
         Limits(max_images_per_request=settings.max_images_per_request),
-        Batching(settings.max_batch, settings.max_wait_ms, on_batch),
+        Batching(
+            settings.max_batch,
+            settings.max_wait_ms,
+            on_batch,
+            workers,
+        ),
         IndexConfig(
             settings.index_kind, settings.ivf_threshold, settings.ivf_nlist, settings.ivf_nprobe
         ),

@@ -1,10 +1,11 @@
 """Dynamic micro-batching: concurrent calls share one model run.
 
-One worker thread owns the model. Callers hand in their decoded images and wait. The worker
+Worker threads own the model. Callers hand in their decoded images and wait. A free worker
 takes everything queued (up to `max_batch`) and runs it at once, so under load the batch grows
 by itself while a lone call is never held back. It waits up to `max_wait_ms` for more only when
 other callers have announced they are about to submit (they are still decoding), which is when
-waiting pays.
+waiting pays. With several workers (each running the model on its own share of the cores,
+see `server.serving.model_layout`) one batch runs while the next gathers.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class MicroBatcher:
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
         on_batch: Callable[[int], None] | None = None,
+        workers: int = 1,
     ) -> None:
         self._model = model
         self.max_batch = max_batch
@@ -53,12 +55,17 @@ class MicroBatcher:
         self._queue: deque[_Job] = deque()
         self._queued_images = 0
         self._coming = 0
+        self._free = 0  # workers waiting for work
         self._cond = threading.Condition()
         self._local = threading.local()
         self._closed = False
         self._batches = self._images = self._largest = 0
-        self._worker = threading.Thread(target=self._loop, name="model", daemon=True)
-        self._worker.start()
+        self._workers = [
+            threading.Thread(target=self._loop, name=f"model-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     @contextmanager
     def expecting(self) -> Iterator[None]:
@@ -109,29 +116,41 @@ class MicroBatcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._worker.join()
+        for worker in self._workers:
+            worker.join()
 
     def _take_batch(self) -> list[_Job]:
-        """Block for work; return queued jobs totalling at most max_batch images."""
+        """Block for work; return queued jobs totalling at most max_batch images, and no more
+        than this worker's share of the queue when other workers are free too (else one takes
+        every waiting caller and the others idle: with 8 callers, the runs would never overlap).
+        """
         with self._cond:
-            while not self._queue and not self._closed:
-                self._cond.wait()
-            deadline = monotonic() + self.max_wait
-            while (
-                self._queued_images < self.max_batch
-                and self._coming > 0
-                and not self._closed
-                and (remaining := deadline - monotonic()) > 0
-            ):
-                self._cond.wait(remaining)
-            batch: list[_Job] = []
-            size = 0
-            while self._queue and size + len(self._queue[0].pixels) <= self.max_batch:
-                job = self._queue.popleft()
-                batch.append(job)
-                size += len(job.pixels)
-            self._queued_images -= size
-            return batch
+            self._free += 1
+            try:
+                batch: list[_Job] = []
+                while not batch:  # another worker may empty the queue while this one waits
+                    while not self._queue and not self._closed:
+                        self._cond.wait()
+                    if not self._queue:
+                        return []  # closed and drained
+                    deadline = monotonic() + self.max_wait
+                    while (
+                        self._queued_images < self.max_batch
+                        and self._coming > 0
+                        and not self._closed
+                        and (remaining := deadline - monotonic()) > 0
+                    ):
+                        self._cond.wait(remaining)
+                    share = min(self.max_batch, -(-self._queued_images // self._free))
+                    size = 0
+                    while self._queue and (not batch or size + len(self._queue[0].pixels) <= share):
+                        job = self._queue.popleft()
+                        batch.append(job)
+                        size += len(job.pixels)
+                    self._queued_images -= size
+                return batch
+            finally:
+                self._free -= 1
 
     def _loop(self) -> None:
         while True:
@@ -156,5 +175,5 @@ class MicroBatcher:
             if self._on_batch is not None:
                 try:
                     self._on_batch(len(pixels))
-                except Exception:  # metrics must never stop the one thread that runs the model
+                except Exception:  # metrics must never stop a thread that runs the model
                     log.exception("the batch observer failed")

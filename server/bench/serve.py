@@ -16,6 +16,7 @@ from server.bench.common import (
     model_cpu_s_per_image,
     print_table,
     process_cpu_s,
+    side_by_side,
 )
 
 
@@ -143,29 +144,39 @@ def bench_serve(
     runtime: str = "auto",
     device: str = "auto",
     images_per_call: int = 1,
+    model_workers: int = 0,
 ) -> dict[str, Any]:
     """End-to-end Classify throughput and latency of a real server, against the model-only
-    speed of the same artifact on the same runtime and device, measured in the same run."""
+    speed of the same artifact on the same runtime and device, run the way the server runs it
+    (`model_workers` side by side, server.serving.model_layout), measured in the same run."""
     import tempfile
 
     from embedder import load_artifact, resolve_model
+    from embedder.backends import available_cores
     from server.process import ServerProcess
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
+    from server.serving import model_layout
 
     artifact = resolve_model(model, models_dir)
-    embedder = load_artifact(artifact, runtime=runtime, device=device)
+    workers, threads = model_layout(model_workers, device)
+    embedder = load_artifact(artifact, num_threads=threads, runtime=runtime, device=device)
     size = embedder.config.preprocess.input_size
     pixels = np.random.default_rng(0).standard_normal((32, 3, size, size)).astype(np.float32)
-    progress("model-only speed (batch 32, batch 1)")
-    before, _ = images_per_second(embedder.embed_pixels, pixels, seconds=5)
-    _, model_batch1_ms = images_per_second(embedder.embed_pixels, pixels[:1], seconds=3)
-    model_cpu = model_cpu_s_per_image(embedder.embed_pixels, pixels, seconds=3)
+    progress(f"model-only speed (batch 32 over {workers} worker(s), batch 1)")
+    with side_by_side(embedder.embed_pixels, workers) as model_only:
+        before, _ = images_per_second(model_only, pixels, seconds=5)
+        _, model_batch1_ms = images_per_second(embedder.embed_pixels, pixels[:1], seconds=3)
+        model_cpu = model_cpu_s_per_image(model_only, pixels, seconds=3)
 
     with tempfile.TemporaryDirectory(prefix="nearcat-bench-") as tmp:
         server = ServerProcess(
             Path(tmp) / "data",
             artifact,
-            ["--runtime", runtime, "--device", device, *server_args],
+            [
+                *("--runtime", runtime, "--device", device),
+                *("--model-workers", str(model_workers)),
+                *server_args,
+            ],
         ).start()
         try:
             stub = server.stub()
@@ -190,7 +201,8 @@ def bench_serve(
         finally:
             server.stop()
     progress("model-only speed again (the best of before and after counts)")
-    after, _ = images_per_second(embedder.embed_pixels, pixels, seconds=5)
+    with side_by_side(embedder.embed_pixels, workers) as model_only:
+        after, _ = images_per_second(model_only, pixels, seconds=5)
     model_rate = max(before, after)
     version = embedder.version
     batch1 = _percentiles(single)
@@ -200,6 +212,8 @@ def bench_serve(
         "model": version,
         "runtime": type(embedder.backend).__name__,
         "device": device,
+        "model_workers": workers,
+        "model_threads_each": threads or available_cores(),
         "references": sum(len(r) for r in references.values()),
         "head_categories": head_categories,
         "model_only_images_per_s_batch32": model_rate,

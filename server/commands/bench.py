@@ -99,6 +99,7 @@ def run_serve(args: argparse.Namespace) -> None:
         server_args=args.server_arg,
         runtime=args.runtime,
         device=args.device,
+        model_workers=args.model_workers,
     )
     result["queries"] = len(queries)
     write_json(result, args.json)
@@ -190,6 +191,14 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         choices=["auto", "cpu", "cuda"],
         default="auto",
         help="where both run the model, e.g. cuda with --runtime torch on a GPU machine",
+    )
+    serve.add_argument(
+        "--model-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the server's --model-workers (0: its default); the model-only measurement runs "
+        "the model the same way, N runs side by side on their share of the cores",
     )
     serve.add_argument(
         "--server-arg",

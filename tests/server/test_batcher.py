@@ -105,3 +105,44 @@ def test_a_failing_batch_observer_does_not_stop_the_model_worker() -> None:
             assert batcher.run(tagged(1, tag)).tolist() == [[tag]]
     finally:
         batcher.close()
+
+
+def test_two_workers_run_batches_side_by_side_and_share_a_burst() -> None:
+    """Eight callers announce themselves, then submit at once: the two free workers take four
+    each and run together (each run waits for the other inside the model; with one worker,
+    or one taking the whole burst, the barrier would break). Three bursts: a worker that found
+    the queue emptied by the other must still be there for the next."""
+    both_running = threading.Barrier(2, timeout=10)
+    sizes: list[int] = []
+
+    def model(pixels: np.ndarray) -> np.ndarray:
+        sizes.append(len(pixels))
+        both_running.wait()
+        return pixels.reshape(len(pixels), -1)[:, :1].copy()
+
+    batcher = MicroBatcher(model, max_batch=32, max_wait_ms=10_000, workers=2)
+
+    def burst() -> dict[int, np.ndarray]:
+        answers: dict[int, np.ndarray] = {}
+        announced = threading.Barrier(8)
+
+        def call(tag: int) -> None:
+            with batcher.expecting():
+                announced.wait()
+                answers[tag] = batcher.run(tagged(1, tag))
+
+        threads = [threading.Thread(target=call, args=(t,)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return answers
+
+    try:
+        for number in range(3):
+            time.sleep(0.2)  # both workers back to waiting for work
+            answers = burst()
+            assert all(answers[t].tolist() == [[t]] for t in range(8)), f"burst {number}"
+    finally:
+        batcher.close()
+    assert sizes == [4] * 6

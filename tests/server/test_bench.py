@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from embedder.backends import available_cores
 from tests.helpers import ROOT
 
 
@@ -83,8 +84,10 @@ def test_bench_embed_on_cuda_without_a_gpu_says_so(model_artifact: Path) -> None
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("images_per_call", [1, 3])
-def test_bench_serve(tmp_path: Path, model_artifact: Path, images_per_call: int) -> None:
+@pytest.mark.parametrize(("images_per_call", "model_workers"), [(1, 0), (3, 1)])
+def test_bench_serve(
+    tmp_path: Path, model_artifact: Path, images_per_call: int, model_workers: int
+) -> None:
     folder = tmp_path / "images"
     from tests.helpers import KINDS, make_image
 
@@ -95,7 +98,7 @@ def test_bench_serve(tmp_path: Path, model_artifact: Path, images_per_call: int)
     data = bench(
         tmp_path, "serve", "--model", str(model_artifact), "--data", str(folder),
         "--references", "3", "--clients", "2", "--seconds", "2", "--device", "cpu",
-        "--images-per-call", str(images_per_call),
+        "--images-per-call", str(images_per_call), "--model-workers", str(model_workers),
     )  # fmt: skip
     load = data["concurrent"]
     assert load["errors"] == 0 and load["image_errors"] == 0 and load["requests"] > 0
@@ -108,6 +111,10 @@ def test_bench_serve(tmp_path: Path, model_artifact: Path, images_per_call: int)
     assert data["references"] == 9
     assert data["head_categories"] == 0  # 9 references are too few to calibrate on
     assert (data["runtime"], data["device"]) == ("OnnxBackend", "cpu")
+    # the model-only figures run the model as the server did: auto, one thread per core
+    cores = available_cores()
+    expected = (cores, 1) if model_workers == 0 and cores > 1 else (1, cores)
+    assert (data["model_workers"], data["model_threads_each"]) == expected
     before, after = data["model_only_images_per_s_batch32_before_after"]
     assert data["model_only_images_per_s_batch32"] == max(before, after)
 
