@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,8 +21,7 @@ from embedder import Embedder
 from embedder.images import ImageDecodeError, check_reference
 from embedder.text import text_shares
 from indexer.answer import HeadInput, Prediction, ScoredCategory, TextEvidence, answer
-from indexer.attributes import fit_attributes
-from indexer.calibration import Bound, Calibration, LabelledExample, fit_calibration
+from indexer.calibration import Bound, Calibration
 from indexer.decision import DecisionPolicy
 from indexer.errors import (
     AlreadyExists,
@@ -31,12 +30,8 @@ from indexer.errors import (
     NearcatError,
     NotFound,
 )
-from indexer.head import ConfidenceHead
 from indexer.holdout import (
     CALIBRATION_EXAMPLES,
-    attribute_examples,
-    held_out_examples,
-    labelled_attribute_examples,
 )
 from indexer.ids import image_sha256, reference_id
 from indexer.index import Hit, IndexConfig, VectorIndex
@@ -44,6 +39,7 @@ from indexer.names import case_twin_warning, case_twins
 from indexer.store import Category, LabelledPhoto, NewReference, Reference, Store
 from indexer.taxonomy import categories_under, path_of
 from indexer.vote import VoteConfig
+from server.calibrating import Calibrating
 from server.requests import (
     MAX_K,
     MAX_LABELS,
@@ -58,17 +54,13 @@ from server.requests import (
     check_text,
     listed,
 )
-from server.serving import Batching, Serving, SwitchGate, text_cosines
+from server.serving import EMBED_BATCH, Batching, Serving, SwitchGate, text_cosines
 
 if TYPE_CHECKING:
     from embedder.text import TextTower
 
 log = logging.getLogger(__name__)
 
-EMBED_BATCH = 32
-# Labelled traffic from which it, rather than the references, calibrates: below this many
-# photos a person labelled, the grouped leave-one-out over thousands of references says more.
-MIN_LABELLED = 100
 
 # What embeds stored references (id, category) for a serving state, `batch_size` at a time:
 # yields each batch's (reference ids, vectors), in any order, leaving out references removed
@@ -174,6 +166,7 @@ class Catalog:
         self.prompt_weight = prompt_weight
         self.index_config = index_config or IndexConfig()
         self.batching = batching or Batching()
+        self.calibrating = Calibrating(store, self.vote, self.bound, lambda: self._attributes)
         self._parents: dict[str, str | None] = {}
         # The attributes of the references held (those that carry any): model-independent,
         # so one table serves every state; followed wherever the index follows the store.
@@ -602,149 +595,10 @@ class Catalog:
     def calibrate(
         self, group_by: str | None = None, max_examples: int = CALIBRATION_EXAMPLES
     ) -> Calibration:
-        """Fit the calibration on examples the catalogue has not seen and keep it: the stored
-        labelled traffic when there is enough, else each sampled reference asked of the
-        others outside its shoot and, with `group_by`, outside the references sharing its
-        value of that metadata, e.g. its sender (`indexer.holdout`)."""
+        """Fit the serving state's calibration on examples it has not seen and keep it
+        (server.calibrating)."""
         with self._use() as s:
-            examples, head, how = self.honest_examples(s, group_by, max_examples)
-            try:
-                calibration = fit_calibration(examples, how, self.bound, head)
-            except ValueError as exc:
-                raise FailedPrecondition(
-                    f"{exc} ({how}): add photos of more distinct products per category (a "
-                    "reference is only judged by other shoots of its category), or labelled "
-                    f"photos with `nearcat calibrate --labelled` ({MIN_LABELLED} or more)"
-                ) from exc
-            calibration = self.keep_calibration(s, calibration, group_by)
-        log.info(
-            "calibrated: temperature %.3f, unknown below %.3f, auto-accept from %s, ECE %.3f "
-            "-> %.3f (%s)",
-            calibration.temperature,
-            calibration.unknown_below,
-            "none" if calibration.auto_accept_at is None else f"{calibration.auto_accept_at:.4f}",
-            calibration.ece_before or 0.0,
-            calibration.ece_after or 0.0,
-            how,
-        )
-        return calibration
-
-    def keep_calibration(
-        self, s: Serving, calibration: Calibration, group_by: str | None
-    ) -> Calibration:
-        """Store this calibration for `s`'s version and serve it."""
-        # Kept so that a refit after the categories change (server.recalibrate) is alike.
-        calibration = replace(
-            calibration,
-            extra={**calibration.extra, "group_by": group_by},
-            attributes=self._fit_attributes(s, group_by),
-        )
-        self.store.put_calibration(s.version, calibration.to_json())
-        s.calibration = calibration
-        return calibration
-
-    def honest_examples(
-        self, s: Serving, group_by: str | None, max_examples: int = CALIBRATION_EXAMPLES
-    ) -> tuple[list[LabelledExample], ConfidenceHead | None, str]:
-        """Labelled examples `s` has not seen, the head to serve with them, and where they
-        came from: the labelled traffic stored for `s`'s version when there are at least
-        `MIN_LABELLED`, else leave-one-shoot-out over a sample of the references. The sample
-        is drawn the same way for every model version, so two versions are measured alike."""
-        ids, categories, vectors = self._stored_vectors(s)
-        if len(set(categories)) < 2:
-            raise FailedPrecondition(
-                "calibration needs references in at least two categories; add more first"
-            )
-        labelled = [x for x in self.store.labelled(s.version) if x.vector is not None]
-        if len(labelled) >= MIN_LABELLED:
-            photos = (
-                np.stack([x.vector for x in labelled if x.vector is not None]),
-                [x.label for x in labelled],
-            )
-            examples, head = held_out_examples(
-                s.index, ids, vectors, categories, self.vote, photos, size=max_examples
-            )
-            sources = sorted({x.source for x in labelled})
-            return examples, head, f"{len(labelled)} labelled photos ({', '.join(sources)})"
-        examples, head = held_out_examples(
-            s.index,
-            ids,
-            vectors,
-            categories,
-            self.vote,
-            group_of=self._groups(ids, group_by),
-            size=max_examples,
-        )
-        asked = sum(not e.open_set for e in examples)
-        how = f"leave-one-shoot-out over {asked} references" + (
-            f" and its {group_by!r}" if group_by else ""
-        )
-        if labelled:
-            how += f"; {len(labelled)} labelled photos are fewer than {MIN_LABELLED}"
-        return examples, head, how
-
-    def _stored_vectors(self, s: Serving) -> tuple[list[str], list[str], np.ndarray]:
-        """Every stored reference with a vector for `s`'s version: ids, categories, vectors."""
-        ids: list[str] = []
-        categories: list[str] = []
-        parts = [np.zeros((0, s.embedder.dim), dtype=np.float32)]
-        for batch in self.store.iter_vectors(s.version):
-            ids += batch.reference_ids
-            categories += batch.categories
-            if batch.reference_ids:
-                parts.append(batch.vectors)
-        return ids, categories, np.concatenate(parts)
-
-    def _groups(self, ids: Sequence[str], group_by: str | None) -> dict[str, str]:
-        """Reference id -> its value of the `group_by` metadata (e.g. its sender)."""
-        if not group_by:
-            return {}
-        return {
-            ref.id: ref.metadata[group_by]
-            for ref in self.store.get_references(ids)
-            if ref is not None and group_by in ref.metadata
-        }
-
-    def _fit_attributes(self, s: Serving, group_by: str | None) -> dict[str, dict[str, Any]]:
-        """Each attribute's temperature, fitted on honest examples, best first: labelled
-        photos that carry attributes, when there are `MIN_LABELLED`, asked of the whole
-        catalogue as traffic is; else references asked of the others outside their shoot
-        and group (`indexer.holdout.attribute_examples`)."""
-        held = dict(self._attributes)
-        if not held:
-            return {}
-        labelled = [
-            x for x in self.store.labelled(s.version) if x.vector is not None and x.attributes
-        ]
-        if len(labelled) >= MIN_LABELLED:
-            vectors = np.stack([x.vector for x in labelled if x.vector is not None])
-            truths = [x.attributes for x in labelled]
-            examples = labelled_attribute_examples(s.index, vectors, truths, held, self.vote)
-            return fit_attributes(examples, f"{len(labelled)} labelled photos")
-        ids, categories, vectors = self._stored_vectors(s)
-        examples = attribute_examples(
-            s.index, ids, vectors, categories, held, self.vote, self._groups(ids, group_by)
-        )
-        return fit_attributes(examples, "references asked of other shoots and groups")
-
-    def embed_labelled(self, serving: Serving) -> int:
-        """Embed, for `serving`'s version, the stored labelled photos it has no vector for
-        (a reindex: the new version is judged on the same labelled traffic); returns how
-        many."""
-        missing = [x.id for x in self.store.labelled(serving.version) if x.vector is None]
-        done = 0
-        for start in range(0, len(missing), EMBED_BATCH):
-            chunk = missing[start : start + EMBED_BATCH]
-            images = {i: self.store.get_labelled_image(i) for i in chunk}
-            ids = [i for i in chunk if images[i] is not None]
-            if not ids:
-                continue
-            vectors, _ = serving.embed(
-                [images[i] or b"" for i in ids], [f"labelled photo {i}" for i in ids]
-            )
-            self.store.put_labelled_vectors(serving.version, dict(zip(ids, vectors, strict=True)))
-            done += len(ids)
-        return done
+            return self.calibrating.fit(s, group_by, max_examples)
 
     def labelled_count(self) -> int:
         """Labelled photos stored with a vector of the serving model version."""

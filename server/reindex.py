@@ -361,11 +361,11 @@ class Reindexer:
             engine = RayEngine(job.ray, artifact, self.config.runtime, self.store, self._stop)
         self.catalog.fill(pending, progress, self.config.batch_size, self._stop, engine)
         if not self._stop.is_set():
-            self.catalog.embed_labelled(pending)
+            self.catalog.calibrating.embed_labelled(pending)
 
     def _validate(self, job: ReindexJob, pending: Serving) -> bool:
         """Top-1 of the answer each version would serve, on the same honest examples
-        (`Catalog.honest_examples`: the labelled traffic when there is enough, else
+        (`Calibrating.honest_examples`: the labelled traffic when there is enough, else
         leave-one-shoot-out over the same sampled references); False (refused) when the new
         one is worse by more than the margin. The new version keeps the calibration fitted
         on its examples."""
@@ -375,8 +375,10 @@ class Reindexer:
         examples = self.config.validation_examples
         self.catalog.sync_index(pending)  # adds and removes since it was filled
         try:
-            before = self.catalog.honest_examples(self.catalog.serving, group_by, examples)
-            after = self.catalog.honest_examples(pending, group_by, examples)
+            before = self.catalog.calibrating.honest_examples(
+                self.catalog.serving, group_by, examples
+            )
+            after = self.catalog.calibrating.honest_examples(pending, group_by, examples)
         except FailedPrecondition as exc:
             job.message = f"not validated ({exc})"
             return True
@@ -415,7 +417,7 @@ class Reindexer:
             return False
         job.message = f"switched: {figures}"
         if fitted_after is not None:  # else too few to fit on: the new version goes uncalibrated
-            self.catalog.keep_calibration(pending, fitted_after, group_by)
+            self.catalog.calibrating.keep(pending, fitted_after, group_by)
         return True
 
 

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from indexer.store import Category
 
 
+# Stored images (references, labelled photos) embedded at a time when a state is filled.
+EMBED_BATCH = 32
+
+
 @dataclass(frozen=True)
 class Batching:
     """How the model worker groups concurrent calls (see server.batcher)."""
