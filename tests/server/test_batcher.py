@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -25,6 +26,15 @@ def slow_model(seen: list[int], delay: float = 0.05):  # type: ignore[no-untyped
     return model
 
 
+def in_threads(call: Callable[[int], None], count: int) -> None:
+    """call(0) ... call(count - 1), each on a thread of its own, all at once."""
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def test_concurrent_callers_are_batched_and_get_their_own_answers() -> None:
     sizes: list[int] = []
     batcher = MicroBatcher(slow_model(sizes), max_batch=8, max_wait_ms=0)
@@ -33,11 +43,7 @@ def test_concurrent_callers_are_batched_and_get_their_own_answers() -> None:
     def call(tag: int) -> None:
         answers[tag] = batcher.run(tagged(3, tag))
 
-    threads = [threading.Thread(target=call, args=(t,)) for t in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(call, 10)
     batcher.close()
     assert all(np.all(answers[t] == t) and answers[t].shape == (3, 1) for t in range(10))
     assert sum(sizes) == 30 and max(sizes) <= 8
@@ -131,11 +137,7 @@ def test_two_workers_run_batches_side_by_side_and_share_a_burst() -> None:
                 announced.wait()
                 answers[tag] = batcher.run(tagged(1, tag))
 
-        threads = [threading.Thread(target=call, args=(t,)) for t in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        in_threads(call, 8)
         return answers
 
     try:
