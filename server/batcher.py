@@ -87,12 +87,14 @@ class MicroBatcher:
             self._cond.notify_all()
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        """Embed a batch of preprocessed images; blocks until done. Thread-safe."""
+        """Embed a batch of preprocessed images; blocks until done. Thread-safe. A batch is
+        cut into runs of at most max_batch, and shared among the workers (32 images on two
+        workers: two runs of 16 side by side, not one on half the cores)."""
         if len(pixels) == 0:
             return self._model(pixels)
+        size = min(self.max_batch, -(-len(pixels) // len(self._workers)))
         jobs = [
-            _Job(pixels[start : start + self.max_batch], Future())
-            for start in range(0, len(pixels), self.max_batch)
+            _Job(pixels[start : start + size], Future()) for start in range(0, len(pixels), size)
         ]
         with self._cond:
             self._stop_expecting()

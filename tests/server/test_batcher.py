@@ -148,3 +148,25 @@ def test_two_workers_run_batches_side_by_side_and_share_a_burst() -> None:
     finally:
         batcher.close()
     assert sizes == [4] * 6
+
+
+def test_one_big_request_is_shared_among_the_workers() -> None:
+    """A reindex's chunk, an AddCategory's photos: on two workers, 10 images run as 5 and 5
+    side by side (each run waits for the other inside the model), in order."""
+    both_running = threading.Barrier(2, timeout=10)
+    sizes: list[int] = []
+
+    def model(pixels: np.ndarray) -> np.ndarray:
+        sizes.append(len(pixels))
+        both_running.wait()
+        return pixels.reshape(len(pixels), -1)[:, :1].copy()
+
+    batcher = MicroBatcher(model, max_batch=32, max_wait_ms=0, workers=2)
+    try:
+        out = batcher.run(
+            np.arange(10, dtype=np.float32)[:, None, None, None] * np.ones((10, 3, 2, 2))
+        )
+    finally:
+        batcher.close()
+    assert out[:, 0].tolist() == list(range(10))
+    assert sizes == [5, 5]
