@@ -222,22 +222,13 @@ def build_catalog(
     open_model = model_opener(settings)
     embedder, text = open_model(active_model(settings, store, registry))
     workers, threads = model_layout(settings.model_workers, settings.device)
-    log.info(
-        "model: %d worker(s), %s thread(s) each",
-        workers,
-        threads or available_cores(),
-    )
+    log.info("model: %d worker(s), %d thread(s) each", workers, threads or available_cores())
     catalog = Catalog(
         store,
         embedder,
         VoteConfig(settings.k, settings.votes_per_category, settings.vote_temperature),
         Limits(max_images_per_request=settings.max_images_per_request),
-        Batching(
-            settings.max_batch,
-            settings.max_wait_ms,
-            on_batch,
-            workers,
-        ),
+        Batching(settings.max_batch, settings.max_wait_ms, on_batch, workers),
         IndexConfig(
             settings.index_kind, settings.ivf_threshold, settings.ivf_nlist, settings.ivf_nprobe
         ),

@@ -29,8 +29,9 @@ def test_explicit_workers_share_the_cores(four_cores: None) -> None:
 
 def test_the_flag_reaches_the_server_settings() -> None:
     from server.cli import build_parser, load_settings
+    from server.commands import CommandError
 
     args = build_parser().parse_args(["serve", "--model-workers", "1"])
     assert load_settings(args).model_workers == 1
-    with pytest.raises(Exception, match="model-workers"):
+    with pytest.raises(CommandError, match="model-workers"):
         load_settings(build_parser().parse_args(["serve", "--model-workers", "-1"]))
