@@ -26,6 +26,19 @@ def slow_model(seen: list[int], delay: float = 0.05):  # type: ignore[no-untyped
     return model
 
 
+def two_at_once(seen: list[int]):  # type: ignore[no-untyped-def]
+    """A model whose every run waits, up to 10 s, until another run is inside it too: it
+    fails (BrokenBarrierError) unless two workers run side by side."""
+    both_running = threading.Barrier(2, timeout=10)
+
+    def model(pixels: np.ndarray) -> np.ndarray:
+        seen.append(len(pixels))
+        both_running.wait()
+        return pixels.reshape(len(pixels), -1)[:, :1].copy()
+
+    return model
+
+
 def in_threads(call: Callable[[int], None], count: int) -> None:
     """call(0) ... call(count - 1), each on a thread of its own, all at once."""
     threads = [threading.Thread(target=call, args=(n,)) for n in range(count)]
@@ -118,14 +131,8 @@ def test_two_workers_run_batches_side_by_side_and_share_a_burst() -> None:
     each and run together (each run waits for the other inside the model; with one worker,
     or one taking the whole burst, the barrier would break). Three bursts: a worker that found
     the queue emptied by the other must still be there for the next."""
-    both_running = threading.Barrier(2, timeout=10)
     sizes: list[int] = []
-
-    def model(pixels: np.ndarray) -> np.ndarray:
-        sizes.append(len(pixels))
-        both_running.wait()
-        return pixels.reshape(len(pixels), -1)[:, :1].copy()
-
+    model = two_at_once(sizes)
     batcher = MicroBatcher(model, max_batch=32, max_wait_ms=10_000, workers=2)
 
     def burst() -> dict[int, np.ndarray]:
@@ -153,14 +160,8 @@ def test_two_workers_run_batches_side_by_side_and_share_a_burst() -> None:
 def test_one_big_request_is_shared_among_the_workers() -> None:
     """A reindex's chunk, an AddCategory's photos: on two workers, 10 images run as 5 and 5
     side by side (each run waits for the other inside the model), in order."""
-    both_running = threading.Barrier(2, timeout=10)
     sizes: list[int] = []
-
-    def model(pixels: np.ndarray) -> np.ndarray:
-        sizes.append(len(pixels))
-        both_running.wait()
-        return pixels.reshape(len(pixels), -1)[:, :1].copy()
-
+    model = two_at_once(sizes)
     batcher = MicroBatcher(model, max_batch=32, max_wait_ms=0, workers=2)
     try:
         out = batcher.run(
