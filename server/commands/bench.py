@@ -4,6 +4,7 @@ JSON."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from embedder.config import DEFAULT_MODEL
@@ -15,15 +16,24 @@ on. Numbers are comparable only on the same machine; docs/benchmarks.md records 
 """
 
 
-def at_least_one(text: str) -> int:
-    """argparse type: a whole number of 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
-    return value
+def at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: a whole number of `minimum` or more."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number of {minimum} or more, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+at_least_one = at_least(1)
 
 
 def run_store(args: argparse.Namespace) -> None:
@@ -194,7 +204,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     serve.add_argument(
         "--model-workers",
-        type=int,
+        type=at_least(0),
         default=0,
         metavar="N",
         help="the server's --model-workers (0: its default); the model-only measurement runs "

@@ -125,3 +125,11 @@ def test_bench_serve_wants_at_least_one_image_per_call(capsys: pytest.CaptureFix
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "serve", "--images-per-call", "0"])
     assert "expected a whole number of 1 or more, got '0'" in capsys.readouterr().err
+
+
+def test_bench_serve_refuses_negative_model_workers(capsys: pytest.CaptureFixture[str]) -> None:
+    from server.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "serve", "--model-workers", "-1"])
+    assert "expected a whole number of 0 or more, got '-1'" in capsys.readouterr().err
