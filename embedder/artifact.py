@@ -153,7 +153,7 @@ def load_artifact(
     spec = zero_shot_spec(path)
     semantic_dim = int(spec["dim"]) if spec else 0
     if runtime == "auto":
-        onnx_can_run = "onnx_file" in meta and (device != "cuda" or _onnx_has_cuda())
+        onnx_can_run = "onnx_file" in meta and (device != "cuda" or onnx_has_cuda())
         runtime = "onnx" if onnx_can_run else "torch"
         if "onnx_file" not in meta:
             log.info(
@@ -204,7 +204,7 @@ def load_artifact(
     return Embedder(backend, config, meta["version"], limits, semantic_dim=semantic_dim, path=path)
 
 
-def _onnx_has_cuda() -> bool:
+def onnx_has_cuda() -> bool:
     from embedder.onnx_backend import CUDA_PROVIDER, available_providers
 
     return CUDA_PROVIDER in available_providers()
@@ -218,7 +218,7 @@ def _onnx_providers(device: str) -> list[str]:
     if device == "cpu":
         return [CPU_PROVIDER]
     if device == "cuda":
-        if not _onnx_has_cuda():
+        if not onnx_has_cuda():
             raise ArtifactError(
                 "device 'cuda' with runtime 'onnx' needs onnxruntime-gpu (pip install "
                 "'nearcat[gpu]'); or serve with --runtime torch, or on the CPU with --device cpu"

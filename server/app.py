@@ -138,11 +138,10 @@ def warn_if_not_durable(client: redis.Redis) -> None:
         )
 
 
-def model_opener(settings: Settings) -> ModelOpener:
-    """How this server loads a model version: checksums verified, with its text tower."""
+def model_opener(settings: Settings, threads: int | None) -> ModelOpener:
+    """How this server loads a model version: checksums verified, with its text tower, on
+    `threads` cores each run (None: all; see server.serving.model_layout)."""
     limits = DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-
-    _, threads = model_layout(settings.model_workers, settings.device)
 
     def open_model(path: Path) -> tuple[Embedder, TextTower | None]:
         embedder = load_artifact(
@@ -219,9 +218,9 @@ def build_catalog(
     )
     tidy_blobs(store)
     registry = ModelRegistry(settings.data_dir / "models" / "registry")
-    open_model = model_opener(settings)
-    embedder, text = open_model(active_model(settings, store, registry))
     workers, threads = model_layout(settings.model_workers, settings.device)
+    open_model = model_opener(settings, threads)
+    embedder, text = open_model(active_model(settings, store, registry))
     log.info("model: %d worker(s), %d thread(s) each", workers, threads or available_cores())
     catalog = Catalog(
         store,

@@ -65,9 +65,9 @@ def _may_use_gpu(device: str) -> bool:
         return True
     import torch
 
-    from embedder.onnx_backend import CUDA_PROVIDER, available_providers
+    from embedder.artifact import onnx_has_cuda
 
-    return bool(torch.cuda.is_available()) or CUDA_PROVIDER in available_providers()
+    return bool(torch.cuda.is_available()) or onnx_has_cuda()
 
 
 class Serving:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,23 +84,6 @@ def process_cpu_s(pid: int) -> float:
     """CPU seconds (user + system, all threads, not its children) process `pid` has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def side_by_side(
-    run: Callable[[np.ndarray], np.ndarray], workers: int
-) -> Iterator[Callable[[np.ndarray], np.ndarray]]:
-    """`run` as a server with `workers` model workers runs it: each call's batch split among
-    that many threads at once."""
-    if workers == 1:
-        yield run
-        return
-    with ThreadPoolExecutor(workers) as pool:
-
-        def parallel(pixels: np.ndarray) -> np.ndarray:
-            return np.concatenate(list(pool.map(run, np.array_split(pixels, workers))))
-
-        yield parallel
 
 
 def images_per_second(

@@ -16,7 +16,6 @@ from server.bench.common import (
     model_cpu_s_per_image,
     print_table,
     process_cpu_s,
-    side_by_side,
 )
 
 
@@ -153,6 +152,7 @@ def bench_serve(
 
     from embedder import load_artifact, resolve_model
     from embedder.backends import available_cores
+    from server.batcher import MicroBatcher
     from server.process import ServerProcess
     from server.proto.nearcat.v1 import nearcat_pb2 as pb
     from server.serving import model_layout
@@ -163,10 +163,11 @@ def bench_serve(
     size = embedder.config.preprocess.input_size
     pixels = np.random.default_rng(0).standard_normal((32, 3, size, size)).astype(np.float32)
     progress(f"model-only speed (batch 32 over {workers} worker(s), batch 1)")
-    with side_by_side(embedder.embed_pixels, workers) as model_only:
-        before, _ = images_per_second(model_only, pixels, seconds=5)
-        _, model_batch1_ms = images_per_second(embedder.embed_pixels, pixels[:1], seconds=3)
-        model_cpu = model_cpu_s_per_image(model_only, pixels, seconds=3)
+    # The server's own batcher, alone: a batch of 32 shared among its workers as it would be.
+    model_only = MicroBatcher(embedder.embed_pixels, max_batch=32, max_wait_ms=0, workers=workers)
+    before, _ = images_per_second(model_only.run, pixels, seconds=5)
+    _, model_batch1_ms = images_per_second(embedder.embed_pixels, pixels[:1], seconds=3)
+    model_cpu = model_cpu_s_per_image(model_only.run, pixels, seconds=3)
 
     with tempfile.TemporaryDirectory(prefix="nearcat-bench-") as tmp:
         server = ServerProcess(
@@ -201,8 +202,8 @@ def bench_serve(
         finally:
             server.stop()
     progress("model-only speed again (the best of before and after counts)")
-    with side_by_side(embedder.embed_pixels, workers) as model_only:
-        after, _ = images_per_second(model_only, pixels, seconds=5)
+    after, _ = images_per_second(model_only.run, pixels, seconds=5)
+    model_only.close()
     model_rate = max(before, after)
     version = embedder.version
     batch1 = _percentiles(single)
